@@ -1,0 +1,1 @@
+"""CAPEv2 / Cuckoo 3 processing module for telfhash."""

@@ -1,0 +1,1 @@
+"""misp-modules expansion module for telfhash."""

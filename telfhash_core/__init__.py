@@ -1,0 +1,37 @@
+"""telfhash-core: the telfhash of ELF files, exactly as the reference computes it, only faster.
+
+    >>> from telfhash_core import hash_file, telfhash, distance
+    >>> hash_file("/bin/ls").telfhash            # 't1…' or None (then .reason / .detail say why)
+    >>> telfhash("/bin/ls", "/bin/cp")           # the reference's list of {"file", "telfhash", "msg"}
+    >>> distance("t1…", "T1…")                   # TLSH distance; t1…, T1… or bare 70-hex accepted
+"""
+
+from .api import expand_paths, hash_bytes, hash_file, hash_fileobj, hash_paths, telfhash
+from .digest import distance, is_digest, normalize
+from .result import Reason, Result
+
+__version__ = "0.1.0"
+
+
+def group(results, threshold: int = 50):
+    """Group results by TLSH distance ≤ ``threshold``; the reference's ``group()`` return shape."""
+    from .cluster import group as _group
+
+    return _group(results, threshold=threshold)
+
+
+__all__ = [
+    "Reason",
+    "Result",
+    "distance",
+    "expand_paths",
+    "group",
+    "hash_bytes",
+    "hash_file",
+    "hash_fileobj",
+    "hash_paths",
+    "is_digest",
+    "normalize",
+    "telfhash",
+    "__version__",
+]

@@ -1,0 +1,337 @@
+"""Reading an ELF image: which symbol table the reference would use, and its names, in bulk.
+
+Data flows one way: buffer -> symbol table (or none) -> names -> digest.
+
+Two routes find the symbol table and give the same answer:
+
+* a *fast* route that reads the ELF and section headers with :mod:`struct`.  It accepts only
+  files whose structures are in order in every respect that pyelftools checks while the
+  reference walks the sections; at the first thing out of the ordinary it gives up;
+* the *exact* route, taken then: pyelftools walks the sections exactly as the reference does,
+  so a broken file fails the same way (``Could not parse file as ELF`` / ``Unknown error``).
+
+Either way the symbols are decoded from the table's bytes at once (NumPy structured dtype)
+rather than one by one, with the reference's semantics for every field and string.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+from elftools.common.exceptions import ELFError, ELFParseError
+from elftools.elf.elffile import ELFFile
+from elftools.elf.enums import ENUM_E_MACHINE
+
+from .digest import select_symbols, tlsh_digest
+from .result import Reason, Result
+
+# Section types (numeric) ---------------------------------------------------------------
+SHT_NULL, SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB, SHT_RELA, SHT_HASH, SHT_DYNAMIC = 0, 1, 2, 3, 4, 5, 6
+SHT_NOBITS, SHT_REL, SHT_DYNSYM, SHT_SYMTAB_SHNDX, SHT_RELR = 8, 9, 11, 18, 19
+SHT_GNU_HASH, SHT_SUNW_LDYNSYM, SHT_SUNW_SYMINFO = 0x6FFFFFF6, 0x6FFFFFF3, 0x6FFFFFFC
+SHT_GNU_VERDEF, SHT_GNU_VERNEED, SHT_GNU_VERSYM = 0x6FFFFFFD, 0x6FFFFFFE, 0x6FFFFFFF
+SHT_LOPROC_3 = 0x70000003  # SHT_ARM_ATTRIBUTES / SHT_RISCV_ATTRIBUTES
+SHF_COMPRESSED = 0x800
+EM_ARM, EM_RISCV = 40, 243
+
+STT_FUNC, STB_GLOBAL = 2, 1
+
+_SYM_DTYPE = {
+    (32, "<"): np.dtype([("name", "<u4"), ("value", "<u4"), ("size", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2")]),
+    (32, ">"): np.dtype([("name", ">u4"), ("value", ">u4"), ("size", ">u4"), ("info", "u1"), ("other", "u1"), ("shndx", ">u2")]),
+    (64, "<"): np.dtype([("name", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2"), ("value", "<u8"), ("size", "<u8")]),
+    (64, ">"): np.dtype([("name", ">u4"), ("info", "u1"), ("other", "u1"), ("shndx", ">u2"), ("value", ">u8"), ("size", ">u8")]),
+}
+
+_MACHINE_NAMES = {v: k for k, v in ENUM_E_MACHINE.items() if isinstance(v, int)}
+
+
+class _GiveUp(Exception):
+    """The fast route met something out of the ordinary: take the exact route."""
+
+
+class NotELF(Exception):
+    """No ELF identification (magic, class or data encoding)."""
+
+
+@dataclass
+class SymbolTable:
+    """Where the chosen symbol table and its string table are."""
+
+    kind: str  # "dynsym" or "symtab"
+    offset: int
+    size: int
+    entsize: int
+    strtab_offset: int
+
+
+@dataclass
+class Header:
+    bits: int  # 32 or 64
+    endian: str  # "<" or ">"
+    machine: int
+    entry: int
+    phoff: int
+    shoff: int
+    phentsize: int
+    phnum: int
+    shentsize: int
+    shnum: int
+    shstrndx: int
+
+
+class MemStream:
+    """A read-only file-like view of a buffer with a real file's semantics (seeking past the
+    end is allowed and reads there return nothing), for pyelftools."""
+
+    __slots__ = ("_buf", "_len", "_pos")
+
+    def __init__(self, buf) -> None:
+        self._buf = buf
+        self._len = len(buf)
+        self._pos = 0
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if whence == 1:
+            pos += self._pos
+        elif whence == 2:
+            pos += self._len
+        if pos < 0:
+            raise OSError(22, "Invalid argument")
+        self._pos = pos
+        return pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        start = self._pos
+        if start >= self._len:
+            return b""
+        end = self._len if n is None or n < 0 else min(self._len, start + n)
+        self._pos = end
+        return bytes(self._buf[start:end])
+
+
+# ----------------------------------------------------------------------------- headers
+
+
+def machine_name(machine: int) -> str:
+    """pyelftools' name for an ``e_machine`` value (``x64``, ``ARM``, ``MIPS``, ...)."""
+
+    class _Shim:
+        def __getitem__(self, key):
+            return _MACHINE_NAMES.get(machine, machine)
+
+    return ELFFile.get_machine_arch(_Shim())  # type: ignore[arg-type]
+
+
+def read_header(buf) -> Header:
+    """Parse the ELF identification and header.  Raises :class:`NotELF` or :class:`_GiveUp`."""
+    if len(buf) < 4 or bytes(buf[:4]) != b"\x7fELF":
+        raise NotELF("not an ELF file (no ELF magic number)")
+    if len(buf) < 6:
+        raise NotELF("truncated ELF identification")
+    ei_class, ei_data = buf[4], buf[5]
+    if ei_class not in (1, 2) or ei_data not in (1, 2):
+        raise NotELF(f"invalid ELF class/data encoding ({ei_class}, {ei_data})")
+    bits = 32 if ei_class == 1 else 64
+    e = "<" if ei_data == 1 else ">"
+    fmt = e + ("16sHHIIIIIHHHHHH" if bits == 32 else "16sHHIQQQIHHHHHH")
+    if len(buf) < struct.calcsize(fmt):
+        raise _GiveUp
+    (_, _t, machine, _v, entry, phoff, shoff, _f, _eh, phentsize, phnum, shentsize, shnum, shstrndx) = struct.unpack_from(
+        fmt, buf, 0
+    )
+    return Header(bits, e, machine, entry, phoff, shoff, phentsize, phnum, shentsize, shnum, shstrndx)
+
+
+class _Sections:
+    """Raw section headers, read on demand; gives up where pyelftools would raise or differ."""
+
+    def __init__(self, buf, h: Header) -> None:
+        self.buf, self.h = buf, h
+        self.fmt = h.endian + ("IIIIIIIIII" if h.bits == 32 else "IIQQQQIIQQ")
+        self.size = 40 if h.bits == 32 else 64
+        if h.shentsize < self.size or h.shnum == 0 or h.shstrndx == 0xFFFF:
+            raise _GiveUp
+        self._cache: dict[int, tuple] = {}
+
+    def get(self, i: int) -> tuple:
+        """(name, type, flags, addr, offset, size, link, info, addralign, entsize)"""
+        hdr = self._cache.get(i)
+        if hdr is None:
+            off = self.h.shoff + i * self.h.shentsize
+            if off + self.size > len(self.buf):
+                raise _GiveUp
+            hdr = struct.unpack_from(self.fmt, self.buf, off)
+            if hdr[2] & SHF_COMPRESSED:  # pyelftools reads a compression header here
+                raise _GiveUp
+            self._cache[i] = hdr
+        return hdr
+
+    def name(self, hdr: tuple) -> bytes:
+        strtab = self.get(self.h.shstrndx)
+        pos = strtab[4] + hdr[0]
+        end = self.buf.find(b"\x00", pos) if pos < len(self.buf) else -1
+        return bytes(self.buf[pos:end]) if end >= 0 else b""
+
+    def need(self, pos: int, size: int) -> None:
+        if pos + size > len(self.buf):
+            raise _GiveUp
+
+    def strtab(self, link: int) -> tuple:
+        hdr = self.get(link)
+        if hdr[1] != SHT_STRTAB:
+            raise _GiveUp
+        return hdr
+
+    def symtab(self, hdr: tuple, linked: bool = False) -> tuple:
+        """Checks pyelftools makes when it builds a symbol table section; returns its strtab."""
+        if linked and hdr[1] not in (SHT_SYMTAB, SHT_DYNSYM):
+            raise _GiveUp
+        strtab = self.strtab(hdr[6])
+        entsize = hdr[9]
+        if entsize <= 0 or hdr[5] % entsize:
+            raise _GiveUp
+        return strtab
+
+
+def find_symbol_table_fast(buf, h: Header) -> SymbolTable | None:
+    """The reference's choice of symbol table, from raw headers (``None``: there is none).
+
+    Raises :class:`_GiveUp` whenever a section before the chosen one is anything that
+    pyelftools would inspect more closely while walking the sections.
+    """
+    if h.shoff == 0:
+        return None  # pyelftools: no sections at all
+    secs = _Sections(buf, h)
+    secs.get(h.shstrndx)  # pyelftools builds the section-name table first
+    word = 4 if h.bits == 32 else 8
+    for i in range(h.shnum):
+        hdr = secs.get(i)
+        t, size = hdr[1], hdr[5]
+        if t in (SHT_SYMTAB, SHT_DYNSYM, SHT_SUNW_LDYNSYM):
+            strtab = secs.symtab(hdr)
+            if size > 0 and t != SHT_SUNW_LDYNSYM:
+                kind = "dynsym" if t == SHT_DYNSYM else "symtab"
+                return SymbolTable(kind, hdr[4], size, hdr[9], strtab[4])
+        elif t == SHT_GNU_HASH:
+            secs.symtab(secs.get(hdr[6]), linked=True)
+            secs.need(hdr[4], 16)
+            nbuckets, _sym, bloom, _shift = struct.unpack_from(h.endian + "IIII", buf, hdr[4])
+            secs.need(hdr[4] + 16, bloom * word + nbuckets * 4)
+        elif t == SHT_HASH:
+            secs.symtab(secs.get(hdr[6]), linked=True)
+            if size:
+                secs.need(hdr[4], 8)
+                nbuckets, nchains = struct.unpack_from(h.endian + "II", buf, hdr[4])
+                secs.need(hdr[4] + 8, (nbuckets + nchains) * 4)
+        elif t == SHT_DYNAMIC:
+            if secs.get(hdr[6])[1] not in (SHT_STRTAB, SHT_NOBITS, SHT_NULL):
+                raise _GiveUp
+        elif t == SHT_GNU_VERSYM:
+            secs.symtab(secs.get(hdr[6]), linked=True)
+        elif t in (SHT_GNU_VERNEED, SHT_GNU_VERDEF):
+            secs.strtab(hdr[6])
+        elif t in (SHT_REL, SHT_RELA, SHT_RELR, SHT_SYMTAB_SHNDX, SHT_SUNW_SYMINFO):
+            raise _GiveUp
+        elif t == SHT_LOPROC_3 and h.machine in (EM_ARM, EM_RISCV):
+            raise _GiveUp
+        elif t == SHT_PROGBITS and secs.name(hdr) == b".stab":
+            raise _GiveUp
+    return None
+
+
+def find_symbol_table_exact(elf: ELFFile) -> SymbolTable | None:
+    """The reference's choice, made the reference's way (pyelftools walks the sections)."""
+    for s in elf.iter_sections():
+        if s["sh_size"] <= 0:
+            continue
+        if s["sh_type"] in ("SHT_DYNSYM", "SHT_SYMTAB"):
+            kind = "dynsym" if s["sh_type"] == "SHT_DYNSYM" else "symtab"
+            return SymbolTable(kind, s["sh_offset"], s["sh_size"], s["sh_entsize"], s.stringtable["sh_offset"])
+    return None
+
+
+# ----------------------------------------------------------------------------- symbols
+
+
+def read_function_names(buf, h: Header, table: SymbolTable) -> list[str]:
+    """Names of the global, default-visibility functions in ``table``, as pyelftools decodes
+    them (UTF-8 with replacement), in table order.  Raises ELFParseError when the table runs
+    past the end of the file, as pyelftools does."""
+    dtype = _SYM_DTYPE[(h.bits, h.endian)]
+    count = table.size // table.entsize
+    if table.offset + (count - 1) * table.entsize + dtype.itemsize > len(buf):
+        raise ELFParseError("symbol table runs past the end of the file")
+    syms = np.ndarray(shape=(count,), dtype=dtype, buffer=buf, offset=table.offset, strides=(table.entsize,))
+    info, other = syms["info"], syms["other"]
+    keep = ((info & 0xF) == STT_FUNC) & ((info >> 4) == STB_GLOBAL) & ((other & 7) == 0)
+    offsets = syms["name"][keep].tolist()
+    base, n, find = table.strtab_offset, len(buf), buf.find
+    names = []
+    for off in offsets:
+        pos = base + off
+        if pos >= n:
+            continue
+        end = find(b"\x00", pos)
+        if end > pos:
+            names.append(buf[pos:end].decode("utf-8", errors="replace"))
+    return names
+
+
+# ----------------------------------------------------------------------------- one file
+
+
+def hash_buffer(buf, name: str) -> Result:
+    """Hash an ELF image held in ``buf`` (bytes or mmap).  Never raises for a bad file."""
+    try:
+        return _hash_buffer(buf, name)
+    except NotELF as exc:
+        return Result(file=name, reason=Reason.NOT_ELF, detail=str(exc))
+    except ELFError as exc:  # ELFParseError included: what the reference calls "Could not parse file as ELF"
+        return Result(file=name, reason=Reason.CORRUPT, detail=f"truncated or corrupted ELF: {exc}")
+    except (MemoryError, RecursionError) as exc:
+        return Result(file=name, reason=Reason.MALFORMED, detail=f"crafted or corrupted ELF: {type(exc).__name__}")
+    except Exception as exc:  # the reference's "Unknown error": malformed structures pyelftools trips on
+        return Result(file=name, reason=Reason.MALFORMED, detail=f"malformed ELF ({type(exc).__name__}: {exc})")
+
+
+def _hash_buffer(buf, name: str) -> Result:
+    h = None
+    elf = None
+    try:
+        h = read_header(buf)
+        table = find_symbol_table_fast(buf, h)
+    except _GiveUp:
+        elf = ELFFile(MemStream(buf))
+        if h is None:
+            h = read_header(buf)
+        table = find_symbol_table_exact(elf)
+    arch = machine_name(h.machine)
+    if table is None:
+        from .fallback import call_destinations
+
+        if elf is None:
+            elf = ELFFile(MemStream(buf))
+        items, reason, detail = call_destinations(elf, buf)
+        method = "fallback"
+    else:
+        items = select_symbols(read_function_names(buf, h, table))
+        method = table.kind
+        reason = Reason.NO_SYMBOLS
+        detail = f"no global function symbol survives the filters in .{table.kind}"
+    result = Result(file=name, arch=arch, method=method, symbols=len(items))
+    if not items:
+        result.reason, result.detail = reason, detail
+        return result
+    digest = tlsh_digest(items)
+    if digest == "tnull":
+        result.reason = Reason.TOO_FEW_SYMBOLS
+        result.detail = f"too few or too uniform symbols for TLSH ({len(items)} {'addresses' if method == 'fallback' else 'names'})"
+    else:
+        result.telfhash = digest
+    return result

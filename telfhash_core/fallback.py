@@ -1,0 +1,197 @@
+"""Call destinations for ELF files without a symbol table (static, stripped binaries).
+
+The reference finds a code region, sweeps it linearly with capstone (stopping at the first
+bytes capstone cannot decode) and collects, in order of first appearance, the targets of
+direct calls, spelled as capstone prints them.  We find the same region with pyelftools, the
+same way, and run the same capstone engine; what differs is how the instructions are read:
+capstone's C decoder fills an array of instructions in chunks and NumPy picks the calls from
+that array, instead of a Python object per instruction.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import struct
+
+import capstone
+import numpy as np
+from capstone import (
+    CS_ARCH_ARM,
+    CS_ARCH_MIPS,
+    CS_ARCH_X86,
+    CS_MODE_32,
+    CS_MODE_64,
+    CS_MODE_ARM,
+    CS_MODE_BIG_ENDIAN,
+    CS_MODE_MIPS32,
+    _cs_insn,
+)
+from elftools.common.exceptions import ELFError, ELFParseError
+from elftools.elf.elffile import ELFFile
+from elftools.elf.segments import Segment
+
+from .result import Reason
+
+# pyelftools machine name -> capstone engine, as the reference chooses them (note: MIPS is
+# always decoded big-endian and ARM never as Thumb; those are part of the value).
+MODES = {
+    "x86": (CS_ARCH_X86, CS_MODE_32),
+    "x64": (CS_ARCH_X86, CS_MODE_64),
+    "ARM": (CS_ARCH_ARM, CS_MODE_ARM),
+    "MIPS": (CS_ARCH_MIPS, CS_MODE_MIPS32 | CS_MODE_BIG_ENDIAN),
+}
+
+CHUNK = 16384  # instructions per capstone call: bounded memory (~4 MB), cache-friendly
+MAX_CODE = 256 << 20  # a compressed code section may not inflate beyond this
+
+_INSN_SIZE = ctypes.sizeof(_cs_insn)
+_MN, _OP = _cs_insn.mnemonic.offset, _cs_insn.op_str.offset
+# One view of capstone's instruction array; short overlapping fields give cheap prefix tests.
+# Capstone leaves whatever was in memory after each string's terminating NUL, so a field is
+# only compared up to a NUL it includes ("mn5" == b"call" means "call\0") and strings are cut
+# at their first NUL.
+_INSN_DTYPE = np.dtype(
+    {
+        "names": ["size", "mn2", "mn3", "mn5", "op_str", "op2", "op3", "op5"],
+        "formats": ["=u2", "S2", "S3", "S5", "S160", "S2", "S3", "S5"],
+        "offsets": [_cs_insn.size.offset, _MN, _MN, _MN, _OP, _OP, _OP, _OP],
+        "itemsize": _INSN_SIZE,
+    }
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _cs_disasm():
+    lib = ctypes.CDLL(capstone._cs._name)  # our own function object: capstone's prototypes stay untouched
+    fn = lib.cs_disasm
+    fn.restype = ctypes.c_size_t
+    fn.argtypes = [ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint64, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p)]
+    free = lib.cs_free
+    free.restype = None
+    free.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    return fn, free
+
+
+@functools.lru_cache(maxsize=None)
+def _engine(arch: str) -> capstone.Cs:
+    return capstone.Cs(*MODES[arch])
+
+
+def _select(arch: str, insns: np.ndarray) -> list[str]:
+    """The collected address strings among ``insns``, in order (with repeats)."""
+    if arch in ("x86", "x64"):
+        idx = np.flatnonzero((insns["mn5"] == b"call") & (insns["op2"] == b"0x"))
+        return [_text(s)[2:] for s in insns["op_str"][idx]]
+    if arch == "ARM":
+        idx = np.flatnonzero((insns["mn2"] == b"bl") & (insns["op3"] == b"#0x"))
+        return [_text(s)[3:] for s in insns["op_str"][idx]]
+    idx = np.flatnonzero((insns["mn3"] == b"lw") & (insns["op5"] == b"$t9, "))
+    return [_text(s)[8:-5] for s in insns["op_str"][idx]]
+
+
+def _text(field: bytes) -> str:
+    return field.split(b"\x00", 1)[0].decode("ascii")
+
+
+def sweep(code: bytes, address: int, arch: str) -> list[str]:
+    """Linear sweep of ``code`` loaded at ``address``; the reference's call destinations."""
+    disasm, free = _cs_disasm()
+    handle = _engine(arch).csh
+    base = ctypes.cast(ctypes.c_char_p(code), ctypes.c_void_p).value or 0
+    total, off = len(code), 0
+    seen: dict[str, None] = {}
+    while off < total:
+        out = ctypes.c_void_p()
+        n = disasm(handle, base + off, total - off, (address + off) & 0xFFFFFFFFFFFFFFFF, CHUNK, ctypes.byref(out))
+        if n == 0:
+            break
+        try:
+            raw = (ctypes.c_ubyte * (n * _INSN_SIZE)).from_address(out.value)
+            insns = np.frombuffer(raw, dtype=_INSN_DTYPE, count=n)
+            for a in _select(arch, insns):
+                seen.setdefault(a, None)
+            off += int(insns["size"].sum(dtype=np.int64))
+        finally:
+            free(out, n)
+        if n < CHUNK:  # capstone stopped: an instruction it cannot decode, or the end
+            break
+    return list(seen)
+
+
+# ----------------------------------------------------------------------------- the region
+
+
+def code_region(elf: ELFFile):
+    """The section holding the entry point; else ``.text``; else the first R+X ``PT_LOAD``."""
+    ep = elf.header.e_entry
+    for section in elf.iter_sections():
+        start = section.header.sh_addr
+        if start <= ep <= start + section.header.sh_size - 1:
+            return section
+    text = elf.get_section_by_name(".text")
+    if text:
+        return text
+    for segment in elf.iter_segments():
+        if segment["p_type"] == "PT_LOAD" and segment["p_flags"] == 5:
+            return segment
+    return text
+
+
+def image_base(elf: ELFFile, buf) -> int:
+    """``p_vaddr`` of the first ``PT_LOAD``, found the way the reference finds it.
+
+    The reference reads program headers 0, 1, 2, ... until one is ``PT_LOAD`` -- past
+    ``e_phnum`` if need be, until the end of the file (then it fails to parse).  When it
+    could never stop (``e_phentsize`` of 0) we use 0, as the reference's current source does.
+    """
+    h = elf.header
+    phoff, phentsize = h["e_phoff"], h["e_phentsize"]
+    size = elf.structs.Elf_Phdr.sizeof()
+    if phoff > 0 and phentsize < size:
+        raise ELFError(f"Too small e_phentsize: {phentsize}")
+    endian = "<" if elf.little_endian else ">"
+    vaddr_at, vaddr_fmt = (8, endian + "I") if elf.elfclass == 32 else (16, endian + "Q")
+    n = len(buf)
+    if phoff + size > n:
+        raise ELFParseError("program header past the end of the file")
+    if phentsize == 0:
+        (ptype,) = struct.unpack_from(endian + "I", buf, phoff)
+        return struct.unpack_from(vaddr_fmt, buf, phoff + vaddr_at)[0] if ptype == 1 else 0
+    count = (n - size - phoff) // phentsize + 1
+    step = 1 << 16
+    for first in range(0, count, step):
+        k = min(step, count - first)
+        types = np.ndarray((k,), dtype=endian + "u4", buffer=buf, offset=phoff + first * phentsize, strides=(phentsize,))
+        hits = np.flatnonzero(types == 1)
+        if hits.size:
+            pos = phoff + (first + int(hits[0])) * phentsize
+            return struct.unpack_from(vaddr_fmt, buf, pos + vaddr_at)[0]
+    raise ELFParseError("no PT_LOAD program header before the end of the file")
+
+
+def _section_data(section) -> bytes:
+    if section["sh_type"] == "SHT_NOBITS":
+        return b""  # all zeros: no call destination on any supported architecture
+    if section.compressed and section.data_size > MAX_CODE:
+        raise MemoryError(f"compressed code section claims {section.data_size} bytes")
+    return section.data()
+
+
+def call_destinations(elf: ELFFile, buf) -> tuple[list[str], Reason, str]:
+    """``(addresses, reason, detail)``: reason and detail say why when the list is empty."""
+    region = code_region(elf)
+    if type(region) is Segment:
+        address = elf.header.e_entry
+        code = region.data()[address - region["p_vaddr"] :]
+    else:
+        base = image_base(elf, buf)
+        if region is None:
+            return [], Reason.NO_CODE, "no symbol table, and no code section or executable segment to disassemble"
+        address = base + region["sh_offset"]
+        code = _section_data(region)
+    arch = elf.get_machine_arch()
+    if arch not in MODES:
+        return [], Reason.UNSUPPORTED_ARCH, f"no symbol table, and no call-destination fallback for {arch} (the reference covers x86, x86-64, ARM and MIPS)"
+    found = sweep(bytes(code), address, arch)
+    return found, Reason.NO_CALLS, "no symbol table, and the fallback found no direct call destinations"
