@@ -1,0 +1,150 @@
+"""The ``telfhash`` command: a drop-in for the reference CLI, plus subcommands from plugins.
+
+``telfhash [-r] [-g] [-t N] [-f FORMAT] [-o FILE] [-j N] PATH...`` hashes files.  A first
+argument that names a subcommand (and is not an existing path) runs that subcommand instead:
+``telfhash cluster ...``, ``telfhash index ...``; ``telfhash --help`` lists them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from typing import Iterable, Iterator, TextIO
+
+from . import __version__
+from .api import expand_paths, hash_paths
+from .formats import FormatContext, available_formats
+from .plugins import get_plugin_manager
+from .result import Result
+
+# Below this many files a process pool costs more than it saves.
+PARALLEL_MIN_FILES = 16
+PROGRESS_MIN_FILES = 50
+
+
+def _threshold(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("the threshold cannot be negative")
+    return value
+
+
+def _jobs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("jobs cannot be negative")
+    return value
+
+
+def _commands() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    parser = argparse.ArgumentParser(prog="telfhash", description="telfhash subcommands")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    get_plugin_manager().hook.telfhash_commands(subparsers=sub)
+    return parser, dict(sub.choices)
+
+
+def hash_parser(command_names: Iterable[str] = ()) -> argparse.ArgumentParser:
+    formats = available_formats()
+    epilog = ""
+    if command_names:
+        epilog = "subcommands (run 'telfhash COMMAND --help'): " + ", ".join(sorted(command_names))
+    p = argparse.ArgumentParser(
+        prog="telfhash",
+        description="Compute the telfhash of ELF files (identical to the reference tool's values).",
+        epilog=epilog,
+    )
+    p.add_argument("-g", "--group", action="store_true", help="group the files whose telfhashes are within the threshold")
+    p.add_argument("-t", "--threshold", type=_threshold, default=50, help="TLSH distance for -g (default 50)")
+    p.add_argument("-r", "--recursive", action="store_true", help="walk folders given as PATH")
+    p.add_argument("-o", "--output", default=None, help="write the output to this file instead of stdout")
+    p.add_argument(
+        "-f", "--format", default=None, choices=sorted(formats), help="output format (default: aligned file and hash)"
+    )
+    p.add_argument("-j", "--jobs", type=_jobs, default=0, help="processes to use (default: all cores; 1 = no pool)")
+    p.add_argument("--details", action="store_true", help="-f json: include reason, arch, method, size... per file")
+    p.add_argument("--sha256", action="store_true", help="also compute each file's SHA-256 (json/jsonl)")
+    p.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show a progress bar")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
+    p.add_argument("-d", "--debug", action="store_true", help="print why files have no telfhash (stderr)")
+    p.add_argument("-v", "--version", action="version", version=f"%(prog)s {__version__} (telfhash-core)")
+    p.add_argument("files", nargs="+", metavar="PATH", help="ELF files (wildcards accepted) or, with -r, folders")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmd_parser, commands = _commands()
+    if argv and argv[0] in commands and not os.path.exists(argv[0]):
+        args = cmd_parser.parse_args(argv)
+        return int(args.func(args) or 0)
+    args = hash_parser(commands).parse_args(argv)
+    return run_hash(args)
+
+
+def _progress(results: Iterator[Result], total: int, enabled: bool | None) -> Iterator[Result]:
+    if enabled is None:
+        enabled = total >= PROGRESS_MIN_FILES and sys.stderr.isatty()
+    if not enabled:
+        yield from results
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="file", file=sys.stderr, dynamic_ncols=True, leave=False) as bar:
+        for r in results:
+            bar.update(1)
+            yield r
+
+
+def run_hash(args: argparse.Namespace) -> int:
+    files = expand_paths(args.files, args.recursive, on_error=lambda m: print(f"telfhash: {m}", file=sys.stderr))
+    if not files:
+        print("No files found", file=sys.stderr)
+        return 1
+    fmt = available_formats()[args.format or "default"]
+    jobs = args.jobs or (os.cpu_count() or 1)
+    if len(files) < PARALLEL_MIN_FILES:
+        jobs = 1
+    hook = get_plugin_manager().hook
+    collected: list[Result] = []
+
+    def stream() -> Iterator[Result]:
+        for r in _progress(hash_paths(files, jobs=jobs, ordered=fmt.ordered, sha256=args.sha256), len(files), args.progress):
+            hook.telfhash_result(result=r)
+            if args.debug and not r.ok:
+                print(f"{r.file}: {r.detail or r.msg}", file=sys.stderr)
+            if args.group:
+                collected.append(r)
+            yield r
+
+    ctx = FormatContext(paths=files, options=vars(args))
+    with _open_output(args.output) as out:
+        fmt.write(stream(), out, ctx)
+        to_stdout = out is sys.stdout
+        if args.group and len(collected) > 1:
+            from .cluster import print_groups
+
+            print_groups(collected, args.threshold, sys.stdout)
+        if to_stdout and fmt.name in ("default", "tsv", "json"):
+            print()  # the reference ends its output with an empty line
+    return 0
+
+
+@contextlib.contextmanager
+def _open_output(path: str | None) -> Iterator[TextIO]:
+    if path is None or path == "-":
+        yield sys.stdout
+        return
+    with open(path, "w", encoding="utf-8") as fh:
+        yield fh
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
