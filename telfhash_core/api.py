@@ -22,7 +22,28 @@ def _error(file: str, reason: Reason, detail: str, size: int | None = None) -> R
     return Result(file=file, reason=reason, detail=detail, size=size)
 
 
-def hash_file(path: str | os.PathLike, *, sha256: bool = False, max_size: int = DEFAULT_MAX_SIZE) -> Result:
+def _add_fields(buf, result: Result, fields) -> None:
+    """Compute the opt-in fields (from plugins' ``telfhash_fields``) into ``result.extra``."""
+    if not fields:
+        return
+    from .plugins import field_functions
+
+    known = field_functions()
+    for name in fields:
+        fn = known.get(name)
+        if fn is None:
+            result.extra[name] = None
+            continue
+        try:
+            result.extra[name] = fn(buf, result)
+        except Exception as exc:  # a field must never cost the file its telfhash
+            result.extra[name] = None
+            result.extra.setdefault("field_errors", {})[name] = f"{type(exc).__name__}: {exc}"
+
+
+def hash_file(
+    path: str | os.PathLike, *, sha256: bool = False, max_size: int = DEFAULT_MAX_SIZE, fields: Iterable[str] = ()
+) -> Result:
     """The telfhash of the file at ``path``.  Never raises for a bad file: the result says why.
 
     Only regular files are opened for reading (a FIFO or device among the paths cannot hang
@@ -57,6 +78,7 @@ def hash_file(path: str | os.PathLike, *, sha256: bool = False, max_size: int = 
             return _error(name, Reason.UNREADABLE, f"cannot read: {exc}", size)
         try:
             result = hash_buffer(mm, name)
+            _add_fields(mm, result, fields)
             if sha256:
                 result.sha256 = hashlib.sha256(mm).hexdigest()
         except OSError as exc:  # e.g. the file shrank under us (SIGBUS is not raised for reads via mmap slices)
@@ -69,12 +91,15 @@ def hash_file(path: str | os.PathLike, *, sha256: bool = False, max_size: int = 
         os.close(fd)
 
 
-def hash_bytes(data: bytes | bytearray | memoryview, name: str = "<bytes>", *, sha256: bool = False) -> Result:
+def hash_bytes(
+    data: bytes | bytearray | memoryview, name: str = "<bytes>", *, sha256: bool = False, fields: Iterable[str] = ()
+) -> Result:
     """The telfhash of an ELF image held in memory."""
-    buf = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+    buf = data if isinstance(data, bytes) else bytes(data)
     if len(buf) == 0:
         return _error(name, Reason.EMPTY, "empty file (0 bytes)", 0)
     result = hash_buffer(buf, name)
+    _add_fields(buf, result, fields)
     result.size = len(buf)
     if sha256:
         result.sha256 = hashlib.sha256(buf).hexdigest()
@@ -82,7 +107,12 @@ def hash_bytes(data: bytes | bytearray | memoryview, name: str = "<bytes>", *, s
 
 
 def hash_fileobj(
-    fileobj: IO[bytes], name: str | None = None, *, sha256: bool = False, max_size: int = DEFAULT_MAX_SIZE
+    fileobj: IO[bytes],
+    name: str | None = None,
+    *,
+    sha256: bool = False,
+    max_size: int = DEFAULT_MAX_SIZE,
+    fields: Iterable[str] = (),
 ) -> Result:
     """The telfhash of an open binary file (read from its current position to the end)."""
     name = name or getattr(fileobj, "name", None) or "<stream>"
@@ -96,7 +126,7 @@ def hash_fileobj(
         return _error(name, Reason.UNREADABLE, "the stream is not opened in binary mode")
     if len(data) > max_size:
         return _error(name, Reason.TOO_LARGE, f"stream is over the limit of {max_size} bytes")
-    return hash_bytes(bytes(data), name, sha256=sha256)
+    return hash_bytes(bytes(data), name, sha256=sha256, fields=fields)
 
 
 # ----------------------------------------------------------------------------- many files
@@ -137,10 +167,10 @@ def expand_paths(
     return files
 
 
-def _hash_one(args: tuple[str, bool]) -> Result:
-    path, sha = args
+def _hash_one(args: tuple[str, bool, tuple[str, ...]]) -> Result:
+    path, sha, fields = args
     try:
-        return hash_file(path, sha256=sha)
+        return hash_file(path, sha256=sha, fields=fields)
     except Exception as exc:  # pragma: no cover - last line of defence: a bug must not stop the batch
         return _error(path, Reason.INTERNAL, f"internal error: {exc!r}")
 
@@ -151,17 +181,19 @@ def hash_paths(
     jobs: int | None = 1,
     ordered: bool = True,
     sha256: bool = False,
+    fields: Iterable[str] = (),
     chunksize: int | None = None,
 ) -> Iterator[Result]:
     """Hash many files and yield one :class:`Result` per path.
 
     ``jobs``: processes to use (``None`` or 0 = all cores; 1 = this process).  ``ordered=False``
-    yields results as they finish.  Paths are used as given; see :func:`expand_paths`.
+    yields results as they finish.  ``fields``: opt-in extra fields (see ``telfhash_fields``).
+    Paths are used as given; see :func:`expand_paths`.
     """
     paths = list(paths)
     jobs = (os.cpu_count() or 1) if not jobs else jobs
     jobs = max(1, min(jobs, len(paths) or 1))
-    work = [(p, sha256) for p in paths]
+    work = [(p, sha256, tuple(fields)) for p in paths]
     if jobs == 1:
         for w in work:
             yield _hash_one(w)

@@ -71,6 +71,14 @@ def hash_parser(command_names: Iterable[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("-j", "--jobs", type=_jobs, default=0, help="processes to use (default: all cores; 1 = no pool)")
     p.add_argument("--details", action="store_true", help="-f json: include reason, arch, method, size... per file")
     p.add_argument("--sha256", action="store_true", help="also compute each file's SHA-256 (json/jsonl)")
+    p.add_argument(
+        "--field",
+        dest="fields",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="add an opt-in per-file field from a plugin (json/jsonl), e.g. --field telfhash_x",
+    )
     p.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show a progress bar")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
     p.add_argument("-d", "--debug", action="store_true", help="print why files have no telfhash (stderr)")
@@ -116,8 +124,9 @@ def run_hash(args: argparse.Namespace) -> int:
     collected: list[Result] = []
 
     def stream() -> Iterator[Result]:
-        for r in _progress(hash_paths(files, jobs=jobs, ordered=fmt.ordered, sha256=args.sha256), len(files), args.progress):
-            hook.telfhash_result(result=r)
+        results = hash_paths(files, jobs=jobs, ordered=fmt.ordered, sha256=args.sha256, fields=args.fields)
+        for r in _progress(results, len(files), args.progress):
+            hook.telfhash_result(result=r, options=vars(args))
             if args.debug and not r.ok:
                 print(f"{r.file}: {r.detail or r.msg}", file=sys.stderr)
             if args.group:

@@ -13,8 +13,14 @@ hookimpl = pluggy.HookimplMarker("telfhash")
 
 
 @hookspec
-def telfhash_result(result):
+def telfhash_result(result, options):
     """Called once for every file result, in the process that collects results; may add to ``result.extra``."""
+
+
+@hookspec
+def telfhash_fields():
+    """Return ``{name: compute(buf, result) -> value}``: opt-in per-file fields computed from the file's bytes
+    in the hashing process (asked for with ``hash_file(..., fields=[name])`` or ``telfhash --field NAME``)."""
 
 
 @hookspec

@@ -59,3 +59,12 @@ def reset_plugin_manager() -> None:
     """Forget the plugin manager (tests; after registering plugins by hand)."""
     global _pm
     _pm = None
+
+
+def field_functions() -> dict:
+    """``{name: compute(buf, result)}`` from every plugin's ``telfhash_fields`` hook."""
+    found: dict = {}
+    for group in get_plugin_manager().hook.telfhash_fields():
+        for name, fn in (group or {}).items():
+            found.setdefault(name, fn)
+    return found
