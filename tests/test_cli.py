@@ -1,0 +1,88 @@
+"""The `telfhash` command: the reference's output formats, plus -j, jsonl and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FIX = Path(__file__).parent / "fixtures"
+ENTRIES = json.loads((FIX / "fixtures.json").read_text())["files"]
+PATHS = [str(FIX / e["fixture"]) for e in ENTRIES]
+REF = {str(FIX / e["fixture"]): e["reference"] for e in ENTRIES}
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "telfhash_core.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_default_output_is_the_references_layout():
+    p = run(*PATHS)
+    assert p.returncode == 0, p.stderr
+    width = max(len(x) for x in PATHS)
+    expected = "".join(f"{x:<{width}}  {REF[x]['telfhash']}\n" for x in PATHS) + "\n"
+    assert p.stdout == expected
+
+
+def test_json_and_tsv():
+    p = run("-f", "json", *PATHS)
+    rows = json.loads(p.stdout)
+    assert rows == [{"file": x, "telfhash": REF[x]["telfhash"], "msg": REF[x]["msg"]} for x in PATHS]
+    p = run("-f", "tsv", *PATHS[:3])
+    assert p.stdout == "".join(f"{x}\t{REF[x]['telfhash']}\n" for x in PATHS[:3]) + "\n"
+
+
+def test_jsonl_parallel_streams_every_file_once(tmp_path):
+    many = PATHS * 3
+    out = tmp_path / "out.jsonl"
+    p = run("-f", "jsonl", "-j", "2", "--sha256", "-o", str(out), *many)
+    assert p.returncode == 0 and p.stdout == ""
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["file"] for r in rows) == sorted(many)
+    for r in rows:
+        assert r["telfhash"] == REF[r["file"]]["telfhash"]
+        assert r["sha256"] == next(e["sha256"] for e in ENTRIES if str(FIX / e["fixture"]) == r["file"])
+
+
+def test_jobs_do_not_change_results():
+    many = PATHS * 2
+    one = run("-j", "1", "-f", "json", *many).stdout
+    two = run("-j", "2", "-f", "json", *many).stdout
+    assert one == two
+
+
+def test_bad_files_are_results_and_exit_zero(tmp_path):
+    (tmp_path / "text").write_text("hello")
+    p = run("-d", str(tmp_path / "text"), str(tmp_path / "missing"), str(tmp_path), PATHS[0])
+    assert p.returncode == 0
+    lines = p.stdout.splitlines()
+    assert [line.split()[-1] for line in lines[:4]] == ["-", "-", "-", REF[PATHS[0]]["telfhash"]]
+    assert "not an ELF file" in p.stderr and "no such file" in p.stderr and "is a directory" in p.stderr
+
+
+def test_recursive_walks_folders():
+    p = run("-r", "-f", "json", str(FIX / "elf"))
+    assert len(json.loads(p.stdout)) == len(ENTRIES)
+
+
+def test_usage_errors_exit_nonzero():
+    assert run().returncode == 2
+    assert run("-t", "abc", PATHS[0]).returncode == 2
+    assert run("-f", "xml", PATHS[0]).returncode == 2
+
+
+def test_a_file_named_like_a_subcommand_is_hashed(tmp_path):
+    shutil.copy(PATHS[0], tmp_path / "cluster")
+    p = run("cluster", cwd=tmp_path)
+    assert p.returncode == 0
+    assert p.stdout.split()[-1] == REF[PATHS[0]]["telfhash"]
+
+
+def test_version():
+    p = run("--version")
+    assert p.returncode == 0 and "telfhash" in p.stdout
