@@ -24,6 +24,7 @@ import numpy as np
 from elftools.common.exceptions import ELFError, ELFParseError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.enums import ENUM_E_MACHINE
+from elftools.elf.structs import ELFStructs
 
 from .digest import select_symbols, tlsh_digest
 from .result import Reason, Result
@@ -114,6 +115,47 @@ class MemStream:
         end = self._len if n is None or n < 0 else min(self._len, start + n)
         self._pos = end
         return bytes(self._buf[start:end])
+
+
+class CachedELFFile(ELFFile):
+    """pyelftools' ``ELFFile`` with its struct definitions built once per kind of file.
+
+    Building the construct definitions is most of the cost of opening a small file; they
+    depend only on class, byte order, type, machine and OS ABI, and are not changed by
+    parsing.  Everything else is pyelftools' own ``__init__``, step by step.
+    """
+
+    _structs_cache: dict[tuple, ELFStructs] = {}
+
+    def __init__(self, stream) -> None:  # noqa: D107 - mirrors ELFFile.__init__
+        self.stream = stream
+        self.stream.seek(0, 2)
+        self.stream_len = self.stream.tell()
+        self._identify_file()
+        basic = self._structs_cache.get((self.little_endian, self.elfclass))
+        if basic is None:
+            basic = ELFStructs(little_endian=self.little_endian, elfclass=self.elfclass)
+            basic.create_basic_structs()
+            self._structs_cache[(self.little_endian, self.elfclass)] = basic
+        self.structs = basic
+        self.header = self._parse_elf_header()
+        key = (self.little_endian, self.elfclass, self["e_type"], self["e_machine"], self["e_ident"]["EI_OSABI"])
+        structs = self._structs_cache.get(key)
+        if structs is None:
+            structs = ELFStructs(little_endian=self.little_endian, elfclass=self.elfclass)
+            structs.create_basic_structs()
+            structs.create_advanced_structs(*key[2:])
+            if len(self._structs_cache) < 256:
+                self._structs_cache[key] = structs
+        self.structs = structs
+        self.stream.seek(0)
+        self.e_ident_raw = self.stream.read(16)
+        self.stream_loader = None
+
+
+def open_elf(buf) -> ELFFile:
+    """An ``ELFFile`` over ``buf`` (pyelftools semantics, cached struct definitions)."""
+    return CachedELFFile(MemStream(buf))
 
 
 # ----------------------------------------------------------------------------- headers
@@ -314,7 +356,7 @@ def _hash_buffer(buf, name: str, exact: bool) -> Result:
             raise _GiveUp
         table = find_symbol_table_fast(buf, h)
     except _GiveUp:
-        elf = ELFFile(MemStream(buf))
+        elf = open_elf(buf)
         if h is None:
             h = read_header(buf)
         table = find_symbol_table_exact(elf)
@@ -323,7 +365,7 @@ def _hash_buffer(buf, name: str, exact: bool) -> Result:
         from .fallback import call_destinations
 
         if elf is None:
-            elf = ELFFile(MemStream(buf))
+            elf = open_elf(buf)
         items, reason, detail = call_destinations(elf, buf)
         method = "fallback"
     else:

@@ -42,6 +42,7 @@ MODES = {
     "MIPS": (CS_ARCH_MIPS, CS_MODE_MIPS32 | CS_MODE_BIG_ENDIAN),
 }
 
+_PREFIX = 32  # bytes of op_str compared at once (a call target needs at most 19)
 CHUNK = 16384  # instructions per capstone call: bounded memory (~4 MB), cache-friendly
 MAX_CODE = 256 << 20  # a compressed code section may not inflate beyond this
 
@@ -79,15 +80,30 @@ def _engine(arch: str) -> capstone.Cs:
 
 
 def _select(arch: str, insns: np.ndarray) -> list[str]:
-    """The collected address strings among ``insns``, in order (with repeats)."""
+    """The distinct collected address strings among ``insns``, in order of first appearance."""
     if arch in ("x86", "x64"):
-        idx = np.flatnonzero((insns["mn5"] == b"call") & (insns["op2"] == b"0x"))
-        return [_text(s)[2:] for s in insns["op_str"][idx]]
-    if arch == "ARM":
-        idx = np.flatnonzero((insns["mn2"] == b"bl") & (insns["op3"] == b"#0x"))
-        return [_text(s)[3:] for s in insns["op_str"][idx]]
-    idx = np.flatnonzero((insns["mn3"] == b"lw") & (insns["op5"] == b"$t9, "))
-    return [_text(s)[8:-5] for s in insns["op_str"][idx]]
+        hits, cut = (insns["mn5"] == b"call") & (insns["op2"] == b"0x"), slice(2, None)
+    elif arch == "ARM":
+        hits, cut = (insns["mn2"] == b"bl") & (insns["op3"] == b"#0x"), slice(3, None)
+    else:
+        hits, cut = (insns["mn3"] == b"lw") & (insns["op5"] == b"$t9, "), slice(8, -5)
+    return [s[cut] for s in _distinct_strings(insns["op_str"][np.flatnonzero(hits)])]
+
+
+def _distinct_strings(fields: np.ndarray) -> list[str]:
+    """Distinct C strings among capstone's fixed-size text fields, in order of first appearance.
+
+    The bytes after each string's NUL are garbage, so they are zeroed before comparing.
+    """
+    if fields.size == 0:
+        return []
+    raw = fields.view(np.uint8).reshape(len(fields), -1)[:, :_PREFIX]
+    ended = np.cumsum(raw == 0, axis=1, dtype=np.int32) > 0
+    if not ended[:, -1].all():  # a longer string than the window: take the plain route
+        return list(dict.fromkeys(_text(f) for f in fields))
+    clean = np.ascontiguousarray(np.where(ended, 0, raw).astype(np.uint8)).view(f"S{_PREFIX}").ravel()
+    uniq, first = np.unique(clean, return_index=True)
+    return [u.decode("ascii") for u in uniq[np.argsort(first, kind="stable")]]
 
 
 def _text(field: bytes) -> str:
@@ -109,7 +125,7 @@ def sweep(code: bytes, address: int, arch: str) -> list[str]:
         try:
             raw = (ctypes.c_ubyte * (n * _INSN_SIZE)).from_address(out.value)
             insns = np.frombuffer(raw, dtype=_INSN_DTYPE, count=n)
-            for a in _select(arch, insns):
+            for a in _select(arch, insns):  # distinct within the chunk; across chunks below
                 seen.setdefault(a, None)
             off += int(insns["size"].sum(dtype=np.int64))
         finally:
