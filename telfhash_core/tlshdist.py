@@ -272,12 +272,54 @@ if HAVE_NUMBA:
         return out
 
     @_jit
-    def _nb_scan(L, Q1, Q2, C, P, starts, positions, threshold, lmax, allpairs, mode, parent):
-        """Visit every candidate pair (a, b), a < b in L-sorted order, for the rows in ``positions``.
+    def _nb_class_pass(cL, cQ1, cQ2, lstart, threshold, lmax, allpairs, fill, indptr, cand, bound):
+        k = cL.shape[0]
+        cnt = 0
+        for A in range(k):
+            la = np.int64(cL[A])
+            noff = 1 if allpairs else lmax + 1
+            for off in range(noff):
+                if allpairs:
+                    lo = A
+                    hi = k
+                else:
+                    bkt = (la + off) % 256
+                    lo = lstart[bkt]
+                    hi = lstart[bkt + 1]
+                    if off == 0:
+                        lo = A
+                for B in range(lo, hi):
+                    h = _header(la, np.int64(cL[B]), np.int64(cQ1[A]), np.int64(cQ1[B]),
+                                np.int64(cQ2[A]), np.int64(cQ2[B]), 0, 0)
+                    if h <= threshold:
+                        if fill:
+                            cand[cnt] = B
+                            bound[cnt] = h
+                        cnt += 1
+            indptr[A + 1] = cnt
+        return cnt
+
+    def _nb_class_candidates(cL, cQ1, cQ2, lstart, threshold, lmax, allpairs):
+        """For every header class A, the classes B >= A whose header lower bound is <= threshold.
+
+        A class is a run of rows with equal (L, q1, q2); the header of any pair between A and B
+        is their bound plus at most 1 (checksums).  Returns CSR arrays (indptr, cand, bound).
+        """
+        indptr = np.zeros(cL.shape[0] + 1, dtype=np.int64)
+        empty = np.zeros(0, dtype=np.int64)
+        total = _nb_class_pass(cL, cQ1, cQ2, lstart, threshold, lmax, allpairs, False, indptr, empty, empty)
+        cand = np.empty(total, dtype=np.int64)
+        bound = np.empty(total, dtype=np.int64)
+        _nb_class_pass(cL, cQ1, cQ2, lstart, threshold, lmax, allpairs, True, indptr, cand, bound)
+        return indptr, cand, bound
+
+    @_jit
+    def _nb_scan(W0, W1, W2, W3, W4, W5, C, cls_of, cstart, indptr, cand, bound,
+                 positions, threshold, mode, parent):
+        """Visit the candidate pairs (a, b), a < b in class-sorted order, for rows ``positions``.
 
         mode 0: return the pairs within the threshold; mode 1: union them into ``parent``.
         """
-        n = L.shape[0]
         cap = 1024
         oi = np.empty(cap, dtype=np.int64)
         oj = np.empty(cap, dtype=np.int64)
@@ -285,29 +327,37 @@ if HAVE_NUMBA:
         cnt = 0
         for pk in range(positions.shape[0]):
             a = positions[pk]
-            la = np.int64(L[a])
-            q1a = np.int64(Q1[a])
-            q2a = np.int64(Q2[a])
-            ca = np.int64(C[a])
-            noff = 1 if allpairs else lmax + 1
-            for off in range(noff):
-                if allpairs:
+            A = cls_of[a]
+            a0 = W0[a]
+            a1 = W1[a]
+            a2 = W2[a]
+            a3 = W3[a]
+            a4 = W4[a]
+            a5 = W5[a]
+            ca = C[a]
+            for e in range(indptr[A], indptr[A + 1]):
+                B = cand[e]
+                h = bound[e]
+                budget = threshold - h
+                lo = cstart[B]
+                if B == A:
                     lo = a + 1
-                    hi = n
-                elif off == 0:
-                    lo = a + 1
-                    hi = starts[la + 1]
-                else:
-                    bkt = (la + off) % 256
-                    lo = starts[bkt]
-                    hi = starts[bkt + 1]
+                hi = cstart[B + 1]
                 for b in range(lo, hi):
-                    h = _header(la, np.int64(L[b]), q1a, np.int64(Q1[b]), q2a, np.int64(Q2[b]), ca, np.int64(C[b]))
-                    if h > threshold:
+                    x0 = a0 ^ W0[b]
+                    x1 = a1 ^ W1[b]
+                    x2 = a2 ^ W2[b]
+                    x3 = a3 ^ W3[b]
+                    x4 = a4 ^ W4[b]
+                    x5 = a5 ^ W5[b]
+                    s = (_popcount(x0) + _popcount(x1) + _popcount(x2) + _popcount(x3) + _popcount(x4)
+                         + _popcount(x5) + 3 * (_popcount(x0 & x2 & x4) + _popcount(x1 & x3 & x5)))
+                    if s > budget:
                         continue
-                    d = h + _body(P, a, P, b)
-                    if d > threshold:
-                        continue
+                    if C[b] != ca:
+                        s += 1
+                        if s > budget:
+                            continue
                     if mode == 0:
                         if cnt == cap:
                             cap *= 2
@@ -320,7 +370,7 @@ if HAVE_NUMBA:
                             oi, oj, od = ni, nj, nd
                         oi[cnt] = a
                         oj[cnt] = b
-                        od[cnt] = d
+                        od[cnt] = h + s
                         cnt += 1
                     else:
                         _union(parent, a, b)
@@ -403,33 +453,30 @@ def _threads(threads: int | None) -> int:
     return max(1, int(threads))
 
 
-def _sorted_by_length(enc: Encoded):
-    order = np.argsort(enc.lvalue, kind="stable")
-    L = np.ascontiguousarray(enc.lvalue[order])
-    starts = np.searchsorted(L, np.arange(257), side="left").astype(np.int64)
-    return (
-        order,
-        L,
-        np.ascontiguousarray(enc.q1[order]),
-        np.ascontiguousarray(enc.q2[order]),
-        np.ascontiguousarray(enc.checksum[order]),
-        np.ascontiguousarray(enc.planes[order]),
-        starts,
-    )
-
-
 def _scan(enc: Encoded, threshold: int, mode: int, threads: int | None):
+    """Run the compiled scan; rows are sorted by header class (L, q1, q2) first."""
     n = len(enc)
-    order, L, Q1, Q2, C, P, starts = _sorted_by_length(enc)
+    order = np.lexsort((enc.q2, enc.q1, enc.lvalue))
+    L, Q1, Q2 = enc.lvalue[order], enc.q1[order], enc.q2[order]
+    key = (L.astype(np.int64) << 8) | (Q1.astype(np.int64) << 4) | Q2.astype(np.int64)
+    first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    cstart = np.r_[first, n].astype(np.int64)
+    cls_of = (np.cumsum(np.r_[True, key[1:] != key[:-1]]) - 1).astype(np.int64)
+    cL, cQ1, cQ2 = L[first], Q1[first], Q2[first]
+    lstart = np.searchsorted(cL, np.arange(257), side="left").astype(np.int64)
     lmax = max_length_code_diff(threshold)
-    allpairs = lmax >= 128
+    indptr, cand, bound = _nb_class_candidates(cL, cQ1, cQ2, lstart, int(threshold), int(max(lmax, 0)), lmax >= 128)
+    planes = enc.planes[order]
+    W = [np.ascontiguousarray(planes[:, k]) for k in range(6)]
+    C = np.ascontiguousarray(enc.checksum[order])
     nt = min(_threads(threads), max(1, n // 256))
-    # interleaved rows give each thread a similar share of every length bucket
     parents = np.tile(np.arange(n, dtype=np.int64), (nt if mode == 1 else 1, 1))
 
     def work(t: int):
+        # interleaved rows give each thread a similar share of every class
         positions = np.arange(t, n, nt, dtype=np.int64)
-        return _nb_scan(L, Q1, Q2, C, P, starts, positions, int(threshold), int(max(lmax, 0)), allpairs, mode, parents[t if mode == 1 else 0])
+        return _nb_scan(*W, C, cls_of, cstart, indptr, cand, bound, positions, int(threshold), mode,
+                        parents[t if mode == 1 else 0])
 
     if nt == 1:
         outs = [work(0)]
