@@ -1,0 +1,552 @@
+"""Telfhash clusters as a STIX 2.1 bundle.
+
+The bundle holds, in this order:
+
+* the producer's Identity (and the project's own, which publishes the Extension Definition);
+* the Extension Definition of the ``telfhash cluster`` property-extension;
+* per cluster: a Grouping (``context: malware-analysis``) carrying the extension, a Malware
+  family with ``sample_refs``, an Indicator whose pattern enumerates the members' telfhashes,
+  and the ``indicates`` Relationship;
+* one File per sample, with standard hashes only (MD5, SHA-1, SHA-256) unless a telfhash key is
+  asked for.
+
+Objects are plain dictionaries written in a fixed key order; ids are UUIDv5 over the content,
+so the same input gives the same ids and order (and the same bytes for the same timestamp).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from telfhash_core.digest import distance, is_digest, normalize
+from telfhash_core.result import Result
+
+# Our namespace for the ids of the objects we produce (SDOs, SROs, bundles).
+NAMESPACE = uuid.UUID("5c0d981b-1f1b-40b9-9e26-5e3f28f2c83c")
+# The STIX 2.1 namespace for deterministic SCO ids (section 2.9 of the specification).
+SCO_NAMESPACE = uuid.UUID("00abedb4-aa42-466c-9c01-fed23315a9b7")
+
+EXTENSION_ID = "extension-definition--1e6507bc-d6fa-48a6-b047-009557ebe233"
+EXTENSION_VERSION = "1.0.0"
+PROJECT_IDENTITY_ID = "identity--003b9e40-c313-489e-a1f5-6c717aa66af2"
+# Fixed objects (project identity, extension definition) carry a fixed timestamp: the same
+# object with the same id must not appear with different versions.
+FIXED_TIMESTAMP = "2026-11-01T00:00:00.000Z"
+SCHEMA_FILE = Path(__file__).with_name("telfhash-cluster-extension.schema.json")
+
+# Keys under which the telfhash may go into File ``hashes`` (opt-in).
+TELFHASH_KEYS = ("TELFHASH", "x_telfhash")
+
+# pyelftools machine names -> STIX processor-architecture-ov (only values in the vocabulary).
+_ARCH_OV = {
+    "x64": "x86-64",
+    "x86": "x86",
+    "ARM": "arm",
+    "AArch64": "arm",
+    "MIPS": "mips",
+    "PowerPC": "powerpc",
+    "64-bit PowerPC": "powerpc",
+    "SPARC": "sparc",
+    "SPARC v9 64-bit": "sparc",
+    "Intel IA-64": "ia-64",
+    "Alpha": "alpha",
+}
+
+
+class ExportError(ValueError):
+    """The input cannot be exported (words for a person in the message)."""
+
+
+@dataclass
+class Sample:
+    """One ELF sample as it goes into the bundle."""
+
+    file: str
+    telfhash: str  # t1 + 70 hex
+    sha256: str
+    md5: str | None = None
+    sha1: str | None = None
+    arch: str | None = None
+    size: int | None = None
+
+    @property
+    def hashes(self) -> dict[str, str]:
+        h: dict[str, str] = {}
+        if self.md5:
+            h["MD5"] = self.md5
+        if self.sha1:
+            h["SHA-1"] = self.sha1
+        h["SHA-256"] = self.sha256
+        return h
+
+    @property
+    def file_id(self) -> str:
+        return file_id(self.hashes)
+
+
+@dataclass
+class ClusterSpec:
+    """A cluster reduced to what the bundle needs (built from a ``Cluster`` or its dict)."""
+
+    members: list[Sample]
+    representative: Sample
+    threshold: int
+    linkage: str | None = None
+    max_distance: int | None = None
+
+
+@dataclass
+class ExportReport:
+    """What was left out and why (per item), besides the bundle itself."""
+
+    skipped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- ids and time
+
+
+def _ts(value: Any = None) -> str:
+    """A STIX timestamp (UTC, millisecond precision) from None (now, or $SOURCE_DATE_EPOCH),
+    a datetime, epoch seconds, or an ISO 8601 string."""
+    if value is None:
+        epoch = os.environ.get("SOURCE_DATE_EPOCH")
+        value = int(epoch) if epoch and epoch.strip().isdigit() else _dt.datetime.now(_dt.timezone.utc)
+    if isinstance(value, (int, float)):
+        value = _dt.datetime.fromtimestamp(value, _dt.timezone.utc)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith("Z"):
+            text = text[:-1] + "+00:00"
+        try:
+            value = _dt.datetime.fromisoformat(text)
+        except ValueError:
+            raise ExportError(f"not an ISO 8601 timestamp: {value!r}") from None
+    if not isinstance(value, _dt.datetime):
+        raise ExportError(f"not a timestamp: {value!r}")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=_dt.timezone.utc)
+    value = value.astimezone(_dt.timezone.utc)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def _sdo_id(kind: str, *parts: str) -> str:
+    """A deterministic id for a domain/relationship object or bundle.  STIX 2.1 wants UUIDv4
+    there (random-looking, version 4): the 122 free bits come from a SHA-256 of the content key
+    and our namespace, so the same content always gets the same id."""
+    digest = hashlib.sha256(NAMESPACE.bytes + (kind + chr(0) + chr(0).join(parts)).encode("utf-8")).digest()
+    return f"{kind}--{uuid.UUID(bytes=digest[:16], version=4)}"
+
+
+def file_id(hashes: dict[str, str], name: str | None = None) -> str:
+    """The deterministic File id of STIX 2.1 (UUIDv5 over one hash chosen MD5 > SHA-1 >
+    SHA-256 > SHA-512, and the name when there is one), as any conforming producer computes it."""
+    chosen = None
+    for key in ("MD5", "SHA-1", "SHA-256", "SHA-512"):
+        if key in hashes:
+            chosen = {key: hashes[key]}
+            break
+    if chosen is None and hashes:
+        key = next(iter(hashes))
+        chosen = {key: hashes[key]}
+    contributing: dict[str, Any] = {}
+    if chosen:
+        contributing["hashes"] = chosen
+    if name is not None:
+        contributing["name"] = name
+    if not contributing:
+        raise ExportError("a File needs hashes or a name")
+    # RFC 8785 canonical JSON; for these ASCII strings that is sorted keys without spaces.
+    data = json.dumps(contributing, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return f"file--{uuid.uuid5(SCO_NAMESPACE, data)}"
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _hash_file(path: str) -> tuple[str, str, str] | None:
+    try:
+        md5, sha1, sha256 = hashlib.md5(), hashlib.sha1(), hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                md5.update(block)
+                sha1.update(block)
+                sha256.update(block)
+        return md5.hexdigest(), sha1.hexdigest(), sha256.hexdigest()
+    except OSError:
+        return None
+
+
+def _is_hex(value: Any, length: int) -> bool:
+    return isinstance(value, str) and len(value) == length and all(c in "0123456789abcdefABCDEF" for c in value)
+
+
+def to_sample(item: Any, *, hash_files: bool = True, report: ExportReport | None = None) -> Sample | None:
+    """A :class:`Sample` from a ``Result``, a result dict (``telfhash -f json/jsonl --sha256``), or
+    a path; None (with the reason in ``report``) when it has no telfhash or no SHA-256."""
+    report = report if report is not None else ExportReport()
+    if isinstance(item, (str, os.PathLike)):
+        from telfhash_core import hash_file
+
+        item = hash_file(item, sha256=True)
+    if isinstance(item, dict):
+        item = Result.from_dict(item)
+    if not isinstance(item, Result):
+        report.skipped.append(f"{item!r}: not a result")
+        return None
+    if not item.telfhash or not is_digest(item.telfhash):
+        report.skipped.append(f"{item.file}: no telfhash ({item.msg or item.reference_telfhash})")
+        return None
+    md5 = sha1 = None
+    sha256 = item.sha256.lower() if _is_hex(item.sha256, 64) else None
+    if hash_files and item.file and os.path.isfile(item.file):
+        digests = _hash_file(item.file)
+        if digests is not None:
+            if sha256 and digests[2] != sha256:
+                report.warnings.append(f"{item.file}: the file's SHA-256 differs from the one given; using the file's")
+            md5, sha1, sha256 = digests
+    if sha256 is None:
+        report.skipped.append(f"{item.file}: no SHA-256 (hash with --sha256, or give readable paths)")
+        return None
+    return Sample(
+        file=item.file,
+        telfhash=normalize(item.telfhash, "t1"),
+        sha256=sha256,
+        md5=md5,
+        sha1=sha1,
+        arch=item.arch,
+        size=item.size,
+    )
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    if isinstance(obj, dict):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def to_cluster_spec(
+    cluster: Any, samples_by_file: dict[str, Sample], *, threshold: int, linkage: str | None, report: ExportReport
+) -> ClusterSpec | None:
+    """Reduce a ``telfhash_core.cluster.Cluster`` (or its ``to_dict()``) to a :class:`ClusterSpec`."""
+    members = _get(cluster, "members") or []
+    if isinstance(members, str) or not isinstance(members, (list, tuple)):
+        report.skipped.append(f"cluster {cluster!r}: 'members' is not a list")
+        return None
+    digests = _get(cluster, "digests") or []
+    chosen: list[Sample] = []
+    for i, m in enumerate(members):
+        name = m if isinstance(m, str) else _get(m, "file")
+        sample = samples_by_file.get(name) if isinstance(name, str) else None
+        if sample is None and isinstance(m, (dict, Result)):
+            sample = to_sample(m, report=report)
+        if sample is None:
+            report.skipped.append(f"cluster member {name!r}: no sample with a telfhash and SHA-256")
+            continue
+        if i < len(digests) and isinstance(digests[i], str) and is_digest(digests[i]):
+            if normalize(digests[i], "t1") != sample.telfhash:
+                report.warnings.append(f"cluster member {name!r}: the cluster's digest differs from the sample's")
+        chosen.append(sample)
+    # one File per sample: the same content under two names is one member
+    unique: dict[str, Sample] = {}
+    for s in chosen:
+        unique.setdefault(s.file_id, s)
+    chosen = sorted(unique.values(), key=lambda s: (s.telfhash, s.sha256))
+    if not chosen:
+        return None
+    rep = _get(cluster, "representative")
+    rep_name = rep if isinstance(rep, str) else _get(rep, "file")
+    representative = None
+    for s in chosen:
+        if s.file == rep_name:
+            representative = s
+    if representative is None and isinstance(rep_name, str) and is_digest(rep_name):
+        t1 = normalize(rep_name, "t1")
+        representative = next((s for s in chosen if s.telfhash == t1), None)
+    if representative is None:
+        # the medoid: least total distance to the others (ties: smallest telfhash, then SHA-256)
+        representative = min(chosen, key=lambda s: (sum(distance(s.telfhash, o.telfhash) for o in chosen), s.telfhash))
+    max_d = _get(cluster, "max_distance")
+    if not isinstance(max_d, int) or isinstance(max_d, bool):
+        max_d = max((distance(a.telfhash, b.telfhash) for a in chosen for b in chosen), default=0)
+    c_threshold = _get(cluster, "threshold")
+    c_linkage = _get(cluster, "linkage")
+    return ClusterSpec(
+        members=chosen,
+        representative=representative,
+        threshold=c_threshold if isinstance(c_threshold, int) and not isinstance(c_threshold, bool) else threshold,
+        linkage=c_linkage if isinstance(c_linkage, str) else linkage,
+        max_distance=max_d,
+    )
+
+
+def cluster_items(items: list[Any], threshold: int) -> tuple[list, list]:
+    """Cluster with the core's clustering (``telfhash_core.cluster.cluster``)."""
+    try:
+        from telfhash_core.cluster import cluster
+    except ImportError as exc:
+        raise ExportError(
+            f"clustering is not available ({exc}); pass clusters explicitly (e.g. --clusters FILE)"
+        ) from None
+    return cluster(items, threshold=threshold)
+
+
+# ----------------------------------------------------------------------------- objects
+
+
+def project_identity() -> dict:
+    return {
+        "type": "identity",
+        "spec_version": "2.1",
+        "id": PROJECT_IDENTITY_ID,
+        "created": FIXED_TIMESTAMP,
+        "modified": FIXED_TIMESTAMP,
+        "name": "telfhash-core",
+        "description": "Publisher of the telfhash cluster STIX extension.",
+        "identity_class": "system",
+    }
+
+
+def producer_identity(name: str, identity_class: str = "organization") -> dict:
+    return {
+        "type": "identity",
+        "spec_version": "2.1",
+        "id": _sdo_id("identity", "producer", name, identity_class),
+        "created": FIXED_TIMESTAMP,
+        "modified": FIXED_TIMESTAMP,
+        "name": name,
+        "identity_class": identity_class,
+    }
+
+
+def extension_schema() -> dict:
+    """The JSON schema of the extension's properties (shipped with the package)."""
+    return json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+
+
+def extension_definition() -> dict:
+    schema_text = json.dumps(extension_schema(), sort_keys=True, separators=(",", ":"))
+    return {
+        "type": "extension-definition",
+        "spec_version": "2.1",
+        "id": EXTENSION_ID,
+        "created_by_ref": PROJECT_IDENTITY_ID,
+        "created": FIXED_TIMESTAMP,
+        "modified": FIXED_TIMESTAMP,
+        "name": "telfhash cluster",
+        "description": (
+            "Parameters and members of a cluster of ELF samples whose telfhashes (Trend Micro's "
+            "TLSH of the ELF symbol names) lie within a TLSH distance threshold; a property-extension "
+            "on grouping objects."
+        ),
+        "schema": schema_text,
+        "version": EXTENSION_VERSION,
+        "extension_types": ["property-extension"],
+    }
+
+
+def _hex(t1: str) -> str:
+    return normalize(t1, "hex").lower()
+
+
+def file_object(sample: Sample, telfhash_key: str | None = None, with_size: bool = True) -> dict:
+    hashes = sample.hashes
+    obj: dict[str, Any] = {"type": "file", "spec_version": "2.1", "id": file_id(hashes)}
+    if telfhash_key:
+        hashes = dict(hashes)
+        hashes[telfhash_key] = _hex(sample.telfhash)
+    obj["hashes"] = hashes
+    if with_size and isinstance(sample.size, int) and sample.size >= 0:
+        obj["size"] = sample.size
+    return obj
+
+
+def indicator_pattern(telfhashes: Iterable[str], key: str = "TELFHASH") -> str:
+    """``[file:hashes.KEY = 'hex' OR ...]``: STIX patterns have no similarity operator, so the
+    members' telfhashes are enumerated (70 hex, lower case, as misp-stix writes them)."""
+    values = sorted({_hex(t) for t in telfhashes})
+    return "[" + " OR ".join(f"file:hashes.{key} = '{v}'" for v in values) + "]"
+
+
+def _cluster_key(spec: ClusterSpec) -> str:
+    return f"{spec.threshold}:" + ",".join(sorted(s.sha256 for s in spec.members))
+
+
+def cluster_objects(spec: ClusterSpec, *, created_by: str, timestamp: str, pattern_key: str) -> list[dict]:
+    key = _cluster_key(spec)
+    short = _sdo_id("grouping", key).split("--")[1][:8]
+    files = [s.file_id for s in spec.members]
+    archs = sorted({s.arch for s in spec.members if s.arch})
+    exec_envs = sorted({_ARCH_OV[a] for a in archs if a in _ARCH_OV})
+    n = len(spec.members)
+    label = f"telfhash cluster {short}"
+    what = f"{n} ELF sample{'s' if n != 1 else ''}" + (f" on {len(archs)} architecture{'s' if len(archs) != 1 else ''} ({', '.join(archs)})" if archs else "")
+
+    malware: dict[str, Any] = {
+        "type": "malware",
+        "spec_version": "2.1",
+        "id": _sdo_id("malware", key),
+        "created_by_ref": created_by,
+        "created": timestamp,
+        "modified": timestamp,
+        "name": label,
+        "description": f"{what} whose telfhashes are within TLSH distance {spec.threshold} of each other.",
+        "is_family": True,
+    }
+    if exec_envs:
+        malware["architecture_execution_envs"] = exec_envs
+    malware["sample_refs"] = files
+
+    indicator = {
+        "type": "indicator",
+        "spec_version": "2.1",
+        "id": _sdo_id("indicator", key),
+        "created_by_ref": created_by,
+        "created": timestamp,
+        "modified": timestamp,
+        "name": f"{label}: member telfhashes",
+        "description": (
+            "Exact telfhashes of the cluster's members (STIX patterns cannot express a TLSH distance; "
+            f"files within {spec.threshold} of these are likely relatives)."
+        ),
+        "pattern": indicator_pattern((s.telfhash for s in spec.members), pattern_key),
+        "pattern_type": "stix",
+        "pattern_version": "2.1",
+        "valid_from": timestamp,
+    }
+    relationship = {
+        "type": "relationship",
+        "spec_version": "2.1",
+        "id": _sdo_id("relationship", indicator["id"], "indicates", malware["id"]),
+        "created_by_ref": created_by,
+        "created": timestamp,
+        "modified": timestamp,
+        "relationship_type": "indicates",
+        "source_ref": indicator["id"],
+        "target_ref": malware["id"],
+    }
+    rep = spec.representative
+    ext: dict[str, Any] = {"extension_type": "property-extension", "threshold": spec.threshold}
+    if spec.linkage:
+        ext["linkage"] = spec.linkage
+    ext["size"] = n
+    if spec.max_distance is not None:
+        ext["max_distance"] = spec.max_distance
+    ext["representative_ref"] = rep.file_id
+    ext["representative_telfhash"] = rep.telfhash
+    if archs:
+        ext["architectures"] = archs
+    members = []
+    for s in spec.members:
+        m: dict[str, Any] = {"file_ref": s.file_id, "telfhash": s.telfhash}
+        if s.arch:
+            m["arch"] = s.arch
+        m["distance_to_representative"] = distance(s.telfhash, rep.telfhash)
+        members.append(m)
+    ext["members"] = members
+    grouping = {
+        "type": "grouping",
+        "spec_version": "2.1",
+        "id": _sdo_id("grouping", key),
+        "created_by_ref": created_by,
+        "created": timestamp,
+        "modified": timestamp,
+        "name": label,
+        "description": f"{what}: one family by telfhash (threshold {spec.threshold}).",
+        "context": "malware-analysis",
+        "object_refs": [malware["id"], indicator["id"], relationship["id"], *files],
+        "extensions": {EXTENSION_ID: ext},
+    }
+    return [grouping, malware, indicator, relationship]
+
+
+# ----------------------------------------------------------------------------- bundle
+
+
+def export_bundle(
+    results: Iterable[Any] | None = None,
+    clusters: Iterable[Any] | None = None,
+    *,
+    threshold: int = 50,
+    linkage: str | None = None,
+    telfhash_key: str | None = None,
+    identity_name: str | None = None,
+    timestamp: Any = None,
+    include_singletons: bool = False,
+    hash_files: bool = True,
+    report: ExportReport | None = None,
+) -> dict:
+    """A STIX 2.1 bundle (a dict) for ``clusters`` of ``results``.
+
+    ``results``: Results, result dicts (``telfhash -f json --sha256``) or paths.  ``clusters``:
+    ``telfhash_core.cluster.Cluster`` objects or their dicts; when None, ``results`` are clustered
+    at ``threshold``.  ``telfhash_key`` (``"TELFHASH"`` or ``"x_telfhash"``) also puts each
+    telfhash into its File's ``hashes`` (a custom hash: see docs/stix.md for what that costs).
+    ``timestamp`` (ISO 8601, datetime or epoch seconds; default ``$SOURCE_DATE_EPOCH`` or now)
+    is every produced object's ``created``/``modified``.  Skipped items are listed in ``report``.
+    """
+    report = report if report is not None else ExportReport()
+    if telfhash_key is not None and telfhash_key not in TELFHASH_KEYS:
+        raise ExportError(f"telfhash key must be one of {', '.join(TELFHASH_KEYS)}, not {telfhash_key!r}")
+    if not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 0:
+        raise ExportError(f"threshold must be a whole number ≥ 0, not {threshold!r}")
+    ts = _ts(timestamp)
+    items = list(results or [])
+    samples: list[Sample] = []
+    by_file: dict[str, Sample] = {}
+    for item in items:
+        s = to_sample(item, hash_files=hash_files, report=report)
+        if s is not None:
+            samples.append(s)
+            by_file.setdefault(s.file, s)
+    if clusters is None:
+        ok = [s for s in samples]
+        clusters, _ = cluster_items([_sample_result(s) for s in ok], threshold) if ok else ([], [])
+    specs = []
+    for c in clusters:
+        spec = to_cluster_spec(c, by_file, threshold=threshold, linkage=linkage, report=report)
+        if spec is not None:
+            specs.append(spec)
+    specs.sort(key=_cluster_key)
+
+    objects: list[dict] = [project_identity()]
+    created_by = PROJECT_IDENTITY_ID
+    if identity_name:
+        ident = producer_identity(identity_name)
+        objects.append(ident)
+        created_by = ident["id"]
+    objects.append(extension_definition())
+    pattern_key = telfhash_key or "TELFHASH"
+    files: dict[str, Sample] = {}
+    seen_groups: set[str] = set()
+    for spec in specs:
+        objs = cluster_objects(spec, created_by=created_by, timestamp=ts, pattern_key=pattern_key)
+        if objs[0]["id"] in seen_groups:
+            continue
+        seen_groups.add(objs[0]["id"])
+        objects.extend(objs)
+        for s in spec.members:
+            files.setdefault(s.file_id, s)
+    if include_singletons:
+        for s in samples:
+            files.setdefault(s.file_id, s)
+    for fid in sorted(files, key=lambda i: (files[i].sha256, i)):
+        objects.append(file_object(files[fid], telfhash_key))
+    bundle_id = _sdo_id("bundle", ts, *(o["id"] for o in objects))
+    return {"type": "bundle", "id": bundle_id, "objects": objects}
+
+
+def _sample_result(s: Sample) -> Result:
+    return Result(file=s.file, telfhash=s.telfhash, arch=s.arch, size=s.size, sha256=s.sha256)
+
+
+def dumps(bundle: dict, indent: int | None = 2) -> str:
+    """The bundle as JSON text (stable: key order as built, ASCII only)."""
+    return json.dumps(bundle, indent=indent, ensure_ascii=True) + "\n"

@@ -1,0 +1,441 @@
+"""Read telfhashes out of STIX 2.1 bundles (ours, MISP's via misp-stix, or anyone's), add them to
+the local index, and find the local samples within a distance of a shared cluster.
+
+Where a telfhash can be in a bundle:
+
+* our Grouping extension (``members[].telfhash``, with the cluster's threshold);
+* a File's ``hashes`` under a key that names telfhash in any case (``TELFHASH`` as misp-stix
+  writes it, ``x_telfhash``), or a File property ``x_misp_telfhash`` / ``x_telfhash`` (what
+  misp-stix writes for the telfhash of a MISP ``file`` object);
+* an Indicator pattern comparing ``file:hashes.TELFHASH`` (any such key, quoted or not) or
+  ``file:x_misp_telfhash`` with ``=`` or ``IN``.
+
+Hostile bundles are expected: the reader checks the size before parsing, the nesting depth, the
+STIX version, and reports each unusable object or dangling reference as a per-item problem while
+the rest of the bundle is read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from telfhash_core.digest import is_digest, normalize
+from telfhash_core.result import Result
+
+from .export import EXTENSION_ID
+
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # a bundle larger than this is refused before parsing
+DEFAULT_MAX_OBJECTS = 500_000
+MAX_PATTERN_CHARS = 4 * 1024 * 1024
+
+_ID_RE = re.compile(r"^[a-z][a-z0-9-]*--[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_TELF_PROPS = ("x_misp_telfhash", "x_telfhash")
+# file:hashes.KEY / file:hashes.'KEY' / file:x_misp_telfhash, then = 'v' or IN ('v', ...)
+_PATTERN_RE = re.compile(
+    r"file:(?:hashes\.(?:'(?P<qkey>[^']{1,64})'|(?P<key>[A-Za-z0-9_-]{1,64}))|(?P<prop>x_[a-z0-9_]{0,40}telfhash))"
+    r"\s*(?:(?P<eq>=)\s*'(?P<value>[^'\\]{0,128})'|(?P<in>IN)\s*\((?P<values>[^()]{0,1000000})\))",
+    re.IGNORECASE,
+)
+_QUOTED_RE = re.compile(r"'([^'\\]{0,128})'")
+
+
+class BundleError(ValueError):
+    """The input is not a usable STIX 2.1 bundle (the message says why, for a person)."""
+
+
+@dataclass
+class SharedDigest:
+    """One telfhash named by a bundle, with where it came from."""
+
+    telfhash: str  # t1 + 70 hex
+    cluster: str  # id of the Grouping / Malware / Indicator / File that names it
+    cluster_name: str | None = None
+    sha256: str | None = None
+    file_ref: str | None = None
+    arch: str | None = None
+    origin: str = ""  # "extension", "file-hashes", "file-property", "pattern"
+
+
+@dataclass
+class ImportReport:
+    bundle_id: str | None = None
+    digests: list[SharedDigest] = field(default_factory=list)
+    clusters: dict[str, dict] = field(default_factory=dict)  # id -> {"name", "threshold", "size"}
+    problems: list[str] = field(default_factory=list)
+    objects: int = 0
+
+    @property
+    def source(self) -> str:
+        return f"stix:{self.bundle_id or 'unknown'}"
+
+    def telfhashes(self) -> set[str]:
+        return {d.telfhash for d in self.digests}
+
+
+@dataclass
+class LocalMatch:
+    """A local sample within the distance of a shared telfhash (the nearest one of a cluster)."""
+
+    file: str
+    telfhash: str
+    cluster: str
+    cluster_name: str | None
+    shared_telfhash: str
+    shared_sha256: str | None
+    distance: int
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_bundle(source: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
+    """A bundle dict from a path, bytes, text, a file object or a dict; BundleError if unusable."""
+    if isinstance(source, dict):
+        return check_bundle(source)
+    if isinstance(source, os.PathLike) or (isinstance(source, str) and not source.lstrip().startswith(("{", "["))):
+        path = os.fspath(source)
+        try:
+            size = os.stat(path).st_size
+        except OSError as exc:
+            raise BundleError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        if size > max_bytes:
+            raise BundleError(f"{path}: {size} bytes is larger than the limit of {max_bytes} (raise it with --max-bytes)")
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(max_bytes + 1)
+        except OSError as exc:
+            raise BundleError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    elif hasattr(source, "read"):
+        data = source.read(max_bytes + 1)
+    else:
+        data = source
+    if isinstance(data, str):
+        data = data.encode("utf-8", errors="surrogatepass")
+    if not isinstance(data, (bytes, bytearray)):
+        raise BundleError(f"not a bundle: {type(source).__name__}")
+    if len(data) > max_bytes:
+        raise BundleError(f"the bundle is larger than the limit of {max_bytes} bytes (raise it with --max-bytes)")
+    try:
+        text = bytes(data).decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"not JSON: not UTF-8 text (byte {exc.start})") from None
+    if not text.strip():
+        raise BundleError("not JSON: the input is empty")
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise BundleError("not a usable bundle: JSON nested too deeply") from None
+    return check_bundle(parsed)
+
+
+def check_bundle(parsed: Any, *, max_objects: int = DEFAULT_MAX_OBJECTS) -> dict:
+    """Bundle-level checks: a ``bundle`` (or a TAXII envelope) of STIX 2.1 objects."""
+    if not isinstance(parsed, dict):
+        raise BundleError(f"not a STIX bundle: the JSON is a {type(parsed).__name__}, not an object")
+    kind = parsed.get("type")
+    if kind is None and isinstance(parsed.get("objects"), list):  # a TAXII envelope
+        parsed = {"type": "bundle", "id": None, "objects": parsed["objects"]}
+    elif kind != "bundle":
+        raise BundleError(f"not a STIX bundle: type is {kind!r}, expected 'bundle'")
+    if "spec_version" in parsed:  # STIX 2.0 bundles carry it; 2.1 bundles must not
+        raise BundleError(
+            f"wrong spec_version: this is a STIX {parsed.get('spec_version')!r} bundle; only STIX 2.1 is read"
+        )
+    objects = parsed.get("objects", [])
+    if not isinstance(objects, list):
+        raise BundleError("not a STIX bundle: 'objects' is not a list")
+    if len(objects) > max_objects:
+        raise BundleError(f"too many objects: {len(objects)} (limit {max_objects})")
+    bid = parsed.get("id")
+    if bid is not None and (not isinstance(bid, str) or not bid.startswith("bundle--") or not _ID_RE.match(bid)):
+        raise BundleError(f"not a STIX bundle: invalid bundle id {str(bid)[:80]!r}")
+    return parsed
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _digest(value: Any) -> str | None:
+    return normalize(value, "t1") if isinstance(value, str) and is_digest(value) else None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def read_bundle(bundle: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ImportReport:
+    """Every telfhash a bundle names, and the problems met on the way (BundleError if unusable)."""
+    b = load_bundle(bundle, max_bytes=max_bytes)
+    report = ImportReport(bundle_id=b.get("id"))
+    by_id: dict[str, dict] = {}
+    for i, obj in enumerate(b.get("objects", [])):
+        if not isinstance(obj, dict):
+            report.problems.append(f"object #{i}: not a JSON object ({type(obj).__name__})")
+            continue
+        oid, kind = obj.get("id"), obj.get("type")
+        if not isinstance(oid, str) or not _ID_RE.match(oid) or not isinstance(kind, str) or not oid.startswith(kind + "--"):
+            report.problems.append(f"object #{i}: missing or invalid id/type ({_short(oid)}, {_short(kind)})")
+            continue
+        sv = obj.get("spec_version")
+        if sv is None and kind not in _SCO_TYPES:
+            report.problems.append(f"{oid}: no spec_version (STIX 2.0 object?); skipped")
+            continue
+        if sv is not None and sv != "2.1":
+            report.problems.append(f"{oid}: wrong spec_version {_short(sv)} (only 2.1 is read); skipped")
+            continue
+        if oid in by_id:
+            # several versions of one object: keep the newest
+            if str(obj.get("modified", "")) <= str(by_id[oid].get("modified", "")):
+                continue
+        by_id[oid] = obj
+    report.objects = len(by_id)
+    if b.get("objects") and not by_id:
+        raise BundleError("no usable STIX 2.1 object in the bundle: " + "; ".join(report.problems[:3]))
+
+    # containers of files: which cluster names a file
+    file_cluster: dict[str, tuple[str, str | None]] = {}
+    indicates: dict[str, str] = {}
+    for oid, obj in by_id.items():
+        kind = obj["type"]
+        if kind == "relationship" and obj.get("relationship_type") == "indicates":
+            src, dst = obj.get("source_ref"), obj.get("target_ref")
+            if isinstance(src, str) and isinstance(dst, str):
+                indicates.setdefault(src, dst)
+                if dst not in by_id:
+                    report.problems.append(f"{oid}: target_ref {_short(dst)} is not in the bundle")
+        for prop in ("sample_refs", "object_refs"):
+            refs = obj.get(prop)
+            if refs is None:
+                continue
+            if not isinstance(refs, list):
+                report.problems.append(f"{oid}: {prop} is not a list")
+                continue
+            missing = [r for r in refs if not isinstance(r, str) or r not in by_id]
+            if missing:
+                report.problems.append(
+                    f"{oid}: {len(missing)} of {len(refs)} {prop} are not in the bundle (e.g. {_short(missing[0])})"
+                )
+            if kind in ("malware", "grouping") and prop in ("sample_refs", "object_refs"):
+                for r in refs:
+                    if isinstance(r, str) and r.startswith("file--"):
+                        # a Malware family is more specific than a Grouping
+                        if r not in file_cluster or kind == "malware":
+                            file_cluster[r] = (oid, obj.get("name") if isinstance(obj.get("name"), str) else None)
+
+    def file_info(ref: Any) -> tuple[str | None, str | None]:
+        f = by_id.get(ref) if isinstance(ref, str) else None
+        if f is None or f.get("type") != "file":
+            return None, None
+        hashes = f.get("hashes") if isinstance(f.get("hashes"), dict) else {}
+        sha = hashes.get("SHA-256")
+        return ref, sha.lower() if isinstance(sha, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha) else None
+
+    seen: set[tuple[str, str, str | None]] = set()
+
+    def add(d: SharedDigest) -> None:
+        key = (d.telfhash, d.cluster, d.file_ref)
+        if key not in seen:
+            seen.add(key)
+            report.digests.append(d)
+
+    for oid, obj in by_id.items():
+        kind = obj["type"]
+        name = obj.get("name") if isinstance(obj.get("name"), str) else None
+        if kind == "grouping":
+            exts = obj.get("extensions")
+            ext = exts.get(EXTENSION_ID) if isinstance(exts, dict) else None
+            if ext is None:
+                continue
+            if not isinstance(ext, dict) or not isinstance(ext.get("members"), list):
+                report.problems.append(f"{oid}: the telfhash cluster extension has no list of members")
+                continue
+            threshold = ext.get("threshold") if isinstance(ext.get("threshold"), int) else None
+            report.clusters[oid] = {"name": name, "threshold": threshold, "size": len(ext["members"])}
+            for j, m in enumerate(ext["members"]):
+                t1 = _digest(m.get("telfhash")) if isinstance(m, dict) else None
+                if t1 is None:
+                    report.problems.append(f"{oid}: member #{j} has no valid telfhash")
+                    continue
+                ref, sha = file_info(m.get("file_ref"))
+                if ref is None and m.get("file_ref") is not None:
+                    report.problems.append(f"{oid}: member #{j} file_ref {_short(m.get('file_ref'))} is not in the bundle")
+                arch = m.get("arch") if isinstance(m.get("arch"), str) else None
+                add(SharedDigest(t1, oid, name, sha, ref or None, arch, "extension"))
+        elif kind == "file":
+            values: list[tuple[Any, str]] = []
+            hashes = obj.get("hashes")
+            if isinstance(hashes, dict):
+                values += [(v, "file-hashes") for k, v in hashes.items() if isinstance(k, str) and "telfhash" in k.lower()]
+            values += [(obj.get(p), "file-property") for p in _TELF_PROPS if p in obj]
+            for v, origin in values:
+                t1 = _digest(v)
+                if t1 is None:
+                    report.problems.append(f"{oid}: telfhash value {_short(v)} is not a telfhash")
+                    continue
+                cluster, cname = file_cluster.get(oid, (oid, None))
+                _, sha = file_info(oid)
+                add(SharedDigest(t1, cluster, cname, sha, oid, None, origin))
+        elif kind == "indicator":
+            pattern = obj.get("pattern")
+            if not isinstance(pattern, str) or obj.get("pattern_type", "stix") != "stix":
+                continue
+            if len(pattern) > MAX_PATTERN_CHARS:
+                report.problems.append(f"{oid}: pattern of {len(pattern)} characters is too long; skipped")
+                continue
+            target = indicates.get(oid)
+            cluster = target if target in by_id else oid
+            cname = by_id[target].get("name") if target in by_id else name
+            for value in pattern_telfhashes(pattern, report.problems, oid):
+                add(SharedDigest(value, cluster, cname if isinstance(cname, str) else None, None, None, None, "pattern"))
+    for d in report.digests:
+        if d.cluster not in report.clusters:
+            obj = by_id.get(d.cluster, {})
+            report.clusters[d.cluster] = {"name": d.cluster_name, "threshold": None, "size": None}
+    if report.digests:
+        sizes: dict[str, set[str]] = {}
+        for d in report.digests:
+            sizes.setdefault(d.cluster, set()).add(d.telfhash)
+        for cid, info in report.clusters.items():
+            if info.get("size") is None:
+                info["size"] = len(sizes.get(cid, ()))
+    return report
+
+
+_SCO_TYPES = frozenset(
+    {
+        "artifact", "autonomous-system", "directory", "domain-name", "email-addr", "email-message",
+        "file", "ipv4-addr", "ipv6-addr", "mac-addr", "mutex", "network-traffic", "process", "software",
+        "url", "user-account", "windows-registry-key", "x509-certificate",
+    }
+)
+
+
+def pattern_telfhashes(pattern: str, problems: list[str] | None = None, where: str = "") -> list[str]:
+    """The telfhashes a STIX pattern compares files with (``=`` or ``IN``), reference spelling."""
+    out: list[str] = []
+    for m in _PATTERN_RE.finditer(pattern):
+        key = m.group("qkey") or m.group("key") or m.group("prop") or ""
+        if "telfhash" not in key.lower():
+            continue
+        raw = [m.group("value")] if m.group("eq") else _QUOTED_RE.findall(m.group("values") or "")
+        for v in raw:
+            t1 = _digest(v)
+            if t1 is None:
+                if problems is not None:
+                    problems.append(f"{where}: pattern value {_short(v)} is not a telfhash")
+                continue
+            out.append(t1)
+    return out
+
+
+# ----------------------------------------------------------------------------- index and matching
+
+
+def shared_results(report: ImportReport) -> list[Result]:
+    """The shared telfhashes as Results (one per distinct telfhash and file) for the local index."""
+    out: list[Result] = []
+    seen: set[tuple[str, str | None]] = set()
+    for d in report.digests:
+        key = (d.telfhash, d.sha256 or d.file_ref)
+        if key in seen:
+            continue
+        seen.add(key)
+        label = d.file_ref or d.cluster
+        out.append(
+            Result(
+                file=f"{report.source}/{label}",
+                telfhash=d.telfhash,
+                arch=d.arch,
+                sha256=d.sha256,
+                extra={"stix_cluster": d.cluster, "stix_origin": d.origin},
+            )
+        )
+    return out
+
+
+def add_to_index(report: ImportReport, index_path: str) -> int:
+    """Add the shared telfhashes to the local index at ``index_path`` (source ``stix:<bundle id>``)."""
+    try:
+        from telfhash_core.index import Index
+    except ImportError as exc:
+        raise BundleError(f"the local index is not available ({exc})") from None
+    results = shared_results(report)
+    idx = Index(index_path)
+    try:
+        added = idx.add_results(results, source=report.source)
+    finally:
+        close = getattr(idx, "close", None)
+        if callable(close):
+            close()
+    return added if isinstance(added, int) else len(results)
+
+
+def match_local(report: ImportReport, local: Iterable[Any], threshold: int) -> list[LocalMatch]:
+    """For each local sample (Result, result dict or path) and each shared cluster: the nearest
+    shared telfhash of that cluster when it is within ``threshold``.  Sorted by cluster,
+    distance, file."""
+    from telfhash_core import hash_file
+    from telfhash_core.tlshdist import encode, one_to_many
+
+    digests = report.digests
+    if not digests:
+        return []
+    enc = encode([d.telfhash for d in digests])
+    out: list[LocalMatch] = []
+    for item in local:
+        if isinstance(item, (str, os.PathLike)):
+            item = hash_file(item)
+        elif isinstance(item, dict):
+            item = Result.from_dict(item)
+        if not isinstance(item, Result) or not item.telfhash:
+            continue
+        dists = one_to_many(enc, item.telfhash)
+        best: dict[str, tuple[int, int]] = {}
+        for k, dist in enumerate(dists.tolist()):
+            if dist <= threshold:
+                c = digests[k].cluster
+                if c not in best or dist < best[c][0]:
+                    best[c] = (int(dist), k)
+        for c, (dist, k) in best.items():
+            d = digests[k]
+            out.append(LocalMatch(item.file, item.telfhash, c, report.clusters.get(c, {}).get("name"), d.telfhash, d.sha256, dist))
+    out.sort(key=lambda m: (m.cluster, m.distance, m.file))
+    return out
+
+
+def search_index(report: ImportReport, index_path: str, threshold: int) -> list[LocalMatch]:
+    """The samples already in the local index (other sources than this bundle) within
+    ``threshold`` of a shared telfhash, nearest per cluster."""
+    try:
+        from telfhash_core.index import Index
+    except ImportError as exc:
+        raise BundleError(f"the local index is not available ({exc})") from None
+    idx = Index(index_path)
+    best: dict[tuple[str, str], LocalMatch] = {}
+    try:
+        for d in report.digests:
+            for m in idx.search(d.telfhash, max_distance=threshold):
+                if getattr(m, "source", None) == report.source:
+                    continue
+                name = getattr(m, "path", None) or getattr(m, "sha256", None) or "?"
+                key = (d.cluster, name)
+                dist = int(m.distance)
+                if key not in best or dist < best[key].distance:
+                    best[key] = LocalMatch(
+                        name, m.telfhash, d.cluster, report.clusters.get(d.cluster, {}).get("name"), d.telfhash, d.sha256, dist
+                    )
+    finally:
+        close = getattr(idx, "close", None)
+        if callable(close):
+            close()
+    return sorted(best.values(), key=lambda m: (m.cluster, m.distance, m.file))

@@ -1,0 +1,359 @@
+"""Hooks: the ``stix`` exporter and ``telfhash stix export|validate|publish|pull|import``."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+from typing import Any, Iterable
+
+from telfhash_core.hookspecs import hookimpl
+
+from . import export as _export
+from .export import TELFHASH_KEYS, ExportError, ExportReport, dumps, export_bundle
+from .importer import BundleError, DEFAULT_MAX_BYTES
+
+
+# ----------------------------------------------------------------------------- exporter hook
+
+
+def _exporter(results, clusters, out, options: dict | None = None) -> None:
+    """``Exporter.export``: write the bundle for ``clusters`` of ``results`` to ``out``."""
+    o = dict(options or {})
+    bundle = export_bundle(
+        results,
+        clusters,
+        threshold=o.get("threshold", 50),
+        linkage=o.get("linkage"),
+        telfhash_key=o.get("telfhash_key"),
+        identity_name=o.get("identity"),
+        timestamp=o.get("timestamp"),
+        include_singletons=bool(o.get("singletons")),
+    )
+    text = dumps(bundle)
+    if isinstance(out, (io.RawIOBase, io.BufferedIOBase)) or "b" in getattr(out, "mode", ""):
+        out.write(text.encode("utf-8"))
+    else:
+        out.write(text)
+
+
+@hookimpl
+def telfhash_exporters():
+    from telfhash_core.formats import Exporter
+
+    return [
+        Exporter(
+            name="stix",
+            description="STIX 2.1 bundle: per cluster a Grouping (telfhash cluster extension), Malware family, "
+            "Indicator and Files with standard hashes",
+            export=_exporter,
+        )
+    ]
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _nonneg(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return v
+
+
+@hookimpl
+def telfhash_commands(subparsers):
+    p = subparsers.add_parser(
+        "stix",
+        help="share clusters as STIX 2.1 (export, validate, publish/pull over TAXII 2.1, import)",
+        description="Share telfhash clusters as STIX 2.1 bundles and use bundles from others.",
+    )
+    sub = p.add_subparsers(dest="stix_command", metavar="ACTION")
+    p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1])
+
+    e = sub.add_parser("export", help="cluster ELF files or results and write a STIX 2.1 bundle")
+    e.add_argument("inputs", nargs="+", metavar="INPUT", help="ELF files/folders (-r), or results from 'telfhash -f json|jsonl --sha256'")
+    e.add_argument("-r", "--recursive", action="store_true", help="walk folders given as INPUT")
+    e.add_argument("-t", "--threshold", type=_nonneg, default=50, help="TLSH distance for clustering (default 50)")
+    e.add_argument("--clusters", metavar="FILE", help="use these clusters (JSON list of Cluster.to_dict()) instead of clustering")
+    e.add_argument("--linkage", help="linkage to record in the extension when the clusters do not say (e.g. single)")
+    e.add_argument(
+        "--telfhash-key",
+        choices=TELFHASH_KEYS,
+        help="also put each telfhash in its File's hashes under this key (custom hash: see docs/stix.md)",
+    )
+    e.add_argument("--identity", metavar="NAME", help="producer identity (organization) named in created_by_ref")
+    e.add_argument("--timestamp", help="created/modified of the objects (ISO 8601; default $SOURCE_DATE_EPOCH or now)")
+    e.add_argument("--singletons", action="store_true", help="also add a File for each sample outside every cluster")
+    e.add_argument("-o", "--output", default="-", help="bundle file (default stdout)")
+    e.add_argument("--validate", action="store_true", help="validate the bundle (stix2-validator --strict, stix2.parse)")
+    e.set_defaults(func=cmd_export)
+
+    v = sub.add_parser("validate", help="stix2-validator --strict and stix2.parse on bundles")
+    v.add_argument("bundles", nargs="+", metavar="BUNDLE")
+    v.add_argument("--no-strict", dest="strict", action="store_false", help="warnings are not errors")
+    v.add_argument("--max-bytes", type=_nonneg, default=DEFAULT_MAX_BYTES)
+    v.set_defaults(func=cmd_validate)
+
+    taxii_help = "collection URL, user and password from $TELFHASH_TAXII_* or the config file (never argv)"
+    pub = sub.add_parser("publish", help="add a bundle's objects to a TAXII 2.1 collection", description=taxii_help)
+    pub.add_argument("bundle", metavar="BUNDLE")
+    _taxii_args(pub)
+    pub.add_argument("--chunk", type=_nonneg, default=500, help="objects per request (0: all in one; default 500)")
+    pub.add_argument("--timeout", type=_nonneg, default=60, help="seconds to wait for each request's status")
+    pub.set_defaults(func=cmd_publish)
+
+    pl = sub.add_parser("pull", help="read a TAXII 2.1 collection into a bundle file", description=taxii_help)
+    _taxii_args(pl)
+    pl.add_argument("--added-after", help="only objects added after this time (ISO 8601)")
+    pl.add_argument("-o", "--output", default="-", help="bundle file (default stdout)")
+    pl.set_defaults(func=cmd_pull)
+
+    im = sub.add_parser(
+        "import",
+        help="read telfhashes from a bundle, add them to the local index, list local samples near a shared cluster",
+    )
+    im.add_argument("bundle", nargs="?", metavar="BUNDLE", help="bundle file ('-' for stdin); or --taxii")
+    im.add_argument("--taxii", action="store_true", help="read the bundle from the TAXII collection instead")
+    _taxii_args(im)
+    im.add_argument("--index", metavar="PATH", help="local index: add the shared telfhashes and search it")
+    im.add_argument("--local", nargs="+", default=[], metavar="PATH", help="local ELF files/folders to compare")
+    im.add_argument("-r", "--recursive", action="store_true", help="walk folders given to --local")
+    im.add_argument("-t", "--threshold", type=_nonneg, default=50, help="report local samples within this distance (default 50)")
+    im.add_argument("-f", "--format", choices=("text", "json"), default="text")
+    im.add_argument("--max-bytes", type=_nonneg, default=DEFAULT_MAX_BYTES, help="refuse bundles larger than this")
+    im.set_defaults(func=cmd_import)
+
+
+def _taxii_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", help="collection URL (…/api-root/collections/<id>/); also $TELFHASH_TAXII_URL or url= in the config")
+    p.add_argument("--config", metavar="PATH", help="INI file with a [taxii] section (default ~/.config/telfhash/taxii.ini)")
+
+
+def _err(msg: str) -> None:
+    print(f"telfhash stix: {msg}", file=sys.stderr)
+
+
+def _write(path: str, text: str) -> None:
+    if path in ("-", None):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def read_inputs(inputs: Iterable[str], recursive: bool, problems: list[str]) -> list[Any]:
+    """Results files (``-f json``/``jsonl``) are read; anything else is an ELF path to hash."""
+    from telfhash_core import expand_paths, hash_paths
+
+    items: list[Any] = []
+    paths: list[str] = []
+    for inp in inputs:
+        if os.path.isfile(inp) and inp.lower().endswith((".json", ".jsonl")):
+            try:
+                items.extend(read_results_file(inp))
+            except ValueError as exc:
+                problems.append(str(exc))
+            continue
+        paths.append(inp)
+    if paths:
+        files = expand_paths(paths, recursive, on_error=problems.append)
+        items.extend(hash_paths(files, jobs=(os.cpu_count() or 1) if len(files) >= 16 else 1, sha256=True))
+    return items
+
+
+def read_results_file(path: str) -> list[dict]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read ({exc})") from None
+    stripped = text.lstrip()
+    rows: list[Any] = []
+    try:
+        if stripped.startswith("["):
+            rows = json.loads(text)
+        else:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"{path}: not JSON results ({exc})") from None
+    good = [r for r in rows if isinstance(r, dict) and "file" in r]
+    if len(good) != len(rows):
+        raise ValueError(f"{path}: {len(rows) - len(good)} rows are not result objects with a 'file' key")
+    return good
+
+
+def read_clusters_file(path: str) -> list[Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ExportError(f"{path}: cannot read clusters ({exc})") from None
+    if isinstance(data, dict):
+        data = data.get("clusters")
+    if not isinstance(data, list):
+        raise ExportError(f"{path}: expected a JSON list of clusters (or {{\"clusters\": [...]}})")
+    return data
+
+
+def cmd_export(args) -> int:
+    problems: list[str] = []
+    items = read_inputs(args.inputs, args.recursive, problems)
+    for p in problems:
+        _err(p)
+    report = ExportReport()
+    try:
+        clusters = read_clusters_file(args.clusters) if args.clusters else None
+        bundle = export_bundle(
+            items,
+            clusters,
+            threshold=args.threshold,
+            linkage=args.linkage,
+            telfhash_key=args.telfhash_key,
+            identity_name=args.identity,
+            timestamp=args.timestamp,
+            include_singletons=args.singletons,
+            report=report,
+        )
+    except ExportError as exc:
+        _err(str(exc))
+        return 1
+    for w in report.warnings:
+        _err(f"warning: {w}")
+    if report.skipped:
+        _err(f"{len(report.skipped)} item(s) left out (no telfhash or no SHA-256), e.g. {report.skipped[0]}")
+    _write(args.output, dumps(bundle))
+    n_groups = sum(1 for o in bundle["objects"] if o["type"] == "grouping")
+    n_files = sum(1 for o in bundle["objects"] if o["type"] == "file")
+    _err(f"{bundle['id']}: {n_groups} cluster(s), {n_files} file(s)")
+    if args.validate:
+        return _report_validation(bundle, "export", strict=True)
+    return 0
+
+
+def _report_validation(bundle: dict, name: str, strict: bool) -> int:
+    from .validate import validate_bundle
+
+    rep = validate_bundle(bundle, strict=strict)
+    for line in rep.lines():
+        print(f"{name}: {line}")
+    print(f"{name}: {'valid' if rep.ok else 'INVALID'} ({len(rep.errors)} error(s), {len(rep.warnings)} warning(s))")
+    return 0 if rep.ok else 1
+
+
+def cmd_validate(args) -> int:
+    from .importer import load_bundle
+
+    status = 0
+    for path in args.bundles:
+        try:
+            bundle = load_bundle(sys.stdin.buffer if path == "-" else path, max_bytes=args.max_bytes)
+        except BundleError as exc:
+            print(f"{path}: INVALID: {exc}")
+            status = 1
+            continue
+        status |= _report_validation(bundle, path, args.strict)
+    return status
+
+
+def cmd_publish(args) -> int:
+    from .importer import load_bundle
+    from .taxii import TaxiiError, load_settings, publish
+
+    try:
+        bundle = load_bundle(sys.stdin.buffer if args.bundle == "-" else args.bundle)
+        settings = load_settings(args.config, args.url)
+        rep = publish(bundle, settings, chunk=args.chunk, timeout=args.timeout)
+    except (BundleError, TaxiiError) as exc:
+        _err(str(exc))
+        return 1
+    print(f"published to {settings.url}: {rep.success} added, {rep.failure} failed, {rep.pending} pending")
+    for f in rep.failures:
+        print(f"  failed: {f}")
+    return 0 if rep.failure == 0 and rep.pending == 0 else 1
+
+
+def cmd_pull(args) -> int:
+    from .taxii import TaxiiError, load_settings, pull
+
+    try:
+        bundle = pull(load_settings(args.config, args.url), added_after=args.added_after)
+    except TaxiiError as exc:
+        _err(str(exc))
+        return 1
+    _write(args.output, dumps(bundle))
+    _err(f"{len(bundle['objects'])} object(s)")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from . import importer
+
+    try:
+        if args.taxii:
+            from .taxii import TaxiiError, load_settings, pull
+
+            try:
+                bundle: Any = pull(load_settings(args.config, args.url))
+            except TaxiiError as exc:
+                _err(str(exc))
+                return 1
+        elif args.bundle:
+            bundle = sys.stdin.buffer if args.bundle == "-" else args.bundle
+        else:
+            _err("give a BUNDLE file or --taxii")
+            return 2
+        report = importer.read_bundle(bundle, max_bytes=args.max_bytes)
+    except BundleError as exc:
+        _err(str(exc))
+        return 1
+    for p in report.problems:
+        _err(f"warning: {p}")
+    added = None
+    matches: list = []
+    try:
+        if args.index:
+            added = importer.add_to_index(report, args.index)
+            matches.extend(importer.search_index(report, args.index, args.threshold))
+        if args.local:
+            from telfhash_core import expand_paths
+
+            files = expand_paths(args.local, args.recursive, on_error=_err)
+            matches.extend(importer.match_local(report, files, args.threshold))
+    except BundleError as exc:
+        _err(str(exc))
+        return 1
+    if args.format == "json":
+        print(
+            json.dumps(
+                {
+                    "bundle": report.bundle_id,
+                    "source": report.source,
+                    "telfhashes": len(report.telfhashes()),
+                    "clusters": report.clusters,
+                    "added_to_index": added,
+                    "matches": [m.to_dict() for m in matches],
+                    "problems": report.problems,
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print(
+        f"{report.source}: {len(report.telfhashes())} telfhash(es) in {len(report.clusters)} cluster(s)"
+        + (f"; {added} added to {args.index}" if added is not None else "")
+    )
+    if args.index or args.local:
+        if not matches:
+            print(f"no local sample within {args.threshold} of a shared cluster")
+        for m in matches:
+            print(f"{m.file}  {m.distance:>4}  {m.cluster}" + (f"  ({m.cluster_name})" if m.cluster_name else ""))
+    return 0
