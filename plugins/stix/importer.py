@@ -232,6 +232,19 @@ def read_bundle(bundle: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ImportRep
                         if r not in file_cluster or kind == "malware":
                             file_cluster[r] = (oid, obj.get("name") if isinstance(obj.get("name"), str) else None)
 
+    # our Grouping names the cluster; its Malware and Indicator stand for the same cluster
+    alias: dict[str, str] = {}
+    for oid, obj in by_id.items():
+        exts = obj.get("extensions")
+        if obj["type"] == "grouping" and isinstance(exts, dict) and EXTENSION_ID in exts:
+            for r in obj.get("object_refs") or []:
+                if isinstance(r, str) and r.split("--")[0] in ("malware", "indicator"):
+                    alias.setdefault(r, oid)
+    for f, (c, cname) in list(file_cluster.items()):
+        if c in alias:
+            g = alias[c]
+            file_cluster[f] = (g, by_id[g].get("name") if isinstance(by_id[g].get("name"), str) else cname)
+
     def file_info(ref: Any) -> tuple[str | None, str | None]:
         f = by_id.get(ref) if isinstance(ref, str) else None
         if f is None or f.get("type") != "file":
@@ -294,7 +307,8 @@ def read_bundle(bundle: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ImportRep
                 continue
             target = indicates.get(oid)
             cluster = target if target in by_id else oid
-            cname = by_id[target].get("name") if target in by_id else name
+            cluster = alias.get(cluster, alias.get(oid, cluster))
+            cname = by_id[cluster].get("name") if cluster in by_id else name
             for value in pattern_telfhashes(pattern, report.problems, oid):
                 add(SharedDigest(value, cluster, cname if isinstance(cname, str) else None, None, None, None, "pattern"))
     for d in report.digests:

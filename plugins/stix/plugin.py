@@ -92,13 +92,13 @@ def telfhash_commands(subparsers):
     e.add_argument("--singletons", action="store_true", help="also add a File for each sample outside every cluster")
     e.add_argument("-o", "--output", default="-", help="bundle file (default stdout)")
     e.add_argument("--validate", action="store_true", help="validate the bundle (stix2-validator --strict, stix2.parse)")
-    e.set_defaults(func=cmd_export)
+    e.set_defaults(func=_guarded(cmd_export))
 
     v = sub.add_parser("validate", help="stix2-validator --strict and stix2.parse on bundles")
     v.add_argument("bundles", nargs="+", metavar="BUNDLE")
     v.add_argument("--no-strict", dest="strict", action="store_false", help="warnings are not errors")
     v.add_argument("--max-bytes", type=_nonneg, default=DEFAULT_MAX_BYTES)
-    v.set_defaults(func=cmd_validate)
+    v.set_defaults(func=_guarded(cmd_validate))
 
     taxii_help = "collection URL, user and password from $TELFHASH_TAXII_* or the config file (never argv)"
     pub = sub.add_parser("publish", help="add a bundle's objects to a TAXII 2.1 collection", description=taxii_help)
@@ -106,13 +106,13 @@ def telfhash_commands(subparsers):
     _taxii_args(pub)
     pub.add_argument("--chunk", type=_nonneg, default=500, help="objects per request (0: all in one; default 500)")
     pub.add_argument("--timeout", type=_nonneg, default=60, help="seconds to wait for each request's status")
-    pub.set_defaults(func=cmd_publish)
+    pub.set_defaults(func=_guarded(cmd_publish))
 
     pl = sub.add_parser("pull", help="read a TAXII 2.1 collection into a bundle file", description=taxii_help)
     _taxii_args(pl)
     pl.add_argument("--added-after", help="only objects added after this time (ISO 8601)")
     pl.add_argument("-o", "--output", default="-", help="bundle file (default stdout)")
-    pl.set_defaults(func=cmd_pull)
+    pl.set_defaults(func=_guarded(cmd_pull))
 
     im = sub.add_parser(
         "import",
@@ -127,12 +127,38 @@ def telfhash_commands(subparsers):
     im.add_argument("-t", "--threshold", type=_nonneg, default=50, help="report local samples within this distance (default 50)")
     im.add_argument("-f", "--format", choices=("text", "json"), default="text")
     im.add_argument("--max-bytes", type=_nonneg, default=DEFAULT_MAX_BYTES, help="refuse bundles larger than this")
-    im.set_defaults(func=cmd_import)
+    im.set_defaults(func=_guarded(cmd_import))
 
 
 def _taxii_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", help="collection URL (…/api-root/collections/<id>/); also $TELFHASH_TAXII_URL or url= in the config")
     p.add_argument("--config", metavar="PATH", help="INI file with a [taxii] section (default ~/.config/telfhash/taxii.ini)")
+
+
+def _guarded(fn):
+    """No traceback reaches the user: a closed pipe ends quietly, anything unexpected is one line
+    (``TELFHASH_DEBUG=1`` shows the traceback)."""
+
+    def run(args) -> int:
+        try:
+            return fn(args)
+        except BrokenPipeError:
+            try:
+                sys.stdout = open(os.devnull, "w")
+            except OSError:
+                pass
+            return 1
+        except KeyboardInterrupt:
+            return 130
+        except Exception as exc:
+            if os.environ.get("TELFHASH_DEBUG"):
+                raise
+            _err(f"unexpected error: {type(exc).__name__}: {exc} (set TELFHASH_DEBUG=1 for details)")
+            return 1
+
+    run.__name__ = fn.__name__
+    run.__doc__ = fn.__doc__
+    return run
 
 
 def _err(msg: str) -> None:

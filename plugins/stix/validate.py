@@ -43,11 +43,17 @@ def validate_bundle(bundle: dict, *, strict: bool = True) -> ValidationReport:
     for r in results if isinstance(results, list) else [results]:
         oid = getattr(r, "object_id", "") or "bundle"
         for e in getattr(r, "errors", None) or []:
-            report.errors.append(f"{oid}: {getattr(e, 'message', None) or e}")
+            report.errors.append(_line(oid, getattr(e, "message", None) or e))
         for w in getattr(r, "warnings", None) or []:
-            report.warnings.append(f"{oid}: {getattr(w, 'message', None) or w}")
+            report.warnings.append(_line(oid, getattr(w, "message", None) or w))
     report.parse_error, report.custom_content = _parse(bundle)
     return report
+
+
+def _line(oid: str, message) -> str:
+    text = str(message)
+    # the validator's messages usually start with the object's id already
+    return text if "--" in text.split(" ", 1)[0] else f"{oid}: {text}"
 
 
 def _parse(bundle: Any) -> tuple[str | None, bool]:
