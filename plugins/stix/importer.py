@@ -359,7 +359,10 @@ def shared_results(report: ImportReport) -> list[Result]:
     """The shared telfhashes as Results (one per distinct telfhash and file) for the local index."""
     out: list[Result] = []
     seen: set[tuple[str, str | None]] = set()
+    known = {d.telfhash for d in report.digests if d.sha256 or d.file_ref}
     for d in report.digests:
+        if not (d.sha256 or d.file_ref) and d.telfhash in known:
+            continue  # a pattern repeating a member's telfhash: the member already stands for it
         key = (d.telfhash, d.sha256 or d.file_ref)
         if key in seen:
             continue
@@ -377,21 +380,33 @@ def shared_results(report: ImportReport) -> list[Result]:
     return out
 
 
-def add_to_index(report: ImportReport, index_path: str) -> int:
-    """Add the shared telfhashes to the local index at ``index_path`` (source ``stix:<bundle id>``)."""
+def add_to_index(report: ImportReport, index_path: str | None) -> dict:
+    """Add the shared samples to the local index (source ``stix:<bundle id>``).
+
+    The index keys samples by SHA-256, so telfhashes the bundle names without one (e.g. only in
+    an Indicator pattern) are not recorded; they still count for :func:`match_local`.
+    Returns ``{"added", "updated", "unchanged", "without_sha256", "errors"}``.
+    """
     try:
         from telfhash_core.index import Index
     except ImportError as exc:
         raise BundleError(f"the local index is not available ({exc})") from None
     results = shared_results(report)
-    idx = Index(index_path)
+    with_sha = [r for r in results if r.sha256]
     try:
-        added = idx.add_results(results, source=report.source)
-    finally:
-        close = getattr(idx, "close", None)
-        if callable(close):
-            close()
-    return added if isinstance(added, int) else len(results)
+        with Index(index_path) as idx:
+            stats = idx.add_results(with_sha, source=report.source)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise BundleError(f"local index {index_path}: {exc}") from None
+    except Exception as exc:  # sqlite3.Error and the like: the index file is unusable
+        raise BundleError(f"local index {index_path}: {type(exc).__name__}: {exc}") from None
+    return {
+        "added": int(getattr(stats, "added", 0)),
+        "updated": int(getattr(stats, "updated", 0)),
+        "unchanged": int(getattr(stats, "unchanged", 0)),
+        "without_sha256": len(results) - len(with_sha),
+        "errors": list(getattr(stats, "errors", []) or []),
+    }
 
 
 def match_local(report: ImportReport, local: Iterable[Any], threshold: int) -> list[LocalMatch]:
@@ -427,29 +442,29 @@ def match_local(report: ImportReport, local: Iterable[Any], threshold: int) -> l
     return out
 
 
-def search_index(report: ImportReport, index_path: str, threshold: int) -> list[LocalMatch]:
-    """The samples already in the local index (other sources than this bundle) within
-    ``threshold`` of a shared telfhash, nearest per cluster."""
+def search_index(report: ImportReport, index_path: str | None, threshold: int) -> list[LocalMatch]:
+    """The samples in the local index that did not come from this bundle and lie within
+    ``threshold`` of a shared telfhash: the nearest shared telfhash per cluster and sample."""
     try:
         from telfhash_core.index import Index
     except ImportError as exc:
         raise BundleError(f"the local index is not available ({exc})") from None
-    idx = Index(index_path)
     best: dict[tuple[str, str], LocalMatch] = {}
     try:
-        for d in report.digests:
-            for m in idx.search(d.telfhash, max_distance=threshold):
-                if getattr(m, "source", None) == report.source:
-                    continue
-                name = getattr(m, "path", None) or getattr(m, "sha256", None) or "?"
-                key = (d.cluster, name)
-                dist = int(m.distance)
-                if key not in best or dist < best[key].distance:
-                    best[key] = LocalMatch(
-                        name, m.telfhash, d.cluster, report.clusters.get(d.cluster, {}).get("name"), d.telfhash, d.sha256, dist
-                    )
-    finally:
-        close = getattr(idx, "close", None)
-        if callable(close):
-            close()
+        with Index(index_path) as idx:
+            for d in report.digests:
+                for m in idx.search(d.telfhash, max_distance=threshold):
+                    if m.source == report.source:
+                        continue
+                    name = m.path or m.sha256
+                    key = (d.cluster, m.sha256)
+                    if key not in best or m.distance < best[key].distance:
+                        best[key] = LocalMatch(
+                            name, m.telfhash, d.cluster, report.clusters.get(d.cluster, {}).get("name"),
+                            d.telfhash, d.sha256, int(m.distance),
+                        )
+    except BundleError:
+        raise
+    except Exception as exc:
+        raise BundleError(f"local index {index_path}: {type(exc).__name__}: {exc}") from None
     return sorted(best.values(), key=lambda m: (m.cluster, m.distance, m.file))

@@ -375,7 +375,12 @@ def cmd_import(args) -> int:
         return 0
     print(
         f"{report.source}: {len(report.telfhashes())} telfhash(es) in {len(report.clusters)} cluster(s)"
-        + (f"; {added} added to {args.index}" if added is not None else "")
+        + (
+            f"; index {args.index}: {added['added']} added, {added['updated'] + added['unchanged']} already there"
+            + (f", {added['without_sha256']} without SHA-256 not recorded" if added["without_sha256"] else "")
+            if added is not None
+            else ""
+        )
     )
     if args.index or args.local:
         if not matches:
