@@ -36,6 +36,7 @@ import io
 import json
 import logging
 import os
+import threading
 import zipfile
 from dataclasses import dataclass
 from typing import Any
@@ -301,6 +302,37 @@ def _results(event) -> dict:
 # ----------------------------------------------------------------------------- pivot
 
 
+_local = threading.local()  # an Index belongs to one thread; misp-modules answers from a thread pool
+
+
+def _open_index(index_cls, path: str):
+    """This thread's open index for ``path`` (kept open: its digest matrix is reused between queries)."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_dev, st.st_ino)
+    cache = getattr(_local, "indexes", None)
+    if cache is None:
+        cache = _local.indexes = {}
+    ix = cache.get(key)
+    if ix is None:
+        for old_key in [k for k in cache if k[0] == key[0]]:  # the file was replaced
+            _close_quietly(cache.pop(old_key))
+        ix = cache[key] = index_cls(path, create=False)
+    return ix
+
+
+def _forget_index(path: str) -> None:
+    cache = getattr(_local, "indexes", None) or {}
+    for k in [k for k in cache if k[0] == os.path.abspath(path)]:
+        _close_quietly(cache.pop(k))
+
+
+def _close_quietly(ix) -> None:
+    try:
+        ix.close()
+    except Exception:  # noqa: BLE001
+        pass
+
+
 def find_similar(digest: str, settings: Settings, exclude_sha256: str | None = None) -> list:
     """Known samples within ``settings.max_distance`` of ``digest`` from the configured index."""
     if not settings.index_path or settings.max_results == 0:
@@ -312,12 +344,11 @@ def find_similar(digest: str, settings: Settings, exclude_sha256: str | None = N
     except ImportError as exc:
         raise ModuleError(f"this telfhash-core has no local index support ({exc})") from None
     try:
-        with Index(settings.index_path) as ix:
-            # one spare slot: the sample itself may already be in the index
-            matches = ix.search(digest, max_distance=settings.max_distance, limit=settings.max_results + 1)
-    except ModuleError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a broken index file must not hide the hash
+        ix = _open_index(Index, settings.index_path)
+        # one spare slot: the sample itself may already be in the index
+        matches = ix.search(digest, max_distance=settings.max_distance, limit=settings.max_results + 1)
+    except Exception as exc:  # noqa: BLE001 - a broken index file must be reported, not raised
+        _forget_index(settings.index_path)
         raise ModuleError(f"cannot search the telfhash index {settings.index_path}: {type(exc).__name__}: {exc}") from None
     out = [m for m in matches if not (exclude_sha256 and getattr(m, "sha256", None) == exclude_sha256)]
     out.sort(key=lambda m: (m.distance, getattr(m, "sha256", "") or ""))
