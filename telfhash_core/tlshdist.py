@@ -53,6 +53,7 @@ __all__ = [
     "pairs_within",
     "components_within",
     "max_length_code_diff",
+    "group_stats",
     "HAVE_NUMBA",
 ]
 
@@ -410,6 +411,33 @@ if HAVE_NUMBA:
         return base
 
 
+    @_jit
+    def _nb_group_stats(L, Q1, Q2, C, P, members, ptr, group_of, weights, positions, maxd, sumd):
+        """For each row ``members[p]`` (p in ``positions``): the largest distance to the other rows
+        of its group and the sum of distances weighted by ``weights``."""
+        for pk in range(positions.shape[0]):
+            p = positions[pk]
+            a = members[p]
+            g = group_of[p]
+            la = np.int64(L[a])
+            q1a = np.int64(Q1[a])
+            q2a = np.int64(Q2[a])
+            ca = np.int64(C[a])
+            mx = 0
+            sm = 0
+            for e in range(ptr[g], ptr[g + 1]):
+                b = members[e]
+                if b == a:
+                    continue
+                d = _header(la, np.int64(L[b]), q1a, np.int64(Q1[b]), q2a, np.int64(Q2[b]), ca, np.int64(C[b]))
+                d += _body(P, a, P, b)
+                if d > mx:
+                    mx = d
+                sm += d * weights[b]
+            maxd[p] = mx
+            sumd[p] = sm
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -576,3 +604,55 @@ def _relabel(roots: np.ndarray) -> np.ndarray:
     rank = np.empty(first.size, dtype=np.int64)
     rank[np.argsort(first, kind="stable")] = np.arange(first.size)
     return rank[inverse.reshape(-1)]
+
+
+def group_stats(enc: Encoded, labels, weights=None, *, rows=None, threads: int | None = None):
+    """Distances inside groups: for each row, the largest distance to another row with the same
+    label, and the sum of its distances to them (each weighted by ``weights``, default 1).
+
+    ``rows`` (optional, row numbers) restricts the rows whose statistics are computed (each
+    still against its whole group); the others get -1.  Cost: the sum over groups of
+    size x size distances.  Returns ``(maxd, sumd)`` as int64 arrays of ``len(enc)``.
+    """
+    n = len(enc)
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.shape != (n,):
+        raise ValueError("one label per row is needed")
+    w = np.ones(n, dtype=np.int64) if weights is None else np.asarray(weights, dtype=np.int64)
+    order = np.argsort(labels, kind="stable")
+    sl = labels[order]
+    first = np.flatnonzero(np.r_[True, sl[1:] != sl[:-1]]) if n else np.zeros(0, dtype=np.int64)
+    ptr = np.r_[first, n].astype(np.int64)
+    group_of = (np.cumsum(np.r_[True, sl[1:] != sl[:-1]]) - 1).astype(np.int64) if n else np.zeros(0, dtype=np.int64)
+    want = np.ones(n, dtype=bool) if rows is None else np.zeros(n, dtype=bool)
+    if rows is not None:
+        want[np.asarray(rows, dtype=np.int64)] = True
+    positions = np.flatnonzero(want[order]).astype(np.int64)
+    maxd = np.full(n, -1, dtype=np.int64)
+    sumd = np.full(n, -1, dtype=np.int64)
+    if HAVE_NUMBA:
+        nt = min(_threads(threads), max(1, positions.size // 64))
+        mx = np.full(n, -1, dtype=np.int64)
+        sm = np.full(n, -1, dtype=np.int64)
+
+        def work(t: int):
+            _nb_group_stats(enc.lvalue, enc.q1, enc.q2, enc.checksum, enc.planes, order, ptr, group_of, w,
+                            positions[t::nt].copy(), mx, sm)
+
+        if nt == 1:
+            work(0)
+        else:
+            with ThreadPoolExecutor(nt) as ex:
+                list(ex.map(work, range(nt)))
+        maxd[order] = mx
+        sumd[order] = sm
+    else:
+        for p in positions.tolist():
+            a = int(order[p])
+            g = int(group_of[p])
+            others = order[ptr[g] : ptr[g + 1]]
+            others = others[others != a]
+            d = _np_one_to_many(enc, enc[a], others).astype(np.int64)
+            maxd[a] = int(d.max()) if d.size else 0
+            sumd[a] = int((d * w[others]).sum())
+    return maxd, sumd
