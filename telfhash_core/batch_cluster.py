@@ -1,0 +1,395 @@
+"""Partitioned, exact grouping of many telfhashes, locally (threads) or on a Dask cluster.
+
+Two files are in one group when a chain of digests links them, each step at TLSH distance
+(py-tlsh ``diff``, length term included) <= T: the connected components of the graph
+"distance <= T", the same grouping as :func:`telfhash_core.tlshdist.components_within`.
+
+Why only some pairs need comparing: the distance is a sum of non-negative terms, one of which
+is the length term ``lterm(d)`` of the circular difference ``d`` of the two length codes
+(``d`` if ``d <= 1``, else ``12 d``).  So ``distance <= T`` implies ``lterm(d) <= T``, i.e.
+``d <= D(T) = max {d : lterm(d) <= T}`` (``D(50) = 4``).  Pairs farther apart in length code
+are never within T and are never looked at.  See ``docs/batch.md`` for the full argument.
+
+The plan: identical digests are merged first (distance 0); the distinct digests are sorted by
+length code L and cut into blocks of consecutive rows.  The task of block ``[lo, hi)`` compares
+each of its rows ``a`` with every later row ``b`` whose code is at most ``L(a) + D`` and, across
+the 255 -> 0 wrap, with the first rows whose code is at most ``L(a) + D - 256``.  Each pair whose
+codes are within D circularly is thereby compared in the task holding the pair's "lower" row.
+A task unions its edges into a local forest and returns it as (row, root) pairs; the client
+joins the forests with a union-find.  Only edges that exist are ever unioned and every possible
+edge is examined, so the components are exactly those of the full graph.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .tlshdist import Encoded, encode, max_length_code_diff, one_to_many
+
+try:
+    import numba
+    from llvmlite import ir as _llvm_ir
+    from numba import types as _nb_types
+    from numba.extending import intrinsic as _intrinsic
+
+    HAVE_NUMBA = not os.environ.get("TELFHASH_NO_NUMBA")
+except Exception:  # pragma: no cover - depends on the environment
+    HAVE_NUMBA = False
+
+__all__ = ["plan", "cluster_task", "cluster_digests", "cluster_results", "single_machine_labels", "relabel"]
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------- kernels
+
+if HAVE_NUMBA:
+
+    @_intrinsic
+    def _popcount(typingctx, x):
+        sig = _nb_types.int64(_nb_types.uint64)
+
+        def codegen(context, builder, signature, args):
+            fn = builder.module.declare_intrinsic("llvm.ctpop", [_llvm_ir.IntType(64)])
+            return builder.call(fn, args)
+
+        return sig, codegen
+
+    @numba.njit(nogil=True, cache=True)
+    def _root(parent, x):
+        r = x
+        while parent[r] != r:
+            r = parent[r]
+        while parent[x] != r:
+            nxt = parent[x]
+            parent[x] = r
+            x = nxt
+        return r
+
+    @numba.njit(nogil=True, cache=True)
+    def _join(parent, a, b):
+        ra = _root(parent, a)
+        rb = _root(parent, b)
+        if ra != rb:
+            if ra < rb:
+                parent[rb] = ra
+            else:
+                parent[ra] = rb
+
+    @numba.njit(nogil=True, cache=True)
+    def _dist(L, Q1, Q2, C, P, a, b):
+        d = np.int64(L[a]) - np.int64(L[b])
+        if d < 0:
+            d = -d
+        if d > 128:
+            d = 256 - d
+        h = d if d <= 1 else 12 * d
+        d = np.int64(Q1[a]) - np.int64(Q1[b])
+        if d < 0:
+            d = -d
+        if d > 8:
+            d = 16 - d
+        h += d if d <= 1 else 12 * (d - 1)
+        d = np.int64(Q2[a]) - np.int64(Q2[b])
+        if d < 0:
+            d = -d
+        if d > 8:
+            d = 16 - d
+        h += d if d <= 1 else 12 * (d - 1)
+        if C[a] != C[b]:
+            h += 1
+        x0 = P[a, 0] ^ P[b, 0]
+        x1 = P[a, 1] ^ P[b, 1]
+        x2 = P[a, 2] ^ P[b, 2]
+        x3 = P[a, 3] ^ P[b, 3]
+        x4 = P[a, 4] ^ P[b, 4]
+        x5 = P[a, 5] ^ P[b, 5]
+        s = _popcount(x0) + _popcount(x1) + _popcount(x2) + _popcount(x3) + _popcount(x4) + _popcount(x5)
+        return h + s + 3 * (_popcount(x0 & x2 & x4) + _popcount(x1 & x3 & x5))
+
+    @numba.njit(nogil=True, cache=True)
+    def _scan_block(L, Q1, Q2, C, P, nhome, nfwd, lmax, threshold, parent):
+        n = L.shape[0]
+        for a in range(nhome):
+            top = np.int64(L[a]) + lmax
+            for b in range(a + 1, nfwd):
+                if np.int64(L[b]) > top:
+                    break
+                if _root(parent, a) == _root(parent, b):
+                    continue
+                if _dist(L, Q1, Q2, C, P, a, b) <= threshold:
+                    _join(parent, a, b)
+            for b in range(nfwd, n):  # rows across the 255 -> 0 wrap
+                if np.int64(L[b]) + 256 > top:
+                    break
+                if _root(parent, a) == _root(parent, b):
+                    continue
+                if _dist(L, Q1, Q2, C, P, a, b) <= threshold:
+                    _join(parent, a, b)
+
+    @numba.njit(nogil=True, cache=True)
+    def _merge(parent, a, b):
+        for k in range(a.shape[0]):
+            _join(parent, a[k], b[k])
+        for x in range(parent.shape[0]):
+            parent[x] = _root(parent, x)
+
+
+def _py_root(parent: np.ndarray, x: int) -> int:
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x
+
+
+def _py_join(parent: np.ndarray, a: int, b: int) -> None:
+    ra, rb = _py_root(parent, a), _py_root(parent, b)
+    if ra != rb:
+        parent[max(ra, rb)] = min(ra, rb)
+
+
+def _scan_block_numpy(enc: Encoded, nhome: int, nfwd: int, lmax: int, threshold: int, parent: np.ndarray) -> None:
+    L = enc.lvalue.astype(np.int64)
+    n = len(enc)
+    for a in range(nhome):
+        top = L[a] + lmax
+        hi = a + 1 + int(np.searchsorted(L[a + 1 : nfwd], top, side="right"))
+        whi = nfwd + int(np.searchsorted(L[nfwd:n] + 256, top, side="right"))
+        rows = np.concatenate([np.arange(a + 1, hi), np.arange(nfwd, whi)]).astype(np.int64)
+        if not rows.size:
+            continue
+        d = one_to_many(enc, a, idx=rows)
+        for b in rows[d <= threshold].tolist():
+            _py_join(parent, a, b)
+
+
+# ----------------------------------------------------------------------------- plan and tasks
+
+
+def plan(lsorted: np.ndarray, threshold: int, ntasks: int) -> list[tuple[int, int, int, int]]:
+    """Tasks ``(lo, hi, fwd_end, wrap_end)`` over digests sorted by length code ``lsorted``.
+
+    Task rows ``[lo, hi)`` are compared with the later rows up to ``fwd_end`` and with rows
+    ``[0, wrap_end)`` (codes reached across the 255 -> 0 wrap).
+    """
+    m = int(lsorted.shape[0])
+    if m < 2 or threshold < 0:
+        return []
+    lmax = max_length_code_diff(threshold)
+    if lmax >= 128:  # every pair can be within T: one all-pairs task
+        return [(0, m, m, 0)]
+    ntasks = max(1, min(int(ntasks), m))
+    bounds = np.linspace(0, m, ntasks + 1).astype(np.int64)
+    L = lsorted.astype(np.int64)
+    out = []
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        if hi <= lo:
+            continue
+        top = int(L[hi - 1]) + lmax
+        fwd_end = int(np.searchsorted(L, top, side="right"))
+        wrap_end = int(np.searchsorted(L, top - 256, side="right")) if top >= 256 else 0
+        out.append((lo, hi, fwd_end, wrap_end))
+    return out
+
+
+def _rows_to_strings(hexs: np.ndarray) -> list[str]:
+    return [h.decode("ascii") for h in hexs.tolist()]
+
+
+def cluster_task(hex_sorted: np.ndarray, lo: int, hi: int, fwd_end: int, wrap_end: int, threshold: int):
+    """One partition: the local forest of rows ``[lo, hi)`` against their candidates.
+
+    ``hex_sorted``: the distinct digests (``S70`` upper-case hex) sorted by length code.
+    Returns ``(rows, roots)``: int64 positions in ``hex_sorted``, to be unioned pairwise.
+    """
+    lmax = max_length_code_diff(threshold)
+    allpairs = lmax >= 128
+    local = np.concatenate([hex_sorted[lo:fwd_end], hex_sorted[0:wrap_end]])
+    gid = np.concatenate([np.arange(lo, fwd_end, dtype=np.int64), np.arange(0, wrap_end, dtype=np.int64)])
+    enc = encode(_rows_to_strings(local))
+    n = len(enc)
+    parent = np.arange(n, dtype=np.int64)
+    nhome, nfwd = hi - lo, fwd_end - lo
+    lm = 512 if allpairs else lmax
+    if HAVE_NUMBA:
+        _scan_block(enc.lvalue, enc.q1, enc.q2, enc.checksum, enc.planes, nhome, nfwd, lm, int(threshold), parent)
+    else:
+        _scan_block_numpy(enc, nhome, nfwd, lm, int(threshold), parent)
+    roots = _roots(parent)
+    keep = roots != np.arange(n)
+    return gid[keep], gid[roots[keep]]
+
+
+def _roots(parent: np.ndarray) -> np.ndarray:
+    if HAVE_NUMBA:
+        _merge(parent, _EMPTY, _EMPTY)  # compresses every path
+        return parent
+    return np.array([_py_root(parent, x) for x in range(parent.shape[0])], dtype=np.int64)
+
+
+def relabel(roots: np.ndarray) -> np.ndarray:
+    """Labels 0, 1, 2, ... in order of each group's first row (a canonical form of a partition)."""
+    roots = np.asarray(roots)
+    if roots.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    _, first, inverse = np.unique(roots, return_index=True, return_inverse=True)
+    rank = np.empty(first.size, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+    return rank[inverse.reshape(-1)]
+
+
+def cluster_digests(
+    digests: Sequence[str], threshold: int = 50, *, engine: str = "local", client=None, jobs: int = 0, ntasks: int | None = None
+) -> tuple[np.ndarray, dict]:
+    """Group labels (0, 1, ... by first appearance) for ``digests`` (any spelling), and run facts.
+
+    ``engine="local"`` runs the partitions on ``jobs`` threads; ``"dask"`` on ``client``'s workers
+    (the sorted distinct digests are scattered to every worker once; tasks get only row ranges).
+    """
+    threshold = int(threshold)
+    t0 = time.perf_counter()
+    enc_all = encode(list(digests))  # validates every digest
+    hexs = enc_all.hex
+    n = hexs.shape[0]
+    info = {"files": n, "distinct": 0, "tasks": 0, "engine": engine}
+    if n == 0:
+        info.update(clusters=0, multi=0, seconds=0.0)
+        return np.zeros(0, dtype=np.int64), info
+    uniq, first_idx, inverse = np.unique(hexs, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    m = uniq.shape[0]
+    info["distinct"] = int(m)
+    lcode = enc_all.lvalue[first_idx].astype(np.int64)  # length code of each distinct digest
+    del enc_all
+    order = np.argsort(lcode, kind="stable")
+    hex_sorted = np.ascontiguousarray(uniq[order])
+    lsorted = lcode[order]
+    if engine == "dask":
+        if client is None:
+            raise ValueError("engine='dask' needs a client")
+        nworkers = max(1, len(client.scheduler_info().get("workers", {})))
+        tasks = plan(lsorted, threshold, ntasks or max(1, min(nworkers * 8, m // 2000 or 1)))
+    else:
+        nthreads = jobs or (os.cpu_count() or 1)
+        tasks = plan(lsorted, threshold, ntasks or max(1, min(nthreads * 4, m // 2000 or 1)))
+    info["tasks"] = len(tasks)
+    parent = np.arange(m, dtype=np.int64)
+    pieces: list[tuple[np.ndarray, np.ndarray]] = []
+    if tasks and engine == "dask":
+        from distributed import as_completed
+
+        hex_f = client.scatter(hex_sorted, broadcast=True)
+        futs = [client.submit(cluster_task, hex_f, *t, threshold, pure=False) for t in tasks]
+        for fut in as_completed(futs):
+            pieces.append(fut.result())
+            fut.release()
+        client.cancel(hex_f)
+    elif tasks:
+        from concurrent.futures import ThreadPoolExecutor
+
+        nthreads = jobs or (os.cpu_count() or 1)
+        if nthreads == 1 or len(tasks) == 1:
+            pieces = [cluster_task(hex_sorted, *t, threshold) for t in tasks]
+        else:
+            with ThreadPoolExecutor(nthreads) as ex:
+                pieces = list(ex.map(lambda t: cluster_task(hex_sorted, *t, threshold), tasks))
+    a = np.concatenate([p[0] for p in pieces]) if pieces else _EMPTY
+    b = np.concatenate([p[1] for p in pieces]) if pieces else _EMPTY
+    if HAVE_NUMBA:
+        _merge(parent, a, b)
+    else:
+        for x, y in zip(a.tolist(), b.tolist()):
+            _py_join(parent, x, y)
+        parent = _roots(parent)
+    # back to input rows: distinct row -> sorted position -> root
+    pos_of_uniq = np.empty(m, dtype=np.int64)
+    pos_of_uniq[order] = np.arange(m)
+    roots = parent[pos_of_uniq[inverse]]
+    labels = relabel(roots)
+    counts = np.bincount(labels)
+    info.update(clusters=int(counts.size), multi=int((counts > 1).sum()), seconds=time.perf_counter() - t0)
+    return labels, info
+
+
+def single_machine_labels(digests: Sequence[str], threshold: int) -> np.ndarray:
+    """The single-machine grouping (``cluster.components`` where present, else
+    ``tlshdist.components_within``), relabelled canonically."""
+    try:
+        from .cluster import components  # type: ignore[attr-defined]
+    except ImportError:
+        components = None
+    if components is not None:
+        return relabel(np.asarray(components(list(digests), threshold)))
+    from .tlshdist import components_within
+
+    return relabel(components_within(encode(list(digests)), threshold))
+
+
+# ----------------------------------------------------------------------------- results files
+
+
+def cluster_results(
+    results: str,
+    output: str,
+    *,
+    threshold: int = 50,
+    engine: str = "local",
+    scheduler: str | None = None,
+    jobs: int = 0,
+    fmt: str = "jsonl",
+    client=None,
+) -> dict:
+    """Group the files of a batch output; write one row per file with a telfhash:
+    ``path, sha256, telfhash, cluster, cluster_size`` (clusters numbered by first appearance)."""
+    from .batch import BatchError, _need, dask_client, read_rows
+    from .digest import is_digest
+
+    rows = [r for r in read_rows(results) if isinstance(r.get("telfhash"), str) and is_digest(r["telfhash"])]
+    own = None
+    try:
+        if engine == "dask" and client is None:
+            client = own = dask_client(scheduler, jobs)
+        labels, info = cluster_digests([r["telfhash"] for r in rows], threshold, engine=engine, client=client, jobs=jobs)
+    finally:
+        if own is not None:
+            cluster = getattr(own, "cluster", None)
+            own.close()
+            if cluster is not None and not scheduler:
+                cluster.close()
+    sizes = np.bincount(labels) if labels.size else _EMPTY
+    out = [
+        {
+            "path": r.get("path") or r.get("file"),
+            "sha256": r.get("sha256"),
+            "telfhash": r["telfhash"].lower() if r["telfhash"][:2] in ("t1", "T1") else "t1" + r["telfhash"].lower(),
+            "cluster": int(k),
+            "cluster_size": int(sizes[k]),
+        }
+        for r, k in zip(rows, labels.tolist())
+    ]
+    if fmt == "parquet":
+        pa = _need("pyarrow")
+        pq = _need("pyarrow.parquet")
+        schema = pa.schema(
+            [("path", pa.string()), ("sha256", pa.string()), ("telfhash", pa.string()), ("cluster", pa.int64()), ("cluster_size", pa.int64())]
+        )
+        tmp = output + ".tmp"
+        pq.write_table(pa.Table.from_pylist(out, schema=schema), tmp, compression="zstd")
+        os.replace(tmp, output)
+    else:
+        import json
+
+        tmp = output + ".tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as fh:
+                for r in out:
+                    fh.write(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n")
+            os.replace(tmp, output)
+        except OSError as exc:
+            raise BatchError(f"cannot write {output}: {exc.strerror or exc}") from None
+    return info
