@@ -382,3 +382,21 @@ def test_results_load_in_pymisp_without_warnings(caplog):
     with caplog.at_level(logging.CRITICAL, logger="pymisp"):
         validate_event(bad, errs)
     assert errs.get("warnings")
+
+
+def test_hover_deadline_answers_in_time():
+    import time
+
+    from telfhash_plugins.misp import module
+
+    def slow(_request, _settings):
+        time.sleep(3)
+        return {"results": {}}
+
+    t = time.perf_counter()
+    res = module._with_deadline(slow, {}, module.Settings(timeout=0.5, hover=True))
+    elapsed = time.perf_counter() - t
+    assert elapsed < 2.0 and "within 0.5 s" in res["error"]
+    # the configured budget is read from MISP's string settings and bounded
+    assert module.settings_from_config({"timeout_seconds": "2"}, hover=True).timeout == 2.0
+    assert "timeout_seconds" in hover.dict_handler(query(attachment_attribute(b"x", "x"), {"timeout_seconds": "600"}))["error"]
