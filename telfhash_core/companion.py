@@ -578,6 +578,7 @@ def derive_helpers(builds) -> dict:
         "version": VERSION,
         "names": sorted(names),
         "prefixes": prefixes,
-        "evidence": {n: sorted(v) for n, v in sorted(names.items())},
+        # name -> "cpu: programs where its build goes against the others / programs where they agree"
+        "evidence": {n: [f"{a}: {k}/{m}" for a, k, m in sorted(v)] for n, v in sorted(names.items())},
         "prefix_members": {p: sorted(families[p]) for p in prefixes},
     }

@@ -109,7 +109,7 @@ def test_derivation_finds_a_name_missing_on_one_cpu_and_only_then():
     data = cx.derive_helpers(builds)
     assert data["names"] == ["aeabi_ldivmod", "strlen"]
     assert data["prefixes"] == ["aeabi_"]  # three reserved names of one family, never on every CPU
-    assert data["evidence"]["strlen"] == [["s390x", 4, 4]]
+    assert data["evidence"]["strlen"] == ["s390x: 4/4"]
 
 
 def test_shipped_helper_list_is_what_the_corpus_gives():
@@ -307,3 +307,13 @@ def test_hostile_input_gives_none_or_a_value_never_an_exception():
         assert value is None or VALUE_RE.match(value)
     r = tc.hash_bytes(b"\x7fELF garbage" * 20, "x", fields=["telfhash_x"])
     assert r.extra["telfhash_x"] is None and "field_errors" not in r.extra
+
+
+def test_clustering_runs_on_the_companion_field():
+    cluster = pytest.importorskip("telfhash_core.cluster")
+    archs = ["amd64", "arm64", "armel", "armhf", "i386", "mips64el", "mipsel", "ppc64el", "s390x"]
+    results = [tc.hash_file(_entry(f"{a}/coreutils/bin__ls")["abspath"], fields=["telfhash_x"]) for a in archs]
+    results += [tc.hash_file(_entry(f"{a}/klibc-utils/usr__lib__klibc__bin__cpio")["abspath"], fields=["telfhash_x"]) for a in archs]
+    clusters, _ungroupable = cluster.cluster(results, 50, key="telfhash_x")
+    groups = sorted(sorted(Path(m).parent.parent.name for m in c.members) for c in clusters if len(c.members) > 1)
+    assert groups == [sorted(archs), sorted(archs)]
