@@ -41,9 +41,21 @@ import zipfile
 from dataclasses import dataclass
 from typing import Any
 
+from pymisp import MISPEvent, MISPObject
+
 import telfhash_core as tc
 
 log = logging.getLogger("telfhash.misp")
+
+# Imported now rather than on the first request: a cold import of the index (NumPy) costs seconds,
+# which a hover request cannot afford.  Any failure only disables the pivot, with a clear error.
+try:
+    from telfhash_core.index import Index as _Index
+
+    _INDEX_IMPORT_ERROR = None
+except Exception as exc:  # noqa: BLE001 - a module that fails to import must not break misp-modules
+    _Index = None
+    _INDEX_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
 
 ZIP_PASSWORD = b"infected"
 FILENAME_SUFFIX = ".filename.txt"
@@ -238,14 +250,10 @@ def misp_hex(digest: str) -> str:
 
 
 def _new_event():
-    from pymisp import MISPEvent
-
     return MISPEvent()
 
 
 def _file_object(**attrs):
-    from pymisp import MISPObject
-
     obj = MISPObject("file", standalone=False)
     for relation, value, comment in attrs.pop("_attrs"):
         if value is None or value == "":
@@ -339,12 +347,10 @@ def find_similar(digest: str, settings: Settings, exclude_sha256: str | None = N
         return []
     if not os.path.exists(settings.index_path):
         raise ModuleError(f"the telfhash index configured as index_path does not exist: {settings.index_path}")
+    if _Index is None:
+        raise ModuleError(f"the telfhash index cannot be used here: {_INDEX_IMPORT_ERROR}")
     try:
-        from telfhash_core.index import Index
-    except ImportError as exc:
-        raise ModuleError(f"this telfhash-core has no local index support ({exc})") from None
-    try:
-        ix = _open_index(Index, settings.index_path)
+        ix = _open_index(_Index, settings.index_path)
         # one spare slot: the sample itself may already be in the index
         matches = ix.search(digest, max_distance=settings.max_distance, limit=settings.max_results + 1)
     except Exception as exc:  # noqa: BLE001 - a broken index file must be reported, not raised
@@ -529,3 +535,23 @@ def mispattributes() -> dict:
         "output": ["telfhash", "md5", "sha1", "sha256", "filename", "size-in-bytes"],
         "format": "misp_standard",
     }
+
+
+def _warm_up() -> None:
+    """Pay the one-off costs (PyMISP's object template, the distance kernels' compiled code) at
+    load time, so that the first request -- perhaps a hover -- does not."""
+    try:
+        MISPObject("file", standalone=False)
+    except Exception:  # noqa: BLE001 - reported by the first request instead
+        pass
+    if _Index is not None:
+        try:
+            from telfhash_core.tlshdist import encode, one_to_many
+
+            probe = "t1" + "0" * 6 + "a5" * 32
+            one_to_many(encode([probe]), probe)
+        except Exception:  # noqa: BLE001 - only a warm-up
+            pass
+
+
+_warm_up()
