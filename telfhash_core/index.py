@@ -34,14 +34,16 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Iterator
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from .digest import is_digest, normalize
 from .hookspecs import hookimpl
 from .result import Reason, Result
-from .tlshdist import DIGEST_HEX, Encoded, components_within, one_to_many
+
+if TYPE_CHECKING:  # tlshdist (NumPy kernels, numba) is imported on first search, not with the CLI
+    from .tlshdist import Encoded
 
 __all__ = ["Index", "Match", "AddStats", "default_path", "SCHEMA_VERSION"]
 
@@ -50,6 +52,7 @@ APPLICATION_ID = 0x74656C66  # "telf": marks the file as a telfhash-core index
 DEFAULT_BATCH = 2000  # results per committed transaction
 COMMIT_SECONDS = 2.0  # ... or at least this often while hashing files
 COMPANION_TAG = "tx1"
+DIGEST_HEX = 70  # hex characters of a digest without its "t1"; packed: 35 bytes
 
 _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 # search keys: name -> (packed digest column, text column)
@@ -121,6 +124,8 @@ def encode_packed(mat: np.ndarray) -> Encoded:
     The same fields as ``tlshdist.encode`` computes from hex text, without the round trip
     through strings (the index loads a million digests this way in a fraction of a second).
     """
+    from .tlshdist import Encoded
+
     byts = np.ascontiguousarray(mat, dtype=np.uint8).reshape(-1, DIGEST_HEX // 2)
     n = byts.shape[0]
     hexchars = np.empty((n, DIGEST_HEX), dtype=np.uint8)
@@ -587,6 +592,8 @@ class Index:
             ids = np.array([r[0] for r in rows if isinstance(r[1], bytes) and len(r[1]) == width], dtype=np.int64)
         packed = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(-1, width)
         enc = encode_packed(packed)
+        from .tlshdist import Encoded
+
         if incremental and cached is not None:
             ids = np.concatenate([cached.ids, ids])
             packed = np.concatenate([cached.packed, packed])
@@ -649,6 +656,8 @@ class Index:
         m = self._load(_KEYS[key])
         if not len(m.ids) or limit == 0:
             return []
+        from .tlshdist import one_to_many
+
         d = one_to_many(m.enc, digest)
         hit = np.flatnonzero(d <= max_distance)
         order = hit[np.lexsort((m.ids[hit], d[hit]))]
@@ -707,6 +716,8 @@ class Index:
         uniq, first, inverse = np.unique(m.packed.view(f"V{DIGEST_HEX // 2}").reshape(-1), return_index=True, return_inverse=True)
         inverse = inverse.reshape(-1)
         uenc = m.enc[first]
+        from .tlshdist import components_within
+
         labels = components_within(uenc, int(threshold))  # per distinct digest
         entry_label = labels[inverse]
         counts = np.bincount(entry_label)
@@ -800,6 +811,8 @@ def _centre(enc: Encoded, digs: np.ndarray, cap: int = 2000) -> tuple[int, int |
         return int(digs[0]), 0
     if digs.size > cap:
         return int(digs[0]), None
+    from .tlshdist import one_to_many
+
     sub = enc[digs]
     worst = np.array([int(one_to_many(sub, k).max()) for k in range(len(sub))])
     return int(digs[int(np.argmin(worst))]), int(worst.max())

@@ -400,48 +400,74 @@ def test_add_stats_text():
 # ----------------------------------------------------------------------------- CLI
 
 
-def test_cli_add_search_stats_clusters(tmp_path):
+class _CP:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def cli(capsys, *args) -> _CP:
+    """Run ``telfhash ARGS`` in this process (an exception escaping would fail the test)."""
+    from telfhash_core.cli import main
+
+    capsys.readouterr()
+    try:
+        rc = main(list(args))
+    except SystemExit as exc:
+        rc = exc.code
+    out = capsys.readouterr()
+    return _CP(rc, out.out, out.err)
+
+
+def test_cli_add_search_stats_clusters(tmp_path, capsys):
     files = [f for f in corpus.files() if f["pkg"] == "coreutils"][:40]
     assert files
     db = str(tmp_path / "cli.sqlite")
-    cp = run_cli("index", "--db", db, "add", "-j", "1", *[f["abspath"] for f in files])
+    cp = run_cli("index", "--db", db, "add", "-j", "1", *[f["abspath"] for f in files])  # the real command
     assert cp.returncode == 0, cp.stderr
     assert "Traceback" not in cp.stderr
     q = next(f for f in files if f["reference"]["telfhash"].startswith("t1"))
     cp = run_cli("index", "search", "--db", db, q["reference"]["telfhash"], "-t", "60", "-f", "json")
     assert cp.returncode == 0, cp.stderr
     got = json.loads(cp.stdout)
-    entries = unique_by_sha(
-        [{"sha256": f["sha256"], "telfhash": f["reference"]["telfhash"]} for f in files]
-    )
+    entries = unique_by_sha([{"sha256": f["sha256"], "telfhash": f["reference"]["telfhash"]} for f in files])
     assert sorted((m["distance"], m["sha256"]) for m in got) == brute_force(q["reference"]["telfhash"], entries, 60)
-    cp = run_cli("index", "--db", db, "search", q["abspath"], "-t", "400", "--limit", "2")
+    cp = cli(capsys, "index", "--db", db, "search", q["abspath"], "-t", "400", "--limit", "2")
     assert cp.returncode == 0 and len(cp.stdout.splitlines()) == 2 and q["sha256"] in cp.stdout
-    cp = run_cli("index", "--db", db, "stats", "-f", "json")
+    cp = cli(capsys, "index", "--db", db, "stats", "-f", "json")
     assert json.loads(cp.stdout)["entries"] == len(entries)
-    cp = run_cli("index", "--db", db, "clusters", "-t", "50", "-f", "json")
-    assert cp.returncode == 0 and isinstance(json.loads(cp.stdout), list)
-    cp = run_cli("index", "--db", db, "clusters", "-t", "50")
+    cp = cli(capsys, "index", "--db", db, "stats")
+    assert cp.returncode == 0 and f"entries:      {len(entries)}" in cp.stdout
+    cp = cli(capsys, "index", "--db", db, "clusters", "-t", "50", "-f", "json")
+    groups = json.loads(cp.stdout)
+    assert cp.returncode == 0 and all(g["size"] >= 2 for g in groups)
+    cp = cli(capsys, "index", "--db", db, "clusters", "-t", "50")
     assert cp.returncode == 0 and ("Cluster 1" in cp.stdout or "no cluster" in cp.stderr)
 
 
-def test_cli_errors_are_one_line(tmp_path, rows):
+def test_cli_errors_are_one_line(tmp_path, rows, capsys, monkeypatch):
     db = str(tmp_path / "e.sqlite")
-    cp = run_cli("index", "--db", db, "search", "t1" + "ab" * 35)
-    assert cp.returncode == 2 and "no index at" in cp.stderr and "Traceback" not in cp.stderr
+    cp = cli(capsys, "index", "--db", db, "search", "t1" + "ab" * 35)
+    assert cp.returncode == 2 and "no index at" in cp.stderr
     jl = tmp_path / "r.jsonl"
     jl.write_text("\n".join(json.dumps(r) for r in rows[:30]) + "\nnot json\n")
-    cp = run_cli("index", "--db", db, "add", "--jsonl", str(jl), "-f", "json")
+    cp = cli(capsys, "index", "--db", db, "add", "--jsonl", str(jl), "-f", "json")
     assert cp.returncode == 0, cp.stderr
     assert json.loads(cp.stdout)["skipped"] == 1 and "line 31" in cp.stderr
-    for bad in ("tnull", "-", "zz", "t1" + "ab" * 34):
-        cp = run_cli("index", "--db", db, "search", bad)
-        assert cp.returncode == 2 and cp.stderr.startswith("telfhash index: error:") and "Traceback" not in cp.stderr
-    cp = run_cli("index", "--db", db, "search", "t1" + "00" * 35, "-t", "0")
+    for bad in ("tnull", "-", "zz", "t1" + "ab" * 34, str(tmp_path)):
+        cp = cli(capsys, "index", "--db", db, "search", bad)
+        assert cp.returncode == 2 and cp.stderr.startswith("telfhash index: error:"), bad
+    cp = cli(capsys, "index", "--db", db, "search", "t1" + "00" * 35, "-t", "0")
     assert cp.returncode == 1 and cp.stdout == ""
-    cp = run_cli("index", "--db", db, "add", "--jsonl", "-", input=json.dumps(rows[40]) + "\n")
-    assert cp.returncode == 0 and "1 seen" in cp.stdout
+    cp = cli(capsys, "index", "--db", db, "search", "t1" + "00" * 35, "-t", "-1")
+    assert cp.returncode == 2
+    cp = cli(capsys, "index", "--db", db, "add")
+    assert cp.returncode == 2 and "PATH" in cp.stderr
     junk = tmp_path / "junk"
     junk.write_bytes(b"\x00" * 5000)
-    cp = run_cli("index", "--db", str(junk), "stats")
-    assert cp.returncode == 2 and "not a telfhash index" in cp.stderr and "Traceback" not in cp.stderr
+    cp = cli(capsys, "index", "--db", str(junk), "stats")
+    assert cp.returncode == 2 and "not a telfhash index" in cp.stderr
+    # the real command: stdin input and an error, without a traceback
+    cp = run_cli("index", "--db", db, "add", "--jsonl", "-", input=json.dumps(rows[40]) + "\n")
+    assert cp.returncode == 0 and "1 seen" in cp.stdout
+    cp = run_cli("index", "--db", str(junk), "search", "tnull")
+    assert cp.returncode == 2 and "Traceback" not in cp.stderr and cp.stderr.count("\n") == 1
