@@ -14,6 +14,7 @@ token set -> TLSH.  The rules, and the corpus measurements that justify each, ar
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import re
 import struct
@@ -468,17 +469,24 @@ def fallback_features(buf, facts: ElfFacts) -> tuple[str, list[str]]:
     return "calls", call_targets(buf, facts)
 
 
+def _order_key(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "ignore")).digest()
+
+
 def digest_tokens(tokens: list[str]) -> str | None:
-    """TLSH of the comma-joined tokens (``t1…``); when TLSH refuses that input (too short or
-    too uniform: a program with two strings) the TLSH of each token's SHA-512 in order, so
+    """TLSH (``t1…``) of the tokens joined with ``,`` in the order of their SHA-256, not
+    alphabetically: alphabetical order puts look-alike names side by side (``str*``,
+    ``*_chk``), which bunches TLSH's trigram counts; on the corpus the hash order links
+    different programs less often (0.78% -> 0.65% of pairs within 50) and the same program
+    across CPUs as often.  When TLSH refuses the input (too short or too uniform: a program
+    with two strings), the TLSH of the tokens' SHA-512 digests in the same order, so
     identical small sets still meet.  None when there are no tokens."""
     if not tokens:
         return None
+    tokens = sorted(set(tokens), key=_order_key)
     d = tlsh_digest(tokens)
     if d != "tnull":
         return d
-    import hashlib
-
     import tlsh
 
     data = b"".join(hashlib.sha512(t.encode("utf-8", "ignore")).digest() for t in tokens)
