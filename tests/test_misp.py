@@ -305,11 +305,17 @@ def test_wrong_attribute_type_and_malformed_requests():
                {"attribute": {"type": "attachment", "uuid": 1, "value": None, "data": 5}}, {"config": "x"},
                {"object": "x"}, {"object": {"name": "file"}}, {"object": {"name": "file", "uuid": "u", "Attribute": [5]}},
                {"object": {"name": "domain-ip", "uuid": "u"}},
-               {"attribute": {"type": "telfhash", "uuid": "u", "value": ["t1"]}}]
+               {"attribute": {"type": "telfhash", "uuid": "u", "value": ["t1"]}},
+               {"attribute": {"type": ["x"], "uuid": "u", "value": "v"}},
+               {"attribute": {"type": "attachment", "uuid": 1, "value": "x", "data": "f0VMRg=="}},
+               {"object": {"name": "file", "uuid": "u", "Attribute": {"a": 1}}},
+               {"object": {"name": "file", "uuid": "u", "Attribute": [{"type": "malware-sample", "data": "AAAA", "value": 5}]}},
+               {"attribute": {"type": "attachment", "uuid": "u", "value": "x", "data": "QUJD"}, "config": {"max_results": "-1"}}]
     for req in hostile:
         for mod in (expansion, hover):
             res = mod.dict_handler(req)
             assert isinstance(res, dict) and set(res) == {"error"} and res["error"], (req, res)
+            assert "internal error" not in res["error"], (req, res)
         assert set(expansion.handler(json.dumps(req))) == {"error"}
 
 
@@ -400,3 +406,35 @@ def test_hover_deadline_answers_in_time():
     # the configured budget is read from MISP's string settings and bounded
     assert module.settings_from_config({"timeout_seconds": "2"}, hover=True).timeout == 2.0
     assert "timeout_seconds" in hover.dict_handler(query(attachment_attribute(b"x", "x"), {"timeout_seconds": "600"}))["error"]
+
+
+def test_fuzzed_samples_and_zips_give_errors_not_exceptions():
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    entry = picks()[0]
+    data = open(entry["abspath"], "rb").read()
+    good_zip = misp_sample_zip(data, "f", "aes")
+    good_crypto = misp_sample_zip(data[:3000], "f", "zipcrypto")
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        blob=st.sampled_from([good_zip, good_crypto, data]),
+        flips=st.lists(st.tuples(st.integers(0, 10**9), st.integers(1, 255)), min_size=1, max_size=8),
+        kind=st.sampled_from(["malware-sample", "attachment"]),
+        cut=st.one_of(st.none(), st.integers(0, 10**9)),
+    )
+    def run(blob, flips, kind, cut):
+        raw = bytearray(blob)
+        for pos, x in flips:
+            raw[pos % len(raw)] ^= x
+        if cut is not None:
+            raw = raw[: cut % (len(raw) + 1)]
+        attr = {"type": kind, "value": "f|", "uuid": str(uuid.uuid4()), "data": base64.b64encode(bytes(raw)).decode()}
+        res = expansion.dict_handler(query(attr))
+        assert isinstance(res, dict) and (set(res) == {"error"} or set(res) == {"results"}), res
+        assert "internal error" not in res.get("error", ""), res  # every failure is an expected one
+        if "results" in res:  # whatever survived the damage, the digest is the core's for those bytes
+            assert values(file_object(res))["telfhash"]
+
+    run()

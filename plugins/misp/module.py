@@ -461,6 +461,8 @@ def _dispatch(request: dict, settings: Settings) -> dict:
     missing = [k for k in ("type", "uuid", "value") if k not in attribute]
     if missing:
         raise ModuleError(f"the attribute lacks {', '.join(missing)} (needs at least a type, a value and a uuid)")
+    if not isinstance(attribute["uuid"], str) or not attribute["uuid"].strip():
+        raise ModuleError("the attribute's uuid must be a non-empty string")
     kind = attribute["type"]
     if kind not in ATTRIBUTE_TYPES:
         raise ModuleError(f"unsupported attribute type {kind!r}: use malware-sample, attachment or telfhash")
