@@ -22,7 +22,7 @@ pytest.importorskip("misp_modules", reason="misp-modules is not installed (pip i
 
 from test_misp import malware_sample_attribute, values  # noqa: E402
 
-STARTUP_SECONDS = 25
+STARTUP_SECONDS = 30
 
 
 def free_port() -> int:
