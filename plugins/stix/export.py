@@ -100,6 +100,7 @@ class ClusterSpec:
     threshold: int
     linkage: str | None = None
     max_distance: int | None = None
+    max_distance_exact: bool = True
 
 
 @dataclass
@@ -240,13 +241,17 @@ def to_cluster_spec(
     if isinstance(members, str) or not isinstance(members, (list, tuple)):
         report.skipped.append(f"cluster {cluster!r}: 'members' is not a list")
         return None
-    digests = _get(cluster, "digests") or []
+    digests = _get(cluster, "digests") or _get(cluster, "telfhashes") or []
     chosen: list[Sample] = []
     for i, m in enumerate(members):
         name = m if isinstance(m, str) else _get(m, "file")
         sample = samples_by_file.get(name) if isinstance(name, str) else None
         if sample is None and isinstance(m, (dict, Result)):
             sample = to_sample(m, report=report)
+        elif sample is None and isinstance(name, str) and os.path.isfile(name):
+            sample = to_sample(name, report=report)  # a member named by path only: hash it now
+            if sample is not None:
+                samples_by_file[name] = sample
         if sample is None:
             report.skipped.append(f"cluster member {name!r}: no sample with a telfhash and SHA-256")
             continue
@@ -278,12 +283,14 @@ def to_cluster_spec(
         max_d = max((distance(a.telfhash, b.telfhash) for a in chosen for b in chosen), default=0)
     c_threshold = _get(cluster, "threshold")
     c_linkage = _get(cluster, "linkage")
+    exact = _get(cluster, "exact", True)
     return ClusterSpec(
         members=chosen,
         representative=representative,
         threshold=c_threshold if isinstance(c_threshold, int) and not isinstance(c_threshold, bool) else threshold,
         linkage=c_linkage if isinstance(c_linkage, str) else linkage,
         max_distance=max_d,
+        max_distance_exact=exact is not False,
     )
 
 
@@ -439,6 +446,8 @@ def cluster_objects(spec: ClusterSpec, *, created_by: str, timestamp: str, patte
     ext["size"] = n
     if spec.max_distance is not None:
         ext["max_distance"] = spec.max_distance
+        if not spec.max_distance_exact:
+            ext["max_distance_exact"] = False
     ext["representative_ref"] = rep.file_id
     ext["representative_telfhash"] = rep.telfhash
     if archs:
@@ -475,11 +484,12 @@ def export_bundle(
     clusters: Iterable[Any] | None = None,
     *,
     threshold: int = 50,
-    linkage: str | None = None,
+    linkage: str | None = "single",
     telfhash_key: str | None = None,
     identity_name: str | None = None,
     timestamp: Any = None,
     include_singletons: bool = False,
+    min_size: int = 2,
     hash_files: bool = True,
     report: ExportReport | None = None,
 ) -> dict:
@@ -490,7 +500,11 @@ def export_bundle(
     at ``threshold``.  ``telfhash_key`` (``"TELFHASH"`` or ``"x_telfhash"``) also puts each
     telfhash into its File's ``hashes`` (a custom hash: see docs/stix.md for what that costs).
     ``timestamp`` (ISO 8601, datetime or epoch seconds; default ``$SOURCE_DATE_EPOCH`` or now)
-    is every produced object's ``created``/``modified``.  Skipped items are listed in ``report``.
+    is every produced object's ``created``/``modified``.  A cluster of fewer than ``min_size``
+    distinct samples is not exported as a cluster (its samples become plain Files only with
+    ``include_singletons``).  ``linkage`` is recorded in the extension when the clusters do not
+    say (the core's clustering is single linkage: connected components).  Skipped items are
+    listed in ``report``.
     """
     report = report if report is not None else ExportReport()
     if telfhash_key is not None and telfhash_key not in TELFHASH_KEYS:
@@ -512,7 +526,7 @@ def export_bundle(
     specs = []
     for c in clusters:
         spec = to_cluster_spec(c, by_file, threshold=threshold, linkage=linkage, report=report)
-        if spec is not None:
+        if spec is not None and len(spec.members) >= max(1, min_size):
             specs.append(spec)
     specs.sort(key=_cluster_key)
 

@@ -26,7 +26,7 @@ def _exporter(results, clusters, out, options: dict | None = None) -> None:
         results,
         clusters,
         threshold=o.get("threshold", 50),
-        linkage=o.get("linkage"),
+        linkage=o.get("linkage", "single"),
         telfhash_key=o.get("telfhash_key"),
         identity_name=o.get("identity"),
         timestamp=o.get("timestamp"),
@@ -81,7 +81,7 @@ def telfhash_commands(subparsers):
     e.add_argument("-r", "--recursive", action="store_true", help="walk folders given as INPUT")
     e.add_argument("-t", "--threshold", type=_nonneg, default=50, help="TLSH distance for clustering (default 50)")
     e.add_argument("--clusters", metavar="FILE", help="use these clusters (JSON list of Cluster.to_dict()) instead of clustering")
-    e.add_argument("--linkage", help="linkage to record in the extension when the clusters do not say (e.g. single)")
+    e.add_argument("--linkage", default="single", help="linkage recorded in the extension (default: single, as the core's clustering)")
     e.add_argument(
         "--telfhash-key",
         choices=TELFHASH_KEYS,
@@ -223,10 +223,14 @@ def read_clusters_file(path: str) -> list[Any]:
             data = json.load(fh)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ExportError(f"{path}: cannot read clusters ({exc})") from None
-    if isinstance(data, dict):
+    threshold = None
+    if isinstance(data, dict):  # `telfhash cluster` output: {"threshold": T, "clusters": [...]}
+        threshold = data.get("threshold") if isinstance(data.get("threshold"), int) else None
         data = data.get("clusters")
     if not isinstance(data, list):
         raise ExportError(f"{path}: expected a JSON list of clusters (or {{\"clusters\": [...]}})")
+    if threshold is not None:
+        data = [dict(c, threshold=c.get("threshold", threshold)) if isinstance(c, dict) else c for c in data]
     return data
 
 
