@@ -208,7 +208,7 @@ def resolve_path(fd: dict, where: str, analysis_path: str | None) -> str | None:
         for c in cands:
             if "\x00" not in c and os.path.isfile(c):
                 return c
-    return path if isinstance(path, str) and path else None
+    return path if isinstance(path, str) and path and "\x00" not in path else None
 
 
 # ----------------------------------------------------------------------------- grouping
