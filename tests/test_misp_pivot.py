@@ -143,3 +143,13 @@ def test_broken_index_is_a_clear_error(tmp_path):
     attr = {"type": "telfhash", "value": entry["reference"]["telfhash"], "uuid": str(uuid.uuid4())}
     res = expansion.dict_handler(query(attr, {"index_path": str(bad)}))
     assert set(res) == {"error"} and "cannot search the telfhash index" in res["error"]
+
+
+def test_index_from_the_launcher_environment(indexed, monkeypatch):
+    # telfhash-misp-modules --index PATH exports TELFHASH_MISP_INDEX; MISP's empty setting then uses it
+    path, chosen = indexed
+    entry = next(f for f in chosen if f["path"] == "mips/iot-fam-b/fam_b_v2_mips_dyn")
+    attr = {"type": "telfhash", "value": entry["reference"]["telfhash"], "uuid": str(uuid.uuid4())}
+    monkeypatch.setenv("TELFHASH_MISP_INDEX", path)
+    res = expansion.dict_handler(query(attr, {"index_path": "", "max_results": "1000"}))
+    assert {values(o)["sha256"] for o in res["results"]["Object"]} == set(expected(entry, chosen, 50, self_excluded=False))

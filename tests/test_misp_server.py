@@ -124,3 +124,9 @@ def test_write_root_only(tmp_path):
     assert "-c " + str((tmp_path / "r").resolve()) in out.stdout and "-p 7001" in out.stdout
     text = (tmp_path / "r" / "expansion" / "telfhash_hover.py").read_text()
     assert "from telfhash_plugins.misp.hover import" in text
+
+
+def test_launcher_and_module_agree_on_the_index_variable():
+    from telfhash_plugins.misp import module, server
+
+    assert server.INDEX_ENV == module.INDEX_ENV == "TELFHASH_MISP_INDEX"

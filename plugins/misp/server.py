@@ -20,7 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .module import INDEX_ENV
+# the index used when MISP's index_path setting is empty (read by .module; not imported here so
+# that --write-root stays quick)
+INDEX_ENV = "TELFHASH_MISP_INDEX"
 
 MODULE_FILES = {
     "telfhash_expansion.py": "expansion",
