@@ -1,0 +1,126 @@
+"""Partitioned clustering: the plan covers every pair that can be within T, and the groups equal
+brute force (py-tlsh diff) and the single-machine grouping."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tlsh
+
+import corpus
+from telfhash_core import batch
+from telfhash_core.batch_cluster import cluster_digests, plan, relabel
+
+
+def synthetic(n: int, centres: int, seed: int) -> list[str]:
+    """Digests around random centres: a few body bytes changed, length code moved by up to 3
+    (some across the 255 -> 0 wrap), and centres placed at the ends of the length range."""
+    rng = np.random.default_rng(seed)
+    cent = rng.integers(0, 256, size=(centres, 35), dtype=np.uint8)
+    cent[:4, 1] = [0xF0, 0xF0, 0x00, 0x10]  # length codes 15, 15, 0 and 1 (nibble-swapped)
+    cent[4:8, 1] = [0xEF, 0xFF, 0xEF, 0xFF]  # 254, 255, ...
+    b = cent[rng.integers(0, centres, size=n)].copy()
+    for t in range(3):
+        rows = np.flatnonzero(rng.random(n) < 0.6)
+        b[rows, rng.integers(3, 35, size=rows.size)] = rng.integers(0, 256, size=rows.size, dtype=np.uint8)
+    lv = (((b[:, 1] & 15).astype(int) << 4) | (b[:, 1] >> 4)) + rng.integers(-3, 4, size=n)
+    lv %= 256
+    b[:, 1] = (((lv & 15) << 4) | (lv >> 4)).astype(np.uint8)
+    return ["t1" + row.tobytes().hex() for row in b]
+
+
+def brute_force(digests: list[str], threshold: int) -> np.ndarray:
+    n = len(digests)
+    parent = list(range(n))
+
+    def find(x):
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    spelled = ["T1" + d[2:].upper() for d in digests]
+    for i in range(n):
+        for j in range(i + 1, n):
+            if tlsh.diff(spelled[i], spelled[j]) <= threshold:
+                a, b = find(i), find(j)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+    return relabel(np.array([find(i) for i in range(n)]))
+
+
+def lcode(d: str) -> int:
+    return int(d[5] + d[4], 16)
+
+
+@pytest.mark.parametrize("threshold", [0, 1, 23, 24, 50, 100])
+def test_plan_covers_every_pair_whose_length_codes_allow_it(threshold):
+    rng = np.random.default_rng(threshold)
+    for L in (np.sort(rng.integers(0, 256, size=300)), np.sort(np.r_[np.zeros(50, int), np.full(50, 255), rng.integers(0, 256, 60)])):
+        tasks = plan(L, threshold, 7)
+        covered = set()
+        for lo, hi, fwd, wrap in tasks:
+            rows = list(range(lo, fwd)) + list(range(0, wrap))
+            for a in range(lo, hi):
+                covered.update((min(a, b), max(a, b)) for b in rows if b != a)
+        # a pair can be within T only if the length term alone (12 d, or d when d <= 1) is <= T
+        for i in range(len(L)):
+            for j in range(i + 1, len(L)):
+                d = abs(int(L[i]) - int(L[j]))
+                d = min(d, 256 - d)
+                if (d if d <= 1 else 12 * d) <= threshold:
+                    assert (i, j) in covered, (threshold, L[i], L[j])
+
+
+@pytest.mark.parametrize("threshold", [30, 50, 150])
+def test_groups_equal_brute_force(threshold):
+    digests = synthetic(350, 40, threshold)
+    assert any(lcode(d) >= 253 for d in digests) and any(lcode(d) <= 2 for d in digests)
+    labels, info = cluster_digests(digests, threshold, jobs=2, ntasks=6)
+    assert info["tasks"] >= 2
+    expected = brute_force(digests, threshold)
+    assert 1 < expected.max() and (np.bincount(expected) > 1).sum() > 10  # real groups, not one blob
+    assert (labels == expected).all()
+
+
+def test_groups_across_the_length_code_wrap():
+    base = bytes.fromhex(synthetic(10, 10, 3)[0][2:])
+    near_end = bytearray(base)
+    near_end[1] = 0xFF  # length code 255
+    near_start = bytearray(base)
+    near_start[1] = 0x10  # length code 1: circular difference 2, length term 24
+    digests = ["t1" + bytes(near_end).hex(), "t1" + bytes(near_start).hex()]
+    assert tlsh.diff("T1" + digests[0][2:].upper(), "T1" + digests[1][2:].upper()) <= 30
+    labels, _ = cluster_digests(digests * 3, 30, jobs=1, ntasks=3)
+    assert labels.tolist() == [0] * 6
+
+
+def test_equals_single_machine_on_many_digests():
+    from test_batch import single_machine
+
+    digests = synthetic(20000, 1500, 7)
+    labels, info = cluster_digests(digests, 50, jobs=2)
+    assert info["tasks"] > 1
+    assert (labels == single_machine(digests, 50)).all()
+
+
+def test_cluster_command_on_corpus_results(tmp_path):
+    entries = corpus.manifest()["files"]
+    results = tmp_path / "results.jsonl"
+    with open(results, "w") as fh:
+        for e in entries:  # the reference's values, as a batch run would have written them
+            t = e["reference"]["telfhash"]
+            fh.write(json.dumps({"path": e["path"], "sha256": e["sha256"], "telfhash": t if t.startswith("t1") else None}) + "\n")
+    out = tmp_path / "clusters.parquet"
+    assert batch.main(["cluster", str(results), "-o", str(out), "-t", "50", "-j", "2"]) == 0
+    pq = pytest.importorskip("pyarrow.parquet")
+    rows = pq.read_table(out).to_pylist()
+    with_digest = [e for e in entries if e["reference"]["telfhash"].startswith("t1")]
+    assert [r["path"] for r in rows] == [e["path"] for e in with_digest]
+    distinct = sorted({e["reference"]["telfhash"] for e in with_digest})
+    group_of = dict(zip(distinct, brute_force(distinct, 50).tolist()))
+    expected = relabel(np.array([group_of[e["reference"]["telfhash"]] for e in with_digest]))
+    assert [r["cluster"] for r in rows] == expected.tolist()
+    sizes = np.bincount(expected)
+    assert [r["cluster_size"] for r in rows] == sizes[expected].tolist()
