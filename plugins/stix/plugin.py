@@ -106,6 +106,7 @@ def telfhash_commands(subparsers):
     _taxii_args(pub)
     pub.add_argument("--chunk", type=_nonneg, default=500, help="objects per request (0: all in one; default 500)")
     pub.add_argument("--timeout", type=_nonneg, default=60, help="seconds to wait for each request's status")
+    pub.add_argument("--resend", action="store_true", help="send every object, even those the collection already holds")
     pub.set_defaults(func=_guarded(cmd_publish))
 
     pl = sub.add_parser("pull", help="read a TAXII 2.1 collection into a bundle file", description=taxii_help)
@@ -301,11 +302,14 @@ def cmd_publish(args) -> int:
     try:
         bundle = load_bundle(sys.stdin.buffer if args.bundle == "-" else args.bundle)
         settings = load_settings(args.config, args.url)
-        rep = publish(bundle, settings, chunk=args.chunk, timeout=args.timeout)
+        rep = publish(bundle, settings, chunk=args.chunk, timeout=args.timeout, skip_present=not args.resend)
     except (BundleError, TaxiiError) as exc:
         _err(str(exc))
         return 1
-    print(f"published to {settings.url}: {rep.success} added, {rep.failure} failed, {rep.pending} pending")
+    print(
+        f"published to {settings.url}: {rep.success} added, {rep.already} already there, "
+        f"{rep.failure} failed, {rep.pending} pending"
+    )
     for f in rep.failures:
         print(f"  failed: {f}")
     return 0 if rep.failure == 0 and rep.pending == 0 else 1

@@ -149,17 +149,56 @@ class PublishReport:
     success: int = 0
     failure: int = 0
     pending: int = 0
+    already: int = 0  # objects (same id and version) the collection held before: not sent again
     failures: list[str] = field(default_factory=list)
 
 
-def publish(bundle: dict, settings: TaxiiSettings, *, chunk: int = 500, timeout: int = 60) -> PublishReport:
+def _present(col, objects: list[dict]) -> set[tuple[str, str | None]]:
+    """(id, version) of the collection's objects of the types in ``objects`` (from its manifest);
+    version None for objects without ``modified``/``created`` (SCOs)."""
+    from taxii2client.v21 import as_pages
+
+    types = sorted({o.get("type") for o in objects if isinstance(o, dict) and isinstance(o.get("type"), str)})
+    present: set[tuple[str, str | None]] = set()
+    if not types:
+        return present
+    for page in as_pages(col.get_manifest, per_request=1000, type=types):
+        for m in page.get("objects", []) or []:
+            if isinstance(m, dict) and isinstance(m.get("id"), str):
+                present.add((m["id"], m.get("version")))
+                present.add((m["id"], None))
+    return present
+
+
+def publish(
+    bundle: dict, settings: TaxiiSettings, *, chunk: int = 500, timeout: int = 60, skip_present: bool = True
+) -> PublishReport:
     """Add the bundle's objects to the collection, ``chunk`` objects per request, waiting for each
-    request's status to be final (``timeout`` seconds)."""
+    request's status to be final (``timeout`` seconds).
+
+    With ``skip_present`` the collection's manifest is read first and objects it already holds
+    (same id and ``modified``; for SCOs the same id, ids being derived from content) are not sent
+    again: re-publishing an export is then a no-op instead of a list of refusals.
+    """
     objects = bundle.get("objects") if isinstance(bundle, dict) else None
     if not isinstance(objects, list):
         raise TaxiiError("not a bundle: no list of objects")
     col = _collection(settings)
     report = PublishReport()
+    if skip_present:
+        try:
+            present = _present(col, objects)
+        except Exception as exc:
+            raise TaxiiError(f"{settings.url}: reading the manifest: {_explain(exc)}") from None
+        keep = []
+        for o in objects:
+            oid = o.get("id") if isinstance(o, dict) else None
+            version = o.get("modified", o.get("created")) if isinstance(o, dict) else None
+            if oid is not None and (oid, version) in present:
+                report.already += 1
+            else:
+                keep.append(o)
+        objects = keep
     step = chunk if chunk and chunk > 0 else max(len(objects), 1)
     for start in range(0, len(objects), step):
         envelope = {"objects": objects[start : start + step]}
