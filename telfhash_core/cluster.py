@@ -209,24 +209,23 @@ def cluster(
     labels_u = components_within(enc, threshold, threads=threads)
     counts = np.bincount(inv, minlength=len(uniq)).astype(np.int64)
 
-    # distinct digests per component; sample the candidates of oversized components
+    # every pair inside each component once; oversized components: sampled candidates only
     nlab = int(labels_u.max()) + 1
     sizes_u = np.bincount(labels_u, minlength=nlab)
-    rows = None
     inexact = set(np.flatnonzero(sizes_u > EXACT_STATS_LIMIT).tolist())
-    if inexact:
-        keep = np.ones(len(uniq), dtype=bool)
-        for lab in inexact:
+    if not inexact:
+        maxd, sumd = group_stats(enc, labels_u, counts, threads=threads)
+    else:
+        big = np.isin(labels_u, sorted(inexact))
+        alone = np.where(big, nlab + np.arange(len(uniq)), labels_u)  # rows of big components: no work here
+        maxd, sumd = group_stats(enc, alone, counts, threads=threads)
+        sampled = []
+        for lab in sorted(inexact):
             members = np.flatnonzero(labels_u == lab)
             step = max(1, members.size // STATS_SAMPLE)
-            keep[members] = False
-            keep[members[::step][:STATS_SAMPLE]] = True
-        rows = np.flatnonzero(keep)
-    multi = sizes_u[labels_u] > 1  # singletons of distinct digests need no distances
-    stat_rows = np.flatnonzero(multi) if rows is None else np.intersect1d(rows, np.flatnonzero(multi))
-    maxd, sumd = group_stats(enc, labels_u, counts, rows=stat_rows, threads=threads)
-    maxd[~multi] = 0
-    sumd[~multi] = 0
+            sampled.append(members[::step][:STATS_SAMPLE])
+        mb, sb = group_stats(enc, labels_u, counts, rows=np.concatenate(sampled), threads=threads)
+        maxd[big], sumd[big] = mb[big], sb[big]  # -1 where not sampled
 
     by_label: dict[int, list[int]] = {}
     for pos, u in enumerate(inverse):

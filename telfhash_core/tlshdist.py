@@ -345,14 +345,18 @@ if HAVE_NUMBA:
                     lo = a + 1
                 hi = cstart[B + 1]
                 for b in range(lo, hi):
-                    x0 = a0 ^ W0[b]
-                    x1 = a1 ^ W1[b]
                     x2 = a2 ^ W2[b]
                     x3 = a3 ^ W3[b]
+                    # the middle plane alone is a lower bound of the body term: most pairs stop here
+                    s = _popcount(x2) + _popcount(x3)
+                    if s > budget:
+                        continue
+                    x0 = a0 ^ W0[b]
+                    x1 = a1 ^ W1[b]
                     x4 = a4 ^ W4[b]
                     x5 = a5 ^ W5[b]
-                    s = (_popcount(x0) + _popcount(x1) + _popcount(x2) + _popcount(x3) + _popcount(x4)
-                         + _popcount(x5) + 3 * (_popcount(x0 & x2 & x4) + _popcount(x1 & x3 & x5)))
+                    s += (_popcount(x0) + _popcount(x1) + _popcount(x4) + _popcount(x5)
+                          + 3 * (_popcount(x0 & x2 & x4) + _popcount(x1 & x3 & x5)))
                     if s > budget:
                         continue
                     if C[b] != ca:
@@ -436,6 +440,50 @@ if HAVE_NUMBA:
                 sm += d * weights[b]
             maxd[p] = mx
             sumd[p] = sm
+
+
+    @_jit
+    def _nb_group_stats_half(L, Q1, Q2, C, W0, W1, W2, W3, W4, W5, LT, QT, members, ptr, group_of,
+                             weights, positions, maxd, sumd):
+        """Every pair inside each group once (rows ``members[p]``, p in ``positions``, against
+        the later rows of their group), updating both rows' largest and weighted total distance."""
+        for pk in range(positions.shape[0]):
+            p = positions[pk]
+            a = members[p]
+            g = group_of[p]
+            la = np.int64(L[a])
+            q1a = np.int64(Q1[a])
+            q2a = np.int64(Q2[a])
+            ca = C[a]
+            a0 = W0[a]
+            a1 = W1[a]
+            a2 = W2[a]
+            a3 = W3[a]
+            a4 = W4[a]
+            a5 = W5[a]
+            wa = weights[a]
+            mx = maxd[a]
+            sm = sumd[a]
+            for e in range(p + 1, ptr[g + 1]):
+                b = members[e]
+                x0 = a0 ^ W0[b]
+                x1 = a1 ^ W1[b]
+                x2 = a2 ^ W2[b]
+                x3 = a3 ^ W3[b]
+                x4 = a4 ^ W4[b]
+                x5 = a5 ^ W5[b]
+                d = (_popcount(x0) + _popcount(x1) + _popcount(x2) + _popcount(x3) + _popcount(x4)
+                     + _popcount(x5) + 3 * (_popcount(x0 & x2 & x4) + _popcount(x1 & x3 & x5)))
+                d += LT[(la - np.int64(L[b])) & 255] + QT[(q1a - np.int64(Q1[b])) & 15]
+                d += QT[(q2a - np.int64(Q2[b])) & 15] + (1 if C[b] != ca else 0)
+                if d > mx:
+                    mx = d
+                sm += d * weights[b]
+                if d > maxd[b]:
+                    maxd[b] = d
+                sumd[b] += d * wa
+            maxd[a] = mx
+            sumd[a] = sm
 
 
 # ----------------------------------------------------------------------------- public API
@@ -630,7 +678,26 @@ def group_stats(enc: Encoded, labels, weights=None, *, rows=None, threads: int |
     positions = np.flatnonzero(want[order]).astype(np.int64)
     maxd = np.full(n, -1, dtype=np.int64)
     sumd = np.full(n, -1, dtype=np.int64)
-    if HAVE_NUMBA:
+    if HAVE_NUMBA and rows is None:
+        # each pair once; every thread keeps its own totals, added up afterwards
+        nt = min(_threads(threads), max(1, n // 64))
+        W = [np.ascontiguousarray(enc.planes[:, k]) for k in range(6)]
+        mxs = np.zeros((nt, n), dtype=np.int64)
+        sms = np.zeros((nt, n), dtype=np.int64)
+
+        def work(t: int):
+            _nb_group_stats_half(enc.lvalue, enc.q1, enc.q2, enc.checksum, *W, _LTERM_TABLE.astype(np.int64),
+                                 _QTERM_TABLE.astype(np.int64), order, ptr, group_of, w, positions[t::nt].copy(),
+                                 mxs[t], sms[t])
+
+        if nt == 1:
+            work(0)
+        else:
+            with ThreadPoolExecutor(nt) as ex:
+                list(ex.map(work, range(nt)))
+        maxd = mxs.max(axis=0)
+        sumd = sms.sum(axis=0)
+    elif HAVE_NUMBA:
         nt = min(_threads(threads), max(1, positions.size // 64))
         mx = np.full(n, -1, dtype=np.int64)
         sm = np.full(n, -1, dtype=np.int64)
