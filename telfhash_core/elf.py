@@ -17,6 +17,7 @@ rather than one by one, with the reference's semantics for every field and strin
 from __future__ import annotations
 
 import functools
+import os
 import struct
 from dataclasses import dataclass
 
@@ -84,9 +85,40 @@ class Header:
     shstrndx: int
 
 
+# How a real file fails when pyelftools seeks or reads at crafted offsets and sizes: the
+# reference reads a file object, so these failures decide its answer ("Unknown error") on
+# crafted files.  Seeking past the largest file offset the filesystem allows fails with
+# EINVAL (ext4 with 4 KiB blocks, the usual Linux filesystem: 16 TiB - 4 KiB), an offset of
+# 2**63 or more cannot be passed at all, and a read of more bytes than the machine's memory
+# fails before reading (Python allocates the buffer first).
+MAX_FILE_OFFSET = 0xFFFFFFFF000
+_OFFSET_LIMIT = 1 << 63
+try:
+    MEMORY_LIMIT = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+except (ValueError, OSError, AttributeError):  # pragma: no cover - not Linux
+    MEMORY_LIMIT = 1 << 36
+
+
+def check_seek(pos: int) -> None:
+    """Raise what seeking a real file to ``pos`` raises."""
+    if pos >= _OFFSET_LIMIT:
+        raise ValueError("cannot fit 'int' into an offset-sized integer")
+    if pos > MAX_FILE_OFFSET:
+        raise OSError(22, "Invalid argument")
+
+
+def check_read(n: int) -> None:
+    """Raise what reading ``n`` bytes from a real file raises before reading."""
+    if n >= _OFFSET_LIMIT:
+        raise OverflowError("cannot fit 'int' into an index-sized integer")
+    if n > MEMORY_LIMIT:
+        raise MemoryError(f"read of {n} bytes")
+
+
 class MemStream:
     """A read-only file-like view of a buffer with a real file's semantics (seeking past the
-    end is allowed and reads there return nothing), for pyelftools."""
+    end is allowed and reads there return nothing; crafted offsets and sizes fail as they
+    do on a file), for pyelftools."""
 
     __slots__ = ("_buf", "_len", "_pos")
 
@@ -102,6 +134,7 @@ class MemStream:
             pos += self._len
         if pos < 0:
             raise OSError(22, "Invalid argument")
+        check_seek(pos)
         self._pos = pos
         return pos
 
@@ -109,6 +142,8 @@ class MemStream:
         return self._pos
 
     def read(self, n: int = -1) -> bytes:
+        if n is not None and n > 0:
+            check_read(n)
         start = self._pos
         if start >= self._len:
             return b""
@@ -202,6 +237,10 @@ class _Sections:
         if h.shentsize < self.size or h.shnum == 0 or h.shstrndx == 0xFFFF:
             raise _GiveUp
         self._cache: dict[int, tuple] = {}
+        self.names_at: int | None = None  # file offset of the section-name table, once known
+        self.names_at = self.get(h.shstrndx)[4]
+        if self.names_at + self.get(h.shstrndx)[0] > MAX_FILE_OFFSET:
+            raise _GiveUp
 
     def get(self, i: int) -> tuple:
         """(name, type, flags, addr, offset, size, link, info, addralign, entsize)"""
@@ -213,6 +252,8 @@ class _Sections:
             hdr = struct.unpack_from(self.fmt, self.buf, off)
             if hdr[2] & SHF_COMPRESSED:  # pyelftools reads a compression header here
                 raise _GiveUp
+            if self.names_at is not None and self.names_at + hdr[0] > MAX_FILE_OFFSET:
+                raise _GiveUp  # pyelftools looks up every section's name: that seek would fail
             self._cache[i] = hdr
         return hdr
 
@@ -251,8 +292,7 @@ def find_symbol_table_fast(buf, h: Header) -> SymbolTable | None:
     """
     if h.shoff == 0:
         return None  # pyelftools: no sections at all
-    secs = _Sections(buf, h)
-    secs.get(h.shstrndx)  # pyelftools builds the section-name table first
+    secs = _Sections(buf, h)  # reads the section-name table first, as pyelftools does
     word = 4 if h.bits == 32 else 8
     for i in range(h.shnum):
         hdr = secs.get(i)
@@ -305,19 +345,33 @@ def find_symbol_table_exact(elf: ELFFile) -> SymbolTable | None:
 
 def read_function_names(buf, h: Header, table: SymbolTable) -> list[str]:
     """Names of the global, default-visibility functions in ``table``, as pyelftools decodes
-    them (UTF-8 with replacement), in table order.  Raises ELFParseError when the table runs
-    past the end of the file, as pyelftools does."""
+    them (UTF-8 with replacement), in table order.
+
+    Fails as the reference does: it reads every entry and looks up every entry's name, in
+    order, from a file, so the first entry that runs past the end of the file
+    (``ELFParseError``) or whose entry or name lies at an offset a file cannot seek to decides.
+    """
     dtype = _SYM_DTYPE[(h.bits, h.endian)]
     count = table.size // table.entsize
-    if table.offset + (count - 1) * table.entsize + dtype.itemsize > len(buf):
+    n = len(buf)
+    # entries whose bytes are all in the file: offset + (i * entsize) + itemsize <= n
+    room = n - dtype.itemsize - table.offset
+    whole = 0 if room < 0 else min(count, room // table.entsize + 1)
+    syms = np.ndarray(shape=(whole,), dtype=dtype, buffer=buf, offset=table.offset if whole else 0, strides=(table.entsize,))
+    names_rel = syms["name"]
+    bad_name = np.flatnonzero(names_rel.astype(np.uint64) > max(-1, MAX_FILE_OFFSET - table.strtab_offset)) if table.strtab_offset <= MAX_FILE_OFFSET else np.arange(whole)
+    if bad_name.size:
+        i = int(bad_name[0])
+        check_seek(table.strtab_offset + int(names_rel[i]))
+    if whole < count:
+        pos = table.offset + whole * table.entsize
+        check_seek(pos)
         raise ELFParseError("symbol table runs past the end of the file")
-    syms = np.ndarray(shape=(count,), dtype=dtype, buffer=buf, offset=table.offset, strides=(table.entsize,))
     info, other = syms["info"], syms["other"]
     keep = ((info & 0xF) == STT_FUNC) & ((info >> 4) == STB_GLOBAL) & ((other & 7) == 0)
-    offsets = syms["name"][keep].tolist()
-    base, n, find = table.strtab_offset, len(buf), buf.find
+    base, find = table.strtab_offset, buf.find
     names = []
-    for off in offsets:
+    for off in names_rel[keep].tolist():
         pos = base + off
         if pos >= n:
             continue

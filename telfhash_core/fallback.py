@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import struct
+import zlib
 
 import capstone
 import numpy as np
@@ -27,10 +28,11 @@ from capstone import (
     CS_MODE_MIPS32,
     _cs_insn,
 )
-from elftools.common.exceptions import ELFError, ELFParseError
+from elftools.common.exceptions import ELFCompressionError, ELFError, ELFParseError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.segments import Segment
 
+from .elf import check_read, check_seek
 from .result import Reason
 
 # pyelftools machine name -> capstone engine, as the reference chooses them (note: MIPS is
@@ -158,8 +160,8 @@ def image_base(elf: ELFFile, buf) -> int:
     """``p_vaddr`` of the first ``PT_LOAD``, found the way the reference finds it.
 
     The reference reads program headers 0, 1, 2, ... until one is ``PT_LOAD`` -- past
-    ``e_phnum`` if need be, until the end of the file (then it fails to parse).  When it
-    could never stop (``e_phentsize`` of 0) we use 0, as the reference's current source does.
+    ``e_phnum`` if need be, until a read fails at the end of the file.  When it could never
+    stop (``e_phentsize`` of 0) we use 0, as the reference's current source does.
     """
     h = elf.header
     phoff, phentsize = h["e_phoff"], h["e_phentsize"]
@@ -169,12 +171,11 @@ def image_base(elf: ELFFile, buf) -> int:
     endian = "<" if elf.little_endian else ">"
     vaddr_at, vaddr_fmt = (8, endian + "I") if elf.elfclass == 32 else (16, endian + "Q")
     n = len(buf)
-    if phoff + size > n:
-        raise ELFParseError("program header past the end of the file")
     if phentsize == 0:
+        _read_fails_at(phoff, size, n)
         (ptype,) = struct.unpack_from(endian + "I", buf, phoff)
         return struct.unpack_from(vaddr_fmt, buf, phoff + vaddr_at)[0] if ptype == 1 else 0
-    count = (n - size - phoff) // phentsize + 1
+    count = 0 if phoff + size > n else (n - size - phoff) // phentsize + 1
     step = 1 << 16
     for first in range(0, count, step):
         k = min(step, count - first)
@@ -183,15 +184,35 @@ def image_base(elf: ELFFile, buf) -> int:
         if hits.size:
             pos = phoff + (first + int(hits[0])) * phentsize
             return struct.unpack_from(vaddr_fmt, buf, pos + vaddr_at)[0]
-    raise ELFParseError("no PT_LOAD program header before the end of the file")
+    _read_fails_at(phoff + count * phentsize, size, n)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _read_fails_at(pos: int, size: int, n: int) -> None:
+    """Raise what reading a program header at ``pos`` from a file of ``n`` bytes raises, if anything."""
+    check_seek(pos)
+    if pos + size > n:
+        raise ELFParseError(f"program header at {pos} runs past the end of the file")
 
 
 def _section_data(section) -> bytes:
     if section["sh_type"] == "SHT_NOBITS":
-        return b""  # all zeros: no call destination on any supported architecture
-    if section.compressed and section.data_size > MAX_CODE:
-        raise MemoryError(f"compressed code section claims {section.data_size} bytes")
+        check_read(section.data_size)  # the reference builds the zeros; they hold no call
+        return b""
+    if section.compressed and section._compression_type == "ELFCOMPRESS_ZLIB" and section.data_size > MAX_CODE:
+        return _inflate_bounded(section)
     return section.data()
+
+
+def _inflate_bounded(section) -> bytes:
+    """pyelftools' zlib inflation, refusing to grow past MAX_CODE (a decompression bomb)."""
+    hdr = section.structs.Elf_Chdr.sizeof()
+    section.stream.seek(section["sh_offset"] + hdr)
+    packed = section.stream.read(section["sh_size"] - hdr)
+    out = zlib.decompressobj().decompress(packed, MAX_CODE + 1)
+    if len(out) > MAX_CODE:
+        raise MemoryError(f"compressed code section inflates past {MAX_CODE} bytes")
+    raise ELFCompressionError(f"Decompressed data is {len(out)} bytes long, should be {section.data_size} bytes long")
 
 
 def call_destinations(elf: ELFFile, buf) -> tuple[list[str], Reason, str]:
