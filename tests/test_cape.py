@@ -379,7 +379,7 @@ def test_summary_files_and_groups(cape_root, analysis):
     expected = _components(digests, 120)
     assert expected, "the chosen files should form at least one group at threshold 120"
     got = {frozenset(m["sha256"] for m in g["members"]) for g in s["groups"]}
-    assert got == expected
+    assert got == expected and s["grouping"] == "pairwise"
     for g in s["groups"]:
         ds = [digests[m["sha256"]] for m in g["members"]]
         assert g["max_distance"] == max(tlsh.diff("T1" + a[2:].upper(), "T1" + b[2:].upper()) for a in ds for b in ds)
@@ -493,3 +493,17 @@ def test_disabled_section_is_never_imported(tmp_path, analysis):
     results = copy.deepcopy(analysis["results"])
     assert run_processing(root, {"id": 17}, results, analysis["dir"]) == []
     assert "telfhash" not in results
+
+
+def test_groups_through_telfhash_core_cluster(analysis, monkeypatch):
+    """Above PAIRWISE_LIMIT digests the groups come from telfhash_core.cluster: same groups."""
+    en = importlib.import_module("telfhash_plugins.cape.enrich")
+
+    monkeypatch.setattr(en, "PAIRWISE_LIMIT", 0)
+    results = copy.deepcopy(analysis["results"])
+    results["dropped"] = json.loads((analysis["dir"] / "dropped.json").read_text())
+    s = en.enrich(results, en.Settings(threshold=120), str(analysis["dir"]))
+    assert s["grouping"] == "telfhash_core.cluster"
+    chosen = analysis["chosen"].values()
+    digests = {f["sha256"]: f["reference"]["telfhash"] for f in chosen if f["reference"]["telfhash"].startswith("t1")}
+    assert {frozenset(m["sha256"] for m in g["members"]) for g in s["groups"]} == _components(digests, 120)

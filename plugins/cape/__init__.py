@@ -2,7 +2,7 @@
 equivalent) adding the telfhash of every ELF file to the report, with the groups among the
 analysis' ELF files and, with an index configured, the nearest known samples.
 
-* :mod:`.enrich` -- ``enrich(results, settings, analysis_path)``: the work, on a results dict;
+* :mod:`.enrich` -- ``enrich.enrich(results, settings, analysis_path)``: the work, on a results dict;
 * :mod:`.install` -- the thin module file and ``[telfhash]`` drop-in written into a CAPE tree;
 * :mod:`.cli` -- ``telfhash-cape install | uninstall | status | reprocess``;
 * :mod:`.cuckoo3` -- ``TelfhashProcessor`` for Cuckoo 3;
@@ -11,6 +11,7 @@ analysis' ELF files and, with an index configured, the nearest known samples.
 See ``docs/cape.md``.
 """
 
-from .enrich import KEY, Settings, enrich, file_dicts, run_module
+from . import enrich
+from .enrich import KEY, Settings, file_dicts, run_module
 
 __all__ = ["KEY", "Settings", "enrich", "file_dicts", "run_module"]

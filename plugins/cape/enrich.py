@@ -214,19 +214,29 @@ def resolve_path(fd: dict, where: str, analysis_path: str | None) -> str | None:
 # ----------------------------------------------------------------------------- grouping
 
 
+# Up to this many digests the groups come from direct pairwise distances (py-tlsh, a few ms);
+# beyond, from telfhash_core.cluster, whose compiled kernels cost a one-off compilation in a
+# fresh process (seconds) that a typical analysis with a handful of ELF files should not pay.
+PAIRWISE_LIMIT = 300
+
+
 def _groups(entries: list[dict], threshold: int) -> tuple[list[dict], str]:
     """Groups (size >= 2) among the entries with a digest; ``(groups, method)``."""
     items = [{"file": e["id"], "telfhash": e["telfhash"], "arch": e.get("arch")} for e in entries if e.get("telfhash")]
     if len(items) < 2:
         return [], "none"
     by_id = {e["id"]: e for e in entries}
-    try:
-        from telfhash_core.cluster import cluster
+    raw = None
+    if len(items) > PAIRWISE_LIMIT:
+        try:
+            from telfhash_core.cluster import cluster
 
-        clusters, _ = cluster(items, threshold=threshold)
-        method = "telfhash_core.cluster"
-        raw = [(c.members, c.representative, c.max_distance) for c in clusters if c.size >= 2]
-    except ImportError:  # older telfhash-core without the cluster module
+            clusters, _ = cluster(items, threshold=threshold)
+            method = "telfhash_core.cluster"
+            raw = [(c.members, c.representative, c.max_distance) for c in clusters if c.size >= 2]
+        except ImportError:  # an older telfhash-core without the cluster module
+            raw = None
+    if raw is None:
         raw, method = _pairwise_groups(items, threshold), "pairwise"
     out = []
     for members, rep, maxd in raw:
