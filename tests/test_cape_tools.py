@@ -321,3 +321,25 @@ def test_cuckoo3_processor_without_cuckoo3(tmp_path, monkeypatch):
     assert cls(ctx).start()["elf_files"] == 0
     ctx.submitted_file = None
     assert "no submitted file" in cls(SimpleNamespace(analysis=None)).start()["errors"][0]
+
+
+def test_index_add_records_the_analysis_and_a_later_one_finds_it(tmp_path):
+    from telfhash_plugins.cape.enrich import enrich
+
+    fam = [f for f in corpus.files() if f["label"] == "iot-fam-b:v1_dyn" and f["reference"]["telfhash"].startswith("t1")]
+    if len(fam) < 2:
+        pytest.skip("corpus lacks iot-fam-b:v1_dyn files")
+    a, b = fam[0], fam[1]
+    db = tmp_path / "idx.db"
+
+    def results(f):
+        return {"target": {"category": "file", "file": {"path": f["abspath"], "sha256": f["sha256"], "type": "ELF"}}}
+
+    s1 = enrich(results(a), Settings(index=str(db), index_add=True, timeout=0))
+    assert s1["index"]["added"] == 1 and s1["files"][0]["known"] == []
+    s2 = enrich(results(b), Settings(index=str(db), threshold=1000, timeout=0))
+    import tlsh
+
+    expect = tlsh.diff("T1" + a["reference"]["telfhash"][2:].upper(), "T1" + b["reference"]["telfhash"][2:].upper())
+    assert [(m["sha256"], m["distance"], m["source"]) for m in s2["files"][0]["known"]] == [(a["sha256"], expect, "cape")]
+    assert "added" not in s2["index"]
