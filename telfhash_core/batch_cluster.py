@@ -133,6 +133,56 @@ if HAVE_NUMBA:
                     _join(parent, a, b)
 
     @numba.njit(nogil=True, cache=True)
+    def _scan_cells(L, Q1, Q2, C, P, nhome, fstarts, nfwd, wstarts, offsets, threshold, parent):
+        """Like _scan_block, visiting only the (L, q1, q2) cells whose header terms fit in T.
+
+        Rows are sorted by cell key L*256 + q1*16 + q2; ``fstarts``/``wstarts`` index the cells
+        of the forward rows [0, nfwd) and of the wrap rows [nfwd, n); ``offsets`` rows are
+        (dl, dq1, r): every dq2 with circular |dq2| <= r fits, with dl >= 0.
+        """
+        for a in range(nhome):
+            la = np.int64(L[a])
+            q1a = np.int64(Q1[a])
+            q2a = np.int64(Q2[a])
+            for k in range(offsets.shape[0]):
+                dl = offsets[k, 0]
+                r = offsets[k, 2]
+                lt = la + dl
+                base = (lt % 256) * 256 + ((q1a + offsets[k, 1]) % 16) * 16
+                # the q2 values q2a - r .. q2a + r (mod 16), as one or two runs of cell keys
+                if r >= 8:
+                    r1lo, r1hi, r2lo, r2hi = 0, 15, 1, 0
+                else:
+                    qlo = q2a - r
+                    qhi = q2a + r
+                    if qlo < 0:
+                        r1lo, r1hi, r2lo, r2hi = 0, qhi, qlo + 16, 15
+                    elif qhi > 15:
+                        r1lo, r1hi, r2lo, r2hi = qlo, 15, 0, qhi - 16
+                    else:
+                        r1lo, r1hi, r2lo, r2hi = qlo, qhi, 1, 0
+                for run in range(2):
+                    if run == 0:
+                        klo = base + r1lo
+                        khi = base + r1hi
+                    else:
+                        if r2lo > r2hi:
+                            break
+                        klo = base + r2lo
+                        khi = base + r2hi
+                    if lt < 256:
+                        lo = fstarts[klo]
+                        hi = fstarts[khi + 1]
+                        if dl == 0 and lo <= a:
+                            lo = a + 1
+                    else:
+                        lo = nfwd + wstarts[klo]
+                        hi = nfwd + wstarts[khi + 1]
+                    for b in range(lo, hi):
+                        if _dist(L, Q1, Q2, C, P, a, b) <= threshold:
+                            _join(parent, a, b)
+
+    @numba.njit(nogil=True, cache=True)
     def _merge(parent, a, b):
         for k in range(a.shape[0]):
             _join(parent, a[k], b[k])
@@ -197,26 +247,57 @@ def plan(lsorted: np.ndarray, threshold: int, ntasks: int) -> list[tuple[int, in
     return out
 
 
-def _rows_to_strings(hexs: np.ndarray) -> list[str]:
-    return [h.decode("ascii") for h in hexs.tolist()]
+def _lterm(d: int) -> int:
+    return d if d <= 1 else 12 * d
 
 
-def cluster_task(hex_sorted: np.ndarray, lo: int, hi: int, fwd_end: int, wrap_end: int, threshold: int):
+def _qterm(d: int) -> int:
+    d = min(d % 16, 16 - d % 16)
+    return d if d <= 1 else 12 * (d - 1)
+
+
+def cell_offsets(threshold: int) -> np.ndarray:
+    """``(dl, dq1, r)`` rows: from a row in cell (L, q1, q2), its partners within ``threshold`` can
+    only be in cells (L + dl, q1 + dq1, q2 + dq2) (mod 256, 16, 16) with circular ``|dq2| <= r``,
+    because the header terms alone, ``lterm(dl) + qterm(dq1) + qterm(dq2)``, must fit in it."""
+    lmax = max_length_code_diff(threshold)
+    rows = []
+    for dl in range(max(lmax, -1) + 1):
+        for dq1 in range(16):
+            left = threshold - _lterm(dl) - _qterm(dq1)
+            if left < 0:
+                continue
+            r = max(d for d in range(9) if _qterm(d) <= left)  # qterm grows with |dq2|
+            rows.append((dl, dq1, r))
+    return np.array(rows, dtype=np.int64).reshape(-1, 3)
+
+
+def _cell_keys(enc: Encoded) -> np.ndarray:
+    return enc.lvalue.astype(np.int64) * 256 + enc.q1.astype(np.int64) * 16 + enc.q2.astype(np.int64)
+
+
+def cluster_task(sorted_enc: Encoded, lo: int, hi: int, fwd_end: int, wrap_end: int, threshold: int):
     """One partition: the local forest of rows ``[lo, hi)`` against their candidates.
 
-    ``hex_sorted``: the distinct digests (``S70`` upper-case hex) sorted by length code.
-    Returns ``(rows, roots)``: int64 positions in ``hex_sorted``, to be unioned pairwise.
+    ``sorted_enc``: the distinct digests, encoded and sorted by (length code, q1, q2).
+    Returns ``(rows, roots)``: int64 positions in ``sorted_enc``, to be unioned pairwise.
     """
     lmax = max_length_code_diff(threshold)
     allpairs = lmax >= 128
-    local = np.concatenate([hex_sorted[lo:fwd_end], hex_sorted[0:wrap_end]])
+    enc = Encoded.concat([sorted_enc[lo:fwd_end], sorted_enc[0:wrap_end]]) if wrap_end else sorted_enc[lo:fwd_end]
     gid = np.concatenate([np.arange(lo, fwd_end, dtype=np.int64), np.arange(0, wrap_end, dtype=np.int64)])
-    enc = encode(_rows_to_strings(local))
     n = len(enc)
     parent = np.arange(n, dtype=np.int64)
     nhome, nfwd = hi - lo, fwd_end - lo
     lm = 512 if allpairs else lmax
-    if HAVE_NUMBA:
+    if HAVE_NUMBA and not allpairs:
+        keys = _cell_keys(enc)
+        allk = np.arange(65537, dtype=np.int64)
+        fstarts = np.searchsorted(keys[:nfwd], allk, side="left").astype(np.int64)
+        wstarts = np.searchsorted(keys[nfwd:], allk, side="left").astype(np.int64)
+        _scan_cells(enc.lvalue, enc.q1, enc.q2, enc.checksum, enc.planes, nhome, fstarts, nfwd, wstarts,
+                    cell_offsets(threshold), int(threshold), parent)
+    elif HAVE_NUMBA:
         _scan_block(enc.lvalue, enc.q1, enc.q2, enc.checksum, enc.planes, nhome, nfwd, lm, int(threshold), parent)
     else:
         _scan_block_numpy(enc, nhome, nfwd, lm, int(threshold), parent)
@@ -264,11 +345,11 @@ def cluster_digests(
     inverse = inverse.reshape(-1)
     m = uniq.shape[0]
     info["distinct"] = int(m)
-    lcode = enc_all.lvalue[first_idx].astype(np.int64)  # length code of each distinct digest
+    cell = _cell_keys(enc_all)[first_idx]
+    order = np.argsort(cell, kind="stable")  # by length code, then q1, q2 (the kernel's cells)
+    sorted_enc = enc_all[first_idx[order]]
     del enc_all
-    order = np.argsort(lcode, kind="stable")
-    hex_sorted = np.ascontiguousarray(uniq[order])
-    lsorted = lcode[order]
+    lsorted = sorted_enc.lvalue.astype(np.int64)
     if engine == "dask":
         if client is None:
             raise ValueError("engine='dask' needs a client")
@@ -283,21 +364,21 @@ def cluster_digests(
     if tasks and engine == "dask":
         from distributed import as_completed
 
-        hex_f = client.scatter(hex_sorted, broadcast=True)
-        futs = [client.submit(cluster_task, hex_f, *t, threshold, pure=False) for t in tasks]
+        enc_f = client.scatter(sorted_enc, broadcast=True)
+        futs = [client.submit(cluster_task, enc_f, *t, threshold, pure=False) for t in tasks]
         for fut in as_completed(futs):
             pieces.append(fut.result())
             fut.release()
-        client.cancel(hex_f)
+        client.cancel(enc_f)
     elif tasks:
         from concurrent.futures import ThreadPoolExecutor
 
         nthreads = jobs or (os.cpu_count() or 1)
         if nthreads == 1 or len(tasks) == 1:
-            pieces = [cluster_task(hex_sorted, *t, threshold) for t in tasks]
+            pieces = [cluster_task(sorted_enc, *t, threshold) for t in tasks]
         else:
             with ThreadPoolExecutor(nthreads) as ex:
-                pieces = list(ex.map(lambda t: cluster_task(hex_sorted, *t, threshold), tasks))
+                pieces = list(ex.map(lambda t: cluster_task(sorted_enc, *t, threshold), tasks))
     a = np.concatenate([p[0] for p in pieces]) if pieces else _EMPTY
     b = np.concatenate([p[1] for p in pieces]) if pieces else _EMPTY
     if HAVE_NUMBA:
