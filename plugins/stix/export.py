@@ -198,33 +198,45 @@ def to_sample(item: Any, *, hash_files: bool = True, report: ExportReport | None
 
         item = hash_file(item, sha256=True)
     if isinstance(item, dict):
-        item = Result.from_dict(item)
+        try:
+            item = Result.from_dict(item)
+        except (ValueError, TypeError, AttributeError) as exc:
+            report.skipped.append(f"{_get(item, 'file')!r}: not a usable result ({exc})")
+            return None
     if not isinstance(item, Result):
         report.skipped.append(f"{item!r}: not a result")
         return None
-    if not item.telfhash or not is_digest(item.telfhash):
-        report.skipped.append(f"{item.file}: no telfhash ({item.msg or item.reference_telfhash})")
+    if not isinstance(item.telfhash, str) or not is_digest(item.telfhash):
+        report.skipped.append(f"{item.file!s}: no telfhash ({_reason_text(item)})")
         return None
+    # results read from JSON may hold anything: keep only well-typed values
+    name = item.file if isinstance(item.file, str) else ""
+    arch = item.arch if isinstance(item.arch, str) and item.arch else None
+    size = item.size if isinstance(item.size, int) and not isinstance(item.size, bool) and item.size >= 0 else None
     md5 = sha1 = None
     sha256 = item.sha256.lower() if _is_hex(item.sha256, 64) else None
-    if hash_files and item.file and os.path.isfile(item.file):
-        digests = _hash_file(item.file)
+    if hash_files and name and "\0" not in name and os.path.isfile(name):
+        digests = _hash_file(name)
         if digests is not None:
             if sha256 and digests[2] != sha256:
-                report.warnings.append(f"{item.file}: the file's SHA-256 differs from the one given; using the file's")
+                report.warnings.append(f"{name}: the file's SHA-256 differs from the one given; using the file's")
             md5, sha1, sha256 = digests
+            if size is None:
+                try:
+                    size = os.path.getsize(name)
+                except OSError:
+                    pass
     if sha256 is None:
-        report.skipped.append(f"{item.file}: no SHA-256 (hash with --sha256, or give readable paths)")
+        report.skipped.append(f"{name or '?'}: no SHA-256 (hash with --sha256, or give readable paths)")
         return None
-    return Sample(
-        file=item.file,
-        telfhash=normalize(item.telfhash, "t1"),
-        sha256=sha256,
-        md5=md5,
-        sha1=sha1,
-        arch=item.arch,
-        size=item.size,
-    )
+    return Sample(file=name, telfhash=normalize(item.telfhash, "t1"), sha256=sha256, md5=md5, sha1=sha1, arch=arch, size=size)
+
+
+def _reason_text(item: Result) -> str:
+    try:
+        return str(item.msg or item.reference_telfhash)
+    except Exception:
+        return "no usable digest"
 
 
 def _get(obj: Any, name: str, default: Any = None) -> Any:
@@ -248,7 +260,7 @@ def to_cluster_spec(
         sample = samples_by_file.get(name) if isinstance(name, str) else None
         if sample is None and isinstance(m, (dict, Result)):
             sample = to_sample(m, report=report)
-        elif sample is None and isinstance(name, str) and os.path.isfile(name):
+        elif sample is None and isinstance(name, str) and "\0" not in name and os.path.isfile(name):
             sample = to_sample(name, report=report)  # a member named by path only: hash it now
             if sample is not None:
                 samples_by_file[name] = sample

@@ -365,6 +365,12 @@ def cmd_import(args) -> int:
     except BundleError as exc:
         _err(str(exc))
         return 1
+    unique: dict[tuple[str, str], Any] = {}
+    for m in matches:  # a sample both in the index and under --local is listed once
+        key = (m.cluster, m.file)
+        if key not in unique or m.distance < unique[key].distance:
+            unique[key] = m
+    matches = sorted(unique.values(), key=lambda m: (m.cluster, m.distance, m.file))
     if args.format == "json":
         print(
             json.dumps(
