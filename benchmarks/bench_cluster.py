@@ -98,7 +98,7 @@ def synthetic(n: int, seed: int = 0, duplicates: float = 0.3) -> list[str]:
 # ----------------------------------------------------------------------------- one size
 
 
-def run_one(n: int, threshold: int) -> dict:
+def run_one(n: int, threshold: int, cluster_max: int) -> dict:
     import numpy as np
 
     from telfhash_core import tlshdist
@@ -108,13 +108,15 @@ def run_one(n: int, threshold: int) -> dict:
     digests = synthetic(n)
     gen = time.perf_counter() - t
     components(digests[:2000], threshold)  # load the compiled kernels (cached on disk)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     labels = components(digests, threshold)
-    t_comp = time.perf_counter() - t
+    t_comp, c_comp = time.perf_counter() - t, time.process_time() - c
     rss_comp = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    t = time.perf_counter()
-    clusters, _ = cluster(digests, threshold)
-    t_clu = time.perf_counter() - t
+    t_clu = c_clu = None
+    if n <= cluster_max:
+        t, c = time.perf_counter(), time.process_time()
+        cluster(digests, threshold)
+        t_clu, c_clu = time.perf_counter() - t, time.process_time() - c
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     sizes = np.bincount(labels)
     return {
@@ -122,7 +124,9 @@ def run_one(n: int, threshold: int) -> dict:
         "unique": len(set(digests)),
         "generate_s": gen,
         "components_s": t_comp,
+        "components_cpu": c_comp,
         "cluster_s": t_clu,
+        "cluster_cpu": c_clu,
         "groups": int((sizes > 1).sum()),
         "largest": int(sizes.max()),
         "singletons": int((sizes == 1).sum()),
@@ -225,10 +229,11 @@ def main() -> int:
     ap.add_argument("--reference-python", default=None, help=f"interpreter with telfhash 0.9.8 (default {DEFAULT_REFERENCE})")
     ap.add_argument("--reference-n", type=int, default=800, help="digests for the side-by-side run (default 800)")
     ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--cluster-max", type=int, default=200_000, help="run cluster() up to this size (default 200000)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.threshold)))
+        print(json.dumps(run_one(args.one, args.threshold, args.cluster_max)))
         return 0
 
     try:
@@ -241,24 +246,29 @@ def main() -> int:
 
     print(f"== exact grouping of synthetic families (~30% duplicates), T={args.threshold}, "
           f"{os.cpu_count()} cores; one process per size")
-    print(f"{'digests':>9} {'distinct':>9} {'components()':>13} {'cluster()':>10} {'groups':>7} {'largest':>8} "
+    print("times: wall seconds (CPU seconds of the process, all threads)")
+    print(f"{'digests':>9} {'distinct':>9} {'components()':>16} {'cluster()':>16} {'groups':>7} {'largest':>8} "
           f"{'singles':>8} {'peak RSS':>9}")
     prev = None
+    r = {}
     for n in [int(x) for x in args.sizes.split(",") if x.strip()]:
         out = subprocess.run(
-            [sys.executable, __file__, "--one", str(n), "--threshold", str(args.threshold)],
+            [sys.executable, __file__, "--one", str(n), "--threshold", str(args.threshold),
+             "--cluster-max", str(args.cluster_max)],
             capture_output=True, text=True,
         )
         if out.returncode != 0:
             print(f"{n:>9} failed: {out.stderr.strip().splitlines()[-1:]}")
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        growth = f"  x{r['components_s'] / prev[1]:.1f} time for x{n / prev[0]:.0f} digests" if prev else ""
-        print(f"{r['n']:>9,} {r['unique']:>9,} {r['components_s']:>12.2f}s {r['cluster_s']:>9.2f}s {r['groups']:>7,} "
+        growth = f"  x{r['components_cpu'] / prev[1]:.1f} CPU for x{n / prev[0]:.0f} digests" if prev else ""
+        comp = f"{r['components_s']:.2f}s ({r['components_cpu']:.1f})"
+        clu = f"{r['cluster_s']:.2f}s ({r['cluster_cpu']:.1f})" if r["cluster_s"] is not None else "not run"
+        print(f"{r['n']:>9,} {r['unique']:>9,} {comp:>16} {clu:>16} {r['groups']:>7,} "
               f"{r['largest']:>8,} {r['singletons']:>8,} {r['peak_mb']:>7.0f}MB{growth}")
-        prev = (n, r["components_s"])
-    print(f"(numba kernels: {r['numba'] if prev else '?'}, threads: {r['threads'] if prev else '?'}; "
-          "generation time not included)")
+        prev = (n, r["components_cpu"])
+    print(f"(numba kernels: {r.get('numba', '?')}, threads: {r.get('threads', '?')}; generation time not included; "
+          f"load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
     if not args.skip_reference:
         side_by_side(reference_python(args.reference_python), args.reference_n, args.threshold)
     return 0

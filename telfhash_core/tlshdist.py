@@ -443,14 +443,14 @@ if HAVE_NUMBA:
 
 
     @_jit
-    def _nb_group_stats_half(L, Q1, Q2, C, W0, W1, W2, W3, W4, W5, LT, QT, members, ptr, group_of,
-                             weights, positions, maxd, sumd):
-        """Every pair inside each group once (rows ``members[p]``, p in ``positions``, against
-        the later rows of their group), updating both rows' largest and weighted total distance."""
+    def _nb_group_stats_half(L, Q1, Q2, C, W0, W1, W2, W3, W4, W5, LT, QT, ptr, group_of, weights,
+                             positions, maxd, sumd):
+        """Every pair inside each group once.  Rows are sorted by group (group g is rows
+        ptr[g]:ptr[g+1]); row a (in ``positions``) meets the later rows of its group and both
+        rows' largest and weighted total distance are updated."""
         for pk in range(positions.shape[0]):
-            p = positions[pk]
-            a = members[p]
-            g = group_of[p]
+            a = positions[pk]
+            g = group_of[a]
             la = np.int64(L[a])
             q1a = np.int64(Q1[a])
             q2a = np.int64(Q2[a])
@@ -464,8 +464,7 @@ if HAVE_NUMBA:
             wa = weights[a]
             mx = maxd[a]
             sm = sumd[a]
-            for e in range(p + 1, ptr[g + 1]):
-                b = members[e]
+            for b in range(a + 1, ptr[g + 1]):
                 x0 = a0 ^ W0[b]
                 x1 = a1 ^ W1[b]
                 x2 = a2 ^ W2[b]
@@ -476,11 +475,9 @@ if HAVE_NUMBA:
                      + _popcount(x5) + 3 * (_popcount(x0 & x2 & x4) + _popcount(x1 & x3 & x5)))
                 d += LT[(la - np.int64(L[b])) & 255] + QT[(q1a - np.int64(Q1[b])) & 15]
                 d += QT[(q2a - np.int64(Q2[b])) & 15] + (1 if C[b] != ca else 0)
-                if d > mx:
-                    mx = d
+                mx = max(mx, d)
                 sm += d * weights[b]
-                if d > maxd[b]:
-                    maxd[b] = d
+                maxd[b] = max(maxd[b], d)
                 sumd[b] += d * wa
             maxd[a] = mx
             sumd[a] = sm
@@ -679,24 +676,29 @@ def group_stats(enc: Encoded, labels, weights=None, *, rows=None, threads: int |
     maxd = np.full(n, -1, dtype=np.int64)
     sumd = np.full(n, -1, dtype=np.int64)
     if HAVE_NUMBA and rows is None:
-        # each pair once; every thread keeps its own totals, added up afterwards
+        # each pair once, over rows gathered group by group; every thread keeps its own totals
         nt = min(_threads(threads), max(1, n // 64))
-        W = [np.ascontiguousarray(enc.planes[:, k]) for k in range(6)]
+        planes = enc.planes[order]
+        W = [np.ascontiguousarray(planes[:, k]) for k in range(6)]
         mxs = np.zeros((nt, n), dtype=np.int64)
         sms = np.zeros((nt, n), dtype=np.int64)
+        args = (
+            np.ascontiguousarray(enc.lvalue[order]), np.ascontiguousarray(enc.q1[order]),
+            np.ascontiguousarray(enc.q2[order]), np.ascontiguousarray(enc.checksum[order]), *W,
+            _LTERM_TABLE.astype(np.int64), _QTERM_TABLE.astype(np.int64), ptr, group_of,
+            np.ascontiguousarray(w[order]),
+        )
 
         def work(t: int):
-            _nb_group_stats_half(enc.lvalue, enc.q1, enc.q2, enc.checksum, *W, _LTERM_TABLE.astype(np.int64),
-                                 _QTERM_TABLE.astype(np.int64), order, ptr, group_of, w, positions[t::nt].copy(),
-                                 mxs[t], sms[t])
+            _nb_group_stats_half(*args, positions[t::nt].copy(), mxs[t], sms[t])
 
         if nt == 1:
             work(0)
         else:
             with ThreadPoolExecutor(nt) as ex:
                 list(ex.map(work, range(nt)))
-        maxd = mxs.max(axis=0)
-        sumd = sms.sum(axis=0)
+        maxd[order] = mxs.max(axis=0)
+        sumd[order] = sms.sum(axis=0)
     elif HAVE_NUMBA:
         nt = min(_threads(threads), max(1, positions.size // 64))
         mx = np.full(n, -1, dtype=np.int64)
