@@ -450,43 +450,59 @@ def raw_names(buf, facts: ElfFacts) -> list[str]:
     return symbol_names(read_symbols(buf, facts.header, table), facts.is_library)
 
 
-def features(buf, data: dict | None = None) -> tuple[str, list[str]]:
-    """``(source, tokens)``: the normalised function names (``"symbols"``); without any, the
-    read-only strings (``"strings"``); without those, the call destinations (``"calls"``).
-    ``data``: another helper list (evaluation), else the shipped one."""
+# Fewer function names than this say what interface a file has, not which program it is:
+# glibc's 234 gconv modules all import and export the same six.  Such files are hashed by
+# their strings instead (the corpus results are the same for any value from 1 to 16).
+MIN_SYMBOLS = 8
+
+
+def features(buf, data: dict | None = None) -> tuple[str, list[str], str | None]:
+    """``(source, tokens, digest)``: the normalised function names (``"symbols"``) when there
+    are at least ``MIN_SYMBOLS`` and TLSH takes them; else the read-only strings (``"strings"``); else the call destinations
+    (``"calls"``).  ``data``: another helper list (evaluation), else the shipped one."""
     facts = elf_facts(buf)
     names = normalise(raw_names(buf, facts), data)
-    if names:
-        return "symbols", names
+    if len(names) >= MIN_SYMBOLS:
+        d = digest_tokens(names)
+        if d is not None:
+            return "symbols", names, d
     return fallback_features(buf, facts)
 
 
-def fallback_features(buf, facts: ElfFacts) -> tuple[str, list[str]]:
-    """The tokens of a file without usable symbols: strings, else call destinations."""
+def fallback_features(buf, facts: ElfFacts) -> tuple[str, list[str], str | None]:
+    """For a file whose symbols give no digest: its strings, else its call destinations.
+
+    Small sets are hashed here too (see :func:`digest_tokens`, ``small=True``): a stripped
+    klibc ``mkdir`` has three strings, the same on every CPU.  Symbols are not: hundreds of
+    plug-ins share one tiny interface (glibc's 234 ``gconv`` modules import and export the
+    same six functions), and would all be linked; they get their strings instead."""
     strings = readonly_strings(buf, facts)
     if strings:
-        return "strings", strings
-    return "calls", call_targets(buf, facts)
+        return "strings", strings, digest_tokens(strings, small=True)
+    calls = call_targets(buf, facts)
+    return "calls", calls, digest_tokens(calls, small=True)
 
 
 def _order_key(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "ignore")).digest()
 
 
-def digest_tokens(tokens: list[str]) -> str | None:
+def digest_tokens(tokens: list[str], small: bool = False) -> str | None:
     """TLSH (``t1…``) of the tokens joined with ``,`` in the order of their SHA-256, not
     alphabetically: alphabetical order puts look-alike names side by side (``str*``,
     ``*_chk``), which bunches TLSH's trigram counts; on the corpus the hash order links
     different programs less often (0.78% -> 0.65% of pairs within 50) and the same program
-    across CPUs as often.  When TLSH refuses the input (too short or too uniform: a program
-    with two strings), the TLSH of the tokens' SHA-512 digests in the same order, so
-    identical small sets still meet.  None when there are no tokens."""
+    across CPUs as often.  None when there are no tokens or TLSH refuses the input (too short
+    or too uniform) -- unless ``small``: then the TLSH of the tokens' SHA-512 digests in the
+    same order, so that identical small sets still meet."""
     if not tokens:
         return None
     tokens = sorted(set(tokens), key=_order_key)
     d = tlsh_digest(tokens)
     if d != "tnull":
         return d
+    if not small:
+        return None
     import tlsh
 
     data = b"".join(hashlib.sha512(t.encode("utf-8", "ignore")).digest() for t in tokens)
@@ -494,13 +510,12 @@ def digest_tokens(tokens: list[str]) -> str | None:
     return d if d.startswith("t1") else None
 
 
-def telfhash_x_of(buf) -> str | None:
+def telfhash_x_of(buf, data: dict | None = None) -> str | None:
     """The companion value ``tx1:t1…`` of an ELF image (bytes or mmap), or None."""
     try:
-        _source, tokens = features(buf)
+        _source, _tokens, d = features(buf, data)
     except (NotELF, ValueError, struct.error, IndexError, OverflowError):
         return None
-    d = digest_tokens(tokens)
     return f"{VERSION}:{d}" if d else None
 
 
