@@ -15,8 +15,10 @@ process; then only the size cap bounds the work.
 from __future__ import annotations
 
 import json
+import math
 import os
 import selectors
+import signal
 import subprocess
 import sys
 import time
@@ -37,7 +39,14 @@ def _serve() -> int:
     for line in sys.stdin:
         try:
             req = json.loads(line)
+            # a worker left behind by a parent that was killed ends by itself: SIGALRM's default
+            # action terminates the process a little after the parent would have given up
+            budget = float(req.get("timeout") or 0)
+            if budget > 0 and hasattr(signal, "alarm"):
+                signal.alarm(int(math.ceil(budget)) + 5)
             r = tc.hash_file(req["path"], max_size=int(req.get("max_size") or (1 << 32)))
+            if hasattr(signal, "alarm"):
+                signal.alarm(0)
             d = r.to_dict()
             d["telfhash"] = r.telfhash
             d["reference_telfhash"] = r.reference_telfhash
@@ -162,7 +171,7 @@ class Hasher:
         for attempt in range(2):
             try:
                 assert self.proc is not None and self.proc.stdin is not None
-                self.proc.stdin.write(json.dumps({"path": path, "max_size": self.max_size}) + "\n")
+                self.proc.stdin.write(json.dumps({"path": path, "max_size": self.max_size, "timeout": self.timeout}) + "\n")
                 self.proc.stdin.flush()
                 break
             except (OSError, ValueError, AssertionError):
