@@ -50,6 +50,8 @@ __all__ = ["Index", "Match", "AddStats", "default_path", "SCHEMA_VERSION"]
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x74656C66  # "telf": marks the file as a telfhash-core index
 DEFAULT_BATCH = 2000  # results per committed transaction
+SNAPSHOT_MIN_ROWS = 20_000  # store the digest matrix when this many entries are not in it yet
+SNAPSHOT_PART_ROWS = 1_000_000  # rows per stored blob (SQLite limits a blob to 1 GB)
 COMMIT_SECONDS = 2.0  # ... or at least this often while hashing files
 COMPANION_TAG = "tx1"
 DIGEST_HEX = 70  # hex characters of a digest without its "t1"; packed: 35 bytes
@@ -75,6 +77,14 @@ CREATE TABLE IF NOT EXISTS entries (
     added TEXT NOT NULL,             -- UTC ISO time of the first add
     source TEXT NOT NULL,            -- "local", "stix:<bundle id>", "misp", ...
     extra TEXT                       -- JSON object: other fields of the result
+);
+CREATE TABLE IF NOT EXISTS snapshot (
+    col TEXT NOT NULL,               -- "digest" or "digest_x"
+    part INTEGER NOT NULL,
+    ids BLOB NOT NULL,               -- int64 little-endian entry ids
+    packed BLOB NOT NULL,            -- 35 bytes per entry
+    planes BLOB NOT NULL,            -- 6 x uint64 little-endian bit planes per entry
+    PRIMARY KEY (col, part)
 );
 """
 
@@ -114,39 +124,70 @@ def _companion_digest(value: Any) -> bytes | None:
     return pack(digest)
 
 
-_HEXUP = np.frombuffer(b"0123456789ABCDEF", dtype=np.uint8)
-_BUCKETS = np.array([[(b >> s) & 3 for s in (6, 4, 2, 0)] for b in range(256)], dtype=np.uint8)
+_EVEN = np.uint64(0x5555555555555555)
+_COMPRESS = [
+    (1, np.uint64(0x3333333333333333)),
+    (2, np.uint64(0x0F0F0F0F0F0F0F0F)),
+    (4, np.uint64(0x00FF00FF00FF00FF)),
+    (8, np.uint64(0x0000FFFF0000FFFF)),
+    (16, np.uint64(0x00000000FFFFFFFF)),
+]
 
 
-def encode_packed(mat: np.ndarray) -> Encoded:
+def _gather_even_bits(x: np.ndarray) -> np.ndarray:
+    """The 32 even-numbered bits of each uint64 (bit 2k -> bit k), order kept."""
+    x = x & _EVEN
+    for shift, mask in _COMPRESS:
+        x = (x | (x >> np.uint64(shift))) & mask
+    return x
+
+
+def packed_planes(packed: np.ndarray) -> np.ndarray:
+    """(n, 6) uint64 bit planes (tlshdist's layout) of an (n, 35) matrix of packed digests.
+
+    Built 32 buckets at a time in 64-bit words: in a big-endian word of the body the first
+    bucket is in the top two bits; a bucket v is the bits (hi, lo), and the planes are
+    v>=1 = hi|lo, v>=2 = hi, v>=3 = hi&lo.
+    """
+    body = np.ascontiguousarray(packed[:, 3:])
+    words = body.view(">u8").astype(np.uint64)  # (n, 4)
+    hi = words >> np.uint64(1)
+    planes = np.empty((len(packed), 6), dtype=np.uint64)
+    for p, bits in enumerate((hi | words, hi, hi & words)):
+        c = _gather_even_bits(bits)  # (n, 4): 32 plane bits each
+        planes[:, 2 * p] = (c[:, 0] << np.uint64(32)) | c[:, 1]
+        planes[:, 2 * p + 1] = (c[:, 2] << np.uint64(32)) | c[:, 3]
+    return planes
+
+
+def encode_packed(mat: np.ndarray, planes: np.ndarray | None = None, *, hex: bool = True) -> Encoded:
     """:class:`~telfhash_core.tlshdist.Encoded` from an (n, 35) uint8 matrix of packed digests.
 
     The same fields as ``tlshdist.encode`` computes from hex text, without the round trip
-    through strings (the index loads a million digests this way in a fraction of a second).
+    through strings.  ``planes``: already computed :func:`packed_planes`.  ``hex=False`` leaves
+    the ``hex`` field blank (zero bytes, not allocated until touched): distances never read it,
+    and the index spells digests from the packed bytes itself.
     """
     from .tlshdist import Encoded
 
-    byts = np.ascontiguousarray(mat, dtype=np.uint8).reshape(-1, DIGEST_HEX // 2)
+    width = DIGEST_HEX // 2
+    byts = np.ascontiguousarray(mat, dtype=np.uint8).reshape(-1, width)
     n = byts.shape[0]
-    hexchars = np.empty((n, DIGEST_HEX), dtype=np.uint8)
-    hexchars[:, 0::2] = _HEXUP[byts >> 4]
-    hexchars[:, 1::2] = _HEXUP[byts & 0x0F]
-    hexarr = np.ascontiguousarray(hexchars).view(f"S{DIGEST_HEX}").reshape(n)
+    if hex:
+        hexarr = np.frombuffer(byts.tobytes().hex().upper().encode("ascii"), dtype=f"S{DIGEST_HEX}").copy()
+    else:
+        hexarr = np.zeros(n, dtype=f"S{DIGEST_HEX}")
+    if planes is None:
+        planes = packed_planes(byts)
     lbyte = byts[:, 1]
-    body = np.ascontiguousarray(byts[:, 3:])
-    buckets = _BUCKETS[body].reshape(n, 128)
-    planes = np.empty((n, 6), dtype=np.uint64)
-    for p in range(3):
-        bits = np.packbits(buckets > p, axis=1)
-        planes[:, 2 * p : 2 * p + 2] = bits.view(">u8").astype(np.uint64)
     return Encoded(
         hexarr,
         np.ascontiguousarray(byts[:, 0]),
-        np.ascontiguousarray(((lbyte & 0x0F) << 4) | (lbyte >> 4)).astype(np.uint8),
-        np.ascontiguousarray(byts[:, 2] >> 4).astype(np.uint8),
-        np.ascontiguousarray(byts[:, 2] & 0x0F).astype(np.uint8),
-        body,
-        planes,
+        ((lbyte & 0x0F) << 4) | (lbyte >> 4),  # the length code is stored nibble-swapped
+        np.ascontiguousarray(byts[:, 2] >> 4),
+        np.ascontiguousarray(byts[:, 2] & 0x0F),
+        byts[:, 3:],
+        np.ascontiguousarray(planes, dtype=np.uint64),
     )
 
 
@@ -299,12 +340,13 @@ def _row(item: Any, source: str, added: str) -> tuple | str:
 
 @dataclass
 class _Matrix:
-    """The packed digests of one column, encoded for bulk distances, and their row ids."""
+    """The packed digests of one column, their bit planes and row ids, encoded for distances."""
 
     generation: tuple
-    max_id: int
-    ids: np.ndarray
+    max_id: int  # every entry with id <= max_id is included (when it has a digest)
+    ids: np.ndarray  # (n,) int64
     packed: np.ndarray  # (n, 35) uint8
+    planes: np.ndarray  # (n, 6) uint64
     enc: Encoded
 
 
@@ -366,6 +408,8 @@ class Index:
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
+        if not c.execute("SELECT 1 FROM sqlite_master WHERE name = 'snapshot'").fetchone():
+            c.execute(_SCHEMA.split(";")[2])  # an index made before snapshots were stored
         version = self._meta("schema")
         if version is None or int(version) > SCHEMA_VERSION:
             raise ValueError(f"{self.path}: index schema {version} is not supported by this version")
@@ -436,6 +480,10 @@ class Index:
                 last = time.monotonic()
         if batch:
             self._commit(batch, stats)
+        try:
+            self.save_snapshot()
+        except sqlite3.OperationalError:  # busy or read-only: the next add stores it
+            pass
         stats.seconds += time.perf_counter() - t0
         return stats
 
@@ -566,9 +614,12 @@ class Index:
     # -- searching
 
     def _load(self, column: str) -> _Matrix:
-        """The encoded digests of ``column``, reloading only what changed since the last call:
-        rows appended since are added to the cached matrix; a rewrite of older rows (a digest
-        filled in) reloads everything."""
+        """The encoded digests of ``column``, reloading only what changed since the last call.
+
+        A new ``Index`` starts from the snapshot stored in the file (when it is current) and
+        reads only the rows added after it.  Later, rows appended meanwhile are added to the
+        matrix in memory; a rewrite of older rows (a digest filled in) reloads everything.
+        """
         c = self._conn
         c.execute("BEGIN")  # one read snapshot for the counters and the rows
         try:
@@ -576,8 +627,12 @@ class Index:
             cached = self._matrices.get(column)
             if cached is not None and cached.generation == gen:
                 return cached
-            incremental = cached is not None and cached.generation[1] == gen[1]
-            start = cached.max_id if incremental else 0
+            if cached is not None and cached.generation[1] == gen[1]:
+                base = (cached.ids, cached.packed, cached.planes)
+                start = cached.max_id
+            else:
+                cached = None
+                base, start = self._read_snapshot(column, gen[1])
             rows = c.execute(
                 f"SELECT id, {column} FROM entries WHERE id > ? AND {column} IS NOT NULL ORDER BY id", (start,)
             ).fetchall()
@@ -591,16 +646,92 @@ class Index:
         else:  # a foreign write: never let it break a search
             ids = np.array([r[0] for r in rows if isinstance(r[1], bytes) and len(r[1]) == width], dtype=np.int64)
         packed = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(-1, width)
-        enc = encode_packed(packed)
-        from .tlshdist import Encoded
-
-        if incremental and cached is not None:
-            ids = np.concatenate([cached.ids, ids])
-            packed = np.concatenate([cached.packed, packed])
-            enc = Encoded.concat([cached.enc, enc])
-        m = _Matrix(gen, int(max_id), ids, packed, enc)
+        planes = packed_planes(packed)
+        if base is not None and len(base[0]):
+            ids = np.concatenate([base[0], ids])
+            packed = np.concatenate([base[1], packed])
+            planes = np.concatenate([base[2], planes])
+        m = _Matrix(gen, int(max_id), ids, packed, planes, encode_packed(packed, planes, hex=False))
         self._matrices[column] = m
         return m
+
+    # -- the stored snapshot of the matrix (so that a new process need not read every row)
+
+    def _read_snapshot(self, column: str, rewrites: int):
+        """``((ids, packed, planes), max_id)`` from the stored snapshot, or ``(None, 0)``."""
+        c = self._conn
+        try:
+            info = json.loads(self._meta(f"snapshot:{column}") or "null")
+            if not isinstance(info, dict) or info.get("rewrites") != rewrites:
+                return None, 0
+            parts = c.execute("SELECT ids, packed, planes FROM snapshot WHERE col = ? ORDER BY part", (column,)).fetchall()
+            if len(parts) != info.get("parts"):
+                return None, 0
+            ids = [np.frombuffer(p[0], dtype="<i8") for p in parts]
+            packed = [np.frombuffer(p[1], dtype=np.uint8).reshape(-1, DIGEST_HEX // 2) for p in parts]
+            planes = [np.frombuffer(p[2], dtype="<u8").reshape(-1, 6) for p in parts]
+            if any(len(a) != len(b) or len(a) != len(c_) for a, b, c_ in zip(ids, packed, planes)):
+                return None, 0
+        except (ValueError, TypeError, sqlite3.Error):  # missing or damaged: read the rows instead
+            return None, 0
+        if not parts:
+            return (np.zeros(0, np.int64), np.zeros((0, 35), np.uint8), np.zeros((0, 6), np.uint64)), int(info["max_id"])
+        cat = lambda xs: xs[0] if len(xs) == 1 else np.concatenate(xs)  # noqa: E731
+        return (cat(ids).astype(np.int64), cat(packed), cat(planes).astype(np.uint64)), int(info["max_id"])
+
+    def save_snapshot(self, min_rows: int = SNAPSHOT_MIN_ROWS) -> bool:
+        """Store the digest matrix in the file when at least ``min_rows`` entries are not in
+        the stored snapshot yet (done after every add).  Returns True when it wrote one."""
+        wrote = False
+        for column in _KEYS.values():
+            info = json.loads(self._meta(f"snapshot:{column}") or "null") or {}
+            gen = self._generation()
+            stale = info.get("rewrites") != gen[1]
+            max_id = self._conn.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0]
+            missing = max_id - int(info.get("max_id", 0)) if not stale else max_id
+            if missing < max(1, min_rows):
+                continue
+            if not self._conn.execute(f"SELECT 1 FROM entries WHERE {column} IS NOT NULL LIMIT 1").fetchone():
+                continue
+            m = self._load(column)
+            wrote |= self._write_snapshot(column, m, None if stale else info)
+        return wrote
+
+    def _write_snapshot(self, column: str, m: _Matrix, info: dict | None) -> bool:
+        c = self._conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            if self._generation() != m.generation:  # written to meanwhile: leave it for the next add
+                c.execute("ROLLBACK")
+                return False
+            if info and isinstance(info.get("parts"), int):
+                first_part, start = info["parts"], int(info["max_id"])
+            else:
+                c.execute("DELETE FROM snapshot WHERE col = ?", (column,))
+                first_part, start = 0, 0
+            rows = np.flatnonzero(m.ids > start)
+            part = first_part
+            for k in range(0, len(rows), SNAPSHOT_PART_ROWS):
+                sel = rows[k : k + SNAPSHOT_PART_ROWS]
+                c.execute(
+                    "INSERT OR REPLACE INTO snapshot VALUES (?, ?, ?, ?, ?)",
+                    (
+                        column,
+                        part,
+                        m.ids[sel].astype("<i8").tobytes(),
+                        np.ascontiguousarray(m.packed[sel]).tobytes(),
+                        m.planes[sel].astype("<u8").tobytes(),
+                    ),
+                )
+                part += 1
+            info = {"rewrites": m.generation[1], "max_id": m.max_id, "parts": part}
+            c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"snapshot:{column}", json.dumps(info)))
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
+        return True
 
     def _query(self, query: Any, key: str) -> str:
         """The query digest (t1 form) from a digest in any spelling or a path to a file."""

@@ -471,3 +471,58 @@ def test_cli_errors_are_one_line(tmp_path, rows, capsys, monkeypatch):
     assert cp.returncode == 0 and "1 seen" in cp.stdout
     cp = run_cli("index", "--db", str(junk), "search", "tnull")
     assert cp.returncode == 2 and "Traceback" not in cp.stderr and cp.stderr.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------- stored snapshot
+
+
+def test_stored_snapshot_is_used_and_kept_current(tmp_path, rows):
+    db = tmp_path / "s.sqlite"
+    uniq = [r for r in unique_by_sha(rows).values() if r["telfhash"].startswith("t1")]
+    q = uniq[7]["telfhash"]
+
+    def expect(sub):
+        return brute_force(q, {r["sha256"]: r for r in sub}, 90)
+
+    with Index(db) as ix:
+        ix.add_results(uniq[:300])
+        assert ix.save_snapshot(min_rows=1)
+        assert not ix.save_snapshot(min_rows=1)  # nothing new
+        ix.add_results(uniq[300:500])  # appended after the snapshot
+    with Index(db) as ix:
+        base, max_id = ix._read_snapshot("digest", ix._generation()[1])
+        assert base is not None and len(base[0]) == 300 and max_id == 300
+        assert as_pairs(ix.search(q, 90)) == expect(uniq[:500])
+        assert ix.save_snapshot(min_rows=1)  # stores the 200 newer rows as a second part
+    with Index(db) as ix:
+        base, max_id = ix._read_snapshot("digest", ix._generation()[1])
+        assert len(base[0]) == 500 and max_id == 500
+        assert as_pairs(ix.search(q, 90)) == expect(uniq[:500])
+        # a rewrite (a digest filled in for a known sample) makes the snapshot stale
+        ix.add_results([dict(uniq[500], telfhash="-")])
+        ix.add_results([uniq[500]])
+    with Index(db) as ix:
+        assert ix._read_snapshot("digest", ix._generation()[1]) == (None, 0)
+        assert as_pairs(ix.search(q, 90)) == expect(uniq[:501])
+    # a damaged snapshot is ignored, never trusted
+    with Index(db) as ix:
+        assert ix.save_snapshot(min_rows=1)
+    con = sqlite3.connect(db)
+    con.execute("UPDATE snapshot SET packed = x'00ff'")
+    con.commit()
+    con.close()
+    with Index(db) as ix:
+        assert ix._read_snapshot("digest", ix._generation()[1]) == (None, 0)
+        assert as_pairs(ix.search(q, 90)) == expect(uniq[:501])
+
+
+def test_planes_match_tlshdist_on_random_bytes():
+    from telfhash_core.index import packed_planes
+
+    rng = np.random.default_rng(3)
+    packed = rng.integers(0, 256, (500, 35), dtype=np.uint8)
+    digests = ["t1" + r.tobytes().hex() for r in packed]
+    assert np.array_equal(packed_planes(packed), tlshdist.encode(digests).planes)
+    enc = encode_packed(packed, hex=False)
+    for k in (0, 17, 499):
+        assert np.array_equal(tlshdist.one_to_many(enc, digests[k]), [tlsh.diff("T1" + digests[k][2:], "T1" + d[2:]) for d in digests])
