@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import configparser
 import copy
-import glob
 import importlib
 import inspect
 import json
