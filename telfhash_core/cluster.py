@@ -487,6 +487,10 @@ def _plot_png(shown, edges, positions, colour, path, threshold, summary) -> None
                     xs.append(pos[k][0])
                     ys.append(pos[k][1])
         ax.scatter(xs, ys, s=size, c=col, label=f"{arch} ({len(xs)})", zorder=2, edgecolors="white", linewidths=0.3)
+    reps = [pos[c.members.index(c.representative)] for c, pos in zip(shown, positions) if c.size > 1]
+    if reps:
+        ax.scatter([p[0] for p in reps], [p[1] for p in reps], s=size * 2.2, facecolors="none", edgecolors="black",
+                   linewidths=0.8, zorder=3, label="representative")
     if nodes <= 80:
         for c, pos in zip(shown, positions):
             for k, m in enumerate(c.members):
@@ -505,12 +509,12 @@ _HTML = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>telfhash groups</title>
 <style>
 body{{font-family:sans-serif;margin:1em}} svg{{border:1px solid #ddd;max-width:100%;height:auto}}
-line{{stroke:#999;stroke-opacity:.6}} circle{{stroke:#fff;stroke-width:.04}}
+line{{stroke:#999;stroke-opacity:.6}} circle{{stroke:#fff;stroke-width:.04}} circle.rep{{stroke:#000;stroke-width:.07}}
 .dim{{opacity:.12}} #info{{font-family:monospace;white-space:pre;min-height:3em}}
 .legend span{{display:inline-block;width:.9em;height:.9em;margin:0 .3em 0 1em;vertical-align:middle}}
 </style></head><body>
 <h1>telfhash groups</h1>
-<p>TLSH distance &le; {threshold}. {summary}. Hover a sample for details; click it to highlight its group (click the background to reset).</p>
+<p>TLSH distance &le; {threshold}. {summary}. Hover a sample for details; click it to highlight its group (click the background to reset). Outlined in black: each group's representative.</p>
 <p class="legend">{legend}</p>
 <div id="info"></div>
 <svg xmlns="http://www.w3.org/2000/svg" viewBox="{vb}" width="{w}" height="{h}" id="plot">
@@ -546,10 +550,11 @@ def _plot_html(shown, edges, positions, colour, path, threshold, summary) -> Non
         for k, m in enumerate(c.members):
             arch = _arch_of(c, k)
             rep = " (representative)" if m == c.representative else ""
+            rep_class = ' class="rep"' if rep else ""
             parts.append(
                 f'<circle data-g="{g}" data-name="{html.escape(m + rep)}" data-arch="{html.escape(arch)}" '
                 f'data-d="{html.escape(c.digests[k])}" cx="{pos[k][0]:.3f}" cy="{-pos[k][1]:.3f}" r="0.18" '
-                f'fill="{colour[arch]}"><title>{html.escape(m)}</title></circle>'
+                f'fill="{colour[arch]}"{rep_class}><title>{html.escape(m)}</title></circle>'
             )
     legend = "".join(
         f'<span style="background:{col}"></span>{html.escape(arch)}' for arch, col in colour.items()
