@@ -124,3 +124,67 @@ def test_cluster_command_on_corpus_results(tmp_path):
     assert [r["cluster"] for r in rows] == expected.tolist()
     sizes = np.bincount(expected)
     assert [r["cluster_size"] for r in rows] == sizes[expected].tolist()
+
+
+def _lterm(d):
+    return d if d <= 1 else 12 * d
+
+
+def _qterm(d):
+    return d if d <= 1 else 12 * (d - 1)
+
+
+def test_header_terms_are_a_lower_bound_of_tlsh_diff():
+    """The bound the partitions rely on, checked against py-tlsh itself."""
+    rng = np.random.default_rng(11)
+    raw = rng.integers(0, 256, size=(400, 35), dtype=np.uint8)
+    raw[200:, 2:] = raw[:200, 2:]  # pairs with equal bodies: the header terms are then the whole distance
+    digests = ["T1" + r.tobytes().hex().upper() for r in raw]
+
+    def header(x, y):
+        la, lb = int(x[4:6][::-1], 16), int(y[4:6][::-1], 16)
+        dl = abs(la - lb)
+        qa, qb = int(x[6:8], 16), int(y[6:8], 16)
+        d1, d2 = abs((qa >> 4) - (qb >> 4)), abs((qa & 15) - (qb & 15))
+        return _lterm(min(dl, 256 - dl)) + _qterm(min(d1, 16 - d1)) + _qterm(min(d2, 16 - d2))
+
+    for k in range(len(digests) - 1):
+        x, y = digests[k], digests[k + 1]
+        assert tlsh.diff(x, y) >= header(x, y)
+    for k in range(200):
+        x, y = digests[k], digests[k + 200]
+        assert header(x, y) <= tlsh.diff(x, y) <= header(x, y) + 1  # + 1 when the checksums differ
+
+
+@pytest.mark.parametrize("threshold", [0, 1, 11, 12, 23, 24, 35, 50, 100, 200])
+def test_cells_cover_every_header_offset_within_t(threshold):
+    from telfhash_core.batch_cluster import cell_offsets
+
+    visited = set()
+    for dl, dq1, r in cell_offsets(threshold).tolist():
+        visited.update((dl, dq1, dq2) for dq2 in range(16) if min(dq2, 16 - dq2) <= r)
+    for x in range(256):
+        for a in range(16):
+            for b in range(16):
+                cost = _lterm(min(x, 256 - x)) + _qterm(min(a, 16 - a)) + _qterm(min(b, 16 - b))
+                if cost <= threshold:  # reachable from one of the two rows of such a pair
+                    assert (x, a, b) in visited or ((-x) % 256, (-a) % 16, (-b) % 16) in visited
+
+
+def test_numpy_path_without_numba_gives_the_same_groups(tmp_path):
+    import subprocess
+    import sys
+
+    digests = synthetic(250, 25, 4)
+    src = tmp_path / "d.json"
+    src.write_text(json.dumps(digests))
+    code = (
+        "import json,sys; from telfhash_core import batch_cluster as bc; assert not bc.HAVE_NUMBA;"
+        f"l,_=bc.cluster_digests(json.load(open({str(src)!r})), 50, ntasks=4, jobs=2); print(json.dumps(l.tolist()))"
+    )
+    import os
+
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, TELFHASH_NO_NUMBA="1"))
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == brute_force(digests, 50).tolist()
