@@ -829,14 +829,18 @@ class Index:
             yield _entry_dict(row)
 
     def clusters(self, threshold: int = 50, *, key: str = "telfhash", min_size: int = 2) -> list[dict]:
-        """Groups of entries: connected components of "distance <= threshold" (exact, transitive).
+        """Groups of entries: connected components of "distance <= threshold" (exact and
+        transitive, as :func:`telfhash_core.cluster.cluster` computes them).
 
         Each cluster: ``size`` (entries), ``digests`` (distinct digests), ``representative``
-        (the entry whose digest has the smallest largest distance to the others in its cluster),
-        ``max_distance`` (the largest distance inside the cluster; None above 2,000 distinct
-        digests), ``archs`` (entries per architecture) and ``members`` (sha256, path, telfhash,
-        arch, source).  Largest clusters first; clusters under ``min_size`` entries are left out.
+        (the member whose largest distance to the others is smallest), ``max_distance`` (the
+        largest distance inside the cluster), ``archs`` (entries per architecture), ``members``
+        (sha256, path, telfhash, arch, source; in the order added) and ``exact`` (False only for
+        huge clusters, whose representative comes from a sample).  Largest clusters first;
+        clusters under ``min_size`` entries are left out.  Entries without a digest never join.
         """
+        from .cluster import Item, cluster
+
         if key not in _KEYS:
             raise ValueError(f"unknown key {key!r}; use one of {', '.join(_KEYS)}")
         if isinstance(threshold, bool) or not isinstance(threshold, (int, np.integer)) or threshold < 0:
@@ -844,50 +848,39 @@ class Index:
         m = self._load(_KEYS[key])
         if not len(m.ids):
             return []
-        uniq, first, inverse = np.unique(m.packed.view(f"V{DIGEST_HEX // 2}").reshape(-1), return_index=True, return_inverse=True)
-        inverse = inverse.reshape(-1)
-        uenc = m.enc[first]
-        from .tlshdist import components_within
-
-        labels = components_within(uenc, int(threshold))  # per distinct digest
-        entry_label = labels[inverse]
-        counts = np.bincount(entry_label)
-        keep = np.flatnonzero(counts >= max(1, int(min_size)))
-        keep = keep[np.argsort(-counts[keep], kind="stable")]
-        # entry metadata for every member of the kept clusters
-        wanted = np.isin(entry_label, keep)
+        hexes = m.packed.tobytes().hex().upper()
+        items = [Item(str(i), hexes[70 * k : 70 * k + 70]) for k, i in enumerate(m.ids.tolist())]
+        groups, _ = cluster(items, int(threshold), key="telfhash")
+        groups = [g for g in groups if g.size >= max(1, int(min_size))]
         meta: dict[int, tuple] = {}
-        id_list = m.ids[wanted].tolist()
+        id_list = [int(x) for g in groups for x in g.members]
         for i in range(0, len(id_list), 900):
             chunk = id_list[i : i + 900]
             q = f"SELECT id, sha256, path, arch, source FROM entries WHERE id IN ({','.join('?' * len(chunk))})"
             for r in self._conn.execute(q, chunk):
                 meta[r[0]] = r
         out = []
-        for lab in keep.tolist():
-            rows = np.flatnonzero(entry_label == lab)
-            digs = np.unique(inverse[rows])  # distinct digest numbers in this cluster
-            rep_digest, maxd = _centre(uenc, digs)
-            members, archs = [], {}
-            rep = None
-            for r in rows.tolist():
-                e = meta.get(int(m.ids[r]))
+        for g in groups:
+            members, archs, rep = [], {}, None
+            for name, digest in zip(g.members, g.digests):
+                e = meta.get(int(name))
                 if e is None:
                     continue
-                telf = unpack(m.packed[r].tobytes())
-                member = {"sha256": e[1], "path": e[2], "telfhash": telf, "arch": e[3], "source": e[4]}
+                member = {"sha256": e[1], "path": e[2], "telfhash": digest, "arch": e[3], "source": e[4]}
                 members.append(member)
-                archs[e[3] or "unknown"] = archs.get(e[3] or "unknown", 0) + 1
-                if rep is None and inverse[r] == rep_digest:
+                a = e[3] or "unknown"
+                archs[a] = archs.get(a, 0) + 1
+                if name == g.representative:
                     rep = member
             out.append(
                 {
                     "size": len(members),
-                    "digests": int(digs.size),
+                    "digests": len(set(g.digests)),
                     "representative": rep,
-                    "max_distance": maxd,
+                    "max_distance": g.max_distance,
                     "archs": dict(sorted(archs.items(), key=lambda kv: (-kv[1], kv[0]))),
                     "members": members,
+                    "exact": g.exact,
                 }
             )
         return out
@@ -934,19 +927,6 @@ def _entry_dict(row: tuple) -> dict:
     except ValueError:
         d["extra"] = {}
     return d
-
-
-def _centre(enc: Encoded, digs: np.ndarray, cap: int = 2000) -> tuple[int, int | None]:
-    """(digest number with the smallest largest distance to the others, that cluster's diameter)."""
-    if digs.size == 1:
-        return int(digs[0]), 0
-    if digs.size > cap:
-        return int(digs[0]), None
-    from .tlshdist import one_to_many
-
-    sub = enc[digs]
-    worst = np.array([int(one_to_many(sub, k).max()) for k in range(len(sub))])
-    return int(digs[int(np.argmin(worst))]), int(worst.max())
 
 
 def _read_json_items(fh: IO) -> Iterator[Any]:
@@ -1131,7 +1111,7 @@ def _cmd_clusters(args) -> int:
         return 0
     for k, g in enumerate(groups, 1):
         archs = ", ".join(f"{a} {n}" for a, n in g["archs"].items())
-        maxd = "?" if g["max_distance"] is None else g["max_distance"]
+        maxd = g["max_distance"] if g["exact"] else f">= {g['max_distance']}"
         print(f"Cluster {k}: {g['size']} samples, {g['digests']} digests, max distance {maxd} ({archs})")
         for mbr in g["members"]:
             star = "*" if mbr is g["representative"] else " "

@@ -280,7 +280,9 @@ def test_clusters_equal_brute_force_components(tmp_path, rows, threshold):
         assert g["digests"] == len(digs)
         rep = g["representative"]["telfhash"]
         assert g["max_distance"] == max(tlsh.diff("T1" + a[2:], "T1" + b[2:]) for a in digs for b in digs)
-        assert max(tlsh.diff("T1" + rep[2:], "T1" + b[2:]) for b in digs) <= g["max_distance"]
+        ecc = {a: max(tlsh.diff("T1" + a[2:], "T1" + b[2:]) for b in digs) for a in digs}
+        assert ecc[rep] == min(ecc.values())  # the representative is a centre of its cluster
+        assert g["exact"] is True and sum(g["archs"].values()) == g["size"]
 
 
 # ----------------------------------------------------------------------------- hostile input
