@@ -502,3 +502,83 @@ def test_export_rejects_bad_options_and_skips_unusable_items(sample_set):
     assert len(rep.skipped) >= 4
     assert [o["type"] for o in b["objects"]] == ["identity", "extension-definition"]
     assert validate_bundle(b).ok
+
+
+def test_large_cluster_uses_in_and_stays_valid_and_readable():
+    import random
+
+    rng = random.Random(6)
+    rows = []
+    for k in range(150):  # synthetic samples: results as JSON carries them (no file on disk)
+        rows.append(
+            {
+                "file": f"/elsewhere/sample{k}",
+                "telfhash": "t1" + "".join(rng.choice("0123456789abcdef") for _ in range(70)),
+                "msg": "",
+                "sha256": hashlib.sha256(str(k).encode()).hexdigest(),
+            }
+        )
+    b = export_bundle(rows, [{"members": [r["file"] for r in rows]}], timestamp=TS)
+    ind = _by_type(b, "indicator")[0]
+    comparisons = Pattern(ind["pattern"]).inspect().comparisons["file"]
+    assert [op for _, op, _ in comparisons] == ["IN"]
+    import re
+
+    assert len(re.findall(r"'[0-9a-f]{70}'", comparisons[0][2])) == 150
+    rep = validate_bundle(b)
+    assert rep.ok, rep.lines()[:3]
+    assert read_bundle(b).telfhashes() == {r["telfhash"] for r in rows}
+    # the indicator alone (no extension) names all of them too
+    only = read_bundle({"type": "bundle", "id": b["id"], "objects": [ind]})
+    assert only.telfhashes() == {r["telfhash"] for r in rows}
+
+
+def test_mutated_bundles_and_results_never_raise_anything_else(default_bundle, sample_set):
+    import random
+
+    rng = random.Random(11)
+    odd = [None, 0, -1, 1.5, True, "", "x", [], {}, [1], {"a": 1}, "t1" + "0" * 70, "a\0b", "2.0", "'", "file--00000000-0000-4000-8000-000000000000"]
+
+    def mutate(o):
+        if isinstance(o, dict) and o:
+            k = rng.choice(sorted(o, key=str))
+            r = rng.random()
+            if r < 0.3:
+                o[k] = rng.choice(odd)
+            elif r < 0.4:
+                del o[k]
+            else:
+                mutate(o[k])
+        elif isinstance(o, list) and o:
+            i = rng.randrange(len(o))
+            r = rng.random()
+            if r < 0.3:
+                o[i] = rng.choice(odd)
+            elif r < 0.4:
+                del o[i]
+            else:
+                mutate(o[i])
+
+    small = copy.deepcopy(default_bundle)
+    small["objects"] = small["objects"][:40]
+    read_ok = 0
+    for _ in range(400):
+        x = copy.deepcopy(small)
+        for _ in range(rng.randint(1, 5)):
+            mutate(x)
+        try:
+            match_local(read_bundle(x), [{"file": "a", "telfhash": sample_set["results"][0].telfhash}], 50)
+            read_ok += 1
+        except BundleError:
+            pass
+    assert read_ok > 50
+    rows = [r.to_dict() for r in sample_set["results"][:6]]
+    for _ in range(300):
+        x = copy.deepcopy(rows)
+        for _ in range(rng.randint(1, 4)):
+            mutate(x)
+        clusters = [{"members": [r.get("file") if isinstance(r, dict) else r for r in x]}]
+        try:
+            export_bundle(x, clusters, timestamp=TS, hash_files=False)
+        except ExportError:
+            pass

@@ -196,7 +196,11 @@ def to_sample(item: Any, *, hash_files: bool = True, report: ExportReport | None
     if isinstance(item, (str, os.PathLike)):
         from telfhash_core import hash_file
 
-        item = hash_file(item, sha256=True)
+        try:
+            item = hash_file(item, sha256=True)
+        except (OSError, ValueError) as exc:  # e.g. a NUL byte in the name
+            report.skipped.append(f"{item!r}: cannot hash ({exc})")
+            return None
     if isinstance(item, dict):
         try:
             item = Result.from_dict(item)
@@ -387,10 +391,20 @@ def file_object(sample: Sample, telfhash_key: str | None = None, with_size: bool
     return obj
 
 
+# Up to this many values a pattern is a chain of ``=`` comparisons joined by OR (what simple
+# pattern readers such as misp-stix's understand); beyond, one ``IN (...)`` comparison: the
+# pattern grammar nests OR chains, and stix2-patterns (used by stix2 and stix2-validator)
+# exceeds Python's recursion limit on a few hundred of them.
+MAX_OR_VALUES = 100
+
+
 def indicator_pattern(telfhashes: Iterable[str], key: str = "TELFHASH") -> str:
-    """``[file:hashes.KEY = 'hex' OR ...]``: STIX patterns have no similarity operator, so the
-    members' telfhashes are enumerated (70 hex, lower case, as misp-stix writes them)."""
+    """``[file:hashes.KEY = 'hex' OR ...]`` (or ``IN (...)`` for many values): STIX patterns have
+    no similarity operator, so the members' telfhashes are enumerated (70 hex, lower case, as
+    misp-stix writes them)."""
     values = sorted({_hex(t) for t in telfhashes})
+    if len(values) > MAX_OR_VALUES:
+        return f"[file:hashes.{key} IN (" + ", ".join(f"'{v}'" for v in values) + ")]"
     return "[" + " OR ".join(f"file:hashes.{key} = '{v}'" for v in values) + "]"
 
 

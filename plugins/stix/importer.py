@@ -37,7 +37,7 @@ _TELF_PROPS = ("x_misp_telfhash", "x_telfhash")
 # file:hashes.KEY / file:hashes.'KEY' / file:x_misp_telfhash, then = 'v' or IN ('v', ...)
 _PATTERN_RE = re.compile(
     r"file:(?:hashes\.(?:'(?P<qkey>[^']{1,64})'|(?P<key>[A-Za-z0-9_-]{1,64}))|(?P<prop>x_[a-z0-9_]{0,40}telfhash))"
-    r"\s*(?:(?P<eq>=)\s*'(?P<value>[^'\\]{0,128})'|(?P<in>IN)\s*\((?P<values>[^()]{0,1000000})\))",
+    r"\s*(?:(?P<eq>=)\s*'(?P<value>[^'\\]{0,128})'|(?P<in>IN)\s*\((?P<values>[^()]*)\))",
     re.IGNORECASE,
 )
 _QUOTED_RE = re.compile(r"'([^'\\]{0,128})'")
@@ -423,10 +423,16 @@ def match_local(report: ImportReport, local: Iterable[Any], threshold: int) -> l
     out: list[LocalMatch] = []
     for item in local:
         if isinstance(item, (str, os.PathLike)):
-            item = hash_file(item)
+            try:
+                item = hash_file(item)
+            except (OSError, ValueError):  # e.g. a NUL byte in the name
+                continue
         elif isinstance(item, dict):
-            item = Result.from_dict(item)
-        if not isinstance(item, Result) or not item.telfhash:
+            try:
+                item = Result.from_dict(item)
+            except (ValueError, TypeError, AttributeError):
+                continue
+        if not isinstance(item, Result) or not isinstance(item.telfhash, str) or not is_digest(item.telfhash):
             continue
         dists = one_to_many(enc, item.telfhash)
         best: dict[str, tuple[int, int]] = {}

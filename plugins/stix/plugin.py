@@ -151,6 +151,9 @@ def _guarded(fn):
             return 1
         except KeyboardInterrupt:
             return 130
+        except ImportError as exc:  # stix2, stix2-validator, taxii2-client are the 'stix' extra
+            _err(f"{exc}: install the STIX dependencies with pip install 'telfhash-core[stix]'")
+            return 1
         except Exception as exc:
             if os.environ.get("TELFHASH_DEBUG"):
                 raise
