@@ -582,3 +582,17 @@ def test_mutated_bundles_and_results_never_raise_anything_else(default_bundle, s
             export_bundle(x, clusters, timestamp=TS, hash_files=False)
         except ExportError:
             pass
+
+
+def test_producer_identity_is_named_on_every_cluster_object(sample_set):
+    b = export_bundle(sample_set["results"], sample_set["clusters"][:2], timestamp=TS, identity_name="ACME CERT")
+    idents = {o["id"]: o for o in _by_type(b, "identity")}
+    producer = [i for i in idents.values() if i["name"] == "ACME CERT"]
+    assert len(producer) == 1 and producer[0]["identity_class"] == "organization"
+    sdos = [o for o in b["objects"] if o["type"] in ("grouping", "malware", "indicator", "relationship")]
+    assert sdos and all(o["created_by_ref"] == producer[0]["id"] for o in sdos)
+    assert idents[b["objects"][2]["created_by_ref"]]["name"] == "telfhash-core"  # the extension's publisher
+    assert validate_bundle(b).ok
+    # without a producer nothing is attributed
+    anon = export_bundle(sample_set["results"], sample_set["clusters"][:2], timestamp=TS)
+    assert not any("created_by_ref" in o for o in anon["objects"] if o["type"] != "extension-definition")

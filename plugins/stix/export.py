@@ -412,7 +412,7 @@ def _cluster_key(spec: ClusterSpec) -> str:
     return f"{spec.threshold}:" + ",".join(sorted(s.sha256 for s in spec.members))
 
 
-def cluster_objects(spec: ClusterSpec, *, created_by: str, timestamp: str, pattern_key: str) -> list[dict]:
+def cluster_objects(spec: ClusterSpec, *, created_by: str | None, timestamp: str, pattern_key: str) -> list[dict]:
     key = _cluster_key(spec)
     short = _sdo_id("grouping", key).split("--")[1][:8]
     files = [s.file_id for s in spec.members]
@@ -426,7 +426,7 @@ def cluster_objects(spec: ClusterSpec, *, created_by: str, timestamp: str, patte
         "type": "malware",
         "spec_version": "2.1",
         "id": _sdo_id("malware", key),
-        "created_by_ref": created_by,
+        **({"created_by_ref": created_by} if created_by else {}),
         "created": timestamp,
         "modified": timestamp,
         "name": label,
@@ -441,7 +441,7 @@ def cluster_objects(spec: ClusterSpec, *, created_by: str, timestamp: str, patte
         "type": "indicator",
         "spec_version": "2.1",
         "id": _sdo_id("indicator", key),
-        "created_by_ref": created_by,
+        **({"created_by_ref": created_by} if created_by else {}),
         "created": timestamp,
         "modified": timestamp,
         "name": f"{label}: member telfhashes",
@@ -458,7 +458,7 @@ def cluster_objects(spec: ClusterSpec, *, created_by: str, timestamp: str, patte
         "type": "relationship",
         "spec_version": "2.1",
         "id": _sdo_id("relationship", indicator["id"], "indicates", malware["id"]),
-        "created_by_ref": created_by,
+        **({"created_by_ref": created_by} if created_by else {}),
         "created": timestamp,
         "modified": timestamp,
         "relationship_type": "indicates",
@@ -490,7 +490,7 @@ def cluster_objects(spec: ClusterSpec, *, created_by: str, timestamp: str, patte
         "type": "grouping",
         "spec_version": "2.1",
         "id": _sdo_id("grouping", key),
-        "created_by_ref": created_by,
+        **({"created_by_ref": created_by} if created_by else {}),
         "created": timestamp,
         "modified": timestamp,
         "name": label,
@@ -557,7 +557,7 @@ def export_bundle(
     specs.sort(key=_cluster_key)
 
     objects: list[dict] = [project_identity()]
-    created_by = PROJECT_IDENTITY_ID
+    created_by = None  # no producer named: the clusters are not attributed to anyone
     if identity_name:
         ident = producer_identity(identity_name)
         objects.append(ident)
