@@ -146,7 +146,7 @@ def check_bundle(parsed: Any, *, max_objects: int = DEFAULT_MAX_OBJECTS) -> dict
         parsed = {"type": "bundle", "id": None, "objects": parsed["objects"]}
     elif kind != "bundle":
         raise BundleError(f"not a STIX bundle: type is {kind!r}, expected 'bundle'")
-    if "spec_version" in parsed:  # STIX 2.0 bundles carry it; 2.1 bundles must not
+    if "spec_version" in parsed and parsed["spec_version"] != "2.1":  # STIX 2.0 bundles carry it
         raise BundleError(
             f"wrong spec_version: this is a STIX {parsed.get('spec_version')!r} bundle; only STIX 2.1 is read"
         )
