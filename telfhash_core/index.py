@@ -385,6 +385,7 @@ class Index:
     def _setup(self) -> None:
         c = self._conn
         c.execute("PRAGMA busy_timeout = 60000")
+        c.execute("PRAGMA cache_size = -65536")  # 64 MB of pages: the sha256 index stays in memory while adding
         app = c.execute("PRAGMA application_id").fetchone()[0]
         has_tables = c.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         if has_tables and app != APPLICATION_ID:
@@ -794,22 +795,22 @@ class Index:
         order = hit[np.lexsort((m.ids[hit], d[hit]))]
         if limit is not None:
             order = order[: int(limit)]
-        return self._matches(m.ids[order], d[order])
+        return self._matches(m.ids[order], d[order], m.packed[order])
 
-    def _matches(self, ids: np.ndarray, dist: np.ndarray) -> list[Match]:
+    def _matches(self, ids: np.ndarray, dist: np.ndarray, packed: np.ndarray) -> list[Match]:
         rows: dict[int, tuple] = {}
         id_list = ids.tolist()
         for i in range(0, len(id_list), 900):
             chunk = id_list[i : i + 900]
-            q = f"SELECT id, sha256, path, digest, arch, size, added, source, telfhash_x FROM entries WHERE id IN ({','.join('?' * len(chunk))})"
+            q = f"SELECT id, sha256, path, arch, size, added, source, telfhash_x FROM entries WHERE id IN ({','.join('?' * len(chunk))})"
             for r in self._conn.execute(q, chunk):
                 rows[r[0]] = r
+        hexes = packed.tobytes().hex()  # the digests from the matrix, not from the rows
         out = []
-        for i, dd in zip(id_list, dist.tolist()):
+        for k, (i, dd) in enumerate(zip(id_list, dist.tolist())):
             r = rows.get(i)
-            if r is None:
-                continue
-            out.append(Match(r[1], r[2], unpack(r[3]) if r[3] else "", r[4], r[5], r[6], r[7], int(dd), r[8]))
+            if r is not None:
+                out.append(Match(r[1], r[2], "t1" + hexes[70 * k : 70 * k + 70], r[3], r[4], r[5], r[6], dd, r[7]))
         return out
 
     # -- listing
