@@ -181,3 +181,34 @@ def test_cli_publish_and_import_with_credentials_from_env_and_config(taxii, bund
     assert doc["telfhashes"] == len(read_bundle(bundle).telfhashes())
     assert EXTENSION_ID not in doc["clusters"]
     assert all(m["distance"] <= 60 for m in doc["matches"])
+
+
+def test_stix_serve_runs_a_local_collection(bundle, tmp_path):
+    from telfhash_plugins.stix.server import collection_url
+
+    port = _free_port()
+    env = dict(os.environ, **_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "telfhash_core.cli", "stix", "serve", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True,  # the server and its medallion child end together below
+    )
+    try:
+        url = collection_url("127.0.0.1", port)
+        assert proc.stdout.readline().decode().strip().endswith(url)
+        settings = load_settings(url=url, environ=_env())
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                rep = publish(bundle, settings)
+                break
+            except TaxiiError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        assert rep.success == len(bundle["objects"]) and rep.failure == 0
+        assert read_bundle(pull(settings)).telfhashes() == read_bundle(bundle).telfhashes()
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(15)
+        proc.stdout.close()

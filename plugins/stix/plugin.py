@@ -115,6 +115,14 @@ def telfhash_commands(subparsers):
     pl.add_argument("-o", "--output", default="-", help="bundle file (default stdout)")
     pl.set_defaults(func=_guarded(cmd_pull))
 
+    sv = sub.add_parser(
+        "serve",
+        help="run a local TAXII 2.1 server (medallion, in memory, 127.0.0.1) to try publish/import",
+        description="User and password come from $TELFHASH_TAXII_USER / $TELFHASH_TAXII_PASSWORD.",
+    )
+    sv.add_argument("--port", type=_nonneg, default=8000, help="port on 127.0.0.1 (default 8000)")
+    sv.set_defaults(func=_guarded(cmd_serve))
+
     im = sub.add_parser(
         "import",
         help="read telfhashes from a bundle, add them to the local index, list local samples near a shared cluster",
@@ -329,6 +337,20 @@ def cmd_pull(args) -> int:
     _write(args.output, dumps(bundle))
     _err(f"{len(bundle['objects'])} object(s)")
     return 0
+
+
+def cmd_serve(args) -> int:
+    from .server import serve
+
+    user, password = os.environ.get("TELFHASH_TAXII_USER"), os.environ.get("TELFHASH_TAXII_PASSWORD")
+    if not user or not password:
+        _err("set TELFHASH_TAXII_USER and TELFHASH_TAXII_PASSWORD (the account the server accepts)")
+        return 2
+    try:
+        return serve(args.port, user, password)
+    except RuntimeError as exc:
+        _err(str(exc))
+        return 1
 
 
 def cmd_import(args) -> int:
