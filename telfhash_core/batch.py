@@ -305,6 +305,21 @@ def _stat_key(path: str) -> tuple:
 # ----------------------------------------------------------------------------- outputs
 
 
+def clean_text(value: str) -> str:
+    """``value`` as valid UTF-8: the bytes of a name that is not UTF-8 (held as surrogates, as
+    ``os.walk`` returns it) are written as ``\\xNN`` escapes."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def clean_row(row: dict) -> dict:
+    """A row whose strings all encode as UTF-8 (required by JSON files read back and by Parquet)."""
+    return {k: clean_text(v) if isinstance(v, str) else v for k, v in row.items()}
+
+
 class _Sink:
     """Durable, append-only output.  Subclasses: :class:`JsonlSink`, :class:`ParquetSink`."""
 
@@ -409,7 +424,7 @@ class JsonlSink(_Sink):
         if not rows:
             return
         data = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in rows)
-        buf = data.encode("utf-8", errors="surrogateescape")
+        buf = data.encode("utf-8")  # rows are clean_row()ed: valid UTF-8
         while buf:
             n = os.write(self.fd, buf)
             buf = buf[n:]
@@ -723,11 +738,12 @@ def run_batch(
             written = {r["path"]: (r.get("size"), r.get("mtime_ns")) for r in done_rows}
             stale, todo = set(), []
             for p in files:
-                if p in written:
-                    if _stat_key(p) == written[p]:
+                shown = clean_text(p)
+                if shown in written:
+                    if _stat_key(p) == written[shown]:
                         summary.skipped += 1
                         continue
-                    stale.add(p)
+                    stale.add(shown)
                 todo.append(p)
             if stale:
                 sink.drop_paths(stale)
@@ -737,7 +753,7 @@ def run_batch(
             no_sha_paths = {r["path"] for r in done_rows if not r.get("sha256")}
             todo = []
             for p in files:
-                if p in no_sha_paths:
+                if clean_text(p) in no_sha_paths:
                     summary.skipped += 1
                     continue
                 todo.append(p)
@@ -781,7 +797,7 @@ def run_batch(
                                 summary.skipped += 1
                                 continue
                             skip_sha.add(r["sha256"])
-                        buffer.append(r)
+                        buffer.append(clean_row(r))
                 if bar is not None:
                     bar.update(len(paths))
                 if len(buffer) >= flush_rows or (buffer and time.monotonic() - last_flush >= FLUSH_SECONDS):
@@ -885,6 +901,9 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("telfhash batch: interrupted; what was written is kept: rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as exc:  # e.g. the Dask scheduler went away: rows received so far are kept
+        print(f"telfhash batch: error: {type(exc).__name__}: {exc}; what was written is kept: rerun to resume", file=sys.stderr)
+        return 1
     if not args.quiet:
         rate = summary.written / summary.seconds if summary.seconds else 0.0
         print(

@@ -292,3 +292,22 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path, capsys):
 def test_missing_optional_dependency_names_the_extra():
     with pytest.raises(batch.BatchError, match=r"telfhash-core\[dask\]"):
         batch._need("telfhash_no_such_module")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_names_that_are_not_utf8_are_written_and_resumed(tmp_path, subset, fmt):
+    good = next(f for f in subset if f["reference"]["telfhash"].startswith("t1"))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    raw_name = os.path.join(os.fsencode(folder), b"bad-\xff\xfe-name")
+    shutil.copyfile(good["abspath"], raw_name)
+    shutil.copyfile(good["abspath"], folder / "plain")
+    out = tmp_path / ("out.jsonl" if fmt == "jsonl" else "out.parquet")
+    s1 = batch.run_batch([str(folder)], str(out), fmt=fmt, jobs=1, progress=False)
+    assert s1.written == 2
+    rows = read_jsonl(out) if fmt == "jsonl" else pq.read_table(out).to_pylist()
+    by_name = {os.path.basename(r["path"]): r for r in rows}
+    assert set(by_name) == {"plain", "bad-\\xff\\xfe-name"}
+    assert by_name["bad-\\xff\\xfe-name"]["telfhash"] == good["reference"]["telfhash"]
+    s2 = batch.run_batch([str(folder)], str(out), fmt=fmt, jobs=1, progress=False)
+    assert (s2.written, s2.skipped) == (0, 2)
