@@ -40,6 +40,7 @@ STT_FUNC, STT_GNU_IFUNC = 2, 10
 STB_GLOBAL, STB_WEAK = 1, 2
 STV_DEFAULT, STV_PROTECTED = 0, 3
 
+MAX_NAME = 4096  # longer symbol names are cut here
 MAX_SECTIONS = 1 << 16
 MAX_PHDRS = 1 << 12
 MAX_DYN = 1 << 16
@@ -215,9 +216,9 @@ def read_symbols(buf, h: Header, table: SymbolTable) -> Symbols:
             pos = base + off
             if pos >= n:
                 continue
-            end = buf.find(b"\x00", pos)
+            end = buf.find(b"\x00", pos, pos + MAX_NAME)  # bounded: a crafted string table may have no NUL
             if end < 0:
-                end = n
+                end = min(n, pos + MAX_NAME)
             if end > pos:
                 out.append(bytes(buf[pos:end]).decode("ascii", "ignore"))
         return out
@@ -336,8 +337,10 @@ def readonly_strings(buf, facts: ElfFacts) -> list[str]:
 
 # ----------------------------------------------------------------------------- no strings either: calls
 
-MAX_CODE = 16 << 20
-MAX_INSNS = 2_000_000
+MAX_CODE = 8 << 20  # bytes of code swept at most
+MAX_INSNS = 1_000_000  # instructions decoded plus undecodable units skipped, at most
+MAX_SKIPS = 1 << 15  # undecodable units skipped at most (beyond that the region is not code)
+WINDOW = 1 << 16  # bytes handed to capstone per call (resuming never copies the whole region)
 EM_386, EM_68K, EM_MIPS, EM_PPC, EM_PPC64, EM_S390, EM_ARM, EM_SH, EM_X86_64, EM_AARCH64 = 3, 4, 8, 20, 21, 22, 40, 42, 62, 183
 
 # e_machine -> (capstone arch, extra mode, call mnemonics, resync step after an undecodable unit)
@@ -423,19 +426,23 @@ def call_targets(buf, facts: ElfFacts) -> list[str]:
     md = _engine(facts, thumb)
     mnemonics, step = frozenset(_CALLS[h.machine][2]), (2 if thumb else _CALLS[h.machine][3])
     found: set[str] = set()
-    pos, count, end = 0, 0, addr + len(code)
-    while pos < len(code) and count < MAX_INSNS:
+    pos, count, skips, end, n = 0, 0, 0, addr + len(code), len(code)
+    while pos < n and count < MAX_INSNS and skips < MAX_SKIPS:
         last = pos
-        for a, s, mn, op in md.disasm_lite(code[pos:], addr + pos):
+        for _a, s, mn, op in md.disasm_lite(code[pos : pos + WINDOW], (addr + pos) & 0xFFFFFFFFFFFFFFFF):
             count += 1
-            last = a - addr + s
+            last += s  # progress from sizes, not addresses (a crafted address may wrap)
             if mn in mnemonics:
                 t = _target(op)
                 if t is not None:
                     found.add(f"+{t - addr:x}" if addr <= t < end else f"@{t:x}")
             if count >= MAX_INSNS:
                 break
-        pos = last + step if last == pos or last < len(code) else last
+        if last <= pos:  # undecodable here: skip one instruction unit and carry on
+            pos += step
+            skips += 1
+        else:
+            pos = last
     return sorted(found)
 
 

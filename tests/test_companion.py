@@ -317,3 +317,56 @@ def test_clustering_runs_on_the_companion_field():
     clusters, _ungroupable = cluster.cluster(results, 50, key="telfhash_x")
     groups = sorted(sorted(Path(m).parent.parent.name for m in c.members) for c in clusters if len(c.members) > 1)
     assert groups == [sorted(archs), sorted(archs)]
+
+
+def _minimal_elf(machine: int, code: bytes, entry_offset: int = 0, big_endian: bool = False) -> bytes:
+    """A 32-bit ELF executable with no sections and one R+X PT_LOAD holding ``code``."""
+    import struct
+
+    e = ">" if big_endian else "<"
+    ehdr_size, phdr_size, vaddr = 52, 32, 0x10000
+    off = ehdr_size + phdr_size
+    ident = b"\x7fELF" + bytes([1, 2 if big_endian else 1, 1]) + b"\x00" * 9
+    ehdr = ident + struct.pack(e + "HHIIIIIHHHHHH", 2, machine, 1, vaddr + off + entry_offset, ehdr_size, 0, 0, ehdr_size, phdr_size, 1, 40, 0, 0)
+    phdr = struct.pack(e + "IIIIIIII", 1, off, vaddr + off, vaddr + off, len(code), len(code), 5, 0x1000)
+    return ehdr + phdr + code
+
+
+def test_sweep_of_undecodable_code_ends_quickly():
+    import time
+
+    rng = random.Random(80)
+    garbage = bytes(rng.randrange(0x80, 0x100) for _ in range(1 << 20))  # no printable strings: the call sweep runs
+    for machine in (40, 8, 3):  # ARM, MIPS, x86
+        data = _minimal_elf(machine, garbage)
+        t = time.perf_counter()
+        value = cx.compute(data, None)
+        assert time.perf_counter() - t < 30
+        assert value is None or VALUE_RE.match(value)
+
+
+def test_symbol_names_without_terminator_do_not_slow_the_reader_down():
+    import time
+
+    f = _entry("amd64/coreutils/bin__ls")
+    data = bytearray(Path(f["abspath"]).read_bytes())
+    facts = cx.elf_facts(bytes(data))
+    table = cx.symbol_table(facts)
+    strtab = next(s for s in facts.sections if s.offset == table.strtab_offset)
+    data[strtab.offset : strtab.offset + strtab.size] = b"A" * strtab.size  # every name runs into the next
+    data += b"B" * (8 << 20)  # and then into 8 MB without a NUL
+    t = time.perf_counter()
+    value = cx.compute(bytes(data), None)
+    assert time.perf_counter() - t < 10
+    assert value is None or VALUE_RE.match(value)
+
+
+def test_call_sweep_decodes_a_thumb_entry_point_as_thumb():
+    # bl from Thumb code: "push {r7, lr}; bl +0x100; pop {r7, pc}" encoded for Thumb-2, little-endian
+    thumb = bytes.fromhex("80b5") + bytes.fromhex("00f07ef8") + bytes.fromhex("80bd") + b"\x00\x00" * 200
+    data = _minimal_elf(40, thumb, entry_offset=1)  # odd entry point: Thumb
+    facts = cx.elf_facts(data)
+    expected = [op for _a, _s, mn, op in capstone.Cs(capstone.CS_ARCH_ARM, capstone.CS_MODE_THUMB).disasm_lite(thumb[:8], 0) if mn == "bl"]
+    assert len(expected) == 1
+    targets = cx.call_targets(data, facts)
+    assert targets == [f"+{int(expected[0].lstrip('#'), 16):x}"]
