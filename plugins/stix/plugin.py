@@ -56,6 +56,9 @@ def telfhash_exporters():
 # ----------------------------------------------------------------------------- CLI
 
 
+MAX_PROBLEM_LINES = 50
+
+
 def _nonneg(text: str) -> int:
     try:
         v = int(text)
@@ -374,8 +377,11 @@ def cmd_import(args) -> int:
     except BundleError as exc:
         _err(str(exc))
         return 1
-    for p in report.problems:
+    shown = report.problems if args.format == "json" else report.problems[:MAX_PROBLEM_LINES]
+    for p in shown:
         _err(f"warning: {p}")
+    if len(report.problems) > len(shown):
+        _err(f"... and {len(report.problems) - len(shown)} more problem(s) (-f json lists them all)")
     added = None
     matches: list = []
     try:
