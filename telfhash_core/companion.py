@@ -519,10 +519,12 @@ def digest_tokens(tokens: list[str], small: bool = False) -> str | None:
 
 def telfhash_x_of(buf, data: dict | None = None) -> str | None:
     """The companion value ``tx1:t1…`` of an ELF image (bytes or mmap), or None."""
+    import capstone
+
     try:
         _source, _tokens, d = features(buf, data)
-    except (NotELF, ValueError, struct.error, IndexError, OverflowError):
-        return None
+    except (NotELF, ValueError, struct.error, IndexError, OverflowError, MemoryError, capstone.CsError):
+        return None  # not an ELF file, or one too broken to say anything about
     return f"{VERSION}:{d}" if d else None
 
 
