@@ -291,15 +291,15 @@ def to_cluster_spec(
     if representative is None and isinstance(rep_name, str) and is_digest(rep_name):
         t1 = normalize(rep_name, "t1")
         representative = next((s for s in chosen if s.telfhash == t1), None)
-    if representative is None:
-        # the medoid: least total distance to the others (ties: smallest telfhash, then SHA-256)
-        representative = min(chosen, key=lambda s: (sum(distance(s.telfhash, o.telfhash) for o in chosen), s.telfhash))
     max_d = _get(cluster, "max_distance")
-    if not isinstance(max_d, int) or isinstance(max_d, bool):
-        max_d = max((distance(a.telfhash, b.telfhash) for a in chosen for b in chosen), default=0)
+    exact = _get(cluster, "exact", True)
+    if representative is None or not isinstance(max_d, int) or isinstance(max_d, bool) or max_d < 0:
+        medoid, largest, measured_all = _stats(chosen)
+        representative = representative or medoid
+        if not isinstance(max_d, int) or isinstance(max_d, bool) or max_d < 0:
+            max_d, exact = largest, measured_all
     c_threshold = _get(cluster, "threshold")
     c_linkage = _get(cluster, "linkage")
-    exact = _get(cluster, "exact", True)
     return ClusterSpec(
         members=chosen,
         representative=representative,
@@ -308,6 +308,27 @@ def to_cluster_spec(
         max_distance=max_d,
         max_distance_exact=exact is not False,
     )
+
+
+STATS_ROWS = 2000  # rows of the distance matrix computed for a cluster's medoid and diameter
+
+
+def _stats(members: list[Sample]) -> tuple[Sample, int, bool]:
+    """(medoid, largest distance, exact) for clusters given without them: distance rows from
+    up to STATS_ROWS members (evenly spread) to all; exact when every row was computed."""
+    from telfhash_core.tlshdist import encode, one_to_many
+
+    enc = encode([m.telfhash for m in members])
+    step = max(1, -(-len(members) // STATS_ROWS))
+    best: tuple | None = None
+    largest = 0
+    for i in range(0, len(members), step):
+        row = one_to_many(enc, i)
+        largest = max(largest, int(row.max()))
+        rank = (int(row.sum()), members[i].telfhash, members[i].sha256)
+        if best is None or rank < best[0]:
+            best = (rank, members[i])
+    return best[1], largest, step == 1
 
 
 def cluster_items(items: list[Any], threshold: int) -> tuple[list, list]:
@@ -547,8 +568,7 @@ def export_bundle(
             samples.append(s)
             by_file.setdefault(s.file, s)
     if clusters is None:
-        ok = [s for s in samples]
-        clusters, _ = cluster_items([_sample_result(s) for s in ok], threshold) if ok else ([], [])
+        clusters, _ = cluster_items([_sample_result(s) for s in samples], threshold) if samples else ([], [])
     specs = []
     for c in clusters:
         spec = to_cluster_spec(c, by_file, threshold=threshold, linkage=linkage, report=report)
@@ -558,6 +578,8 @@ def export_bundle(
 
     objects: list[dict] = [project_identity()]
     created_by = None  # no producer named: the clusters are not attributed to anyone
+    if identity_name is not None and not isinstance(identity_name, str):
+        raise ExportError(f"identity name must be text, not {identity_name!r}")
     if identity_name:
         ident = producer_identity(identity_name)
         objects.append(ident)
