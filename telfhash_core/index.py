@@ -373,7 +373,10 @@ class Index:
         self._matrices: dict[str, _Matrix] = {}
         try:
             self._setup()
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.OperationalError as exc:  # locked, read-only folder, disk full, ...
+            self._conn.close()
+            raise ValueError(f"{self.path}: cannot open the index: {exc}") from None
+        except sqlite3.DatabaseError as exc:  # "file is not a database", "malformed", ...
             self._conn.close()
             raise ValueError(f"{self.path} is not a telfhash index: {exc}") from None
         except Exception:
@@ -524,6 +527,7 @@ class Index:
         source: str = "local",
         batch_size: int = 200,
         skip_known_paths: bool = False,
+        fields: Iterable[str] = (),
     ) -> AddStats:
         """Hash files (with SHA-256) and record them; ``jobs``: processes (0 = all cores).
 
@@ -531,7 +535,9 @@ class Index:
         what it committed.  ``progress``: True for a bar on stderr (tqdm), a callable
         ``progress(done, total)``, or None for a bar only when stderr is a terminal.
         ``skip_known_paths``: do not hash again a path whose file size matches an entry first seen
-        at that path (fast resume of a large add).  Files that are not ELF or have no telfhash
+        at that path (fast resume of a large add).  ``fields``: opt-in per-file fields to compute
+        and keep (``("telfhash_x",)`` records the companion hash, searchable with
+        ``key="telfhash_x"``; others go to ``extra``).  Files that are not ELF or have no telfhash
         are recorded with their reason; paths that cannot be read are counted as skipped.
         """
         from .api import expand_paths, hash_paths
@@ -564,7 +570,7 @@ class Index:
         if total < 16:
             jobs = 1
         try:
-            results = hash_paths(files, jobs=jobs, ordered=False, sha256=True)
+            results = hash_paths(files, jobs=jobs, ordered=False, sha256=True, fields=tuple(fields))
             self._add(
                 (r if r.sha256 or r.ok else f"{r.file}: {r.detail or r.msg}" for r in results),
                 source,
@@ -998,6 +1004,10 @@ def telfhash_commands(subparsers):
     a.add_argument("-j", "--jobs", type=_nonneg, default=0, help="processes for hashing (default: all cores)")
     a.add_argument("--source", default=None, help='where the samples come from (default "local", or "jsonl:<name>")')
     a.add_argument("--batch-size", type=_nonneg, default=None, help="results per committed transaction")
+    a.add_argument(
+        "--field", dest="fields", action="append", default=[], metavar="NAME",
+        help="also compute and keep an opt-in field, e.g. --field telfhash_x (searchable with --key telfhash_x)",
+    )
     a.add_argument("--skip-known-paths", action="store_true", help="do not hash again paths already indexed with the same size")
     a.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show a progress bar")
     a.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
@@ -1069,7 +1079,7 @@ def _cmd_add(args) -> int:
                 st = ix.add_jsonl(name, source=args.source, **kw)
             _merge(total, st)
         if args.paths:
-            st = ix.add_files(args.paths, args.recursive, args.jobs, args.progress, source=args.source or "local", skip_known_paths=args.skip_known_paths, **kw)
+            st = ix.add_files(args.paths, args.recursive, args.jobs, args.progress, source=args.source or "local", skip_known_paths=args.skip_known_paths, fields=args.fields, **kw)
             _merge(total, st)
         for e in total.errors:
             print(f"telfhash index: skipped {e}", file=sys.stderr)

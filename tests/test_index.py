@@ -528,3 +528,25 @@ def test_planes_match_tlshdist_on_random_bytes():
     enc = encode_packed(packed, hex=False)
     for k in (0, 17, 499):
         assert np.array_equal(tlshdist.one_to_many(enc, digests[k]), [tlsh.diff("T1" + digests[k][2:], "T1" + d[2:]) for d in digests])
+
+
+def test_companion_hash_is_recorded_and_searchable(tmp_path):
+    from telfhash_core.plugins import field_functions
+
+    if "telfhash_x" not in field_functions():
+        pytest.skip("the companion hash plugin is not installed")
+    files = [f for f in corpus.files() if f["pkg"] == "coreutils"][:12]
+    with Index(tmp_path / "x.sqlite") as ix:
+        ix.add_files([f["abspath"] for f in files], jobs=1, fields=("telfhash_x",))
+        entries = list(ix.entries())
+        with_x = [e for e in entries if e["telfhash_x"]]
+        assert with_x and all(e["telfhash_x"].startswith("tx1:t1") for e in with_x)
+        e = with_x[0]
+        x = e["telfhash_x"].split(":")[1]
+        got = ix.search(e["telfhash_x"], 60, key="telfhash_x")
+        others = {o["sha256"]: o["telfhash_x"].split(":")[1] for o in with_x}
+        expect = sorted((tlsh.diff("T1" + x[2:], "T1" + v[2:]), s) for s, v in others.items())
+        assert as_pairs(got) == [p for p in expect if p[0] <= 60]
+        assert ix.stats()["with_telfhash_x"] == len(with_x)
+        path = next(f["abspath"] for f in files if f["sha256"] == e["sha256"])
+        assert e["sha256"] in {m.sha256 for m in ix.search(path, 0, key="telfhash_x")}
