@@ -100,6 +100,17 @@ def test_default_export_passes_strict_validator_without_warnings_and_parses(defa
     assert len(parsed.objects) == len(default_bundle["objects"])
 
 
+def test_stix2_validator_command_strict_accepts_the_default_export(sample_set, tmp_path):
+    b = export_bundle(sample_set["results"], sample_set["clusters"][:4], timestamp=TS)
+    path = tmp_path / "b.json"
+    path.write_text(dumps(b))
+    exe = Path(sys.executable).with_name("stix2_validator")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "import sys; from stix2validator.scripts.stix2_validator import main; sys.exit(main())"]
+    p = subprocess.run(cmd + ["--strict", "--version", "2.1", str(path)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "Valid" in p.stdout and "[!] Warning" not in p.stdout and "Warning" not in p.stdout, p.stdout
+
+
 def test_clusters_from_the_core_clustering_also_validate(sample_set):
     cluster_mod = pytest.importorskip("telfhash_core.cluster", reason="telfhash_core.cluster not present")
     clusters, _ = cluster_mod.cluster(sample_set["results"], threshold=50)
