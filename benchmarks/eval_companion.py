@@ -134,13 +134,15 @@ def fold_of(label: str) -> int:
     return hashlib.sha256(label.encode()).digest()[0] & 1
 
 
-def holdout(items) -> list[dict]:
-    """Derive from one half of the programs, evaluate on the other; both ways round."""
+def holdout(items, split=None) -> list[dict]:
+    """Derive from one side of ``split`` (default: half of the programs, by a hash of the
+    label), evaluate on the other side; both ways round."""
+    split = split or (lambda i: fold_of(i.label))
     out = []
     for train in (0, 1):
-        data = cx.derive_helpers((i.label, i.arch, i.raw) for i in items if fold_of(i.label) == train)
+        data = cx.derive_helpers((i.label, i.arch, i.raw) for i in items if split(i) == train)
         data = dict(data, names=frozenset(data["names"]), prefixes=tuple(data["prefixes"]))
-        test = [i for i in items if fold_of(i.label) != train]
+        test = [i for i in items if split(i) != train]
         out.append(
             {
                 "train": train,
@@ -152,6 +154,11 @@ def holdout(items) -> list[dict]:
             }
         )
     return out
+
+
+def by_package(i) -> int:
+    """The package split: coreutils (half the corpus) against every other package."""
+    return int(i.pkg == "coreutils")
 
 
 # ----------------------------------------------------------------------------- outside the corpus
@@ -268,6 +275,18 @@ def main(argv=None) -> int:
     for h in holdout(items):
         print(
             f"fold {h['train']}->{1 - h['train']}: {h['files']} files, {h['telfhash']['same_pairs']} same-program / {h['telfhash']['diff_pairs']} different-program pairs, "
+            f"{h['helpers']} helper names + prefixes {h['prefixes']}"
+        )
+        for name in ("telfhash", "telfhash_x"):
+            s = h[name]
+            print(
+                f"  {name:<11} same-program within {'/'.join(map(str, THRESHOLDS))}: {' '.join(pct(f) for f in s['same'])}   "
+                f"different-program: {' '.join(pct2(f) for f in s['diff'])}"
+            )
+    print("\n== hold-out by package: derived from coreutils only / from every other package, evaluated on the rest ==")
+    for h in holdout(items, by_package):
+        print(
+            f"{'coreutils -> others' if h['train'] else 'others -> coreutils'}: {h['files']} files, {h['telfhash']['same_pairs']} same-program / {h['telfhash']['diff_pairs']} different-program pairs, "
             f"{h['helpers']} helper names + prefixes {h['prefixes']}"
         )
         for name in ("telfhash", "telfhash_x"):
