@@ -1107,7 +1107,7 @@ def _cmd_search(args) -> int:
     else:
         for m in matches:
             value = m.telfhash if args.key == "telfhash" else (m.telfhash_x or "")
-            print(f"{m.distance:>4}  {m.sha256}  {m.arch or '-':<8}  {value}  {m.path or ''}")
+            print(f"{m.distance:>4}  {m.sha256}  {m.arch or '-':<14}  {value}  {m.path or ''}")
         if not matches:
             print(f"no entry within {args.threshold}", file=sys.stderr)
     return 0 if matches else 1
@@ -1126,7 +1126,7 @@ def _cmd_clusters(args) -> int:
         print(f"Cluster {k}: {g['size']} samples, {g['digests']} digests, max distance {maxd} ({archs})")
         for mbr in g["members"]:
             star = "*" if mbr is g["representative"] else " "
-            print(f"  {star} {mbr['sha256']}  {mbr['arch'] or '-':<8}  {mbr['path'] or ''}")
+            print(f"  {star} {mbr['sha256']}  {mbr['arch'] or '-':<14}  {mbr['path'] or ''}")
     if not groups:
         print(f"no cluster of {args.min_size} or more entries at threshold {args.threshold}", file=sys.stderr)
     return 0
