@@ -424,6 +424,7 @@ def _good_bundle(default_bundle):
         (b'{"type": "bundle", "id": "bundle--x", "objects": []}', "invalid bundle id"),
         (b'{"type": "bundle", "id": "bundle--5d04ee1f-300d-4c7a-986d-77726bda1e1d", "objects": {}}', "not a list"),
         (b"[" * 200000 + b"]" * 200000, "nested too deeply"),
+        (b'{"type": "bundle", "objects": [' + b"1" * 5000 + b"]}", "digits"),
     ],
 )
 def test_hostile_bundles_get_clear_errors(data, words):

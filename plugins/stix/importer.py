@@ -134,6 +134,8 @@ def load_bundle(source: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
         raise BundleError(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise BundleError("not a usable bundle: JSON nested too deeply") from None
+    except ValueError as exc:  # e.g. a number of more than 4300 digits
+        raise BundleError(f"not a usable bundle: {exc}") from None
     return check_bundle(parsed)
 
 

@@ -224,7 +224,7 @@ def read_results_file(path: str) -> list[dict]:
             rows = json.loads(text)
         else:
             rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise ValueError(f"{path}: not JSON results ({exc})") from None
     good = [r for r in rows if isinstance(r, dict) and "file" in r]
     if len(good) != len(rows):
@@ -236,7 +236,7 @@ def read_clusters_file(path: str) -> list[Any]:
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, bad UTF-8, huge numbers
         raise ExportError(f"{path}: cannot read clusters ({exc})") from None
     threshold = None
     if isinstance(data, dict):  # `telfhash cluster` output: {"threshold": T, "clusters": [...]}
