@@ -397,3 +397,14 @@ def test_cluster_is_a_dataclass_with_to_dict():
     c = Cluster(members=["a", "b"], digests=["t1" + "a" * 70] * 2, representative="b", max_distance=0)
     assert c.size == 2
     assert c.to_dict()["representative_telfhash"] == "t1" + "a" * 70
+
+
+def test_hostile_items_are_ungroupable_not_errors(real):
+    d = real[0][1]
+    items = [None, 5, 3.5, ["x"], {"file": 7, "telfhash": ["t1"]}, {"telfhash": {"a": 1}}, {"file": "ok", "telfhash": d},
+             {"file": "ok2", "telfhash": d.upper()}, "t1" + "z" * 70, "\x00" * 72, {"file": "big", "telfhash": "t1" + "0" * 10**6}]
+    clusters, bad = cluster(items, 50)
+    assert [c.members for c in clusters] == [["ok", "ok2"]]
+    assert len(bad) == len(items) - 2
+    assert group(items, 50) == {"grouped": (("ok", "ok2"),), "nogroup": []}
+    assert components(items[:4] + [d], 50).tolist() == [-1, -1, -1, -1, 0]
