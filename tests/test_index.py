@@ -550,3 +550,16 @@ def test_companion_hash_is_recorded_and_searchable(tmp_path):
         assert ix.stats()["with_telfhash_x"] == len(with_x)
         path = next(f["abspath"] for f in files if f["sha256"] == e["sha256"])
         assert e["sha256"] in {m.sha256 for m in ix.search(path, 0, key="telfhash_x")}
+
+
+def test_skip_known_paths_does_not_add_again(tmp_path):
+    files = corpus.files()[:200:20]
+    paths = [f["abspath"] for f in files]
+    with Index(tmp_path / "k.sqlite") as ix:
+        first = ix.add_files(paths, jobs=1)
+        again = ix.add_files(paths + [str(tmp_path / "missing")], jobs=1, skip_known_paths=True)
+        n = len({f["sha256"] for f in files})
+        assert first.added == n and len(ix) == n
+        # every path first seen here is skipped; a duplicate's second path and the missing file are not
+        assert again.added == 0 and again.seen == len(paths) + 1
+        assert again.unchanged == len(paths) and again.skipped == 1 and "missing" in again.errors[0]
