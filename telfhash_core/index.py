@@ -181,13 +181,13 @@ def encode_packed(mat: np.ndarray, planes: np.ndarray | None = None, *, hex: boo
         planes = packed_planes(byts)
     lbyte = byts[:, 1]
     return Encoded(
-        hexarr,
-        np.ascontiguousarray(byts[:, 0]),
-        ((lbyte & 0x0F) << 4) | (lbyte >> 4),  # the length code is stored nibble-swapped
-        np.ascontiguousarray(byts[:, 2] >> 4),
-        np.ascontiguousarray(byts[:, 2] & 0x0F),
-        byts[:, 3:],
-        np.ascontiguousarray(planes, dtype=np.uint64),
+        hex=hexarr,
+        checksum=np.ascontiguousarray(byts[:, 0]),
+        lvalue=((lbyte & 0x0F) << 4) | (lbyte >> 4),  # the length code is stored nibble-swapped
+        q1=np.ascontiguousarray(byts[:, 2] >> 4),
+        q2=np.ascontiguousarray(byts[:, 2] & 0x0F),
+        body=byts[:, 3:],
+        planes=np.ascontiguousarray(planes, dtype=np.uint64),
     )
 
 
