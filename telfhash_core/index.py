@@ -936,21 +936,39 @@ def _entry_dict(row: tuple) -> dict:
     return d
 
 
+MAX_LINE = 16 << 20  # a JSONL line longer than this is not a result: stop reading there
+MAX_JSON_LIST = 1 << 30  # a JSON list file larger than this is refused
+
+
 def _read_json_items(fh: IO) -> Iterator[Any]:
-    """Items of a JSONL stream (or of one JSON list); a bad line yields a string saying why."""
+    """Items of a JSONL stream (or of one JSON list); a bad line yields a string saying why.
+
+    Memory stays bounded whatever the input (a line over ``MAX_LINE`` stops the reading with a
+    message, e.g. for ``/dev/zero``)."""
     first = True
-    for lineno, raw in enumerate(fh, 1):
+    lineno = 0
+    while True:
+        raw = fh.readline(MAX_LINE + 1)
+        if not raw:
+            return
+        lineno += 1
+        if len(raw) > MAX_LINE:
+            yield f"line {lineno}: longer than {MAX_LINE:,} bytes, not a result; stopped reading"
+            return
         line = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
         stripped = line.strip()
         if not stripped:
             continue
         if first and stripped.startswith("["):
-            rest = fh.read()
+            rest = fh.read(MAX_JSON_LIST)
+            if fh.read(1):
+                yield f"line {lineno}: a JSON list over {MAX_JSON_LIST >> 30} GB; write JSONL instead"
+                return
             rest = rest.decode("utf-8", "replace") if isinstance(rest, bytes) else rest
             try:
                 items = json.loads(line + rest)
-            except ValueError as exc:
-                yield f"line {lineno}: not valid JSON ({exc})"
+            except (ValueError, RecursionError) as exc:
+                yield f"line {lineno}: not valid JSON ({type(exc).__name__}: {str(exc)[:200]})"
                 return
             if not isinstance(items, list):
                 yield f"line {lineno}: expected a JSON list or one object per line"
@@ -962,7 +980,10 @@ def _read_json_items(fh: IO) -> Iterator[Any]:
         try:
             item = json.loads(stripped)
         except ValueError as exc:
-            yield f"line {lineno}: not valid JSON ({exc.msg})"
+            yield f"line {lineno}: not valid JSON ({getattr(exc, 'msg', str(exc))[:200]})"
+            continue
+        except RecursionError:
+            yield f"line {lineno}: JSON nested too deeply"
             continue
         yield item if isinstance(item, dict) else f"line {lineno}: not a JSON object"
 

@@ -563,3 +563,27 @@ def test_skip_known_paths_does_not_add_again(tmp_path):
         # every path first seen here is skipped; a duplicate's second path and the missing file are not
         assert again.added == 0 and again.seen == len(paths) + 1
         assert again.unchanged == len(paths) and again.skipped == 1 and "missing" in again.errors[0]
+
+
+def test_hostile_jsonl_sizes_and_nesting(tmp_path, rows, monkeypatch):
+    import telfhash_core.index as index_mod
+
+    good = next(r for r in rows if r["telfhash"].startswith("t1"))
+    monkeypatch.setattr(index_mod, "MAX_LINE", 1000)
+    p = tmp_path / "big.jsonl"
+    p.write_text(json.dumps(good) + "\n" + "x" * 5000 + "\n" + json.dumps(dict(good, sha256="1" * 64)) + "\n")
+    with Index(tmp_path / "b.sqlite") as ix:
+        st = ix.add_jsonl(p)
+    # the good line is added; the over-long line stops the reading (memory stays bounded)
+    assert st.added == 1 and st.skipped == 1 and "stopped reading" in st.errors[-1]
+    p2 = tmp_path / "nest.jsonl"
+    p2.write_text("[" * 500 + "\n" + json.dumps(good) + "\n")
+    monkeypatch.setattr(index_mod, "MAX_LINE", 16 << 20)
+    with Index(tmp_path / "n.sqlite") as ix:
+        st = ix.add_jsonl(p2)
+        assert st.added == 0 and st.skipped == 1
+    p3 = tmp_path / "deep.jsonl"
+    p3.write_text('{"a": ' * 100_000 + "1" + "}" * 100_000 + "\n" + json.dumps(good) + "\n")
+    with Index(tmp_path / "d.sqlite") as ix:
+        st = ix.add_jsonl(p3)
+        assert st.added == 1 and st.skipped == 1
