@@ -221,9 +221,20 @@ if HAVE_NUMBA:
 
         return sig, codegen
 
-    _jit = numba.njit(nogil=True, cache=True)
+    def _njit(**options):
+        """``numba.njit`` with an on-disk cache where one can be written (else compile per run)."""
 
-    @numba.njit(nogil=True, cache=True, inline="always")
+        def decorate(fn):
+            try:
+                return numba.njit(cache=True, **options)(fn)
+            except RuntimeError:  # numba found no writable cache location
+                return numba.njit(cache=False, **options)(fn)
+
+        return decorate
+
+    _jit = _njit(nogil=True)
+
+    @_njit(nogil=True, inline="always")
     def _header(la, lb, q1a, q1b, q2a, q2b, ca, cb):
         d = la - lb
         if d < 0:
@@ -247,7 +258,7 @@ if HAVE_NUMBA:
             h += 1
         return h
 
-    @numba.njit(nogil=True, cache=True, inline="always")
+    @_njit(nogil=True, inline="always")
     def _body(P, i, Q, j):
         x0 = P[i, 0] ^ Q[j, 0]
         x1 = P[i, 1] ^ Q[j, 1]
@@ -381,7 +392,7 @@ if HAVE_NUMBA:
                         _union(parent, a, b)
         return oi[:cnt], oj[:cnt], od[:cnt]
 
-    @numba.njit(nogil=True, cache=True)
+    @_njit(nogil=True)
     def _find(parent, x):
         root = x
         while parent[root] != root:
@@ -392,7 +403,7 @@ if HAVE_NUMBA:
             x = nxt
         return root
 
-    @numba.njit(nogil=True, cache=True)
+    @_njit(nogil=True)
     def _union(parent, a, b):
         ra = _find(parent, a)
         rb = _find(parent, b)
