@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -165,6 +166,9 @@ def _guarded(fn):
         except ImportError as exc:  # stix2, stix2-validator, taxii2-client are the 'stix' extra
             _err(f"{exc}: install the STIX dependencies with pip install 'telfhash-core[stix]'")
             return 1
+        except OSError as exc:  # e.g. the output file cannot be written
+            _err(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
+            return 1
         except Exception as exc:
             if os.environ.get("TELFHASH_DEBUG"):
                 raise
@@ -186,9 +190,14 @@ def _write(path: str, text: str) -> None:
         sys.stdout.flush()
         return
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise OSError(exc.errno, f"cannot write ({exc.strerror or exc})", path) from None
 
 
 def read_inputs(inputs: Iterable[str], recursive: bool, problems: list[str]) -> list[Any]:
