@@ -60,6 +60,8 @@ def hash_file(
         return _error(name, Reason.DIRECTORY, "is a directory (use -r to hash the files in it)")
     except OSError as exc:
         return _error(name, Reason.UNREADABLE, f"cannot read: {exc.strerror or exc}")
+    except ValueError as exc:  # e.g. a NUL byte in the path
+        return _error(name, Reason.UNREADABLE, f"cannot read: invalid path ({exc})")
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):

@@ -231,13 +231,16 @@ def test_paths_that_are_not_regular_files(tmp_path):
     notdir = tmp_path / "empty" / "child"
     good = FIX / "amd64__klibc-utils__usr__lib__klibc__bin__nuke"
     paths = [str(p) for p in (fifo, tmp_path, empty, link, notdir, tmp_path / "missing", good)]
+    paths.insert(6, str(tmp_path / "nul\x00byte"))
     with time_limit(20):
         results = list(hash_paths(paths, jobs=1))
     assert [r.file for r in results] == paths
     reasons = [r.reason for r in results]
-    assert reasons[:6] == [Reason.NOT_REGULAR, Reason.DIRECTORY, Reason.EMPTY, Reason.NOT_FOUND, Reason.UNREADABLE, Reason.NOT_FOUND]
-    assert results[6].ok
-    for r in results[:6]:
+    assert reasons[:7] == [
+        Reason.NOT_REGULAR, Reason.DIRECTORY, Reason.EMPTY, Reason.NOT_FOUND, Reason.UNREADABLE, Reason.NOT_FOUND, Reason.UNREADABLE
+    ]
+    assert results[7].ok
+    for r in results[:7]:
         assert r.reference_telfhash == "-" and r.detail
 
 
