@@ -81,8 +81,8 @@ if HAVE_NUMBA:
             else:
                 parent[ra] = rb
 
-    @numba.njit(nogil=True, cache=True)
-    def _dist(L, Q1, Q2, C, P, a, b):
+    @numba.njit(nogil=True, cache=True, inline="always")
+    def _head(L, Q1, Q2, C, a, b):
         d = np.int64(L[a]) - np.int64(L[b])
         if d < 0:
             d = -d
@@ -103,6 +103,10 @@ if HAVE_NUMBA:
         h += d if d <= 1 else 12 * (d - 1)
         if C[a] != C[b]:
             h += 1
+        return h
+
+    @numba.njit(nogil=True, cache=True, inline="always")
+    def _body(P, a, b):
         x0 = P[a, 0] ^ P[b, 0]
         x1 = P[a, 1] ^ P[b, 1]
         x2 = P[a, 2] ^ P[b, 2]
@@ -110,26 +114,34 @@ if HAVE_NUMBA:
         x4 = P[a, 4] ^ P[b, 4]
         x5 = P[a, 5] ^ P[b, 5]
         s = _popcount(x0) + _popcount(x1) + _popcount(x2) + _popcount(x3) + _popcount(x4) + _popcount(x5)
-        return h + s + 3 * (_popcount(x0 & x2 & x4) + _popcount(x1 & x3 & x5))
+        return s + 3 * (_popcount(x0 & x2 & x4) + _popcount(x1 & x3 & x5))
+
+    @numba.njit(nogil=True, cache=True, inline="always")
+    def _dist(L, Q1, Q2, C, P, a, b):
+        return _head(L, Q1, Q2, C, a, b) + _body(P, a, b)
 
     @numba.njit(nogil=True, cache=True)
     def _scan_block(L, Q1, Q2, C, P, nhome, nfwd, lmax, threshold, parent):
+        """Rows [0, nhome) against the later rows [.., nfwd) whose code is at most L + lmax and the
+        wrap rows [nfwd, n) whose code + 256 is at most L + lmax; header first, body when it fits."""
         n = L.shape[0]
         for a in range(nhome):
             top = np.int64(L[a]) + lmax
             for b in range(a + 1, nfwd):
                 if np.int64(L[b]) > top:
                     break
-                if _root(parent, a) == _root(parent, b):
+                h = _head(L, Q1, Q2, C, a, b)
+                if h > threshold:
                     continue
-                if _dist(L, Q1, Q2, C, P, a, b) <= threshold:
+                if h + _body(P, a, b) <= threshold:
                     _join(parent, a, b)
             for b in range(nfwd, n):  # rows across the 255 -> 0 wrap
                 if np.int64(L[b]) + 256 > top:
                     break
-                if _root(parent, a) == _root(parent, b):
+                h = _head(L, Q1, Q2, C, a, b)
+                if h > threshold:
                     continue
-                if _dist(L, Q1, Q2, C, P, a, b) <= threshold:
+                if h + _body(P, a, b) <= threshold:
                     _join(parent, a, b)
 
     @numba.njit(nogil=True, cache=True)

@@ -188,3 +188,10 @@ def test_numpy_path_without_numba_gives_the_same_groups(tmp_path):
                          env=dict(os.environ, TELFHASH_NO_NUMBA="1"))
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout) == brute_force(digests, 50).tolist()
+
+
+def test_threshold_where_every_length_code_can_pair():
+    digests = synthetic(120, 30, 2)
+    labels, info = cluster_digests(digests, 1600, jobs=2)  # length term can never exceed 1536
+    assert info["tasks"] == 1
+    assert (labels == brute_force(digests, 1600)).all()
