@@ -29,7 +29,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .tlshdist import Encoded, encode, max_length_code_diff, one_to_many
+from .tlshdist import Encoded, components_within, encode, max_length_code_diff, one_to_many
 
 try:
     import numba
@@ -119,6 +119,41 @@ if HAVE_NUMBA:
     @numba.njit(nogil=True, cache=True, inline="always")
     def _dist(L, Q1, Q2, C, P, a, b):
         return _head(L, Q1, Q2, C, a, b) + _body(P, a, b)
+
+    @numba.njit(nogil=True, cache=True, inline="always")
+    def _head_s(la, q1a, q2a, ca, lb, q1b, q2b, cb):
+        d = la - lb
+        if d < 0:
+            d = -d
+        if d > 128:
+            d = 256 - d
+        h = d if d <= 1 else 12 * d
+        d = q1a - q1b
+        if d < 0:
+            d = -d
+        if d > 8:
+            d = 16 - d
+        h += d if d <= 1 else 12 * (d - 1)
+        d = q2a - q2b
+        if d < 0:
+            d = -d
+        if d > 8:
+            d = 16 - d
+        h += d if d <= 1 else 12 * (d - 1)
+        if ca != cb:
+            h += 1
+        return h
+
+    @numba.njit(nogil=True, cache=True, inline="always")
+    def _body_s(p0, p1, p2, p3, p4, p5, P, b):
+        x0 = p0 ^ P[b, 0]
+        x1 = p1 ^ P[b, 1]
+        x2 = p2 ^ P[b, 2]
+        x3 = p3 ^ P[b, 3]
+        x4 = p4 ^ P[b, 4]
+        x5 = p5 ^ P[b, 5]
+        s = _popcount(x0) + _popcount(x1) + _popcount(x2) + _popcount(x3) + _popcount(x4) + _popcount(x5)
+        return s + 3 * (_popcount(x0 & x2 & x4) + _popcount(x1 & x3 & x5))
 
     @numba.njit(nogil=True, cache=True)
     def _scan_block(L, Q1, Q2, C, P, nhome, nfwd, lmax, threshold, parent):
@@ -288,11 +323,12 @@ def _cell_keys(enc: Encoded) -> np.ndarray:
     return enc.lvalue.astype(np.int64) * 256 + enc.q1.astype(np.int64) * 16 + enc.q2.astype(np.int64)
 
 
-def cluster_task(sorted_enc: Encoded, lo: int, hi: int, fwd_end: int, wrap_end: int, threshold: int):
+def cluster_task(sorted_enc: Encoded, lo: int, hi: int, fwd_end: int, wrap_end: int, threshold: int, kernel: str = "auto"):
     """One partition: the local forest of rows ``[lo, hi)`` against their candidates.
 
     ``sorted_enc``: the distinct digests, encoded and sorted by (length code, q1, q2).
     Returns ``(rows, roots)``: int64 positions in ``sorted_enc``, to be unioned pairwise.
+    ``kernel``: ``"auto"``; ``"cells"`` forces the block-only cell scan (tests).
     """
     lmax = max_length_code_diff(threshold)
     allpairs = lmax >= 128
@@ -302,6 +338,15 @@ def cluster_task(sorted_enc: Encoded, lo: int, hi: int, fwd_end: int, wrap_end: 
     parent = np.arange(n, dtype=np.int64)
     nhome, nfwd = hi - lo, fwd_end - lo
     lm = 512 if allpairs else lmax
+    if HAVE_NUMBA and not allpairs and n - nhome <= nhome and kernel == "auto":
+        # few rows beyond the block: the single-machine kernel on block + window wastes little
+        # (pairs among the window rows only, found again by the next block) and is the fastest
+        labels = components_within(enc, threshold, threads=1)
+        first = np.full(int(labels.max()) + 1, -1, dtype=np.int64)
+        first[labels[::-1]] = np.arange(n - 1, -1, -1, dtype=np.int64)  # first row of each label
+        roots = first[labels]
+        keep = roots != np.arange(n)
+        return gid[keep], gid[roots[keep]]
     if HAVE_NUMBA and not allpairs:
         keys = _cell_keys(enc)
         allk = np.arange(65537, dtype=np.int64)
@@ -337,7 +382,14 @@ def relabel(roots: np.ndarray) -> np.ndarray:
 
 
 def cluster_digests(
-    digests: Sequence[str], threshold: int = 50, *, engine: str = "local", client=None, jobs: int = 0, ntasks: int | None = None
+    digests: Sequence[str],
+    threshold: int = 50,
+    *,
+    engine: str = "local",
+    client=None,
+    jobs: int = 0,
+    ntasks: int | None = None,
+    kernel: str = "auto",
 ) -> tuple[np.ndarray, dict]:
     """Group labels (0, 1, ... by first appearance) for ``digests`` (any spelling), and run facts.
 
@@ -377,7 +429,7 @@ def cluster_digests(
         from distributed import as_completed
 
         enc_f = client.scatter(sorted_enc, broadcast=True)
-        futs = [client.submit(cluster_task, enc_f, *t, threshold, pure=False) for t in tasks]
+        futs = [client.submit(cluster_task, enc_f, *t, threshold, kernel, pure=False) for t in tasks]
         for fut in as_completed(futs):
             pieces.append(fut.result())
             fut.release()
@@ -387,10 +439,10 @@ def cluster_digests(
 
         nthreads = jobs or (os.cpu_count() or 1)
         if nthreads == 1 or len(tasks) == 1:
-            pieces = [cluster_task(sorted_enc, *t, threshold) for t in tasks]
+            pieces = [cluster_task(sorted_enc, *t, threshold, kernel) for t in tasks]
         else:
             with ThreadPoolExecutor(nthreads) as ex:
-                pieces = list(ex.map(lambda t: cluster_task(sorted_enc, *t, threshold), tasks))
+                pieces = list(ex.map(lambda t: cluster_task(sorted_enc, *t, threshold, kernel), tasks))
     a = np.concatenate([p[0] for p in pieces]) if pieces else _EMPTY
     b = np.concatenate([p[1] for p in pieces]) if pieces else _EMPTY
     if HAVE_NUMBA:

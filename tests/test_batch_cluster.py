@@ -73,11 +73,12 @@ def test_plan_covers_every_pair_whose_length_codes_allow_it(threshold):
                     assert (i, j) in covered, (threshold, L[i], L[j])
 
 
+@pytest.mark.parametrize("kernel", ["auto", "cells"])
 @pytest.mark.parametrize("threshold", [30, 50, 150])
-def test_groups_equal_brute_force(threshold):
+def test_groups_equal_brute_force(threshold, kernel):
     digests = synthetic(350, 40, threshold)
     assert any(lcode(d) >= 253 for d in digests) and any(lcode(d) <= 2 for d in digests)
-    labels, info = cluster_digests(digests, threshold, jobs=2, ntasks=6)
+    labels, info = cluster_digests(digests, threshold, jobs=2, ntasks=6, kernel=kernel)
     assert info["tasks"] >= 2
     expected = brute_force(digests, threshold)
     assert 1 < expected.max() and (np.bincount(expected) > 1).sum() > 10  # real groups, not one blob
@@ -92,17 +93,20 @@ def test_groups_across_the_length_code_wrap():
     near_start[1] = 0x10  # length code 1: circular difference 2, length term 24
     digests = ["t1" + bytes(near_end).hex(), "t1" + bytes(near_start).hex()]
     assert tlsh.diff("T1" + digests[0][2:].upper(), "T1" + digests[1][2:].upper()) <= 30
-    labels, _ = cluster_digests(digests * 3, 30, jobs=1, ntasks=3)
-    assert labels.tolist() == [0] * 6
+    for kernel in ("auto", "cells"):
+        labels, _ = cluster_digests(digests * 3, 30, jobs=1, ntasks=3, kernel=kernel)
+        assert labels.tolist() == [0] * 6
 
 
 def test_equals_single_machine_on_many_digests():
     from test_batch import single_machine
 
     digests = synthetic(20000, 1500, 7)
-    labels, info = cluster_digests(digests, 50, jobs=2)
-    assert info["tasks"] > 1
-    assert (labels == single_machine(digests, 50)).all()
+    expected = single_machine(digests, 50)
+    for kernel in ("auto", "cells"):
+        labels, info = cluster_digests(digests, 50, jobs=2, kernel=kernel)
+        assert info["tasks"] > 1
+        assert (labels == expected).all()
 
 
 def test_cluster_command_on_corpus_results(tmp_path):
