@@ -116,6 +116,20 @@ def test_dask_engine_equals_local_and_reference(tmp_path, subset, local_rows, da
     check_against_manifest(dask_rows, subset)
 
 
+def test_dask_workers_read_fsspec_urls(tmp_path, dask_client):
+    pytest.importorskip("fsspec")
+    entries = [f for f in corpus.files() if f["pkg"] == "busybox-static"]  # one folder per architecture
+    folders = sorted({os.path.dirname(f["abspath"]) for f in entries})
+    out = tmp_path / "urls.jsonl"
+    s = batch.run_batch(["file://" + d for d in folders], str(out), engine="dask", client=dask_client, progress=False)
+    rows = read_jsonl(out)
+    assert s.written == len(rows) == len(entries)
+    by_url = {r["path"]: r for r in rows}
+    for e in entries:
+        r = by_url["file://" + e["abspath"]]
+        assert reference_value(r) == e["reference"]["telfhash"] and r["sha256"] == e["sha256"]
+
+
 def test_dask_clustering_equals_single_machine_on_corpus(tmp_path, dask_client):
     from telfhash_core.batch_cluster import cluster_digests, relabel
 
