@@ -259,7 +259,7 @@ def expand_inputs(
             seen.add(p)
             out.append(p)
 
-    def one(arg: str, nested: bool) -> None:
+    def one(arg: str) -> None:
         if is_url(arg):
             for p in _expand_url(arg, on_error):
                 add(p)
@@ -272,12 +272,12 @@ def expand_inputs(
     for arg in inputs:
         if arg == "-" or (arg.startswith("@") and len(arg) > 1):
             for line in read_list("-" if arg == "-" else arg[1:]):
-                one(line, True)
+                one(line)
         else:
-            one(arg, False)
+            one(arg)
     for lst in from_lists:
         for line in read_list(lst):
-            one(line, True)
+            one(line)
     return out
 
 
@@ -477,7 +477,8 @@ class ParquetSink(_Sink):
         for name in os.listdir(path):  # parts a kill left unfinished
             if name.startswith(".part-") and name.endswith(".tmp"):
                 os.unlink(os.path.join(path, name))
-        self.run = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        # unique per run (two runs in one second and one process must not reuse part names)
+        self.run = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.urandom(4).hex()}"
         self.seq = 0
         self.schema = parquet_schema()
 

@@ -23,9 +23,8 @@ edge is examined, so the components are exactly those of the full graph.
 from __future__ import annotations
 
 import os
-import sys
 import time
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
