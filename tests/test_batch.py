@@ -324,3 +324,31 @@ def test_names_that_are_not_utf8_are_written_and_resumed(tmp_path, subset, fmt):
     assert by_name["bad-\\xff\\xfe-name"]["telfhash"] == good["reference"]["telfhash"]
     s2 = batch.run_batch([str(folder)], str(out), fmt=fmt, jobs=1, progress=False)
     assert (s2.written, s2.skipped) == (0, 2)
+
+
+def test_sha256_key_on_dask_workers(tmp_path, subset, dask_client):
+    src = [f for f in subset if f["reference"]["telfhash"].startswith("t1")][:3]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k, f in enumerate(src):
+        shutil.copyfile(f["abspath"], folder / f"a{k}")
+    out = tmp_path / "out.parquet"
+    s1 = batch.run_batch([str(folder)], str(out), fmt="parquet", resume_key="sha256", engine="dask", client=dask_client, progress=False)
+    assert s1.written == 3
+    shutil.copyfile(src[1]["abspath"], folder / "copy-of-a1")  # known content under a new name: skipped by a worker
+    shutil.copyfile(subset[-1]["abspath"], folder / "new")
+    s2 = batch.run_batch([str(folder)], str(out), fmt="parquet", resume_key="sha256", engine="dask", client=dask_client, progress=False)
+    assert (s2.written, s2.skipped) == (1, 4)  # a0, a1, a2 and the copy are known
+    shas = pq.read_table(out).column("sha256").to_pylist()
+    assert sorted(shas) == sorted([f["sha256"] for f in src] + [subset[-1]["sha256"]])
+
+
+def test_two_runs_cannot_write_one_output(tmp_path, subset):
+    out = tmp_path / "out.jsonl"
+    holder = batch.JsonlSink(str(out))  # a run in progress
+    try:
+        with pytest.raises(batch.BatchError, match="another telfhash batch run"):
+            batch.run_batch([subset[0]["abspath"]], str(out), jobs=1, progress=False)
+    finally:
+        holder.close()
+    assert batch.run_batch([subset[0]["abspath"]], str(out), jobs=1, progress=False).written == 1
