@@ -135,7 +135,7 @@ def main() -> int:
         print(f"  1 worker : {t1:7.2f} s  {n / t1:8.0f} files/s   CPU {c1:6.2f} s ({n / c1:.0f} files per CPU-second)")
         print(f"  2 workers: {t2:7.2f} s  {n / t2:8.0f} files/s   CPU {c2:6.2f} s ({n / c2:.0f} files per CPU-second)"
               f"   ratio 2/1 = {t1 / t2:.2f}")
-        print(f"  (wall-clock ratio; on a machine busy with other work it stays near 1 while CPU per file shows the pool's cost)")
+        print("  (wall-clock ratio; on a machine busy with other work it stays near 1 while CPU per file shows the pool's cost)")
         # ---------------------------------------------------------------- reference, same sample
         py = reference_python(args.reference_python)
         sample = files[:: max(1, n // args.reference_sample)][: args.reference_sample]

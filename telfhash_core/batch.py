@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 from .hookspecs import hookimpl
+from .cli import non_negative_int
 
 EXTRA_HINT = "install the optional dependencies with: pip install 'telfhash-core[dask]'"
 
@@ -822,16 +823,6 @@ def run_batch(
 # ----------------------------------------------------------------------------- CLI
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError("must not be negative")
-    return v
-
-
 def batch_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="telfhash batch",
@@ -844,10 +835,10 @@ def batch_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("jsonl", "parquet"), default=None, help="default: parquet when OUT ends in .parquet, else jsonl")
     p.add_argument("--engine", choices=("local", "dask"), default="local", help="local process pool (default) or Dask")
     p.add_argument("--scheduler", default=None, metavar="ADDR", help="Dask scheduler address (tcp://host:8786) or scheduler file; default: a new local cluster")
-    p.add_argument("-j", "--jobs", type=_positive, default=0, help="local processes, or workers of a new local Dask cluster (default: all cores)")
+    p.add_argument("-j", "--jobs", type=non_negative_int, default=0, help="local processes, or workers of a new local Dask cluster (default: all cores)")
     p.add_argument("--resume-key", choices=("path", "sha256"), default="path", help="skip files already written by path+size+mtime (default) or by content")
-    p.add_argument("--chunk", type=_positive, default=DEFAULT_CHUNK, help=f"files per task (default {DEFAULT_CHUNK})")
-    p.add_argument("--flush-rows", type=_positive, default=None, help="rows per durable write (default 1000 for JSONL, 20000 for Parquet)")
+    p.add_argument("--chunk", type=non_negative_int, default=DEFAULT_CHUNK, help=f"files per task (default {DEFAULT_CHUNK})")
+    p.add_argument("--flush-rows", type=non_negative_int, default=None, help="rows per durable write (default 1000 for JSONL, 20000 for Parquet)")
     p.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show a progress bar")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary line")
@@ -863,10 +854,10 @@ def cluster_parser() -> argparse.ArgumentParser:
     p.add_argument("results", metavar="RESULTS", help="a batch output (JSONL file or Parquet folder) or telfhash -f jsonl output")
     p.add_argument("-o", "--output", required=True, help="clusters: JSONL file, or Parquet with --format parquet / a .parquet name")
     p.add_argument("--format", choices=("jsonl", "parquet"), default=None)
-    p.add_argument("-t", "--threshold", type=_positive, default=50, help="TLSH distance (default 50, inclusive)")
+    p.add_argument("-t", "--threshold", type=non_negative_int, default=50, help="TLSH distance (default 50, inclusive)")
     p.add_argument("--engine", choices=("local", "dask"), default="local")
     p.add_argument("--scheduler", default=None, metavar="ADDR")
-    p.add_argument("-j", "--jobs", type=_positive, default=0, help="threads (local) or workers of a new local Dask cluster")
+    p.add_argument("-j", "--jobs", type=non_negative_int, default=0, help="threads (local) or workers of a new local Dask cluster")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
 

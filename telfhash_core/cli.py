@@ -24,23 +24,14 @@ PARALLEL_MIN_FILES = 16
 PROGRESS_MIN_FILES = 50
 
 
-def _threshold(text: str) -> int:
+def non_negative_int(text: str) -> int:
+    """argparse type for thresholds, counts and jobs: a whole number, 0 or more."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
     if value < 0:
-        raise argparse.ArgumentTypeError("the threshold cannot be negative")
-    return value
-
-
-def _jobs(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("jobs cannot be negative")
+        raise argparse.ArgumentTypeError("must not be negative")
     return value
 
 
@@ -62,13 +53,13 @@ def hash_parser(command_names: Iterable[str] = ()) -> argparse.ArgumentParser:
         epilog=epilog,
     )
     p.add_argument("-g", "--group", action="store_true", help="group the files whose telfhashes are within the threshold")
-    p.add_argument("-t", "--threshold", type=_threshold, default=50, help="TLSH distance for -g (default 50)")
+    p.add_argument("-t", "--threshold", type=non_negative_int, default=50, help="TLSH distance for -g (default 50)")
     p.add_argument("-r", "--recursive", action="store_true", help="walk folders given as PATH")
     p.add_argument("-o", "--output", default=None, help="write the output to this file instead of stdout")
     p.add_argument(
         "-f", "--format", default=None, choices=sorted(formats), help="output format (default: aligned file and hash)"
     )
-    p.add_argument("-j", "--jobs", type=_jobs, default=0, help="processes to use (default: all cores; 1 = no pool)")
+    p.add_argument("-j", "--jobs", type=non_negative_int, default=0, help="processes to use (default: all cores; 1 = no pool)")
     p.add_argument("--details", action="store_true", help="-f json: include reason, arch, method, size... per file")
     p.add_argument("--sha256", action="store_true", help="also compute each file's SHA-256 (json/jsonl)")
     p.add_argument(

@@ -29,6 +29,7 @@ from typing import Any, Iterable, Sequence, TextIO
 
 from .hookspecs import hookimpl
 from .result import Result
+from .cli import non_negative_int
 
 # Statistics (representative, largest internal distance) need every pair inside a cluster.
 # Above this many distinct digests in one cluster they are computed for a sample of candidate
@@ -581,14 +582,6 @@ def _plot_html(shown, edges, positions, colour, path, threshold, summary) -> Non
 # ----------------------------------------------------------------------------- command line
 
 
-def _nonneg(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError("must not be negative")
-    return v
 
 
 def run_cluster(args: argparse.Namespace) -> int:
@@ -662,10 +655,10 @@ def telfhash_commands(subparsers):
             "as JSON: members, a representative and the largest internal distance per group."
         ),
     )
-    p.add_argument("-t", "--threshold", type=_nonneg, default=50, help="TLSH distance (default 50)")
+    p.add_argument("-t", "--threshold", type=non_negative_int, default=50, help="TLSH distance (default 50)")
     p.add_argument("--key", default="telfhash", help="field holding the digest (default telfhash; e.g. telfhash_x)")
     p.add_argument("-o", "--output", default=None, help="write the clusters JSON here (default stdout)")
     p.add_argument("--plot", metavar="FILE", help="also draw the groups: FILE.png (matplotlib) or FILE.html")
-    p.add_argument("--plot-max-nodes", type=_nonneg, default=3000, help="draw at most this many samples (default 3000)")
+    p.add_argument("--plot-max-nodes", type=non_negative_int, default=3000, help="draw at most this many samples (default 3000)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files written by telfhash ('-' for stdin)")
     p.set_defaults(func=run_cluster)

@@ -41,6 +41,7 @@ import numpy as np
 from .digest import is_digest, normalize
 from .hookspecs import hookimpl
 from .result import Reason, Result
+from .cli import non_negative_int
 
 if TYPE_CHECKING:  # tlshdist (NumPy kernels, numba) is imported on first search, not with the CLI
     from .tlshdist import Encoded
@@ -991,14 +992,6 @@ def _read_json_items(fh: IO) -> Iterator[Any]:
 # ----------------------------------------------------------------------------- command line
 
 
-def _nonneg(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return v
 
 
 @hookimpl
@@ -1022,9 +1015,9 @@ def telfhash_commands(subparsers):
     a.add_argument("paths", nargs="*", metavar="PATH", help="ELF files (wildcards accepted) or, with -r, folders")
     a.add_argument("--jsonl", action="append", default=[], metavar="FILE", help="add results from `telfhash -f jsonl --sha256` ('-' = stdin)")
     a.add_argument("-r", "--recursive", action="store_true", help="walk folders")
-    a.add_argument("-j", "--jobs", type=_nonneg, default=0, help="processes for hashing (default: all cores)")
+    a.add_argument("-j", "--jobs", type=non_negative_int, default=0, help="processes for hashing (default: all cores)")
     a.add_argument("--source", default=None, help='where the samples come from (default "local", or "jsonl:<name>")')
-    a.add_argument("--batch-size", type=_nonneg, default=None, help="results per committed transaction")
+    a.add_argument("--batch-size", type=non_negative_int, default=None, help="results per committed transaction")
     a.add_argument(
         "--field", dest="fields", action="append", default=[], metavar="NAME",
         help="also compute and keep an opt-in field, e.g. --field telfhash_x (searchable with --key telfhash_x)",
@@ -1038,16 +1031,16 @@ def telfhash_commands(subparsers):
     s = actions.add_parser("search", help="entries within a distance of a digest or a file, nearest first")
     common(s)
     s.add_argument("query", metavar="DIGEST|FILE", help="a telfhash (t1…, T1… or 70 hex) or an ELF file to hash")
-    s.add_argument("-t", "--threshold", type=_nonneg, default=50, help="largest TLSH distance (default 50)")
-    s.add_argument("--limit", type=_nonneg, default=None, metavar="K", help="at most K matches")
+    s.add_argument("-t", "--threshold", type=non_negative_int, default=50, help="largest TLSH distance (default 50)")
+    s.add_argument("--limit", type=non_negative_int, default=None, metavar="K", help="at most K matches")
     s.add_argument("--key", choices=sorted(_KEYS), default="telfhash", help="search telfhash (default) or the companion telfhash_x")
     s.add_argument("-f", "--format", choices=("table", "json"), default="table")
     s.set_defaults(func=_cmd_search)
 
     c = actions.add_parser("clusters", help="groups of entries within the threshold (connected components)")
     common(c)
-    c.add_argument("-t", "--threshold", type=_nonneg, default=50, help="TLSH distance (default 50)")
-    c.add_argument("--min-size", type=_nonneg, default=2, help="smallest cluster listed (default 2)")
+    c.add_argument("-t", "--threshold", type=non_negative_int, default=50, help="TLSH distance (default 50)")
+    c.add_argument("--min-size", type=non_negative_int, default=2, help="smallest cluster listed (default 2)")
     c.add_argument("--key", choices=sorted(_KEYS), default="telfhash")
     c.add_argument("-f", "--format", choices=("table", "json"), default="table")
     c.set_defaults(func=_cmd_clusters)

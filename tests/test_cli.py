@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 FIX = Path(__file__).parent / "fixtures"
 ENTRIES = json.loads((FIX / "fixtures.json").read_text())["files"]

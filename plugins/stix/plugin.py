@@ -10,9 +10,9 @@ import os
 import sys
 from typing import Any, Iterable
 
+from telfhash_core.cli import non_negative_int
 from telfhash_core.hookspecs import hookimpl
 
-from . import export as _export
 from .export import TELFHASH_KEYS, ExportError, ExportReport, dumps, export_bundle
 from .importer import BundleError, DEFAULT_MAX_BYTES
 
@@ -60,14 +60,6 @@ def telfhash_exporters():
 MAX_PROBLEM_LINES = 50
 
 
-def _nonneg(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError("must not be negative")
-    return v
 
 
 @hookimpl
@@ -83,7 +75,7 @@ def telfhash_commands(subparsers):
     e = sub.add_parser("export", help="cluster ELF files or results and write a STIX 2.1 bundle")
     e.add_argument("inputs", nargs="+", metavar="INPUT", help="ELF files/folders (-r), or results from 'telfhash -f json|jsonl --sha256'")
     e.add_argument("-r", "--recursive", action="store_true", help="walk folders given as INPUT")
-    e.add_argument("-t", "--threshold", type=_nonneg, default=50, help="TLSH distance for clustering (default 50)")
+    e.add_argument("-t", "--threshold", type=non_negative_int, default=50, help="TLSH distance for clustering (default 50)")
     e.add_argument("--clusters", metavar="FILE", help="use these clusters (JSON list of Cluster.to_dict()) instead of clustering")
     e.add_argument("--linkage", default="single", help="linkage recorded in the extension (default: single, as the core's clustering)")
     e.add_argument(
@@ -101,15 +93,15 @@ def telfhash_commands(subparsers):
     v = sub.add_parser("validate", help="stix2-validator --strict and stix2.parse on bundles")
     v.add_argument("bundles", nargs="+", metavar="BUNDLE")
     v.add_argument("--no-strict", dest="strict", action="store_false", help="warnings are not errors")
-    v.add_argument("--max-bytes", type=_nonneg, default=DEFAULT_MAX_BYTES)
+    v.add_argument("--max-bytes", type=non_negative_int, default=DEFAULT_MAX_BYTES)
     v.set_defaults(func=_guarded(cmd_validate))
 
     taxii_help = "collection URL, user and password from $TELFHASH_TAXII_* or the config file (never argv)"
     pub = sub.add_parser("publish", help="add a bundle's objects to a TAXII 2.1 collection", description=taxii_help)
     pub.add_argument("bundle", metavar="BUNDLE")
     _taxii_args(pub)
-    pub.add_argument("--chunk", type=_nonneg, default=500, help="objects per request (0: all in one; default 500)")
-    pub.add_argument("--timeout", type=_nonneg, default=60, help="seconds to wait for each request's status")
+    pub.add_argument("--chunk", type=non_negative_int, default=500, help="objects per request (0: all in one; default 500)")
+    pub.add_argument("--timeout", type=non_negative_int, default=60, help="seconds to wait for each request's status")
     pub.add_argument("--resend", action="store_true", help="send every object, even those the collection already holds")
     pub.set_defaults(func=_guarded(cmd_publish))
 
@@ -124,7 +116,7 @@ def telfhash_commands(subparsers):
         help="run a local TAXII 2.1 server (medallion, in memory, 127.0.0.1) to try publish/import",
         description="User and password come from $TELFHASH_TAXII_USER / $TELFHASH_TAXII_PASSWORD.",
     )
-    sv.add_argument("--port", type=_nonneg, default=8000, help="port on 127.0.0.1 (default 8000)")
+    sv.add_argument("--port", type=non_negative_int, default=8000, help="port on 127.0.0.1 (default 8000)")
     sv.set_defaults(func=_guarded(cmd_serve))
 
     im = sub.add_parser(
@@ -137,9 +129,9 @@ def telfhash_commands(subparsers):
     im.add_argument("--index", metavar="PATH", help="local index: add the shared telfhashes and search it")
     im.add_argument("--local", nargs="+", default=[], metavar="PATH", help="local ELF files/folders to compare")
     im.add_argument("-r", "--recursive", action="store_true", help="walk folders given to --local")
-    im.add_argument("-t", "--threshold", type=_nonneg, default=50, help="report local samples within this distance (default 50)")
+    im.add_argument("-t", "--threshold", type=non_negative_int, default=50, help="report local samples within this distance (default 50)")
     im.add_argument("-f", "--format", choices=("text", "json"), default="text")
-    im.add_argument("--max-bytes", type=_nonneg, default=DEFAULT_MAX_BYTES, help="refuse bundles larger than this")
+    im.add_argument("--max-bytes", type=non_negative_int, default=DEFAULT_MAX_BYTES, help="refuse bundles larger than this")
     im.set_defaults(func=_guarded(cmd_import))
 
 
