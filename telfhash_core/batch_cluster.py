@@ -28,17 +28,15 @@ from typing import Sequence
 
 import numpy as np
 
-from .tlshdist import Encoded, components_within, encode, max_length_code_diff, one_to_many
+from .tlshdist import HAVE_NUMBA, Encoded, _lterm, components_within, encode, max_length_code_diff, one_to_many
 
-try:
+if HAVE_NUMBA:
     import numba
-    from llvmlite import ir as _llvm_ir
-    from numba import types as _nb_types
-    from numba.extending import intrinsic as _intrinsic
 
-    HAVE_NUMBA = not os.environ.get("TELFHASH_NO_NUMBA")
-except Exception:  # pragma: no cover - depends on the environment
-    HAVE_NUMBA = False
+    # the distance terms and the union-find are tlshdist's own compiled functions
+    from .tlshdist import _find as _root
+    from .tlshdist import _header, _popcount
+    from .tlshdist import _union as _join
 
 __all__ = ["plan", "cluster_task", "cluster_digests", "cluster_results", "single_machine_labels", "relabel"]
 
@@ -49,60 +47,12 @@ _EMPTY = np.zeros(0, dtype=np.int64)
 
 if HAVE_NUMBA:
 
-    @_intrinsic
-    def _popcount(typingctx, x):
-        sig = _nb_types.int64(_nb_types.uint64)
-
-        def codegen(context, builder, signature, args):
-            fn = builder.module.declare_intrinsic("llvm.ctpop", [_llvm_ir.IntType(64)])
-            return builder.call(fn, args)
-
-        return sig, codegen
-
-    @numba.njit(nogil=True, cache=True)
-    def _root(parent, x):
-        r = x
-        while parent[r] != r:
-            r = parent[r]
-        while parent[x] != r:
-            nxt = parent[x]
-            parent[x] = r
-            x = nxt
-        return r
-
-    @numba.njit(nogil=True, cache=True)
-    def _join(parent, a, b):
-        ra = _root(parent, a)
-        rb = _root(parent, b)
-        if ra != rb:
-            if ra < rb:
-                parent[rb] = ra
-            else:
-                parent[ra] = rb
-
     @numba.njit(nogil=True, cache=True, inline="always")
     def _head(L, Q1, Q2, C, a, b):
-        d = np.int64(L[a]) - np.int64(L[b])
-        if d < 0:
-            d = -d
-        if d > 128:
-            d = 256 - d
-        h = d if d <= 1 else 12 * d
-        d = np.int64(Q1[a]) - np.int64(Q1[b])
-        if d < 0:
-            d = -d
-        if d > 8:
-            d = 16 - d
-        h += d if d <= 1 else 12 * (d - 1)
-        d = np.int64(Q2[a]) - np.int64(Q2[b])
-        if d < 0:
-            d = -d
-        if d > 8:
-            d = 16 - d
-        h += d if d <= 1 else 12 * (d - 1)
-        if C[a] != C[b]:
-            h += 1
-        return h
+        return _header(
+            np.int64(L[a]), np.int64(L[b]), np.int64(Q1[a]), np.int64(Q1[b]),
+            np.int64(Q2[a]), np.int64(Q2[b]), np.int64(C[a]), np.int64(C[b]),
+        )
 
     @numba.njit(nogil=True, cache=True, inline="always")
     def _body(P, a, b):
@@ -121,27 +71,7 @@ if HAVE_NUMBA:
 
     @numba.njit(nogil=True, cache=True, inline="always")
     def _head_s(la, q1a, q2a, ca, lb, q1b, q2b, cb):
-        d = la - lb
-        if d < 0:
-            d = -d
-        if d > 128:
-            d = 256 - d
-        h = d if d <= 1 else 12 * d
-        d = q1a - q1b
-        if d < 0:
-            d = -d
-        if d > 8:
-            d = 16 - d
-        h += d if d <= 1 else 12 * (d - 1)
-        d = q2a - q2b
-        if d < 0:
-            d = -d
-        if d > 8:
-            d = 16 - d
-        h += d if d <= 1 else 12 * (d - 1)
-        if ca != cb:
-            h += 1
-        return h
+        return _header(la, lb, q1a, q1b, q2a, q2b, ca, cb)
 
     @numba.njit(nogil=True, cache=True, inline="always")
     def _body_s(p0, p1, p2, p3, p4, p5, P, b):
@@ -291,10 +221,6 @@ def plan(lsorted: np.ndarray, threshold: int, ntasks: int) -> list[tuple[int, in
         wrap_end = int(np.searchsorted(L, top - 256, side="right")) if top >= 256 else 0
         out.append((lo, hi, fwd_end, wrap_end))
     return out
-
-
-def _lterm(d: int) -> int:
-    return d if d <= 1 else 12 * d
 
 
 def _qterm(d: int) -> int:
