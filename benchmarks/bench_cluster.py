@@ -43,25 +43,7 @@ DEFAULT_REFERENCE = "/work/refvenv/bin/python"
 def symbol_lists(limit: int = 400) -> list[list[str]]:
     import corpus
 
-    from telfhash_core import elf
-    from telfhash_core.digest import select_symbols
-
-    out = []
-    for f in corpus.files():
-        if not f["reference"]["telfhash"].startswith("t1"):
-            continue
-        buf = Path(f["abspath"]).read_bytes()
-        try:
-            h = elf.read_header(buf)
-            table = elf.find_symbol_table_fast(buf, h)
-            names = select_symbols(elf.read_function_names(buf, h, table)) if table else []
-        except Exception:
-            continue
-        if len(names) >= 20:
-            out.append(names)
-        if len(out) >= limit:
-            break
-    return out
+    return corpus.symbol_lists(limit, min_names=20)
 
 
 def synthetic(n: int, seed: int = 0, duplicates: float = 0.3) -> list[str]:

@@ -58,3 +58,27 @@ def files() -> list[dict]:
     """Manifest entries, each with an added ``abspath``."""
     base = root()
     return [dict(f, abspath=str(base / f["path"])) for f in manifest()["files"]]
+
+
+def symbol_lists(limit: int, min_names: int) -> list[list[str]]:
+    """The selected (filtered, lower-cased, sorted) symbol names of up to ``limit`` hashed corpus
+    files with at least ``min_names`` names: seeds for synthetic families of digests."""
+    from telfhash_core import elf
+    from telfhash_core.digest import select_symbols
+
+    out = []
+    for f in files():
+        if not f["reference"]["telfhash"].startswith("t1"):
+            continue
+        buf = Path(f["abspath"]).read_bytes()
+        try:
+            h = elf.read_header(buf)
+            table = elf.find_symbol_table_fast(buf, h)
+            names = select_symbols(elf.read_function_names(buf, h, table)) if table else []
+        except Exception:  # the fast route gave up: not needed for seeds
+            continue
+        if len(names) >= min_names:
+            out.append(names)
+        if len(out) >= limit:
+            break
+    return out

@@ -19,9 +19,8 @@ import tlsh
 
 import corpus
 import telfhash_core as tc
-from telfhash_core import elf
 from telfhash_core.cluster import Cluster, cluster, components, group, print_groups, read_items
-from telfhash_core.digest import select_symbols, tlsh_digest
+from telfhash_core.digest import tlsh_digest
 
 REF_PYTHON = os.environ.get("TELFHASH_REFERENCE_PYTHON", "/work/refvenv/bin/python")
 TELFHASH = str(Path(sys.executable).with_name("telfhash"))
@@ -80,22 +79,7 @@ def real():
 
 
 def symbol_lists(limit: int) -> list[list[str]]:
-    out = []
-    for f in corpus.files():
-        if not f["reference"]["telfhash"].startswith("t1"):
-            continue
-        buf = Path(f["abspath"]).read_bytes()
-        try:
-            h = elf.read_header(buf)
-            table = elf.find_symbol_table_fast(buf, h)
-            names = select_symbols(elf.read_function_names(buf, h, table)) if table else []
-        except Exception:
-            continue
-        if len(names) >= 25:
-            out.append(names)
-        if len(out) >= limit:
-            break
-    return out
+    return corpus.symbol_lists(limit, min_names=25)
 
 
 @pytest.fixture(scope="module")
