@@ -6,6 +6,8 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .digest import is_digest, normalize
+
 
 class Reason(str, enum.Enum):
     """Why a file has no telfhash.  The value is a stable machine-readable code."""
@@ -114,10 +116,8 @@ class Result:
         reason = d.get("reason")
         if reason is not None:
             reason = Reason(reason)
-        telf = value if isinstance(value, str) and value.lower().startswith("t1") and len(value) == 72 else None
-        if telf is not None:
-            telf = telf.lower()
-        elif reason is None:
+        telf = normalize(value, "t1") if is_digest(value) else None  # t1…, T1… or 70 hex
+        if telf is None and reason is None:
             reason = Reason.TOO_FEW_SYMBOLS if value in ("tnull", "TNULL") else Reason.NO_SYMBOLS
         known = {f for f in cls.__dataclass_fields__}
         extra = {k: v for k, v in d.items() if k not in known and k not in ("msg", "ok", "reason", "detail", "telfhash", "file")}

@@ -65,6 +65,9 @@ def test_result_dict_round_trip():
     assert back.telfhash == r.telfhash and back.sha256 == r.sha256 and back.arch == r.arch
     ref = tc.Result.from_dict({"file": "x", "telfhash": "tnull", "msg": ""})
     assert ref.reason is tc.Reason.TOO_FEW_SYMBOLS and not ref.ok
+    for spelling in ("T1", "hex"):
+        other = tc.Result.from_dict({"file": "x", "telfhash": tc.normalize(r.telfhash, spelling)})
+        assert other.telfhash == r.telfhash and other.ok
 
 
 def test_spellings_and_distance():
