@@ -201,7 +201,7 @@ def hash_paths(
             yield _hash_one(w)
         return
     if chunksize is None:
-        chunksize = max(1, min(64, len(work) // (jobs * 8) or 1))
+        chunksize = max(1, min(16, len(work) // (jobs * 8) or 1))  # small: one big file must not hold back a long chunk
     with ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init) as pool:
         if ordered:
             yield from pool.map(_hash_one, work, chunksize=chunksize)

@@ -91,3 +91,26 @@ def test_sweep_on_corpus_static_binaries_equals_reference_loop():
         assert fallback.sweep(code, address, arch) == reference_sweep(code, address, arch), f["path"]
         checked += 1
     assert checked >= 6
+
+
+@pytest.mark.parametrize("arch", ["x86", "x64"])
+def test_x86_without_printing_equals_the_reference_loop_on_call_heavy_bytes(arch):
+    """Prefixed, far, short-target and wrapping calls: the engine that does not print must give
+    the texts capstone prints."""
+    rng = random.Random(99)
+    calls = [b"\xe8", b"\x66\xe8", b"\xf2\xe8", b"\x48\xe8", b"\x3e\xe8", b"\x9a", b"\xff\x15", b"\xff\xd0", b"\x41\xff\xd3", b"\xf0\xe8"]
+    for _ in range(300):
+        code = bytearray()
+        for _k in range(rng.randint(1, 40)):
+            code += rng.choice(calls) + rng.randbytes(rng.choice([0, 2, 4, 6]))
+            if rng.random() < 0.3:
+                code += rng.randbytes(rng.randint(1, 6))
+        address = rng.choice([0, 1, 0x400000, 0xFFFFFFF0, 0xFFFFFFFFFFFFFFF0, 2**63 - 3])
+        expected = reference_sweep(bytes(code), address, arch)
+        assert fallback.sweep(bytes(code), address, arch) == expected
+        assert fallback.sweep(bytes(code), address, arch, quiet=False) == expected
+
+
+def test_quiet_engine_is_in_use_for_x86():
+    assert fallback._quiet_engine("x64") is not None and fallback._quiet_engine("x86") is not None
+    assert fallback._quiet_engine("ARM") is None
