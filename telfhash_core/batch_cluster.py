@@ -35,6 +35,7 @@ if HAVE_NUMBA:
 
     # the distance terms and the union-find are tlshdist's own compiled functions
     from .tlshdist import _find as _root
+    from .tlshdist import _body as _body_pair
     from .tlshdist import _header, _popcount
     from .tlshdist import _union as _join
 
@@ -56,14 +57,7 @@ if HAVE_NUMBA:
 
     @numba.njit(nogil=True, cache=True, inline="always")
     def _body(P, a, b):
-        x0 = P[a, 0] ^ P[b, 0]
-        x1 = P[a, 1] ^ P[b, 1]
-        x2 = P[a, 2] ^ P[b, 2]
-        x3 = P[a, 3] ^ P[b, 3]
-        x4 = P[a, 4] ^ P[b, 4]
-        x5 = P[a, 5] ^ P[b, 5]
-        s = _popcount(x0) + _popcount(x1) + _popcount(x2) + _popcount(x3) + _popcount(x4) + _popcount(x5)
-        return s + 3 * (_popcount(x0 & x2 & x4) + _popcount(x1 & x3 & x5))
+        return _body_pair(P, a, P, b)
 
     @numba.njit(nogil=True, cache=True, inline="always")
     def _dist(L, Q1, Q2, C, P, a, b):
