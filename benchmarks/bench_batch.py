@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from telfhash_core import batch  # noqa: E402
-from telfhash_core.batch_cluster import cluster_digests, relabel  # noqa: E402
+from telfhash_core.batch.partitioned import cluster_digests, relabel  # noqa: E402
 
 REF_SNIPPET = r"""
 import sys, time, json
@@ -101,11 +101,11 @@ def synthetic(n: int, seed: int = 1) -> list[str]:
 
 def single_machine(digests, threshold):
     try:
-        from telfhash_core.cluster import components
+        from telfhash_core.similarity.cluster import components
 
         return "cluster.components", relabel(np.asarray(components(digests, threshold)))
     except ImportError:
-        from telfhash_core.tlshdist import components_within, encode
+        from telfhash_core.similarity.tlshdist import components_within, encode
 
         return "tlshdist.components_within", relabel(components_within(encode(digests), threshold))
 
@@ -167,7 +167,7 @@ def main() -> int:
         client = Client(cluster)
         t_start = time.perf_counter() - t
         try:
-            client.run(lambda: __import__("telfhash_core.batch"))
+            client.run(lambda: __import__("telfhash_core.batch.run"))
             batch.run_batch(files[:64], os.path.join(tmp, "warm.parquet"), fmt="parquet", engine="dask", client=client, progress=False)
             t = time.perf_counter()
             s = batch.run_batch(files, os.path.join(tmp, "dask.jsonl"), engine="dask", client=client, progress=False)

@@ -83,8 +83,8 @@ def synthetic(n: int, seed: int = 0, duplicates: float = 0.3) -> list[str]:
 def run_one(n: int, threshold: int, cluster_max: int) -> dict:
     import numpy as np
 
-    from telfhash_core import tlshdist
-    from telfhash_core.cluster import cluster, components
+    from telfhash_core.similarity import tlshdist
+    from telfhash_core.similarity.cluster import cluster, components
 
     t = time.perf_counter()
     digests = synthetic(n)
@@ -159,7 +159,7 @@ def merge_overlapping(groups):
 def side_by_side(py: str | None, n: int, threshold: int) -> None:
     import corpus
 
-    from telfhash_core.cluster import group
+    from telfhash_core.similarity.cluster import group
 
     files = [f for f in corpus.manifest()["files"] if f["reference"]["telfhash"].startswith("t1")]
     rng = random.Random(800)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Speed of the local similarity index (telfhash_core.index), checked against a linear py-tlsh scan.
+"""Speed of the local similarity index (telfhash_core.store.index), checked against a linear py-tlsh scan.
 
     python benchmarks/bench_index.py [--entries 1000000] [--add 100000] [--queries 20] [--db FILE]
 
@@ -35,7 +35,7 @@ import tlsh
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from telfhash_core.index import Index  # noqa: E402
+from telfhash_core.store.index import Index  # noqa: E402
 
 
 def seed_digests() -> list[str]:
@@ -178,7 +178,7 @@ def main() -> int:
             t = time.perf_counter()
             ix.search(q, max_distance=args.threshold, limit=100)
             limited.append(time.perf_counter() - t)
-        from telfhash_core.tlshdist import one_to_many
+        from telfhash_core.similarity.tlshdist import one_to_many
 
         enc = ix._load("digest").enc
         passes = []

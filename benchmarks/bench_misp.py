@@ -193,7 +193,7 @@ def main() -> int:
         print(f"{label:<44}{summary(times)}{ratio}   ({bad} wrong)")
 
     if args.pivot:
-        from telfhash_core.index import Index
+        from telfhash_core.store.index import Index
 
         with tempfile.TemporaryDirectory() as tmp:
             ipath = str(Path(tmp) / "ix.sqlite")

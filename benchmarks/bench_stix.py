@@ -5,7 +5,7 @@ Stages, on the same corpus files:
 
 * hashing: ours (``hash_paths`` with SHA-256) and the reference (telfhash 0.9.8's
   ``telfhash.telfhash(*paths)`` in its own interpreter) -- the only stage the reference has;
-* clustering (``telfhash_core.cluster``), export (bundle dict + JSON text, MD5/SHA-1 read from
+* clustering (``telfhash_core.similarity.cluster``), export (bundle dict + JSON text, MD5/SHA-1 read from
   the files), ``stix2-validator --strict``, ``stix2.parse``;
 * import: reading the bundle's telfhashes, and matching local samples against every shared
   cluster (local = the corpus files of other architectures).
@@ -104,9 +104,9 @@ def main() -> int:
     rows.append(("hash (telfhash + SHA-256)", t_hash, t_ref, f"{len(paths)} files"))
 
     try:
-        from telfhash_core.cluster import cluster
+        from telfhash_core.similarity.cluster import cluster
     except ImportError:
-        print("telfhash_core.cluster not available")
+        print("telfhash_core.similarity.cluster not available")
         return 1
     cluster(results[:20], threshold=args.threshold)  # compile the kernels first
     (clusters, _), t_cl = timed(cluster, results, threshold=args.threshold)

@@ -6,7 +6,7 @@
     >>> distance("t1…", "T1…")                   # TLSH distance; t1…, T1… or bare 70-hex accepted
 """
 
-from .api import expand_paths, hash_bytes, hash_file, hash_fileobj, hash_paths, telfhash
+from .hashing.api import expand_paths, hash_bytes, hash_file, hash_fileobj, hash_paths, telfhash
 from .digest import distance, is_digest, normalize
 from .result import Reason, Result
 
@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 def group(results, threshold: int = 50):
     """Group results by TLSH distance ≤ ``threshold``; the reference's ``group()`` return shape."""
-    from .cluster import group as _group
+    from .similarity.cluster import group as _group
 
     return _group(results, threshold=threshold)
 

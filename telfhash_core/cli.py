@@ -14,7 +14,7 @@ import sys
 from typing import Iterable, Iterator, TextIO
 
 from . import __version__
-from .api import expand_paths, hash_paths
+from .hashing.api import expand_paths, hash_paths
 from .formats import FormatContext, available_formats
 from .plugins import get_plugin_manager
 from .result import Result
@@ -129,7 +129,7 @@ def run_hash(args: argparse.Namespace) -> int:
         fmt.write(stream(), out, ctx)
         to_stdout = out is sys.stdout
         if args.group and len(collected) > 1:
-            from .cluster import print_groups
+            from .similarity.cluster import print_groups
 
             print_groups(collected, args.threshold, sys.stdout)
         if to_stdout and fmt.name in ("default", "tsv", "json"):

@@ -19,9 +19,9 @@ from . import hookspecs
 # dependency is not installed is skipped (see ``load_errors``).
 DEFAULT_PLUGINS = (
     "telfhash_core.formats",  # default, tsv, json, jsonl output
-    "telfhash_core.cluster",  # `telfhash cluster`
-    "telfhash_core.index",  # `telfhash index ...`
-    "telfhash_core.batch",  # `telfhash batch ...` (local / Dask)
+    "telfhash_core.similarity.cluster",  # `telfhash cluster`
+    "telfhash_core.store.index",  # `telfhash index ...`
+    "telfhash_core.batch.run",  # `telfhash batch ...` (local / Dask)
     "telfhash_core.companion",  # the opt-in companion hash
 )
 

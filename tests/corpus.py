@@ -63,7 +63,7 @@ def files() -> list[dict]:
 def symbol_lists(limit: int, min_names: int) -> list[list[str]]:
     """The selected (filtered, lower-cased, sorted) symbol names of up to ``limit`` hashed corpus
     files with at least ``min_names`` names: seeds for synthetic families of digests."""
-    from telfhash_core import elf
+    from telfhash_core.hashing import elf
     from telfhash_core.digest import select_symbols
 
     out = []

@@ -14,7 +14,7 @@ import time
 import pytest
 
 import corpus
-from telfhash_core import batch
+from telfhash_core.batch import run as batch
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -131,7 +131,7 @@ def test_dask_workers_read_fsspec_urls(tmp_path, dask_client):
 
 
 def test_dask_clustering_equals_single_machine_on_corpus(tmp_path, dask_client):
-    from telfhash_core.batch_cluster import cluster_digests, relabel
+    from telfhash_core.batch.partitioned import cluster_digests, relabel
 
     digests = [f["reference"]["telfhash"] for f in corpus.files() if f["reference"]["telfhash"].startswith("t1")]
     expected = single_machine(digests, 50)
@@ -144,12 +144,12 @@ def single_machine(digests, threshold):
     """The single-machine grouping (cluster.components where present, else tlshdist's)."""
     import numpy as np
 
-    from telfhash_core.batch_cluster import relabel
+    from telfhash_core.batch.partitioned import relabel
 
     try:
-        from telfhash_core.cluster import components
+        from telfhash_core.similarity.cluster import components
     except ImportError:
-        from telfhash_core.tlshdist import components_within, encode
+        from telfhash_core.similarity.tlshdist import components_within, encode
 
         return relabel(components_within(encode(digests), threshold))
     return relabel(np.asarray(components(digests, threshold)))

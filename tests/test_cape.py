@@ -422,7 +422,7 @@ def test_hostile_shapes_never_raise(cape_root, analysis, tmp_path):
 
 
 def test_known_neighbours_from_an_index(cape_root, analysis, tmp_path):
-    from telfhash_core.index import Index
+    from telfhash_core.store.index import Index
 
     files = [f for f in corpus.files() if f["label"].startswith("iot-fam-") and f["reference"]["telfhash"].startswith("t1")]
     files = [f for f in files if f["sha256"] != analysis["chosen"]["target"]["sha256"]]
@@ -495,14 +495,14 @@ def test_disabled_section_is_never_imported(tmp_path, analysis):
 
 
 def test_groups_through_telfhash_core_cluster(analysis, monkeypatch):
-    """Above PAIRWISE_LIMIT digests the groups come from telfhash_core.cluster: same groups."""
+    """Above PAIRWISE_LIMIT digests the groups come from telfhash_core.similarity.cluster: same groups."""
     en = importlib.import_module("telfhash_plugins.cape.enrich")
 
     monkeypatch.setattr(en, "PAIRWISE_LIMIT", 0)
     results = copy.deepcopy(analysis["results"])
     results["dropped"] = json.loads((analysis["dir"] / "dropped.json").read_text())
     s = en.enrich(results, en.Settings(threshold=120), str(analysis["dir"]))
-    assert s["grouping"] == "telfhash_core.cluster"
+    assert s["grouping"] == "telfhash_core.similarity.cluster"
     chosen = analysis["chosen"].values()
     digests = {f["sha256"]: f["reference"]["telfhash"] for f in chosen if f["reference"]["telfhash"].startswith("t1")}
     assert {frozenset(m["sha256"] for m in g["members"]) for g in s["groups"]} == _components(digests, 120)

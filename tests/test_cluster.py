@@ -19,7 +19,7 @@ import tlsh
 
 import corpus
 import telfhash_core as tc
-from telfhash_core.cluster import Cluster, cluster, components, group, print_groups, read_items
+from telfhash_core.similarity.cluster import Cluster, cluster, components, group, print_groups, read_items
 from telfhash_core.digest import tlsh_digest
 
 REF_PYTHON = os.environ.get("TELFHASH_REFERENCE_PYTHON", "/work/refvenv/bin/python")

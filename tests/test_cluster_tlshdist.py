@@ -14,7 +14,7 @@ import pytest
 import tlsh
 
 import corpus
-from telfhash_core import tlshdist as td
+from telfhash_core.similarity import tlshdist as td
 
 
 def tl(d: str) -> tlsh.Tlsh:

@@ -310,7 +310,7 @@ def test_hostile_input_gives_none_or_a_value_never_an_exception():
 
 
 def test_clustering_runs_on_the_companion_field():
-    cluster = pytest.importorskip("telfhash_core.cluster")
+    cluster = pytest.importorskip("telfhash_core.similarity.cluster")
     archs = ["amd64", "arm64", "armel", "armhf", "i386", "mips64el", "mipsel", "ppc64el", "s390x"]
     results = [tc.hash_file(_entry(f"{a}/coreutils/bin__ls")["abspath"], fields=["telfhash_x"]) for a in archs]
     results += [tc.hash_file(_entry(f"{a}/klibc-utils/usr__lib__klibc__bin__cpio")["abspath"], fields=["telfhash_x"]) for a in archs]

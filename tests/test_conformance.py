@@ -9,7 +9,7 @@ import pytest
 
 import corpus
 from telfhash_core import hash_bytes, hash_file
-from telfhash_core.elf import hash_buffer
+from telfhash_core.hashing.elf import hash_buffer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

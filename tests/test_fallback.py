@@ -12,8 +12,8 @@ from capstone import Cs
 from elftools.elf.elffile import ELFFile
 
 import corpus
-from telfhash_core import fallback
-from telfhash_core.elf import MemStream
+from telfhash_core.hashing import fallback
+from telfhash_core.hashing.elf import MemStream
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from telfhash_core import Reason, hash_bytes, hash_paths
-from telfhash_core.elf import hash_buffer
+from telfhash_core.hashing.elf import hash_buffer
 
 FIX = Path(__file__).parent / "fixtures" / "elf"
 SEEDS = {

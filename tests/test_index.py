@@ -15,8 +15,8 @@ import pytest
 import tlsh
 
 import corpus
-from telfhash_core import tlshdist
-from telfhash_core.index import AddStats, Index, Match, encode_packed
+from telfhash_core.similarity import tlshdist
+from telfhash_core.store.index import AddStats, Index, Match, encode_packed
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -519,7 +519,7 @@ def test_stored_snapshot_is_used_and_kept_current(tmp_path, rows):
 
 
 def test_planes_match_tlshdist_on_random_bytes():
-    from telfhash_core.index import packed_planes
+    from telfhash_core.store.index import packed_planes
 
     rng = np.random.default_rng(3)
     packed = rng.integers(0, 256, (500, 35), dtype=np.uint8)
@@ -566,7 +566,7 @@ def test_skip_known_paths_does_not_add_again(tmp_path):
 
 
 def test_hostile_jsonl_sizes_and_nesting(tmp_path, rows, monkeypatch):
-    import telfhash_core.index as index_mod
+    import telfhash_core.store.index as index_mod
 
     good = next(r for r in rows if r["telfhash"].startswith("t1"))
     monkeypatch.setattr(index_mod, "MAX_LINE", 1000)

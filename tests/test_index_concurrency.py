@@ -16,7 +16,7 @@ import numpy as np
 import tlsh
 
 import corpus
-from telfhash_core.index import Index
+from telfhash_core.store.index import Index
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -24,7 +24,7 @@ WRITER = textwrap.dedent(
     """
     import json, sys, time
     import numpy as np
-    from telfhash_core.index import Index
+    from telfhash_core.store.index import Index
 
     db, n, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     rng = np.random.default_rng(7)
@@ -46,7 +46,7 @@ WRITER = textwrap.dedent(
 READER = textwrap.dedent(
     """
     import json, sys, time
-    from telfhash_core.index import Index
+    from telfhash_core.store.index import Index
 
     db, query, until = sys.argv[1], sys.argv[2], int(sys.argv[3])
     seen, errors = [], []
@@ -116,7 +116,7 @@ def test_two_readers_while_one_process_adds(tmp_path):
 ADDER = textwrap.dedent(
     """
     import sys, time, json
-    from telfhash_core.index import Index
+    from telfhash_core.store.index import Index
 
     db = sys.argv[1]
     paths = json.load(open(sys.argv[2]))

@@ -11,7 +11,7 @@ import pytest
 import corpus
 
 pytest.importorskip("pymisp", reason="pymisp is not installed (pip install -e '.[misp]')")
-index_mod = pytest.importorskip("telfhash_core.index", reason="telfhash_core.index is not available")
+index_mod = pytest.importorskip("telfhash_core.store.index", reason="telfhash_core.store.index is not available")
 tlsh = pytest.importorskip("tlsh")
 
 from test_misp import malware_sample_attribute, query, values  # noqa: E402

@@ -215,7 +215,7 @@ def resolve_path(fd: dict, where: str, analysis_path: str | None) -> str | None:
 
 
 # Up to this many digests the groups come from direct pairwise distances (py-tlsh, a few ms);
-# beyond, from telfhash_core.cluster, whose compiled kernels cost a one-off compilation in a
+# beyond, from telfhash_core.similarity.cluster, whose compiled kernels cost a one-off compilation in a
 # fresh process (seconds) that a typical analysis with a handful of ELF files should not pay.
 PAIRWISE_LIMIT = 300
 
@@ -229,10 +229,10 @@ def _groups(entries: list[dict], threshold: int) -> tuple[list[dict], str]:
     raw = None
     if len(items) > PAIRWISE_LIMIT:
         try:
-            from telfhash_core.cluster import cluster
+            from telfhash_core.similarity.cluster import cluster
 
             clusters, _ = cluster(items, threshold=threshold)
-            method = "telfhash_core.cluster"
+            method = "telfhash_core.similarity.cluster"
             raw = [(c.members, c.representative, c.max_distance) for c in clusters if c.size >= 2]
         except ImportError:  # an older telfhash-core without the cluster module
             raw = None
@@ -419,7 +419,7 @@ def _neighbours(settings: Settings, summary: dict, entries: list[dict]) -> None:
     info: dict[str, Any] = {"path": settings.index}
     summary["index"] = info
     try:
-        from telfhash_core.index import Index
+        from telfhash_core.store.index import Index
 
         with Index(settings.index, create=settings.index_add) as ix:
             info["entries"] = len(ix)

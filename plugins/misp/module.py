@@ -50,7 +50,7 @@ log = logging.getLogger("telfhash.misp")
 # Imported now rather than on the first request: a cold import of the index (NumPy) costs seconds,
 # which a hover request cannot afford.  Any failure only disables the pivot, with a clear error.
 try:
-    from telfhash_core.index import Index as _Index
+    from telfhash_core.store.index import Index as _Index
 
     _INDEX_IMPORT_ERROR = None
 except Exception as exc:  # noqa: BLE001 - a module that fails to import must not break misp-modules
@@ -548,7 +548,7 @@ def _warm_up() -> None:
         pass
     if _Index is not None:
         try:
-            from telfhash_core.tlshdist import encode, one_to_many
+            from telfhash_core.similarity.tlshdist import encode, one_to_many
 
             probe = "t1" + "0" * 6 + "a5" * 32
             one_to_many(encode([probe]), probe)

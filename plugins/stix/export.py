@@ -316,7 +316,7 @@ STATS_ROWS = 2000  # rows of the distance matrix computed for a cluster's medoid
 def _stats(members: list[Sample]) -> tuple[Sample, int, bool]:
     """(medoid, largest distance, exact) for clusters given without them: distance rows from
     up to STATS_ROWS members (evenly spread) to all; exact when every row was computed."""
-    from telfhash_core.tlshdist import encode, one_to_many
+    from telfhash_core.similarity.tlshdist import encode, one_to_many
 
     enc = encode([m.telfhash for m in members])
     step = max(1, -(-len(members) // STATS_ROWS))
@@ -334,7 +334,7 @@ def _stats(members: list[Sample]) -> tuple[Sample, int, bool]:
 def cluster_items(items: list[Any], threshold: int) -> tuple[list, list]:
     """Cluster with the core's clustering (``telfhash_core.cluster.cluster``)."""
     try:
-        from telfhash_core.cluster import cluster
+        from telfhash_core.similarity.cluster import cluster
     except ImportError as exc:
         raise ExportError(
             f"clustering is not available ({exc}); pass clusters explicitly (e.g. --clusters FILE)"

@@ -390,7 +390,7 @@ def add_to_index(report: ImportReport, index_path: str | None) -> dict:
     Returns ``{"added", "updated", "unchanged", "without_sha256", "errors"}``.
     """
     try:
-        from telfhash_core.index import Index
+        from telfhash_core.store.index import Index
     except ImportError as exc:
         raise BundleError(f"the local index is not available ({exc})") from None
     results = shared_results(report)
@@ -416,7 +416,7 @@ def match_local(report: ImportReport, local: Iterable[Any], threshold: int) -> l
     shared telfhash of that cluster when it is within ``threshold``.  Sorted by cluster,
     distance, file."""
     from telfhash_core import hash_file
-    from telfhash_core.tlshdist import encode, one_to_many
+    from telfhash_core.similarity.tlshdist import encode, one_to_many
 
     digests = report.digests
     if not digests:
@@ -454,7 +454,7 @@ def search_index(report: ImportReport, index_path: str | None, threshold: int) -
     """The samples in the local index that did not come from this bundle and lie within
     ``threshold`` of a shared telfhash: the nearest shared telfhash per cluster and sample."""
     try:
-        from telfhash_core.index import Index
+        from telfhash_core.store.index import Index
     except ImportError as exc:
         raise BundleError(f"the local index is not available ({exc})") from None
     best: dict[tuple[str, str], LocalMatch] = {}

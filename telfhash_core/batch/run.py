@@ -6,7 +6,7 @@ file.  Inputs are folders (walked recursively), files, file lists (``@list.txt``
 (``file://``, ``s3://`` with s3fs, ``memory://`` in-process only, ...).  Rerunning the same
 command with the same output skips what is already written, so a killed run resumes and the
 output ends with every file exactly once.  ``telfhash batch cluster RESULTS -o CLUSTERS`` groups
-the digests of a results file (see :mod:`telfhash_core.batch_cluster`).  See ``docs/batch.md``.
+the digests of a results file (see :mod:`telfhash_core.batch.partitioned`).  See ``docs/batch.md``.
 
 Dask, pyarrow and fsspec are optional (``pip install telfhash-core[dask]``) and imported only
 when asked for.
@@ -25,8 +25,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
-from .hookspecs import hookimpl
-from .cli import non_negative_int
+from ..hookspecs import hookimpl
+from ..cli import non_negative_int
 
 EXTRA_HINT = "install the optional dependencies with: pip install 'telfhash-core[dask]'"
 
@@ -138,7 +138,7 @@ def hash_item(path: str, skip_sha256: frozenset | set | None = None) -> dict[str
 
     With ``skip_sha256``, returns None for a file whose SHA-256 is in that set (already written).
     """
-    from .api import DEFAULT_MAX_SIZE, hash_file
+    from ..hashing.api import DEFAULT_MAX_SIZE, hash_file
 
     try:
         if is_url(path):
@@ -158,7 +158,7 @@ def hash_item(path: str, skip_sha256: frozenset | set | None = None) -> dict[str
 
 
 def _hash_url(url: str, skip_sha256) -> dict[str, Any] | None:
-    from .api import DEFAULT_MAX_SIZE, hash_bytes
+    from ..hashing.api import DEFAULT_MAX_SIZE, hash_bytes
 
     fsspec = _need("fsspec")
     try:
@@ -587,7 +587,7 @@ def _local_engine(chunks: list[list[str]], jobs: int, skip) -> Iterator[tuple[li
         return
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    from .api import _worker_init
+    from ..hashing.api import _worker_init
 
     with ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init) as pool:
         it = iter(chunks)
@@ -909,7 +909,7 @@ def main(argv: list[str]) -> int:
 
 
 def _cluster_main(args: argparse.Namespace) -> int:
-    from .batch_cluster import cluster_results
+    from .partitioned import cluster_results
 
     t0 = time.perf_counter()
     info = cluster_results(

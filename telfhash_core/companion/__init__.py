@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .digest import tlsh_digest
-from .elf import _SYM_DTYPE, Header, NotELF, SymbolTable, read_header
-from .hookspecs import hookimpl
+from ..digest import tlsh_digest
+from ..hashing.elf import _SYM_DTYPE, Header, NotELF, SymbolTable, read_header
+from ..hookspecs import hookimpl
 
 VERSION = "tx1"
 FIELD = "telfhash_x"

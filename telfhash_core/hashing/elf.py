@@ -1,0 +1,440 @@
+"""Reading an ELF image: which symbol table the reference would use, and its names, in bulk.
+
+Data flows one way: buffer -> symbol table (or none) -> names -> digest.
+
+Two routes find the symbol table and give the same answer:
+
+* a *fast* route that reads the ELF and section headers with :mod:`struct`.  It accepts only
+  files whose structures are in order in every respect that pyelftools checks while the
+  reference walks the sections; at the first thing out of the ordinary it gives up;
+* the *exact* route, taken then: pyelftools walks the sections exactly as the reference does,
+  so a broken file fails the same way (``Could not parse file as ELF`` / ``Unknown error``).
+
+Either way the symbols are decoded from the table's bytes at once (NumPy structured dtype)
+rather than one by one, with the reference's semantics for every field and string.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+from elftools.common.exceptions import ELFError, ELFParseError
+from elftools.elf.elffile import ELFFile
+from elftools.elf.enums import ENUM_E_MACHINE
+from elftools.elf.structs import ELFStructs
+
+from ..digest import select_symbols, tlsh_digest
+from ..result import Reason, Result
+
+# Section types (numeric) ---------------------------------------------------------------
+SHT_NULL, SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB, SHT_RELA, SHT_HASH, SHT_DYNAMIC = 0, 1, 2, 3, 4, 5, 6
+SHT_NOBITS, SHT_REL, SHT_DYNSYM, SHT_SYMTAB_SHNDX, SHT_RELR = 8, 9, 11, 18, 19
+SHT_GNU_HASH, SHT_SUNW_LDYNSYM, SHT_SUNW_SYMINFO = 0x6FFFFFF6, 0x6FFFFFF3, 0x6FFFFFFC
+SHT_GNU_VERDEF, SHT_GNU_VERNEED, SHT_GNU_VERSYM = 0x6FFFFFFD, 0x6FFFFFFE, 0x6FFFFFFF
+SHT_LOPROC_3 = 0x70000003  # SHT_ARM_ATTRIBUTES / SHT_RISCV_ATTRIBUTES
+SHF_COMPRESSED = 0x800
+EM_ARM, EM_RISCV = 40, 243
+
+STT_FUNC, STB_GLOBAL = 2, 1
+
+_SYM_DTYPE = {
+    (32, "<"): np.dtype([("name", "<u4"), ("value", "<u4"), ("size", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2")]),
+    (32, ">"): np.dtype([("name", ">u4"), ("value", ">u4"), ("size", ">u4"), ("info", "u1"), ("other", "u1"), ("shndx", ">u2")]),
+    (64, "<"): np.dtype([("name", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2"), ("value", "<u8"), ("size", "<u8")]),
+    (64, ">"): np.dtype([("name", ">u4"), ("info", "u1"), ("other", "u1"), ("shndx", ">u2"), ("value", ">u8"), ("size", ">u8")]),
+}
+
+_MACHINE_NAMES = {v: k for k, v in ENUM_E_MACHINE.items() if isinstance(v, int)}
+
+
+class _GiveUp(Exception):
+    """The fast route met something out of the ordinary: take the exact route."""
+
+
+class NotELF(Exception):
+    """No ELF identification (magic, class or data encoding)."""
+
+
+@dataclass
+class SymbolTable:
+    """Where the chosen symbol table and its string table are."""
+
+    kind: str  # "dynsym" or "symtab"
+    offset: int
+    size: int
+    entsize: int
+    strtab_offset: int
+
+
+@dataclass
+class Header:
+    bits: int  # 32 or 64
+    endian: str  # "<" or ">"
+    machine: int
+    entry: int
+    phoff: int
+    shoff: int
+    phentsize: int
+    phnum: int
+    shentsize: int
+    shnum: int
+    shstrndx: int
+
+
+# How a real file fails when pyelftools seeks or reads at crafted offsets and sizes: the
+# reference reads a file object, so these failures decide its answer ("Unknown error") on
+# crafted files.  Seeking past the largest file offset the filesystem allows fails with
+# EINVAL (ext4 with 4 KiB blocks, the usual Linux filesystem: 16 TiB - 4 KiB), an offset of
+# 2**63 or more cannot be passed at all, and a read of more bytes than the machine's memory
+# fails before reading (Python allocates the buffer first).
+MAX_FILE_OFFSET = 0xFFFFFFFF000
+_OFFSET_LIMIT = 1 << 63
+try:
+    MEMORY_LIMIT = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+except (ValueError, OSError, AttributeError):  # pragma: no cover - not Linux
+    MEMORY_LIMIT = 1 << 36
+
+
+def check_seek(pos: int) -> None:
+    """Raise what seeking a real file to ``pos`` raises."""
+    if pos >= _OFFSET_LIMIT:
+        raise ValueError("cannot fit 'int' into an offset-sized integer")
+    if pos > MAX_FILE_OFFSET:
+        raise OSError(22, "Invalid argument")
+
+
+def check_read(n: int) -> None:
+    """Raise what reading ``n`` bytes from a real file raises before reading."""
+    if n >= _OFFSET_LIMIT:
+        raise OverflowError("cannot fit 'int' into an index-sized integer")
+    if n > MEMORY_LIMIT:
+        raise MemoryError(f"read of {n} bytes")
+
+
+class MemStream:
+    """A read-only file-like view of a buffer with a real file's semantics (seeking past the
+    end is allowed and reads there return nothing; crafted offsets and sizes fail as they
+    do on a file), for pyelftools."""
+
+    __slots__ = ("_buf", "_len", "_pos")
+
+    def __init__(self, buf) -> None:
+        self._buf = buf
+        self._len = len(buf)
+        self._pos = 0
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if whence == 1:
+            pos += self._pos
+        elif whence == 2:
+            pos += self._len
+        if pos < 0:
+            raise OSError(22, "Invalid argument")
+        check_seek(pos)
+        self._pos = pos
+        return pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        if n is not None and n > 0:
+            check_read(n)
+        start = self._pos
+        if start >= self._len:
+            return b""
+        end = self._len if n is None or n < 0 else min(self._len, start + n)
+        self._pos = end
+        return bytes(self._buf[start:end])
+
+
+class CachedELFFile(ELFFile):
+    """pyelftools' ``ELFFile`` with its struct definitions built once per kind of file.
+
+    Building the construct definitions is most of the cost of opening a small file; they
+    depend only on class, byte order, type, machine and OS ABI, and are not changed by
+    parsing.  Everything else is pyelftools' own ``__init__``, step by step.
+    """
+
+    _structs_cache: dict[tuple, ELFStructs] = {}
+
+    def __init__(self, stream) -> None:  # noqa: D107 - mirrors ELFFile.__init__
+        self.stream = stream
+        self.stream.seek(0, 2)
+        self.stream_len = self.stream.tell()
+        self._identify_file()
+        basic = self._structs_cache.get((self.little_endian, self.elfclass))
+        if basic is None:
+            basic = ELFStructs(little_endian=self.little_endian, elfclass=self.elfclass)
+            basic.create_basic_structs()
+            self._structs_cache[(self.little_endian, self.elfclass)] = basic
+        self.structs = basic
+        self.header = self._parse_elf_header()
+        key = (self.little_endian, self.elfclass, self["e_type"], self["e_machine"], self["e_ident"]["EI_OSABI"])
+        structs = self._structs_cache.get(key)
+        if structs is None:
+            structs = ELFStructs(little_endian=self.little_endian, elfclass=self.elfclass)
+            structs.create_basic_structs()
+            structs.create_advanced_structs(*key[2:])
+            if len(self._structs_cache) < 256:
+                self._structs_cache[key] = structs
+        self.structs = structs
+        self.stream.seek(0)
+        self.e_ident_raw = self.stream.read(16)
+        self.stream_loader = None
+
+
+def open_elf(buf) -> ELFFile:
+    """An ``ELFFile`` over ``buf`` (pyelftools semantics, cached struct definitions)."""
+    return CachedELFFile(MemStream(buf))
+
+
+# ----------------------------------------------------------------------------- headers
+
+
+@functools.lru_cache(maxsize=None)
+def machine_name(machine: int) -> str:
+    """pyelftools' name for an ``e_machine`` value (``x64``, ``ARM``, ``MIPS``, ...)."""
+
+    class _Shim:
+        def __getitem__(self, key):
+            return _MACHINE_NAMES.get(machine, machine)
+
+    return ELFFile.get_machine_arch(_Shim())  # type: ignore[arg-type]
+
+
+def read_header(buf) -> Header:
+    """Parse the ELF identification and header.  Raises :class:`NotELF` or :class:`_GiveUp`."""
+    if len(buf) < 4 or bytes(buf[:4]) != b"\x7fELF":
+        raise NotELF("not an ELF file (no ELF magic number)")
+    if len(buf) < 6:
+        raise NotELF("truncated ELF identification")
+    ei_class, ei_data = buf[4], buf[5]
+    if ei_class not in (1, 2) or ei_data not in (1, 2):
+        raise NotELF(f"invalid ELF class/data encoding ({ei_class}, {ei_data})")
+    bits = 32 if ei_class == 1 else 64
+    e = "<" if ei_data == 1 else ">"
+    fmt = e + ("16sHHIIIIIHHHHHH" if bits == 32 else "16sHHIQQQIHHHHHH")
+    if len(buf) < struct.calcsize(fmt):
+        raise _GiveUp
+    (_, _t, machine, _v, entry, phoff, shoff, _f, _eh, phentsize, phnum, shentsize, shnum, shstrndx) = struct.unpack_from(
+        fmt, buf, 0
+    )
+    return Header(bits, e, machine, entry, phoff, shoff, phentsize, phnum, shentsize, shnum, shstrndx)
+
+
+class _Sections:
+    """Raw section headers, read on demand; gives up where pyelftools would raise or differ."""
+
+    def __init__(self, buf, h: Header) -> None:
+        self.buf, self.h = buf, h
+        self.fmt = h.endian + ("IIIIIIIIII" if h.bits == 32 else "IIQQQQIIQQ")
+        self.size = 40 if h.bits == 32 else 64
+        if h.shentsize < self.size or h.shnum == 0 or h.shstrndx == 0xFFFF:
+            raise _GiveUp
+        self._cache: dict[int, tuple] = {}
+        self.names_at: int | None = None  # file offset of the section-name table, once known
+        self.names_at = self.get(h.shstrndx)[4]
+        if self.names_at + self.get(h.shstrndx)[0] > MAX_FILE_OFFSET:
+            raise _GiveUp
+
+    def get(self, i: int) -> tuple:
+        """(name, type, flags, addr, offset, size, link, info, addralign, entsize)"""
+        hdr = self._cache.get(i)
+        if hdr is None:
+            off = self.h.shoff + i * self.h.shentsize
+            if off + self.size > len(self.buf):
+                raise _GiveUp
+            hdr = struct.unpack_from(self.fmt, self.buf, off)
+            if hdr[2] & SHF_COMPRESSED:  # pyelftools reads a compression header here
+                raise _GiveUp
+            if self.names_at is not None and self.names_at + hdr[0] > MAX_FILE_OFFSET:
+                raise _GiveUp  # pyelftools looks up every section's name: that seek would fail
+            self._cache[i] = hdr
+        return hdr
+
+    def name(self, hdr: tuple) -> bytes:
+        strtab = self.get(self.h.shstrndx)
+        pos = strtab[4] + hdr[0]
+        end = self.buf.find(b"\x00", pos) if pos < len(self.buf) else -1
+        return bytes(self.buf[pos:end]) if end >= 0 else b""
+
+    def need(self, pos: int, size: int) -> None:
+        if pos + size > len(self.buf):
+            raise _GiveUp
+
+    def strtab(self, link: int) -> tuple:
+        hdr = self.get(link)
+        if hdr[1] != SHT_STRTAB:
+            raise _GiveUp
+        return hdr
+
+    def symtab(self, hdr: tuple, linked: bool = False) -> tuple:
+        """Checks pyelftools makes when it builds a symbol table section; returns its strtab."""
+        if linked and hdr[1] not in (SHT_SYMTAB, SHT_DYNSYM):
+            raise _GiveUp
+        strtab = self.strtab(hdr[6])
+        entsize = hdr[9]
+        if entsize <= 0 or hdr[5] % entsize:
+            raise _GiveUp
+        return strtab
+
+
+def find_symbol_table_fast(buf, h: Header) -> SymbolTable | None:
+    """The reference's choice of symbol table, from raw headers (``None``: there is none).
+
+    Raises :class:`_GiveUp` whenever a section before the chosen one is anything that
+    pyelftools would inspect more closely while walking the sections.
+    """
+    if h.shoff == 0:
+        return None  # pyelftools: no sections at all
+    secs = _Sections(buf, h)  # reads the section-name table first, as pyelftools does
+    word = 4 if h.bits == 32 else 8
+    for i in range(h.shnum):
+        hdr = secs.get(i)
+        t, size = hdr[1], hdr[5]
+        if t in (SHT_SYMTAB, SHT_DYNSYM, SHT_SUNW_LDYNSYM):
+            strtab = secs.symtab(hdr)
+            if size > 0 and t != SHT_SUNW_LDYNSYM:
+                kind = "dynsym" if t == SHT_DYNSYM else "symtab"
+                return SymbolTable(kind, hdr[4], size, hdr[9], strtab[4])
+        elif t == SHT_GNU_HASH:
+            secs.symtab(secs.get(hdr[6]), linked=True)
+            secs.need(hdr[4], 16)
+            nbuckets, _sym, bloom, _shift = struct.unpack_from(h.endian + "IIII", buf, hdr[4])
+            secs.need(hdr[4] + 16, bloom * word + nbuckets * 4)
+        elif t == SHT_HASH:
+            secs.symtab(secs.get(hdr[6]), linked=True)
+            if size:
+                secs.need(hdr[4], 8)
+                nbuckets, nchains = struct.unpack_from(h.endian + "II", buf, hdr[4])
+                secs.need(hdr[4] + 8, (nbuckets + nchains) * 4)
+        elif t == SHT_DYNAMIC:
+            if secs.get(hdr[6])[1] not in (SHT_STRTAB, SHT_NOBITS, SHT_NULL):
+                raise _GiveUp
+        elif t == SHT_GNU_VERSYM:
+            secs.symtab(secs.get(hdr[6]), linked=True)
+        elif t in (SHT_GNU_VERNEED, SHT_GNU_VERDEF):
+            secs.strtab(hdr[6])
+        elif t in (SHT_REL, SHT_RELA, SHT_RELR, SHT_SYMTAB_SHNDX, SHT_SUNW_SYMINFO):
+            raise _GiveUp
+        elif t == SHT_LOPROC_3 and h.machine in (EM_ARM, EM_RISCV):
+            raise _GiveUp
+        elif t == SHT_PROGBITS and secs.name(hdr) == b".stab":
+            raise _GiveUp
+    return None
+
+
+def find_symbol_table_exact(elf: ELFFile) -> SymbolTable | None:
+    """The reference's choice, made the reference's way (pyelftools walks the sections)."""
+    for s in elf.iter_sections():
+        if s["sh_size"] <= 0:
+            continue
+        if s["sh_type"] in ("SHT_DYNSYM", "SHT_SYMTAB"):
+            kind = "dynsym" if s["sh_type"] == "SHT_DYNSYM" else "symtab"
+            return SymbolTable(kind, s["sh_offset"], s["sh_size"], s["sh_entsize"], s.stringtable["sh_offset"])
+    return None
+
+
+# ----------------------------------------------------------------------------- symbols
+
+
+def read_function_names(buf, h: Header, table: SymbolTable) -> list[str]:
+    """Names of the global, default-visibility functions in ``table``, as pyelftools decodes
+    them (UTF-8 with replacement), in table order.
+
+    Fails as the reference does: it reads every entry and looks up every entry's name, in
+    order, from a file, so the first entry that runs past the end of the file
+    (``ELFParseError``) or whose entry or name lies at an offset a file cannot seek to decides.
+    """
+    dtype = _SYM_DTYPE[(h.bits, h.endian)]
+    count = table.size // table.entsize
+    n = len(buf)
+    # entries whose bytes are all in the file: offset + (i * entsize) + itemsize <= n
+    room = n - dtype.itemsize - table.offset
+    whole = 0 if room < 0 else min(count, room // table.entsize + 1)
+    syms = np.ndarray(shape=(whole,), dtype=dtype, buffer=buf, offset=table.offset if whole else 0, strides=(table.entsize,))
+    names_rel = syms["name"]
+    bad_name = np.flatnonzero(names_rel.astype(np.uint64) > max(-1, MAX_FILE_OFFSET - table.strtab_offset)) if table.strtab_offset <= MAX_FILE_OFFSET else np.arange(whole)
+    if bad_name.size:
+        i = int(bad_name[0])
+        check_seek(table.strtab_offset + int(names_rel[i]))
+    if whole < count:
+        pos = table.offset + whole * table.entsize
+        check_seek(pos)
+        raise ELFParseError("symbol table runs past the end of the file")
+    info, other = syms["info"], syms["other"]
+    keep = ((info & 0xF) == STT_FUNC) & ((info >> 4) == STB_GLOBAL) & ((other & 7) == 0)
+    base, find = table.strtab_offset, buf.find
+    names = []
+    for off in names_rel[keep].tolist():
+        pos = base + off
+        if pos >= n:
+            continue
+        end = find(b"\x00", pos)
+        if end > pos:
+            names.append(buf[pos:end].decode("utf-8", errors="replace"))
+    return names
+
+
+# ----------------------------------------------------------------------------- one file
+
+
+def hash_buffer(buf, name: str, *, exact: bool = False) -> Result:
+    """Hash an ELF image held in ``buf`` (bytes or mmap).  Never raises for a bad file.
+
+    ``exact=True`` skips the fast route (the answer is the same; tests compare the two).
+    """
+    try:
+        return _hash_buffer(buf, name, exact)
+    except NotELF as exc:
+        return Result(file=name, reason=Reason.NOT_ELF, detail=str(exc))
+    except ELFError as exc:  # ELFParseError included: what the reference calls "Could not parse file as ELF"
+        return Result(file=name, reason=Reason.CORRUPT, detail=f"truncated or corrupted ELF: {exc}")
+    except (MemoryError, RecursionError) as exc:
+        return Result(file=name, reason=Reason.MALFORMED, detail=f"crafted or corrupted ELF: {type(exc).__name__}")
+    except Exception as exc:  # the reference's "Unknown error": malformed structures pyelftools trips on
+        return Result(file=name, reason=Reason.MALFORMED, detail=f"malformed ELF ({type(exc).__name__}: {exc})")
+
+
+def _hash_buffer(buf, name: str, exact: bool) -> Result:
+    h = None
+    elf = None
+    try:
+        h = read_header(buf)
+        if exact:
+            raise _GiveUp
+        table = find_symbol_table_fast(buf, h)
+    except _GiveUp:
+        elf = open_elf(buf)
+        if h is None:
+            h = read_header(buf)
+        table = find_symbol_table_exact(elf)
+    arch = machine_name(h.machine)
+    if table is None:
+        from .fallback import call_destinations
+
+        if elf is None:
+            elf = open_elf(buf)
+        items, reason, detail = call_destinations(elf, buf)
+        method = "fallback"
+    else:
+        items = select_symbols(read_function_names(buf, h, table))
+        method = table.kind
+        reason = Reason.NO_SYMBOLS
+        detail = f"no global function symbol survives the filters in .{table.kind}"
+    result = Result(file=name, arch=arch, method=method, symbols=len(items))
+    if not items:
+        result.reason, result.detail = reason, detail
+        return result
+    digest = tlsh_digest(items)
+    if digest == "tnull":
+        result.reason = Reason.TOO_FEW_SYMBOLS
+        result.detail = f"too few or too uniform symbols for TLSH ({len(items)} {'addresses' if method == 'fallback' else 'names'})"
+    else:
+        result.telfhash = digest
+    return result

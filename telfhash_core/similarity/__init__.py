@@ -1,0 +1,1 @@
+"""Similarity layer: exact TLSH distances in bulk (``tlshdist``) and grouping (``cluster``)."""

@@ -1,0 +1,664 @@
+"""Exact grouping of telfhashes: connected components of "TLSH distance <= T".
+
+Two samples belong to one group when a chain of samples links them, each step within the
+threshold (A~B and B~C put A, B and C together).  That is what the reference tool's
+documentation promises; its implementation can return overlapping groups instead, and its cost
+grows faster than n³.  Here identical digests collapse first, every pair of distinct digests
+whose length codes allow a distance <= T is compared exactly (:mod:`telfhash_core.similarity.tlshdist`),
+and the components come from a union-find: 10⁵ digests take seconds.
+
+    >>> from telfhash_core.similarity.cluster import cluster, group, components
+    >>> components(["t1…", "T1…", "tnull"], threshold=50)     # labels; -1 for a non-digest
+    >>> clusters, ungroupable = cluster(results)              # Results, dicts or digest strings
+    >>> group(results)                                        # the reference's return shape
+
+``telfhash -g`` prints these groups in the reference's layout and ``telfhash cluster`` groups
+results computed earlier (JSON / JSONL / text).  See ``docs/clustering.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence, TextIO
+
+from ..hookspecs import hookimpl
+from ..result import Result
+from ..cli import non_negative_int
+
+# Statistics (representative, largest internal distance) need every pair inside a cluster.
+# Above this many distinct digests in one cluster they are computed for a sample of candidate
+# representatives only (each still against the whole cluster); the cluster says so.
+EXACT_STATS_LIMIT = 50_000
+STATS_SAMPLE = 2_000
+
+__all__ = ["Cluster", "components", "cluster", "group", "print_groups", "read_items", "EXACT_STATS_LIMIT"]
+
+
+# ----------------------------------------------------------------------------- items
+
+
+@dataclass
+class Item:
+    """One input to grouping: a name, its digest (70 hex, upper case) or None, and its CPU."""
+
+    name: str
+    digest: str | None
+    arch: str | None = None
+
+
+def _digest_part(value: Any) -> str | None:
+    """The 70 hex of a digest value in any spelling, also ``tag:t1…`` (text after the last ``:``)."""
+    from .tlshdist import _body70
+
+    if not isinstance(value, str):
+        return None
+    body = _body70(value.rsplit(":", 1)[-1])
+    return body.upper() if body is not None else None
+
+
+def _field(obj: Any, key: str) -> Any:
+    if isinstance(obj, Result):
+        if key == "telfhash":
+            return obj.telfhash
+        if key in obj.extra:
+            return obj.extra[key]
+        return getattr(obj, key, None) if key in Result.__dataclass_fields__ else None
+    if isinstance(obj, dict):
+        value = obj.get(key)
+        if value is None and isinstance(obj.get("extra"), dict):
+            value = obj["extra"].get(key)
+        return value
+    return None
+
+
+def to_items(items: Iterable[Any], key: str = "telfhash") -> list[Item]:
+    """Normalise Results, result dicts (``telfhash -f json/jsonl``, the reference's 3-key dicts)
+    or plain digest strings into :class:`Item` s.  Names: ``file`` (else ``sha256``, else
+    ``#N``) for results, the string itself for plain digests."""
+    out: list[Item] = []
+    for k, obj in enumerate(items):
+        if isinstance(obj, Item):
+            out.append(obj)
+        elif isinstance(obj, str):
+            out.append(Item(obj.strip(), _digest_part(obj)))
+        elif isinstance(obj, (Result, dict)):
+            if isinstance(obj, Result):
+                name, arch = obj.file, obj.arch
+            else:
+                name = obj.get("file") or obj.get("path") or obj.get("sha256") or f"#{k}"
+                arch = obj.get("arch")
+            out.append(Item(str(name), _digest_part(_field(obj, key)), arch if isinstance(arch, str) else None))
+        else:
+            out.append(Item(f"#{k}", None))
+    return out
+
+
+# ----------------------------------------------------------------------------- components
+
+
+def _unique(bodies: Sequence[str | None]) -> tuple[list[str], list[int]]:
+    """Distinct digests (first-seen order) and, per input, its index among them (-1: none)."""
+    index: dict[str, int] = {}
+    inverse = []
+    for b in bodies:
+        if b is None:
+            inverse.append(-1)
+        else:
+            inverse.append(index.setdefault(b, len(index)))
+    return list(index), inverse
+
+
+def components(digests: Iterable[Any], threshold: int = 50, *, threads: int | None = None):
+    """Connected components of "distance <= threshold" (py-tlsh ``diff``, length term included).
+
+    ``digests``: strings in any spelling (``t1…``, ``T1…``, 70 hex, or ``tag:t1…``).  Returns a
+    NumPy int64 array with one label per input, numbered 0, 1, ... in order of first appearance;
+    values that are not digests (``None``, ``-``, ``tnull``, ...) get -1.  Identical digests
+    collapse before any distance is computed.
+    """
+    import numpy as np
+
+    from .tlshdist import components_within, encode
+
+    bodies = [_digest_part(d) for d in digests]
+    uniq, inverse = _unique(bodies)
+    inv = np.asarray(inverse, dtype=np.int64)
+    if not uniq:
+        return np.full(len(bodies), -1, dtype=np.int64)
+    labels_u = components_within(encode(uniq), threshold, threads=threads)
+    labels = np.where(inv >= 0, labels_u[np.maximum(inv, 0)], -1)
+    # renumber in order of first appearance in the input (not of the distinct digests)
+    seen: dict[int, int] = {}
+    out = np.array([-1 if x < 0 else seen.setdefault(x, len(seen)) for x in labels.tolist()], dtype=np.int64)
+    return out
+
+
+# ----------------------------------------------------------------------------- clusters
+
+
+@dataclass
+class Cluster:
+    """One group: its members (input order), their digests (``t1…``), the representative (the
+    member whose largest distance to the others is smallest; ties: smallest total distance to
+    the others, then the earliest member), and the largest distance between two members.
+
+    ``exact`` is False only for clusters of more than ``EXACT_STATS_LIMIT`` distinct digests,
+    where the representative is the best of a sample and ``max_distance`` a lower bound.
+    """
+
+    members: list[str]
+    digests: list[str]
+    representative: str
+    max_distance: int
+    arches: list[str | None] = field(default_factory=list)
+    exact: bool = True
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+    @property
+    def representative_digest(self) -> str:
+        return self.digests[self.members.index(self.representative)]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {
+            "size": self.size,
+            "representative": self.representative,
+            "representative_telfhash": self.representative_digest,
+            "max_distance": self.max_distance,
+            "members": list(self.members),
+            "telfhashes": list(self.digests),
+        }
+        if any(a is not None for a in self.arches):
+            d["arches"] = list(self.arches)
+        if not self.exact:
+            d["exact"] = False
+        return d
+
+
+def cluster(
+    items: Iterable[Any], threshold: int = 50, key: str = "telfhash", *, threads: int | None = None
+) -> tuple[list[Cluster], list[str]]:
+    """Group ``items`` (Results, result dicts, or digest strings) into clusters.
+
+    ``key`` picks the field holding the digest (e.g. ``"telfhash_x"``; a value such as
+    ``"tx1:t1…"`` is read after its last ``:``).  Returns ``(clusters, ungroupable)``:
+
+    * ``clusters`` -- every connected component, singletons included (size 1, distance 0),
+      largest first, then by first appearance; every usable item is in exactly one cluster;
+    * ``ungroupable`` -- names of the items without a usable digest (``-``, ``tnull``, missing).
+    """
+    import numpy as np
+
+    from .tlshdist import components_within, encode, group_stats
+
+    its = to_items(items, key)
+    ungroupable = [it.name for it in its if it.digest is None]
+    usable = [it for it in its if it.digest is not None]
+    if not usable:
+        return [], ungroupable
+    uniq, inverse = _unique([it.digest for it in usable])
+    inv = np.asarray(inverse, dtype=np.int64)
+    enc = encode(uniq)
+    labels_u = components_within(enc, threshold, threads=threads)
+    counts = np.bincount(inv, minlength=len(uniq)).astype(np.int64)
+
+    # every pair inside each component once; oversized components: sampled candidates only
+    nlab = int(labels_u.max()) + 1
+    sizes_u = np.bincount(labels_u, minlength=nlab)
+    inexact = set(np.flatnonzero(sizes_u > EXACT_STATS_LIMIT).tolist())
+    if not inexact:
+        maxd, sumd = group_stats(enc, labels_u, counts, threads=threads)
+    else:
+        big = np.isin(labels_u, sorted(inexact))
+        alone = np.where(big, nlab + np.arange(len(uniq)), labels_u)  # rows of big components: no work here
+        maxd, sumd = group_stats(enc, alone, counts, threads=threads)
+        sampled = []
+        for lab in sorted(inexact):
+            members = np.flatnonzero(labels_u == lab)
+            step = max(1, members.size // STATS_SAMPLE)
+            sampled.append(members[::step][:STATS_SAMPLE])
+        mb, sb = group_stats(enc, labels_u, counts, rows=np.concatenate(sampled), threads=threads)
+        maxd[big], sumd[big] = mb[big], sb[big]  # -1 where not sampled
+
+    by_label: dict[int, list[int]] = {}
+    for pos, u in enumerate(inverse):
+        by_label.setdefault(int(labels_u[u]), []).append(pos)
+    clusters: list[Cluster] = []
+    for lab, positions in by_label.items():
+        best = None
+        for pos in positions:
+            u = inverse[pos]
+            if maxd[u] < 0:
+                continue  # not a sampled candidate
+            rank = (int(maxd[u]), int(sumd[u]), pos)
+            if best is None or rank < best:
+                best = rank
+        us = {inverse[p] for p in positions}
+        mx = max(int(maxd[u]) for u in us if maxd[u] >= 0) if len(us) > 1 else 0
+        clusters.append(
+            Cluster(
+                members=[usable[p].name for p in positions],
+                digests=["t1" + usable[p].digest.lower() for p in positions],
+                representative=usable[best[2]].name,
+                max_distance=mx,
+                arches=[usable[p].arch for p in positions],
+                exact=lab not in inexact,
+            )
+        )
+    order = sorted(range(len(clusters)), key=lambda c: -clusters[c].size)  # stable: first appearance
+    return [clusters[c] for c in order], ungroupable
+
+
+# ----------------------------------------------------------------------------- reference shape
+
+
+def _reference_items(results: Iterable[Any]) -> list[Item]:
+    """Like the reference: keyed by file name (a later duplicate name wins), digests only."""
+    by_name: dict[str, Item] = {}
+    for it in to_items(results):
+        by_name[it.name] = it
+    return [it for it in by_name.values() if it.digest is not None]
+
+
+def group(results: Iterable[Any], threshold: int = 50) -> dict[str, Any]:
+    """The reference's ``group()`` return shape: ``{"grouped": tuple of sorted tuples of file
+    names, "nogroup": [file names]}``.
+
+    Groups are transitive components (never overlapping); they are listed smallest first, as
+    the reference does (ties by their sorted names).  ``nogroup`` holds, in input order, the
+    files that have a digest and no partner; files without a digest are in neither list, as in
+    the reference.  Fewer than two digests give no group (the reference raises IndexError).
+    """
+    its = _reference_items(results)
+    if not its:
+        return {"grouped": (), "nogroup": []}
+    labels = components([it.digest for it in its], threshold).tolist()
+    members: dict[int, list[str]] = {}
+    for it, lab in zip(its, labels):
+        members.setdefault(lab, []).append(it.name)
+    grouped = sorted((tuple(sorted(m)) for m in members.values() if len(m) > 1), key=lambda g: (len(g), g))
+    nogroup = [m[0] for m in members.values() if len(m) == 1]
+    return {"grouped": tuple(grouped), "nogroup": nogroup}
+
+
+def print_groups(results: Iterable[Any], threshold: int = 50, out: TextIO | None = None) -> None:
+    """What ``telfhash -g`` prints after the hashes, in the reference's layout: an empty line,
+    ``Group N:`` headers with members indented by four spaces, then ``Ungrouped:``."""
+    out = sys.stdout if out is None else out
+    groups = group(results, threshold)
+    out.write("\n")
+    for i, members in enumerate(groups["grouped"]):
+        out.write(f"Group {i + 1}:\n")
+        for m in members:
+            out.write(f"    {m}\n")
+    if groups["nogroup"]:
+        out.write("Ungrouped:\n")
+        for m in groups["nogroup"]:
+            out.write(f"    {m}\n")
+
+
+# ----------------------------------------------------------------------------- reading input
+
+
+def _parse_text_line(line: str) -> Any:
+    """A digest alone, ``file<TAB>digest`` (``-f tsv``) or ``file  digest`` (default output)."""
+    if "\t" in line:
+        name, _, value = line.rpartition("\t")
+        return {"file": name, "telfhash": value.strip()}
+    parts = line.rsplit(None, 1)
+    if len(parts) == 2:
+        return {"file": parts[0].rstrip(), "telfhash": parts[1]}
+    return parts[0]
+
+
+def read_items(text: str, source: str = "<input>", errors: list[str] | None = None) -> list[Any]:
+    """Parse what ``telfhash`` wrote: one JSON list (``-f json``, of result dicts or of digest
+    strings), JSON lines (``-f jsonl``), ``-f tsv`` / default output, or one digest per line.
+    Lines that cannot be read are reported in ``errors`` and skipped."""
+    errors = [] if errors is None else errors
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            data = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            errors.append(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})")
+            return []
+        if not isinstance(data, list):
+            errors.append(f"{source}: expected a JSON list")
+            return []
+        good = [d for d in data if isinstance(d, (dict, str))]
+        if len(good) != len(data):
+            errors.append(f"{source}: {len(data) - len(good)} list entries are neither objects nor strings")
+        return good
+    items: list[Any] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("{"):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                errors.append(f"{source}:{lineno}: not valid JSON ({exc.msg})")
+                continue
+            if isinstance(obj, dict):
+                items.append(obj)
+            else:
+                errors.append(f"{source}:{lineno}: not a JSON object")
+            continue
+        items.append(_parse_text_line(line))
+    return items
+
+
+# ----------------------------------------------------------------------------- pictures
+
+_PALETTE = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf", "#393b79", "#ad494a", "#637939", "#8c6d31", "#7b4173", "#3182bd",
+]
+
+
+def _layout(clusters: list[Cluster], edges_by_cluster: list[list[tuple[int, int, int]]]):
+    """Positions: each cluster laid out on its own (a short force-directed run from a
+    sunflower start), clusters packed in rows, largest first."""
+    import numpy as np
+
+    placed = []
+    golden = math.pi * (3 - math.sqrt(5))
+    for c, edges in zip(clusters, edges_by_cluster):
+        k = c.size
+        idx = np.arange(k)
+        r = np.sqrt((idx + 0.5) / k)
+        pos = np.c_[r * np.cos(idx * golden), r * np.sin(idx * golden)]
+        if 2 < k <= 300 and edges:
+            e = np.array([(a, b) for a, b, _ in edges], dtype=np.int64)
+            opt = 1.0 / math.sqrt(k)
+            temp = 0.1
+            for _ in range(60):
+                delta = pos[:, None, :] - pos[None, :, :]
+                dist = np.sqrt((delta**2).sum(-1)) + 1e-9
+                disp = (delta / dist[..., None] * (opt**2 / dist)[..., None]).sum(1)
+                dv = pos[e[:, 0]] - pos[e[:, 1]]
+                dl = np.sqrt((dv**2).sum(-1)) + 1e-9
+                f = dv / dl[:, None] * (dl**2 / opt)[:, None]
+                np.add.at(disp, e[:, 0], -f)
+                np.add.at(disp, e[:, 1], f)
+                ln = np.sqrt((disp**2).sum(-1)) + 1e-9
+                pos += disp / ln[:, None] * np.minimum(ln, temp)[:, None]
+                temp *= 0.95
+            pos -= pos.mean(0)
+            pos /= max(np.abs(pos).max(), 1e-9)
+        radius = math.sqrt(k) * 0.6 + 0.4
+        placed.append(pos * radius)
+    # shelf packing
+    total = sum((2 * (math.sqrt(c.size) * 0.6 + 0.4) + 1) ** 2 for c in clusters)
+    width = max(math.sqrt(total) * 1.3, 4.0)
+    x = y = row_h = 0.0
+    out = []
+    for pos, c in zip(placed, clusters):
+        d = 2 * (math.sqrt(c.size) * 0.6 + 0.4) + 1
+        if x + d > width and x > 0:
+            x, y, row_h = 0.0, y + row_h, 0.0
+        out.append(pos + np.array([x + d / 2, -(y + d / 2)]))
+        x += d
+        row_h = max(row_h, d)
+    return out
+
+
+def _plot_edges(clusters: list[Cluster], threshold: int, max_edges: int):
+    """Edges (member a, member b, distance <= T) inside each cluster, shortest kept first."""
+    from .tlshdist import encode, pairs_within
+
+    result = []
+    budget = max_edges
+    for c in clusters:
+        if c.size < 2:
+            result.append([])
+            continue
+        i, j, d = pairs_within(encode(c.digests), threshold)
+        order = d.argsort(kind="stable")[: max(budget, c.size - 1)]
+        edges = [(int(i[k]), int(j[k]), int(d[k])) for k in order]
+        budget -= len(edges)
+        result.append(edges)
+    return result
+
+
+def plot(
+    clusters: list[Cluster], path: str, threshold: int = 50, *, max_nodes: int = 3000, max_edges: int = 30000
+) -> str:
+    """Draw clusters to ``path``: ``.png`` (matplotlib) or ``.html`` (self-contained SVG).
+
+    Nodes are samples coloured by architecture, edges join members within the threshold.
+    Clusters are drawn largest first until ``max_nodes``; returns a one-line summary."""
+    shown: list[Cluster] = []
+    nodes = 0
+    for c in clusters:
+        if nodes + c.size > max_nodes and shown:
+            break
+        shown.append(c)
+        nodes += c.size
+    edges = _plot_edges(shown, threshold, max_edges)
+    positions = _layout(shown, edges)
+    arches = sorted({a or "unknown" for c in shown for a in (c.arches or [None] * c.size)})
+    colour = {a: _PALETTE[k % len(_PALETTE)] for k, a in enumerate(arches)}
+    nedges = sum(len(e) for e in edges)
+    summary = (
+        f"{nodes} samples in {len(shown)} of {len(clusters)} groups drawn, {nedges} edges (distance <= {threshold})"
+    )
+    if path.lower().endswith((".html", ".htm")):
+        _plot_html(shown, edges, positions, colour, path, threshold, summary)
+    elif path.lower().endswith(".png"):
+        _plot_png(shown, edges, positions, colour, path, threshold, summary)
+    else:
+        raise ValueError(f"--plot: use a .png or .html file name, not {path!r}")
+    return summary
+
+
+def _arch_of(c: Cluster, k: int) -> str:
+    return (c.arches[k] if c.arches and k < len(c.arches) else None) or "unknown"
+
+
+def _plot_png(shown, edges, positions, colour, path, threshold, summary) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import LineCollection
+
+    nodes = sum(c.size for c in shown)
+    side = min(30.0, max(6.0, math.sqrt(nodes) * 0.9))
+    fig, ax = plt.subplots(figsize=(side, side * 0.8), dpi=100)
+    segs = [(pos[a], pos[b]) for pos, es in zip(positions, edges) for a, b, _ in es]
+    if segs:
+        ax.add_collection(LineCollection(segs, colors="#999999", linewidths=0.5, alpha=0.6, zorder=1))
+    size = 40 if nodes < 500 else 12
+    for arch, col in colour.items():
+        xs, ys = [], []
+        for c, pos in zip(shown, positions):
+            for k in range(c.size):
+                if _arch_of(c, k) == arch:
+                    xs.append(pos[k][0])
+                    ys.append(pos[k][1])
+        ax.scatter(xs, ys, s=size, c=col, label=f"{arch} ({len(xs)})", zorder=2, edgecolors="white", linewidths=0.3)
+    reps = [pos[c.members.index(c.representative)] for c, pos in zip(shown, positions) if c.size > 1]
+    if reps:
+        ax.scatter([p[0] for p in reps], [p[1] for p in reps], s=size * 2.2, facecolors="none", edgecolors="black",
+                   linewidths=0.8, zorder=3, label="representative")
+    if nodes <= 80:
+        for c, pos in zip(shown, positions):
+            for k, m in enumerate(c.members):
+                ax.annotate(os.path.basename(m) or m, pos[k], fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_title(f"telfhash groups, TLSH distance <= {threshold}: {summary}", fontsize=9)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, title="architecture")
+    ax.set_aspect("equal")
+    ax.autoscale()
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+_HTML = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>telfhash groups</title>
+<style>
+body{{font-family:sans-serif;margin:1em}} svg{{border:1px solid #ddd;max-width:100%;height:auto}}
+line{{stroke:#999;stroke-opacity:.6}} circle{{stroke:#fff;stroke-width:.04}} circle.rep{{stroke:#000;stroke-width:.07}}
+.dim{{opacity:.12}} #info{{font-family:monospace;white-space:pre;min-height:3em}}
+.legend span{{display:inline-block;width:.9em;height:.9em;margin:0 .3em 0 1em;vertical-align:middle}}
+</style></head><body>
+<h1>telfhash groups</h1>
+<p>TLSH distance &le; {threshold}. {summary}. Hover a sample for details; click it to highlight its group (click the background to reset). Outlined in black: each group's representative.</p>
+<p class="legend">{legend}</p>
+<div id="info"></div>
+<svg xmlns="http://www.w3.org/2000/svg" viewBox="{vb}" width="{w}" height="{h}" id="plot">
+<rect x="{x0}" y="{y0}" width="{vw}" height="{vh}" fill="white" id="bg"/>
+{body}
+</svg>
+<script>
+(function(){{
+var svg=document.getElementById('plot'),info=document.getElementById('info');
+function show(e){{var t=e.target;if(t.tagName!=='circle')return;
+info.textContent=t.dataset.name+'\\n'+t.dataset.arch+'  group '+t.dataset.g+'\\n'+t.dataset.d;}}
+svg.addEventListener('mouseover',show);
+svg.addEventListener('click',function(e){{var g=e.target.dataset?e.target.dataset.g:null;
+svg.querySelectorAll('[data-g]').forEach(function(n){{n.classList.toggle('dim',g!=null&&n.dataset.g!==g);}});}});
+}})();
+</script></body></html>
+"""
+
+
+def _plot_html(shown, edges, positions, colour, path, threshold, summary) -> None:
+    import numpy as np
+
+    allpos = np.vstack(positions) if positions else np.zeros((1, 2))
+    (x0, y0), (x1, y1) = allpos.min(0) - 1, allpos.max(0) + 1
+    scale = 1.0  # SVG user units = layout units; y is flipped
+    parts = []
+    for g, (c, pos, es) in enumerate(zip(shown, positions, edges), 1):
+        for a, b, d in es:
+            parts.append(
+                f'<line data-g="{g}" x1="{pos[a][0]:.3f}" y1="{-pos[a][1]:.3f}" x2="{pos[b][0]:.3f}" '
+                f'y2="{-pos[b][1]:.3f}" stroke-width="0.03"><title>{d}</title></line>'
+            )
+        for k, m in enumerate(c.members):
+            arch = _arch_of(c, k)
+            rep = " (representative)" if m == c.representative else ""
+            rep_class = ' class="rep"' if rep else ""
+            parts.append(
+                f'<circle data-g="{g}" data-name="{html.escape(m + rep)}" data-arch="{html.escape(arch)}" '
+                f'data-d="{html.escape(c.digests[k])}" cx="{pos[k][0]:.3f}" cy="{-pos[k][1]:.3f}" r="0.18" '
+                f'fill="{colour[arch]}"{rep_class}><title>{html.escape(m)}</title></circle>'
+            )
+    legend = "".join(
+        f'<span style="background:{col}"></span>{html.escape(arch)}' for arch, col in colour.items()
+    )
+    vw, vh = (x1 - x0) * scale, (y1 - y0) * scale
+    px = 1000
+    doc = _HTML.format(
+        threshold=threshold,
+        summary=html.escape(summary),
+        legend=legend,
+        vb=f"{x0:.3f} {-y1:.3f} {vw:.3f} {vh:.3f}",
+        x0=f"{x0:.3f}",
+        y0=f"{-y1:.3f}",
+        vw=f"{vw:.3f}",
+        vh=f"{vh:.3f}",
+        w=px,
+        h=int(px * vh / max(vw, 1e-9)),
+        body="\n".join(parts),
+    )
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(doc)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    errors: list[str] = []
+    items: list[Any] = []
+    for src in args.inputs:
+        try:
+            if src == "-":
+                text = sys.stdin.read()
+            else:
+                with open(src, encoding="utf-8", errors="replace") as fh:
+                    text = fh.read()
+        except OSError as exc:
+            errors.append(f"{src}: {exc.strerror or exc}")
+            continue
+        items.extend(read_items(text, src, errors))
+    for e in errors[:20]:
+        print(f"telfhash cluster: {e}", file=sys.stderr)
+    if len(errors) > 20:
+        print(f"telfhash cluster: ... and {len(errors) - 20} more problems", file=sys.stderr)
+    if not items:
+        print("telfhash cluster: no input items", file=sys.stderr)
+        return 1
+    clusters, ungroupable = cluster(items, args.threshold, key=args.key)
+    groups = [c for c in clusters if c.size > 1]
+    singles = [c.members[0] for c in clusters if c.size == 1]
+    doc = {
+        "threshold": args.threshold,
+        "key": args.key,
+        "items": len(items),
+        "clusters": [c.to_dict() for c in groups],
+        "singletons": singles,
+        "ungroupable": ungroupable,
+    }
+    text = json.dumps(doc, indent=1) + "\n"
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        try:
+            with open(args.output, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError as exc:
+            print(f"telfhash cluster: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+    print(
+        f"telfhash cluster: {len(items)} items: {len(groups)} groups "
+        f"({sum(c.size for c in groups)} members), {len(singles)} singletons, {len(ungroupable)} without a digest",
+        file=sys.stderr,
+    )
+    if args.plot:
+        try:
+            summary = plot(groups or clusters, args.plot, args.threshold, max_nodes=args.plot_max_nodes)
+        except ImportError as exc:
+            print(f"telfhash cluster: --plot {args.plot}: {exc} (install telfhash-core[plot])", file=sys.stderr)
+            return 1
+        except (ValueError, OSError) as exc:
+            print(f"telfhash cluster: --plot: {exc}", file=sys.stderr)
+            return 1
+        print(f"telfhash cluster: plot written to {args.plot}: {summary}", file=sys.stderr)
+    return 0
+
+
+@hookimpl
+def telfhash_commands(subparsers):
+    p = subparsers.add_parser(
+        "cluster",
+        help="group telfhash results computed earlier (JSON, JSONL, TSV or digest lists)",
+        description=(
+            "Group results written by 'telfhash -f json|jsonl|tsv' (or a list of digests, one per "
+            "line) into the connected components of 'TLSH distance <= THRESHOLD', and write them "
+            "as JSON: members, a representative and the largest internal distance per group."
+        ),
+    )
+    p.add_argument("-t", "--threshold", type=non_negative_int, default=50, help="TLSH distance (default 50)")
+    p.add_argument("--key", default="telfhash", help="field holding the digest (default telfhash; e.g. telfhash_x)")
+    p.add_argument("-o", "--output", default=None, help="write the clusters JSON here (default stdout)")
+    p.add_argument("--plot", metavar="FILE", help="also draw the groups: FILE.png (matplotlib) or FILE.html")
+    p.add_argument("--plot-max-nodes", type=non_negative_int, default=3000, help="draw at most this many samples (default 3000)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files written by telfhash ('-' for stdin)")
+    p.set_defaults(func=run_cluster)

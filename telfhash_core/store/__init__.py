@@ -1,0 +1,1 @@
+"""Storage layer: the local SQLite similarity index of known samples."""

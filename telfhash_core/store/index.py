@@ -1,0 +1,1166 @@
+"""A local similarity index: telfhash results in one SQLite file, searched by TLSH distance.
+
+    >>> from telfhash_core.store.index import Index
+    >>> with Index("corpus.sqlite") as ix:
+    ...     ix.add_files(["/samples"], recursive=True)       # hash (with SHA-256) and record
+    ...     ix.add_jsonl("earlier.jsonl")                     # or results from `telfhash -f jsonl --sha256`
+    ...     for m in ix.search("t1…", max_distance=50):       # or a path: the file is hashed first
+    ...         print(m.distance, m.sha256, m.path)
+
+Storage.  One SQLite file (default ``$TELFHASH_INDEX`` or
+``~/.local/share/telfhash-core/index.sqlite``) in WAL mode: any number of processes may read
+while one adds.  Adds are committed in batches, so a killed ``add`` keeps every batch already
+committed and a re-run only adds what is missing.  Digests are stored packed (the 35 bytes the
+70 hex characters spell); a search loads them once into a NumPy matrix (see
+:mod:`telfhash_core.similarity.tlshdist`) and reloads only what changed since (a generation counter in
+the ``meta`` table), so a query is one vectorised pass over every entry.
+
+Identity.  An entry is one sample, keyed by its SHA-256: adding the same sample again does not
+make a second entry.  The first sighting's ``path``, ``source`` and ``added`` time are kept;
+fields that were empty (digest, companion hash, architecture, size, ...) are filled in from the
+later add.  Samples whose telfhash could not be computed are recorded with their ``reason``
+and never match a search.  Results without a SHA-256 are not recorded (hash with ``--sha256``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import re
+import sqlite3
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from ..digest import is_digest, normalize
+from ..hookspecs import hookimpl
+from ..result import Reason, Result
+from ..cli import non_negative_int
+
+if TYPE_CHECKING:  # tlshdist (NumPy kernels, numba) is imported on first search, not with the CLI
+    from ..similarity.tlshdist import Encoded
+
+__all__ = ["Index", "Match", "AddStats", "default_path", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x74656C66  # "telf": marks the file as a telfhash-core index
+DEFAULT_BATCH = 2000  # results per committed transaction
+SNAPSHOT_MIN_ROWS = 20_000  # store the digest matrix when this many entries are not in it yet
+SNAPSHOT_PART_ROWS = 1_000_000  # rows per stored blob (SQLite limits a blob to 1 GB)
+COMMIT_SECONDS = 2.0  # ... or at least this often while hashing files
+COMPANION_TAG = "tx1"
+DIGEST_HEX = 70  # hex characters of a digest without its "t1"; packed: 35 bytes
+
+_SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+# search keys: name -> (packed digest column, text column)
+_KEYS = {"telfhash": "digest", "telfhash_x": "digest_x"}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    id INTEGER PRIMARY KEY,
+    sha256 TEXT NOT NULL UNIQUE,     -- lower-case hex, the identity of a sample
+    path TEXT,                       -- where it was first seen
+    digest BLOB,                     -- telfhash packed (35 bytes), NULL when there is none
+    telfhash_x TEXT,                 -- companion hash as given, e.g. "tx1:t1<70 hex>"
+    digest_x BLOB,                   -- its digest packed (35 bytes), when it has one
+    arch TEXT,
+    size INTEGER,
+    method TEXT,
+    symbols INTEGER,
+    reason TEXT,                     -- why there is no telfhash (Reason code), else NULL
+    added TEXT NOT NULL,             -- UTC ISO time of the first add
+    source TEXT NOT NULL,            -- "local", "stix:<bundle id>", "misp", ...
+    extra TEXT                       -- JSON object: other fields of the result
+);
+CREATE TABLE IF NOT EXISTS snapshot (
+    col TEXT NOT NULL,               -- "digest" or "digest_x"
+    part INTEGER NOT NULL,
+    ids BLOB NOT NULL,               -- int64 little-endian entry ids
+    packed BLOB NOT NULL,            -- 35 bytes per entry
+    planes BLOB NOT NULL,            -- 6 x uint64 little-endian bit planes per entry
+    PRIMARY KEY (col, part)
+);
+"""
+
+
+def default_path() -> Path:
+    """``$TELFHASH_INDEX`` or ``~/.local/share/telfhash-core/index.sqlite``."""
+    env = os.environ.get("TELFHASH_INDEX")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".local" / "share" / "telfhash-core" / "index.sqlite"
+
+
+def _utcnow() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+# ----------------------------------------------------------------------------- packing
+
+
+def pack(digest: str) -> bytes:
+    """The 35 bytes of a digest given in any spelling (ValueError if it is not one)."""
+    return bytes.fromhex(normalize(digest, "hex"))
+
+
+def unpack(blob: bytes) -> str:
+    """``t1`` + 70 hex (the reference's spelling) from 35 packed bytes."""
+    return "t1" + bytes(blob).hex()
+
+
+def _companion_digest(value: Any) -> bytes | None:
+    """The packed digest inside a companion value ``"tx1:t1…"``, or None."""
+    if not isinstance(value, str):
+        return None
+    tag, sep, digest = value.strip().rpartition(":")
+    if not sep or tag != COMPANION_TAG or not is_digest(digest):
+        return None
+    return pack(digest)
+
+
+_EVEN = np.uint64(0x5555555555555555)
+_COMPRESS = [
+    (1, np.uint64(0x3333333333333333)),
+    (2, np.uint64(0x0F0F0F0F0F0F0F0F)),
+    (4, np.uint64(0x00FF00FF00FF00FF)),
+    (8, np.uint64(0x0000FFFF0000FFFF)),
+    (16, np.uint64(0x00000000FFFFFFFF)),
+]
+
+
+def _gather_even_bits(x: np.ndarray) -> np.ndarray:
+    """The 32 even-numbered bits of each uint64 (bit 2k -> bit k), order kept."""
+    x = x & _EVEN
+    for shift, mask in _COMPRESS:
+        x = (x | (x >> np.uint64(shift))) & mask
+    return x
+
+
+def packed_planes(packed: np.ndarray) -> np.ndarray:
+    """(n, 6) uint64 bit planes (tlshdist's layout) of an (n, 35) matrix of packed digests.
+
+    Built 32 buckets at a time in 64-bit words: in a big-endian word of the body the first
+    bucket is in the top two bits; a bucket v is the bits (hi, lo), and the planes are
+    v>=1 = hi|lo, v>=2 = hi, v>=3 = hi&lo.
+    """
+    body = np.ascontiguousarray(packed[:, 3:])
+    words = body.view(">u8").astype(np.uint64)  # (n, 4)
+    hi = words >> np.uint64(1)
+    planes = np.empty((len(packed), 6), dtype=np.uint64)
+    for p, bits in enumerate((hi | words, hi, hi & words)):
+        c = _gather_even_bits(bits)  # (n, 4): 32 plane bits each
+        planes[:, 2 * p] = (c[:, 0] << np.uint64(32)) | c[:, 1]
+        planes[:, 2 * p + 1] = (c[:, 2] << np.uint64(32)) | c[:, 3]
+    return planes
+
+
+def encode_packed(mat: np.ndarray, planes: np.ndarray | None = None, *, hex: bool = True) -> Encoded:
+    """:class:`~telfhash_core.tlshdist.Encoded` from an (n, 35) uint8 matrix of packed digests.
+
+    The same fields as ``tlshdist.encode`` computes from hex text, without the round trip
+    through strings.  ``planes``: already computed :func:`packed_planes`.  ``hex=False`` leaves
+    the ``hex`` field blank (zero bytes, not allocated until touched): distances never read it,
+    and the index spells digests from the packed bytes itself.
+    """
+    from ..similarity.tlshdist import Encoded
+
+    width = DIGEST_HEX // 2
+    byts = np.ascontiguousarray(mat, dtype=np.uint8).reshape(-1, width)
+    n = byts.shape[0]
+    if hex:
+        hexarr = np.frombuffer(byts.tobytes().hex().upper().encode("ascii"), dtype=f"S{DIGEST_HEX}").copy()
+    else:
+        hexarr = np.zeros(n, dtype=f"S{DIGEST_HEX}")
+    if planes is None:
+        planes = packed_planes(byts)
+    lbyte = byts[:, 1]
+    return Encoded(
+        hex=hexarr,
+        checksum=np.ascontiguousarray(byts[:, 0]),
+        lvalue=((lbyte & 0x0F) << 4) | (lbyte >> 4),  # the length code is stored nibble-swapped
+        q1=np.ascontiguousarray(byts[:, 2] >> 4),
+        q2=np.ascontiguousarray(byts[:, 2] & 0x0F),
+        body=byts[:, 3:],
+        planes=np.ascontiguousarray(planes, dtype=np.uint64),
+    )
+
+
+# ----------------------------------------------------------------------------- records
+
+
+@dataclass
+class Match:
+    """One index entry found by :meth:`Index.search`, with its distance to the query."""
+
+    sha256: str
+    path: str | None
+    telfhash: str
+    arch: str | None
+    size: int | None
+    added: str
+    source: str
+    distance: int
+    telfhash_x: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class AddStats:
+    """What an add did.  ``added``: new entries (``with_digest`` of them searchable);
+    ``updated``: known samples whose empty fields were filled in; ``unchanged``: known samples;
+    ``skipped``: items not recorded (no SHA-256, not a result), with the first ``errors``."""
+
+    seen: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    with_digest: int = 0
+    without_digest: int = 0
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    MAX_ERRORS = 20
+
+    def error(self, message: str) -> None:
+        self.skipped += 1
+        if len(self.errors) < self.MAX_ERRORS:
+            self.errors.append(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        s = (
+            f"{self.seen} seen: {self.added} added ({self.with_digest} with a telfhash), "
+            f"{self.updated} updated, {self.unchanged} already known, {self.skipped} skipped"
+        )
+        return s + f" in {self.seconds:.1f} s"
+
+
+_COLUMNS = ("sha256", "path", "digest", "telfhash_x", "digest_x", "arch", "size", "method", "symbols", "reason", "added", "source", "extra")
+
+_UPSERT = f"""
+INSERT INTO entries ({", ".join(_COLUMNS)}) VALUES ({", ".join("?" * len(_COLUMNS))})
+ON CONFLICT(sha256) DO UPDATE SET
+    digest = COALESCE(entries.digest, excluded.digest),
+    reason = CASE WHEN entries.digest IS NULL AND excluded.digest IS NOT NULL THEN NULL
+                  ELSE COALESCE(entries.reason, excluded.reason) END,
+    telfhash_x = CASE WHEN entries.digest_x IS NULL AND excluded.digest_x IS NOT NULL THEN excluded.telfhash_x
+                      ELSE COALESCE(entries.telfhash_x, excluded.telfhash_x) END,
+    digest_x = COALESCE(entries.digest_x, excluded.digest_x),
+    arch = COALESCE(entries.arch, excluded.arch),
+    size = COALESCE(entries.size, excluded.size),
+    method = COALESCE(entries.method, excluded.method),
+    symbols = COALESCE(entries.symbols, excluded.symbols),
+    path = COALESCE(entries.path, excluded.path)
+WHERE (entries.digest IS NULL AND excluded.digest IS NOT NULL)
+   OR (entries.digest_x IS NULL AND excluded.digest_x IS NOT NULL)
+   OR (entries.telfhash_x IS NULL AND excluded.telfhash_x IS NOT NULL)
+   OR (entries.arch IS NULL AND excluded.arch IS NOT NULL)
+   OR (entries.size IS NULL AND excluded.size IS NOT NULL)
+   OR (entries.method IS NULL AND excluded.method IS NOT NULL)
+   OR (entries.path IS NULL AND excluded.path IS NOT NULL)
+"""
+
+
+def _as_int(v: Any) -> int | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        v = int(v)
+    except (ValueError, OverflowError):
+        return None
+    return v if 0 <= v < 1 << 63 else None
+
+
+def _as_text(v: Any, limit: int = 4096) -> str | None:
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        v = str(v)
+    v = v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")  # odd file names
+    return v[:limit] if v else None
+
+
+def _row(item: Any, source: str, added: str) -> tuple | str:
+    """A database row from a Result or a result dict; a string says why the item is skipped."""
+    if isinstance(item, Result):
+        d = item.to_dict()
+        d["telfhash"] = item.telfhash
+        d["reason"] = item.reason.value if item.reason else None
+    elif isinstance(item, dict):
+        d = item
+    else:
+        return f"not a result: {type(item).__name__}"
+    sha = d.get("sha256")
+    if not isinstance(sha, str) or not _SHA256_RE.match(sha):
+        name = d.get("file")
+        return f"{name!r}: no SHA-256 (hash with --sha256 / sha256=True)" if sha is None else f"{d.get('file')!r}: bad sha256 {sha!r}"
+    telf = d.get("telfhash")
+    digest = pack(telf) if isinstance(telf, str) and is_digest(telf) else None
+    reason = None
+    if digest is None:
+        reason = d.get("reason")
+        if not isinstance(reason, str) or not reason:
+            reason = Reason.TOO_FEW_SYMBOLS.value if telf in ("tnull", "TNULL") else "no_digest"
+        reason = reason[:64]
+    tx = d.get("telfhash_x")
+    digest_x = _companion_digest(tx)
+    known = {"file", "telfhash", "msg", "ok", "reason", "arch", "method", "symbols", "size", "sha256", "telfhash_x", "path", "source", "added"}
+    extra = {k: v for k, v in d.items() if k not in known and v is not None}
+    try:
+        extra_json = json.dumps(extra, default=str, ensure_ascii=False) if extra else None
+    except (TypeError, ValueError):
+        extra_json = None
+    return (
+        sha.lower(),
+        _as_text(d.get("file") if d.get("file") is not None else d.get("path")),
+        digest,
+        _as_text(tx, 256),
+        digest_x,
+        _as_text(d.get("arch"), 64),
+        _as_int(d.get("size")),
+        _as_text(d.get("method"), 32),
+        _as_int(d.get("symbols")),
+        reason,
+        added,
+        source,
+        extra_json,
+    )
+
+
+@dataclass
+class _Matrix:
+    """The packed digests of one column, their bit planes and row ids, encoded for distances."""
+
+    generation: tuple
+    max_id: int  # every entry with id <= max_id is included (when it has a digest)
+    ids: np.ndarray  # (n,) int64
+    packed: np.ndarray  # (n, 35) uint8
+    planes: np.ndarray  # (n, 6) uint64
+    enc: Encoded
+
+
+# ----------------------------------------------------------------------------- the index
+
+
+class Index:
+    """A telfhash similarity index in one SQLite file.  Use as a context manager, or call
+    :meth:`close`.  One ``Index`` object belongs to one thread; open one per process or thread
+    (any number may read while one adds).
+
+    ``create=False`` raises FileNotFoundError instead of creating a missing index.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, *, create: bool = True, timeout: float = 60.0):
+        self.path = Path(path).expanduser() if path is not None else default_path()
+        if not self.path.exists():
+            if not create:
+                raise FileNotFoundError(f"no index at {self.path} (add files to create it)")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif self.path.is_dir():
+            raise IsADirectoryError(f"{self.path} is a directory, not an index file")
+        self._conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
+        self._matrices: dict[str, _Matrix] = {}
+        try:
+            self._setup()
+        except sqlite3.OperationalError as exc:  # locked, read-only folder, disk full, ...
+            self._conn.close()
+            raise ValueError(f"{self.path}: cannot open the index: {exc}") from None
+        except sqlite3.DatabaseError as exc:  # "file is not a database", "malformed", ...
+            self._conn.close()
+            raise ValueError(f"{self.path} is not a telfhash index: {exc}") from None
+        except Exception:
+            self._conn.close()
+            raise
+
+    # -- set-up
+
+    def _setup(self) -> None:
+        c = self._conn
+        c.execute("PRAGMA busy_timeout = 60000")
+        c.execute("PRAGMA cache_size = -65536")  # 64 MB of pages: the sha256 index stays in memory while adding
+        app = c.execute("PRAGMA application_id").fetchone()[0]
+        has_tables = c.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if has_tables and app != APPLICATION_ID:
+            raise ValueError(f"{self.path} is an SQLite file but not a telfhash index")
+        if c.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            c.execute("PRAGMA journal_mode = WAL")
+        c.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: a killed process loses no commit
+        if not has_tables:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                if c.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+                    c.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            c.execute(statement)
+                    c.executemany(
+                        "INSERT OR IGNORE INTO meta VALUES (?, ?)",
+                        [("schema", str(SCHEMA_VERSION)), ("generation", "0"), ("rewrites", "0"), ("created", _utcnow())],
+                    )
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+        if not c.execute("SELECT 1 FROM sqlite_master WHERE name = 'snapshot'").fetchone():
+            c.execute(_SCHEMA.split(";")[2])  # an index made before snapshots were stored
+        version = self._meta("schema")
+        if version is None or int(version) > SCHEMA_VERSION:
+            raise ValueError(f"{self.path}: index schema {version} is not supported by this version")
+
+    def _meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _generation(self) -> tuple[int, int]:
+        rows = dict(self._conn.execute("SELECT key, value FROM meta WHERE key IN ('generation', 'rewrites')").fetchall())
+        return int(rows.get("generation", 0)), int(rows.get("rewrites", 0))
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None  # type: ignore[assignment]
+        self._matrices.clear()
+
+    def __enter__(self) -> "Index":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return int(self._conn.execute("SELECT count(*) FROM entries").fetchone()[0])
+
+    def __repr__(self) -> str:
+        return f"Index({str(self.path)!r})"
+
+    # -- adding
+
+    def add_results(self, results: Iterable[Result | dict], source: str = "local", *, batch_size: int = DEFAULT_BATCH) -> AddStats:
+        """Record results (:class:`Result` objects or dicts as ``telfhash -f jsonl --sha256`` writes).
+
+        Committed every ``batch_size`` items.  Items without a SHA-256 are skipped (counted, with
+        the reason in ``stats.errors``).  Returns :class:`AddStats`.
+        """
+        return self._add(results, source, batch_size=batch_size, seconds=None)
+
+    def _add(
+        self,
+        items: Iterable[Any],
+        source: str,
+        *,
+        batch_size: int = DEFAULT_BATCH,
+        seconds: float | None = None,
+        stats: AddStats | None = None,
+        on_item: Callable[[Any], None] | None = None,
+    ) -> AddStats:
+        source = _as_text(source, 512) or "local"
+        stats = stats or AddStats()
+        t0 = time.perf_counter()
+        batch: list[tuple] = []
+        last = time.monotonic()
+        for item in items:
+            stats.seen += 1
+            row = item if isinstance(item, str) else _row(item, source, _utcnow())
+            if isinstance(row, str):
+                stats.error(row)
+            else:
+                batch.append(row)
+            if on_item is not None:
+                on_item(item)
+            if len(batch) >= batch_size or (seconds is not None and batch and time.monotonic() - last >= seconds):
+                self._commit(batch, stats)
+                batch = []
+                last = time.monotonic()
+        if batch:
+            self._commit(batch, stats)
+        try:
+            self.save_snapshot()
+        except sqlite3.OperationalError:  # busy or read-only: the next add stores it
+            pass
+        stats.seconds += time.perf_counter() - t0
+        return stats
+
+    def _commit(self, rows: list[tuple], stats: AddStats) -> None:
+        c = self._conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            max_id = c.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0]
+            before = c.total_changes
+            c.executemany(_UPSERT, rows)
+            changes = c.total_changes - before
+            added, with_digest = c.execute(
+                "SELECT count(*), count(digest) FROM entries WHERE id > ?", (max_id,)
+            ).fetchone()
+            updated = changes - added
+            c.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+            if updated:
+                c.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'rewrites'")
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
+        stats.added += added
+        stats.with_digest += with_digest
+        stats.without_digest += added - with_digest
+        stats.updated += updated
+        stats.unchanged += len(rows) - added - updated
+
+    def add_files(
+        self,
+        paths: Iterable[str | os.PathLike],
+        recursive: bool = False,
+        jobs: int = 0,
+        progress: bool | Callable[[int, int], None] | None = None,
+        *,
+        source: str = "local",
+        batch_size: int = 200,
+        skip_known_paths: bool = False,
+        fields: Iterable[str] = (),
+    ) -> AddStats:
+        """Hash files (with SHA-256) and record them; ``jobs``: processes (0 = all cores).
+
+        Committed every ``batch_size`` files and at least every two seconds, so a killed add keeps
+        what it committed.  ``progress``: True for a bar on stderr (tqdm), a callable
+        ``progress(done, total)``, or None for a bar only when stderr is a terminal.
+        ``skip_known_paths``: do not hash again a path whose file size matches an entry first seen
+        at that path (fast resume of a large add).  ``fields``: opt-in per-file fields to compute
+        and keep (``("telfhash_x",)`` records the companion hash, searchable with
+        ``key="telfhash_x"``; others go to ``extra``).  Files that are not ELF or have no telfhash
+        are recorded with their reason; paths that cannot be read are counted as skipped.
+        """
+        from ..hashing.api import expand_paths, hash_paths
+
+        errors: list[str] = []
+        files = expand_paths([os.fspath(p) for p in paths], recursive, on_error=errors.append)
+        stats = AddStats()
+        for e in errors:
+            stats.error(e)
+        if skip_known_paths and files:
+            files = self._unknown_paths(files, stats)
+        total = len(files)
+        if not total:
+            return stats
+        callback: Callable[[Any], None] | None = None
+        bar = None
+        if callable(progress):
+            done = [0]
+
+            def callback(_item, _fn=progress):
+                done[0] += 1
+                _fn(done[0], total)
+
+        elif progress or (progress is None and total >= 50 and sys.stderr.isatty()):
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="file", file=sys.stderr, dynamic_ncols=True, leave=False)
+            callback = lambda _item: bar.update(1)  # noqa: E731
+        jobs = jobs or (os.cpu_count() or 1)
+        if total < 16:
+            jobs = 1
+        try:
+            results = hash_paths(files, jobs=jobs, ordered=False, sha256=True, fields=tuple(fields))
+            self._add(
+                (r if r.sha256 or r.ok else f"{r.file}: {r.detail or r.msg}" for r in results),
+                source,
+                batch_size=batch_size,
+                seconds=COMMIT_SECONDS,
+                stats=stats,
+                on_item=callback,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+        return stats
+
+    def _unknown_paths(self, files: list[str], stats: AddStats) -> list[str]:
+        known: dict[str, int | None] = {}
+        for i in range(0, len(files), 500):
+            chunk = files[i : i + 500]
+            q = f"SELECT path, size FROM entries WHERE path IN ({','.join('?' * len(chunk))})"
+            known.update(self._conn.execute(q, chunk).fetchall())
+        out = []
+        for f in files:
+            if f in known:
+                try:
+                    if os.stat(f).st_size == known[f]:
+                        stats.seen += 1
+                        stats.unchanged += 1
+                        continue
+                except OSError:
+                    pass
+            out.append(f)
+        return out
+
+    def add_jsonl(self, path_or_file: str | os.PathLike | IO, source: str | None = None, *, batch_size: int = DEFAULT_BATCH) -> AddStats:
+        """Record results from a file written by ``telfhash -f jsonl --sha256`` (one JSON object
+        per line; a JSON list, as ``-f json --details --sha256`` writes, is read too).
+
+        ``source`` defaults to ``"jsonl:<file name>"``.  Lines that are not JSON objects are
+        skipped and reported in ``stats.errors`` with their line number.
+        """
+        if isinstance(path_or_file, (str, os.PathLike)):
+            name = os.fspath(path_or_file)
+            with open(name, "rb") as fh:
+                return self.add_jsonl(fh, source or f"jsonl:{os.path.basename(name)}", batch_size=batch_size)
+        fh = path_or_file
+        source = source or f"jsonl:{getattr(fh, 'name', 'stream')}"
+        return self._add(_read_json_items(fh), source, batch_size=batch_size)
+
+    # -- searching
+
+    def _load(self, column: str) -> _Matrix:
+        """The encoded digests of ``column``, reloading only what changed since the last call.
+
+        A new ``Index`` starts from the snapshot stored in the file (when it is current) and
+        reads only the rows added after it.  Later, rows appended meanwhile are added to the
+        matrix in memory; a rewrite of older rows (a digest filled in) reloads everything.
+        """
+        c = self._conn
+        c.execute("BEGIN")  # one read snapshot for the counters and the rows
+        try:
+            gen = self._generation()
+            cached = self._matrices.get(column)
+            if cached is not None and cached.generation == gen:
+                return cached
+            if cached is not None and cached.generation[1] == gen[1]:
+                base = (cached.ids, cached.packed, cached.planes)
+                start = cached.max_id
+            else:
+                cached = None
+                base, start = self._read_snapshot(column, gen[1])
+            rows = c.execute(
+                f"SELECT id, {column} FROM entries WHERE id > ? AND {column} IS NOT NULL ORDER BY id", (start,)
+            ).fetchall()
+            max_id = c.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0]
+        finally:
+            c.execute("COMMIT")
+        width = DIGEST_HEX // 2
+        blobs = [r[1] for r in rows if isinstance(r[1], bytes) and len(r[1]) == width]
+        if len(blobs) == len(rows):
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        else:  # a foreign write: never let it break a search
+            ids = np.array([r[0] for r in rows if isinstance(r[1], bytes) and len(r[1]) == width], dtype=np.int64)
+        packed = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(-1, width)
+        planes = packed_planes(packed)
+        if base is not None and len(base[0]):
+            ids = np.concatenate([base[0], ids])
+            packed = np.concatenate([base[1], packed])
+            planes = np.concatenate([base[2], planes])
+        m = _Matrix(gen, int(max_id), ids, packed, planes, encode_packed(packed, planes, hex=False))
+        self._matrices[column] = m
+        return m
+
+    # -- the stored snapshot of the matrix (so that a new process need not read every row)
+
+    def _read_snapshot(self, column: str, rewrites: int):
+        """``((ids, packed, planes), max_id)`` from the stored snapshot, or ``(None, 0)``."""
+        c = self._conn
+        try:
+            info = json.loads(self._meta(f"snapshot:{column}") or "null")
+            if not isinstance(info, dict) or info.get("rewrites") != rewrites:
+                return None, 0
+            parts = c.execute("SELECT ids, packed, planes FROM snapshot WHERE col = ? ORDER BY part", (column,)).fetchall()
+            if len(parts) != info.get("parts"):
+                return None, 0
+            ids = [np.frombuffer(p[0], dtype="<i8") for p in parts]
+            packed = [np.frombuffer(p[1], dtype=np.uint8).reshape(-1, DIGEST_HEX // 2) for p in parts]
+            planes = [np.frombuffer(p[2], dtype="<u8").reshape(-1, 6) for p in parts]
+            if any(len(a) != len(b) or len(a) != len(c_) for a, b, c_ in zip(ids, packed, planes)):
+                return None, 0
+        except (ValueError, TypeError, sqlite3.Error):  # missing or damaged: read the rows instead
+            return None, 0
+        if not parts:
+            return (np.zeros(0, np.int64), np.zeros((0, 35), np.uint8), np.zeros((0, 6), np.uint64)), int(info["max_id"])
+        cat = lambda xs: xs[0] if len(xs) == 1 else np.concatenate(xs)  # noqa: E731
+        return (cat(ids).astype(np.int64), cat(packed), cat(planes).astype(np.uint64)), int(info["max_id"])
+
+    def save_snapshot(self, min_rows: int = SNAPSHOT_MIN_ROWS) -> bool:
+        """Store the digest matrix in the file when at least ``min_rows`` entries are not in
+        the stored snapshot yet (done after every add).  Returns True when it wrote one."""
+        wrote = False
+        for column in _KEYS.values():
+            info = json.loads(self._meta(f"snapshot:{column}") or "null") or {}
+            gen = self._generation()
+            stale = info.get("rewrites") != gen[1]
+            max_id = self._conn.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0]
+            missing = max_id - int(info.get("max_id", 0)) if not stale else max_id
+            if missing < max(1, min_rows):
+                continue
+            if not self._conn.execute(f"SELECT 1 FROM entries WHERE {column} IS NOT NULL LIMIT 1").fetchone():
+                continue
+            m = self._load(column)
+            wrote |= self._write_snapshot(column, m, None if stale else info)
+        return wrote
+
+    def _write_snapshot(self, column: str, m: _Matrix, info: dict | None) -> bool:
+        c = self._conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            if self._generation() != m.generation:  # written to meanwhile: leave it for the next add
+                c.execute("ROLLBACK")
+                return False
+            if info and isinstance(info.get("parts"), int):
+                first_part, start = info["parts"], int(info["max_id"])
+            else:
+                c.execute("DELETE FROM snapshot WHERE col = ?", (column,))
+                first_part, start = 0, 0
+            rows = np.flatnonzero(m.ids > start)
+            part = first_part
+            for k in range(0, len(rows), SNAPSHOT_PART_ROWS):
+                sel = rows[k : k + SNAPSHOT_PART_ROWS]
+                c.execute(
+                    "INSERT OR REPLACE INTO snapshot VALUES (?, ?, ?, ?, ?)",
+                    (
+                        column,
+                        part,
+                        m.ids[sel].astype("<i8").tobytes(),
+                        np.ascontiguousarray(m.packed[sel]).tobytes(),
+                        m.planes[sel].astype("<u8").tobytes(),
+                    ),
+                )
+                part += 1
+            info = {"rewrites": m.generation[1], "max_id": m.max_id, "parts": part}
+            c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"snapshot:{column}", json.dumps(info)))
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
+        return True
+
+    def _query(self, query: Any, key: str) -> str:
+        """The query digest (t1 form) from a digest in any spelling or a path to a file."""
+        if isinstance(query, Result):
+            value = query.telfhash if key == "telfhash" else query.extra.get("telfhash_x")
+            if key == "telfhash_x":
+                value = value if _companion_digest(value) else None
+                value = value.rpartition(":")[2] if value else None
+            if not value:
+                raise ValueError(f"{query.file}: the result has no {key} to search with")
+            return normalize(value)
+        if isinstance(query, os.PathLike):
+            query = os.fspath(query)
+        if isinstance(query, bytes):
+            try:
+                query = query.decode()
+            except UnicodeDecodeError:
+                raise ValueError("the query is neither a telfhash digest nor a readable path") from None
+        if not isinstance(query, str):
+            raise ValueError(f"the query must be a digest or a path, not {type(query).__name__}")
+        text = query.strip()
+        if is_digest(text):
+            return normalize(text)
+        if key == "telfhash_x" and _companion_digest(text):
+            return normalize(text.rpartition(":")[2])
+        if "\x00" not in query and len(query) < 4096 and os.path.isfile(query):
+            from ..hashing.api import hash_file
+
+            r = hash_file(query, fields=("telfhash_x",) if key == "telfhash_x" else ())
+            return self._query(r, key) if r.ok or key == "telfhash_x" else _no_digest(r)
+        shown = query if len(query) <= 80 else query[:77] + "..."
+        if text.lower() in ("tnull", "-", ""):
+            raise ValueError(f"{shown!r} is not a digest: there is nothing to search with")
+        if os.path.exists(query):
+            raise ValueError(f"{shown!r} is not a regular file")
+        raise ValueError(f"{shown!r} is neither a telfhash digest (t1/T1 + 70 hex, or 70 hex) nor an existing file")
+
+    def search(self, query: Any, max_distance: int = 50, limit: int | None = None, key: str = "telfhash") -> list[Match]:
+        """Every entry within ``max_distance`` (py-tlsh ``diff``, length term included) of the
+        query, nearest first (ties in the order entries were added).
+
+        ``query``: a digest (``t1…``, ``T1…`` or 70 hex), a path to a file (hashed first) or a
+        :class:`Result`.  ``key="telfhash_x"`` searches the companion hashes instead.
+        Raises ValueError for anything else.
+        """
+        if key not in _KEYS:
+            raise ValueError(f"unknown key {key!r}; use one of {', '.join(_KEYS)}")
+        if isinstance(max_distance, bool) or not isinstance(max_distance, (int, np.integer)) or max_distance < 0:
+            raise ValueError(f"max_distance must be a whole number >= 0, not {max_distance!r}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0):
+            raise ValueError(f"limit must be None or a whole number >= 0, not {limit!r}")
+        digest = self._query(query, key)
+        m = self._load(_KEYS[key])
+        if not len(m.ids) or limit == 0:
+            return []
+        from ..similarity.tlshdist import one_to_many
+
+        d = one_to_many(m.enc, digest)
+        hit = np.flatnonzero(d <= max_distance)
+        order = hit[np.lexsort((m.ids[hit], d[hit]))]
+        if limit is not None:
+            order = order[: int(limit)]
+        return self._matches(m.ids[order], d[order], m.packed[order])
+
+    def _matches(self, ids: np.ndarray, dist: np.ndarray, packed: np.ndarray) -> list[Match]:
+        rows: dict[int, tuple] = {}
+        id_list = ids.tolist()
+        for i in range(0, len(id_list), 900):
+            chunk = id_list[i : i + 900]
+            q = f"SELECT id, sha256, path, arch, size, added, source, telfhash_x FROM entries WHERE id IN ({','.join('?' * len(chunk))})"
+            for r in self._conn.execute(q, chunk):
+                rows[r[0]] = r
+        hexes = packed.tobytes().hex()  # the digests from the matrix, not from the rows
+        out = []
+        for k, (i, dd) in enumerate(zip(id_list, dist.tolist())):
+            r = rows.get(i)
+            if r is not None:
+                out.append(Match(r[1], r[2], "t1" + hexes[70 * k : 70 * k + 70], r[3], r[4], r[5], r[6], dd, r[7]))
+        return out
+
+    # -- listing
+
+    def get(self, sha256: str) -> dict | None:
+        """The entry for one SHA-256 as a dict (None when absent)."""
+        if not isinstance(sha256, str) or not _SHA256_RE.match(sha256):
+            raise ValueError(f"not a SHA-256: {sha256!r}")
+        cur = self._conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM entries WHERE sha256 = ?", (sha256.lower(),))
+        row = cur.fetchone()
+        return _entry_dict(row) if row else None
+
+    def entries(self) -> Iterator[dict]:
+        """Every entry, in the order added, as dicts (``telfhash`` is ``None`` without a digest)."""
+        cur = self._conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM entries ORDER BY id")
+        for row in cur:
+            yield _entry_dict(row)
+
+    def clusters(self, threshold: int = 50, *, key: str = "telfhash", min_size: int = 2) -> list[dict]:
+        """Groups of entries: connected components of "distance <= threshold" (exact and
+        transitive, as :func:`telfhash_core.cluster.cluster` computes them).
+
+        Each cluster: ``size`` (entries), ``digests`` (distinct digests), ``representative``
+        (the member whose largest distance to the others is smallest), ``max_distance`` (the
+        largest distance inside the cluster), ``archs`` (entries per architecture), ``members``
+        (sha256, path, telfhash, arch, source; in the order added) and ``exact`` (False only for
+        huge clusters, whose representative comes from a sample).  Largest clusters first;
+        clusters under ``min_size`` entries are left out.  Entries without a digest never join.
+        """
+        from ..similarity.cluster import Item, cluster
+
+        if key not in _KEYS:
+            raise ValueError(f"unknown key {key!r}; use one of {', '.join(_KEYS)}")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, np.integer)) or threshold < 0:
+            raise ValueError(f"threshold must be a whole number >= 0, not {threshold!r}")
+        m = self._load(_KEYS[key])
+        if not len(m.ids):
+            return []
+        hexes = m.packed.tobytes().hex().upper()
+        items = [Item(str(i), hexes[70 * k : 70 * k + 70]) for k, i in enumerate(m.ids.tolist())]
+        groups, _ = cluster(items, int(threshold), key="telfhash")
+        groups = [g for g in groups if g.size >= max(1, int(min_size))]
+        meta: dict[int, tuple] = {}
+        id_list = [int(x) for g in groups for x in g.members]
+        for i in range(0, len(id_list), 900):
+            chunk = id_list[i : i + 900]
+            q = f"SELECT id, sha256, path, arch, source FROM entries WHERE id IN ({','.join('?' * len(chunk))})"
+            for r in self._conn.execute(q, chunk):
+                meta[r[0]] = r
+        out = []
+        for g in groups:
+            members, archs, rep = [], {}, None
+            for name, digest in zip(g.members, g.digests):
+                e = meta.get(int(name))
+                if e is None:
+                    continue
+                member = {"sha256": e[1], "path": e[2], "telfhash": digest, "arch": e[3], "source": e[4]}
+                members.append(member)
+                a = e[3] or "unknown"
+                archs[a] = archs.get(a, 0) + 1
+                if name == g.representative:
+                    rep = member
+            out.append(
+                {
+                    "size": len(members),
+                    "digests": len(set(g.digests)),
+                    "representative": rep,
+                    "max_distance": g.max_distance,
+                    "archs": dict(sorted(archs.items(), key=lambda kv: (-kv[1], kv[0]))),
+                    "members": members,
+                    "exact": g.exact,
+                }
+            )
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        """Counts: entries, with/without a telfhash (by reason), distinct digests, by architecture
+        and source, companion hashes, and the file's size."""
+        c = self._conn
+        total, with_digest, with_x, first, last = c.execute(
+            "SELECT count(*), count(digest), count(digest_x), min(added), max(added) FROM entries"
+        ).fetchone()
+        distinct = c.execute("SELECT count(DISTINCT digest) FROM entries").fetchone()[0]
+        reasons = dict(c.execute("SELECT reason, count(*) FROM entries WHERE digest IS NULL GROUP BY reason ORDER BY 2 DESC").fetchall())
+        archs = dict(c.execute("SELECT coalesce(arch, 'unknown'), count(*) FROM entries GROUP BY 1 ORDER BY 2 DESC, 1").fetchall())
+        sources = dict(c.execute("SELECT source, count(*) FROM entries GROUP BY 1 ORDER BY 2 DESC, 1").fetchall())
+        size = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
+        return {
+            "path": str(self.path),
+            "entries": total,
+            "with_telfhash": with_digest,
+            "without_telfhash": total - with_digest,
+            "distinct_telfhashes": distinct,
+            "with_telfhash_x": with_x,
+            "reasons": reasons,
+            "archs": archs,
+            "sources": sources,
+            "first_added": first,
+            "last_added": last,
+            "bytes": size,
+            "schema": int(self._meta("schema") or 0),
+        }
+
+
+def _no_digest(r: Result) -> str:
+    raise ValueError(f"{r.file}: no telfhash to search with ({r.reason.value if r.reason else '?'}: {r.detail or r.msg})")
+
+
+def _entry_dict(row: tuple) -> dict:
+    d = dict(zip(_COLUMNS, row))
+    d["telfhash"] = unpack(d.pop("digest")) if d.get("digest") else None
+    d.pop("digest_x", None)
+    try:
+        d["extra"] = json.loads(d["extra"]) if d.get("extra") else {}
+    except ValueError:
+        d["extra"] = {}
+    return d
+
+
+MAX_LINE = 16 << 20  # a JSONL line longer than this is not a result: stop reading there
+MAX_JSON_LIST = 1 << 30  # a JSON list file larger than this is refused
+
+
+def _read_json_items(fh: IO) -> Iterator[Any]:
+    """Items of a JSONL stream (or of one JSON list); a bad line yields a string saying why.
+
+    Memory stays bounded whatever the input (a line over ``MAX_LINE`` stops the reading with a
+    message, e.g. for ``/dev/zero``)."""
+    first = True
+    lineno = 0
+    while True:
+        raw = fh.readline(MAX_LINE + 1)
+        if not raw:
+            return
+        lineno += 1
+        if len(raw) > MAX_LINE:
+            yield f"line {lineno}: longer than {MAX_LINE:,} bytes, not a result; stopped reading"
+            return
+        line = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if first and stripped.startswith("["):
+            rest = fh.read(MAX_JSON_LIST)
+            if fh.read(1):
+                yield f"line {lineno}: a JSON list over {MAX_JSON_LIST >> 30} GB; write JSONL instead"
+                return
+            rest = rest.decode("utf-8", "replace") if isinstance(rest, bytes) else rest
+            try:
+                items = json.loads(line + rest)
+            except (ValueError, RecursionError) as exc:
+                yield f"line {lineno}: not valid JSON ({type(exc).__name__}: {str(exc)[:200]})"
+                return
+            if not isinstance(items, list):
+                yield f"line {lineno}: expected a JSON list or one object per line"
+                return
+            for k, it in enumerate(items):
+                yield it if isinstance(it, dict) else f"item {k}: not a JSON object"
+            return
+        first = False
+        try:
+            item = json.loads(stripped)
+        except ValueError as exc:
+            yield f"line {lineno}: not valid JSON ({getattr(exc, 'msg', str(exc))[:200]})"
+            continue
+        except RecursionError:
+            yield f"line {lineno}: JSON nested too deeply"
+            continue
+        yield item if isinstance(item, dict) else f"line {lineno}: not a JSON object"
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+
+
+@hookimpl
+def telfhash_commands(subparsers):
+    p = subparsers.add_parser(
+        "index",
+        help="a local similarity index (SQLite): add, search, clusters, stats",
+        description="A local similarity index of telfhashes in one SQLite file "
+        "(default $TELFHASH_INDEX or ~/.local/share/telfhash-core/index.sqlite).",
+    )
+    db_help = "the index file (default: $TELFHASH_INDEX or ~/.local/share/telfhash-core/index.sqlite)"
+    p.add_argument("--db", default=None, metavar="FILE", help=db_help)
+    p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1])
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+
+    def common(sp):
+        sp.add_argument("--db", default=argparse.SUPPRESS, metavar="FILE", help=db_help)
+
+    a = actions.add_parser("add", help="hash files (or read earlier results) and add them")
+    common(a)
+    a.add_argument("paths", nargs="*", metavar="PATH", help="ELF files (wildcards accepted) or, with -r, folders")
+    a.add_argument("--jsonl", action="append", default=[], metavar="FILE", help="add results from `telfhash -f jsonl --sha256` ('-' = stdin)")
+    a.add_argument("-r", "--recursive", action="store_true", help="walk folders")
+    a.add_argument("-j", "--jobs", type=non_negative_int, default=0, help="processes for hashing (default: all cores)")
+    a.add_argument("--source", default=None, help='where the samples come from (default "local", or "jsonl:<name>")')
+    a.add_argument("--batch-size", type=non_negative_int, default=None, help="results per committed transaction")
+    a.add_argument(
+        "--field", dest="fields", action="append", default=[], metavar="NAME",
+        help="also compute and keep an opt-in field, e.g. --field telfhash_x (searchable with --key telfhash_x)",
+    )
+    a.add_argument("--skip-known-paths", action="store_true", help="do not hash again paths already indexed with the same size")
+    a.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show a progress bar")
+    a.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
+    a.add_argument("-f", "--format", choices=("table", "json"), default="table", help="summary format")
+    a.set_defaults(func=_cmd_add)
+
+    s = actions.add_parser("search", help="entries within a distance of a digest or a file, nearest first")
+    common(s)
+    s.add_argument("query", metavar="DIGEST|FILE", help="a telfhash (t1…, T1… or 70 hex) or an ELF file to hash")
+    s.add_argument("-t", "--threshold", type=non_negative_int, default=50, help="largest TLSH distance (default 50)")
+    s.add_argument("--limit", type=non_negative_int, default=None, metavar="K", help="at most K matches")
+    s.add_argument("--key", choices=sorted(_KEYS), default="telfhash", help="search telfhash (default) or the companion telfhash_x")
+    s.add_argument("-f", "--format", choices=("table", "json"), default="table")
+    s.set_defaults(func=_cmd_search)
+
+    c = actions.add_parser("clusters", help="groups of entries within the threshold (connected components)")
+    common(c)
+    c.add_argument("-t", "--threshold", type=non_negative_int, default=50, help="TLSH distance (default 50)")
+    c.add_argument("--min-size", type=non_negative_int, default=2, help="smallest cluster listed (default 2)")
+    c.add_argument("--key", choices=sorted(_KEYS), default="telfhash")
+    c.add_argument("-f", "--format", choices=("table", "json"), default="table")
+    c.set_defaults(func=_cmd_clusters)
+
+    st = actions.add_parser("stats", help="what the index holds")
+    common(st)
+    st.add_argument("-f", "--format", choices=("table", "json"), default="table")
+    st.set_defaults(func=_cmd_stats)
+
+
+def _fail(message: str) -> int:
+    print(f"telfhash index: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _open(args, create: bool) -> Index:
+    return Index(args.db, create=create)
+
+
+def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except KeyboardInterrupt:
+            print("telfhash index: interrupted (committed batches are kept)", file=sys.stderr)
+            return 130
+        except BrokenPipeError:
+            try:
+                sys.stdout = open(os.devnull, "w")
+            except OSError:
+                pass
+            return 0
+        except (ValueError, OSError, sqlite3.Error) as exc:
+            return _fail(str(exc) or type(exc).__name__)
+
+    return run
+
+
+@_guard
+def _cmd_add(args) -> int:
+    if not args.paths and not args.jsonl:
+        return _fail("give PATH... to hash or --jsonl FILE")
+    kw = {"batch_size": args.batch_size} if args.batch_size else {}
+    with _open(args, create=True) as ix:
+        total = AddStats()
+        for name in args.jsonl:
+            if name == "-":
+                st = ix.add_jsonl(sys.stdin.buffer, source=args.source or "jsonl:stdin", **kw)
+            else:
+                st = ix.add_jsonl(name, source=args.source, **kw)
+            _merge(total, st)
+        if args.paths:
+            st = ix.add_files(args.paths, args.recursive, args.jobs, args.progress, source=args.source or "local", skip_known_paths=args.skip_known_paths, fields=args.fields, **kw)
+            _merge(total, st)
+        for e in total.errors:
+            print(f"telfhash index: skipped {e}", file=sys.stderr)
+        if total.skipped > len(total.errors):
+            print(f"telfhash index: ... and {total.skipped - len(total.errors)} more skipped", file=sys.stderr)
+        if args.format == "json":
+            print(json.dumps(total.to_dict()))
+        else:
+            print(f"{total} -> {ix.path} ({len(ix)} entries)")
+    return 0
+
+
+def _merge(into: AddStats, st: AddStats) -> None:
+    for f in ("seen", "added", "updated", "unchanged", "skipped", "with_digest", "without_digest", "seconds"):
+        setattr(into, f, getattr(into, f) + getattr(st, f))
+    into.errors.extend(st.errors[: AddStats.MAX_ERRORS - len(into.errors)])
+
+
+@_guard
+def _cmd_search(args) -> int:
+    with _open(args, create=False) as ix:
+        matches = ix.search(args.query, max_distance=args.threshold, limit=args.limit, key=args.key)
+    if args.format == "json":
+        print(json.dumps([m.to_dict() for m in matches]))
+    else:
+        for m in matches:
+            value = m.telfhash if args.key == "telfhash" else (m.telfhash_x or "")
+            print(f"{m.distance:>4}  {m.sha256}  {m.arch or '-':<14}  {value}  {m.path or ''}")
+        if not matches:
+            print(f"no entry within {args.threshold}", file=sys.stderr)
+    return 0 if matches else 1
+
+
+@_guard
+def _cmd_clusters(args) -> int:
+    with _open(args, create=False) as ix:
+        groups = ix.clusters(args.threshold, key=args.key, min_size=args.min_size)
+    if args.format == "json":
+        print(json.dumps(groups))
+        return 0
+    for k, g in enumerate(groups, 1):
+        archs = ", ".join(f"{a} {n}" for a, n in g["archs"].items())
+        maxd = g["max_distance"] if g["exact"] else f">= {g['max_distance']}"
+        print(f"Cluster {k}: {g['size']} samples, {g['digests']} digests, max distance {maxd} ({archs})")
+        for mbr in g["members"]:
+            star = "*" if mbr is g["representative"] else " "
+            print(f"  {star} {mbr['sha256']}  {mbr['arch'] or '-':<14}  {mbr['path'] or ''}")
+    if not groups:
+        print(f"no cluster of {args.min_size} or more entries at threshold {args.threshold}", file=sys.stderr)
+    return 0
+
+
+@_guard
+def _cmd_stats(args) -> int:
+    with _open(args, create=False) as ix:
+        s = ix.stats()
+    if args.format == "json":
+        print(json.dumps(s))
+        return 0
+    print(f"index:        {s['path']} ({s['bytes'] / 1e6:.1f} MB)")
+    print(f"entries:      {s['entries']} ({s['with_telfhash']} with a telfhash, {s['distinct_telfhashes']} distinct)")
+    if s["with_telfhash_x"]:
+        print(f"telfhash_x:   {s['with_telfhash_x']}")
+    if s["reasons"]:
+        print("no telfhash:  " + ", ".join(f"{k} {v}" for k, v in s["reasons"].items()))
+    print("archs:        " + ", ".join(f"{k} {v}" for k, v in s["archs"].items()))
+    print("sources:      " + ", ".join(f"{k} {v}" for k, v in s["sources"].items()))
+    if s["entries"]:
+        print(f"added:        {s['first_added']} .. {s['last_added']}")
+    return 0
