@@ -19,6 +19,7 @@ from . import hookspecs
 # dependency is not installed is skipped (see ``load_errors``).
 DEFAULT_PLUGINS = (
     "telfhash_core.formats",  # default, tsv, json, jsonl output
+    "telfhash_core.hashing.filehashes",  # the md5 and sha1 fields
     "telfhash_core.similarity.cluster",  # `telfhash cluster`
     "telfhash_core.store.index",  # `telfhash index ...`
     "telfhash_core.batch.run",  # `telfhash batch ...` (local / Dask)

@@ -40,6 +40,7 @@ import numpy as np
 
 from ..digest import is_digest, normalize
 from ..hookspecs import hookimpl
+from ..hashing.filehashes import FILE_HASH_FIELDS
 from ..result import Reason, Result
 from ..cli import non_negative_int
 
@@ -48,7 +49,7 @@ if TYPE_CHECKING:  # tlshdist (NumPy kernels, numba) is imported on first search
 
 __all__ = ["Index", "Match", "AddStats", "default_path", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: md5, sha1 and a family label per entry
 APPLICATION_ID = 0x74656C66  # "telf": marks the file as a telfhash-core index
 DEFAULT_BATCH = 2000  # results per committed transaction
 SNAPSHOT_MIN_ROWS = 20_000  # store the digest matrix when this many entries are not in it yet
@@ -58,6 +59,14 @@ COMPANION_TAG = "tx1"
 DIGEST_HEX = 70  # hex characters of a digest without its "t1"; packed: 35 bytes
 
 _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+_HEX_RE = {32: re.compile(r"^[0-9a-fA-F]{32}$"), 40: re.compile(r"^[0-9a-fA-F]{40}$"), 64: _SHA256_RE}
+# columns added after schema 1, with their look-up indexes (an older index gains them on open)
+_ADDED_COLUMNS = ("md5", "sha1", "label")
+_LOOKUP_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS entries_md5 ON entries(md5)",
+    "CREATE INDEX IF NOT EXISTS entries_sha1 ON entries(sha1)",
+)
+MAX_LABEL = 256  # characters of a family label
 # search keys: name -> (packed digest column, text column)
 _KEYS = {"telfhash": "digest", "telfhash_x": "digest_x"}
 
@@ -77,7 +86,10 @@ CREATE TABLE IF NOT EXISTS entries (
     reason TEXT,                     -- why there is no telfhash (Reason code), else NULL
     added TEXT NOT NULL,             -- UTC ISO time of the first add
     source TEXT NOT NULL,            -- "local", "stix:<bundle id>", "misp", ...
-    extra TEXT                       -- JSON object: other fields of the result
+    extra TEXT,                      -- JSON object: other fields of the result
+    md5 TEXT,                        -- lower-case hex, when known (MISP samples are named by it)
+    sha1 TEXT,                       -- lower-case hex, when known
+    label TEXT                       -- family label, set by `index label` or carried by imports
 );
 CREATE TABLE IF NOT EXISTS snapshot (
     col TEXT NOT NULL,               -- "digest" or "digest_x"
@@ -208,6 +220,9 @@ class Match:
     source: str
     distance: int
     telfhash_x: str | None = None
+    label: str | None = None  # family label of the known sample, when it has one
+    md5: str | None = None
+    sha1: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -247,7 +262,10 @@ class AddStats:
         return s + f" in {self.seconds:.1f} s"
 
 
-_COLUMNS = ("sha256", "path", "digest", "telfhash_x", "digest_x", "arch", "size", "method", "symbols", "reason", "added", "source", "extra")
+_COLUMNS = (
+    "sha256", "path", "digest", "telfhash_x", "digest_x", "arch", "size", "method", "symbols", "reason", "added",
+    "source", "extra", "md5", "sha1", "label",
+)
 
 _UPSERT = f"""
 INSERT INTO entries ({", ".join(_COLUMNS)}) VALUES ({", ".join("?" * len(_COLUMNS))})
@@ -262,7 +280,10 @@ ON CONFLICT(sha256) DO UPDATE SET
     size = COALESCE(entries.size, excluded.size),
     method = COALESCE(entries.method, excluded.method),
     symbols = COALESCE(entries.symbols, excluded.symbols),
-    path = COALESCE(entries.path, excluded.path)
+    path = COALESCE(entries.path, excluded.path),
+    md5 = COALESCE(entries.md5, excluded.md5),
+    sha1 = COALESCE(entries.sha1, excluded.sha1),
+    label = COALESCE(entries.label, excluded.label)
 WHERE (entries.digest IS NULL AND excluded.digest IS NOT NULL)
    OR (entries.digest_x IS NULL AND excluded.digest_x IS NOT NULL)
    OR (entries.telfhash_x IS NULL AND excluded.telfhash_x IS NOT NULL)
@@ -270,6 +291,9 @@ WHERE (entries.digest IS NULL AND excluded.digest IS NOT NULL)
    OR (entries.size IS NULL AND excluded.size IS NOT NULL)
    OR (entries.method IS NULL AND excluded.method IS NOT NULL)
    OR (entries.path IS NULL AND excluded.path IS NOT NULL)
+   OR (entries.md5 IS NULL AND excluded.md5 IS NOT NULL)
+   OR (entries.sha1 IS NULL AND excluded.sha1 IS NOT NULL)
+   OR (entries.label IS NULL AND excluded.label IS NOT NULL)
 """
 
 
@@ -290,6 +314,11 @@ def _as_text(v: Any, limit: int = 4096) -> str | None:
         v = str(v)
     v = v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")  # odd file names
     return v[:limit] if v else None
+
+
+def _hex_or_none(v: Any, width: int) -> str | None:
+    """Lower-case hex of a hash of ``width`` hex characters, or None for anything else."""
+    return v.lower() if isinstance(v, str) and _HEX_RE[width].match(v) else None
 
 
 def _row(item: Any, source: str, added: str) -> tuple | str:
@@ -316,7 +345,10 @@ def _row(item: Any, source: str, added: str) -> tuple | str:
         reason = reason[:64]
     tx = d.get("telfhash_x")
     digest_x = _companion_digest(tx)
-    known = {"file", "telfhash", "msg", "ok", "reason", "arch", "method", "symbols", "size", "sha256", "telfhash_x", "path", "source", "added"}
+    known = {
+        "file", "telfhash", "msg", "ok", "reason", "arch", "method", "symbols", "size", "sha256", "telfhash_x", "path",
+        "source", "added", "md5", "sha1", "label",
+    }
     extra = {k: v for k, v in d.items() if k not in known and v is not None}
     try:
         extra_json = json.dumps(extra, default=str, ensure_ascii=False) if extra else None
@@ -336,6 +368,9 @@ def _row(item: Any, source: str, added: str) -> tuple | str:
         added,
         source,
         extra_json,
+        _hex_or_none(d.get("md5"), 32),
+        _hex_or_none(d.get("sha1"), 40),
+        _as_text(d.get("label"), MAX_LABEL),
     )
 
 
@@ -418,6 +453,27 @@ class Index:
         version = self._meta("schema")
         if version is None or int(version) > SCHEMA_VERSION:
             raise ValueError(f"{self.path}: index schema {version} is not supported by this version")
+        if int(version) < SCHEMA_VERSION:
+            self._upgrade()
+        for statement in _LOOKUP_INDEXES:
+            c.execute(statement)
+
+    def _upgrade(self) -> None:
+        """Add the columns of later schemas to an index made by an earlier version (kept rows
+        get NULL there: md5/sha1 unknown, no label)."""
+        c = self._conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            have = {r[1] for r in c.execute("PRAGMA table_info(entries)")}
+            for name in _ADDED_COLUMNS:
+                if name not in have:
+                    c.execute(f"ALTER TABLE entries ADD COLUMN {name} TEXT")
+            c.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
 
     def _meta(self, key: str) -> str | None:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -571,7 +627,8 @@ class Index:
         if total < 16:
             jobs = 1
         try:
-            results = hash_paths(files, jobs=jobs, ordered=False, sha256=True, fields=tuple(fields))
+            wanted = tuple(dict.fromkeys((*FILE_HASH_FIELDS, *fields)))  # md5/sha1 name samples for look-ups
+            results = hash_paths(files, jobs=jobs, ordered=False, sha256=True, fields=wanted)
             self._add(
                 (r if r.sha256 or r.ok else f"{r.file}: {r.detail or r.msg}" for r in results),
                 source,
@@ -809,7 +866,10 @@ class Index:
         id_list = ids.tolist()
         for i in range(0, len(id_list), 900):
             chunk = id_list[i : i + 900]
-            q = f"SELECT id, sha256, path, arch, size, added, source, telfhash_x FROM entries WHERE id IN ({','.join('?' * len(chunk))})"
+            q = (
+                "SELECT id, sha256, path, arch, size, added, source, telfhash_x, label, md5, sha1 FROM entries "
+                f"WHERE id IN ({','.join('?' * len(chunk))})"
+            )
             for r in self._conn.execute(q, chunk):
                 rows[r[0]] = r
         hexes = packed.tobytes().hex()  # the digests from the matrix, not from the rows
@@ -817,7 +877,9 @@ class Index:
         for k, (i, dd) in enumerate(zip(id_list, dist.tolist())):
             r = rows.get(i)
             if r is not None:
-                out.append(Match(r[1], r[2], "t1" + hexes[70 * k : 70 * k + 70], r[3], r[4], r[5], r[6], dd, r[7]))
+                out.append(
+                    Match(r[1], r[2], "t1" + hexes[70 * k : 70 * k + 70], r[3], r[4], r[5], r[6], dd, r[7], r[8], r[9], r[10])
+                )
         return out
 
     # -- listing
@@ -829,6 +891,40 @@ class Index:
         cur = self._conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM entries WHERE sha256 = ?", (sha256.lower(),))
         row = cur.fetchone()
         return _entry_dict(row) if row else None
+
+    def lookup(self, value: str) -> dict | None:
+        """The entry of the sample named by its MD5, SHA-1 or SHA-256 (any case), or None.
+
+        ValueError when ``value`` is none of those (32, 40 or 64 hex characters)."""
+        text = value.strip() if isinstance(value, str) else ""
+        column = {32: "md5", 40: "sha1", 64: "sha256"}.get(len(text))
+        if column is None or not _HEX_RE[len(text)].match(text):
+            raise ValueError(f"not an MD5, SHA-1 or SHA-256: {str(value)[:80]!r}")
+        row = self._conn.execute(
+            f"SELECT {', '.join(_COLUMNS)} FROM entries WHERE {column} = ? ORDER BY id LIMIT 1", (text.lower(),)
+        ).fetchone()
+        return _entry_dict(row) if row else None
+
+    def set_label(self, sha256: str, label: str | None) -> bool:
+        """Set (or with None, clear) the family label of a known sample; False when the index
+        does not hold it.  Labels show in search matches and clusters."""
+        if not isinstance(sha256, str) or not _SHA256_RE.match(sha256):
+            raise ValueError(f"not a SHA-256: {sha256!r}")
+        if label is not None:
+            label = _as_text(label, MAX_LABEL)
+            if not label or not label.strip():
+                raise ValueError("a label must not be empty (use None to clear it)")
+            label = label.strip()
+        c = self._conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            changed = c.execute("UPDATE entries SET label = ? WHERE sha256 = ?", (label, sha256.lower())).rowcount
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
+        return bool(changed)
 
     def entries(self) -> Iterator[dict]:
         """Every entry, in the order added, as dicts (``telfhash`` is ``None`` without a digest)."""
@@ -864,7 +960,7 @@ class Index:
         id_list = [int(x) for g in groups for x in g.members]
         for i in range(0, len(id_list), 900):
             chunk = id_list[i : i + 900]
-            q = f"SELECT id, sha256, path, arch, source FROM entries WHERE id IN ({','.join('?' * len(chunk))})"
+            q = f"SELECT id, sha256, path, arch, source, label FROM entries WHERE id IN ({','.join('?' * len(chunk))})"
             for r in self._conn.execute(q, chunk):
                 meta[r[0]] = r
         out = []
@@ -874,7 +970,7 @@ class Index:
                 e = meta.get(int(name))
                 if e is None:
                     continue
-                member = {"sha256": e[1], "path": e[2], "telfhash": digest, "arch": e[3], "source": e[4]}
+                member = {"sha256": e[1], "path": e[2], "telfhash": digest, "arch": e[3], "source": e[4], "label": e[5]}
                 members.append(member)
                 a = e[3] or "unknown"
                 archs[a] = archs.get(a, 0) + 1
@@ -1045,6 +1141,13 @@ def telfhash_commands(subparsers):
     c.add_argument("-f", "--format", choices=("table", "json"), default="table")
     c.set_defaults(func=_cmd_clusters)
 
+    lb = actions.add_parser("label", help="set (or --clear) the family label of a known sample")
+    common(lb)
+    lb.add_argument("sha256", metavar="SHA256", help="the sample, by its SHA-256")
+    lb.add_argument("label", nargs="?", default=None, metavar="LABEL", help="family label, e.g. mirai")
+    lb.add_argument("--clear", action="store_true", help="remove the label")
+    lb.set_defaults(func=_cmd_label)
+
     st = actions.add_parser("stats", help="what the index holds")
     common(st)
     st.add_argument("-f", "--format", choices=("table", "json"), default="table")
@@ -1143,6 +1246,17 @@ def _cmd_clusters(args) -> int:
             print(f"  {star} {mbr['sha256']}  {mbr['arch'] or '-':<14}  {mbr['path'] or ''}")
     if not groups:
         print(f"no cluster of {args.min_size} or more entries at threshold {args.threshold}", file=sys.stderr)
+    return 0
+
+
+@_guard
+def _cmd_label(args) -> int:
+    if args.clear == (args.label is not None):
+        return _fail("give either LABEL or --clear")
+    with _open(args, create=False) as ix:
+        if not ix.set_label(args.sha256, None if args.clear else args.label):
+            return _fail(f"no entry with SHA-256 {args.sha256}")
+    print(f"{args.sha256.lower()}: " + ("label cleared" if args.clear else f"labelled {args.label.strip()!r}"))
     return 0
 
 
