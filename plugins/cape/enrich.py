@@ -186,7 +186,7 @@ def resolve_path(fd: dict, where: str, analysis_path: str | None) -> str | None:
     from another CAPE host, the same file under ``analysis_path`` (the part after
     ``/storage/analyses/<id>/``), the target as ``analysis_path/binary``, or a file named by its
     SHA-256 in the usual folders."""
-    path = fd.get("path")
+    path = os.fspath(p) if isinstance(p := fd.get("path"), os.PathLike) else p  # Cuckoo 3 passes pathlib.Path
     if isinstance(path, str) and path and "\x00" not in path and os.path.exists(path):
         return path
     if analysis_path:
