@@ -216,25 +216,20 @@ def track(ctx, ids: list[str]) -> None:
 
 
 def web_pages(cwd: Path, aid: str, task_id: str | None) -> dict[str, str]:
-    """Cuckoo's own analysis and task pages, rendered through Django's test client."""
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cuckoo.web.web.settings")
-    import cuckoo.web as cw
+    """Cuckoo's own analysis and task pages: ``init_web`` as ``cuckoo web`` runs it, then Django's
+    test client on Cuckoo's views and templates."""
+    from cuckoo.web.web.startup import init_web
 
-    os.chdir(Path(cw.__file__).parent)  # Cuckoo's web runs from its package folder ("templates")
-    from cuckoo.common.config import load_config
-    from cuckoo.common.storage import Paths
-
-    load_config(Paths.config("web.yaml", subpkg="web"), subpkg="web")
+    init_web(str(cwd), 40)
     import django
-    from django.conf import settings
+    from django.test.utils import setup_test_environment
 
-    if not settings.configured or "testserver" not in settings.ALLOWED_HOSTS:
-        settings.ALLOWED_HOSTS = ["testserver"]
     django.setup()
+    setup_test_environment()  # lets the test client's host name through ALLOWED_HOSTS
     from django.test import Client
 
     c = Client()
-    pages = {"analysis": c.get(f"/analysis/{aid}/").content.decode()}
+    pages = {"analysis": c.get(f"/analysis/{aid}").content.decode()}
     if task_id:
         pages["task"] = c.get(f"/analysis/{aid}/task/{task_id}").content.decode()
     return pages
@@ -327,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
             z.extractall(cwd / "signatures" / "cuckoo")
     for kind in ("network", "windows", "linux"):
         (cwd / "signatures" / "cuckoo" / "pattern" / kind).mkdir(parents=True, exist_ok=True)
+    vt = cwd / "conf" / "processing" / "virustotal.yaml"  # enabled by default; no lookups from here
+    vt.write_text(vt.read_text().replace("enabled: True", "enabled: False", 1))
     cy = cwd / "conf" / "cuckoo.yaml"  # no network capture on this machine (no VM runs either)
     cy.write_text(cy.read_text().replace("tcpdump:\n  enabled: True", "tcpdump:\n  enabled: False"))
     qy = cwd / "conf" / "machineries" / "qemu.yaml"  # its default bridge br0 does not exist here
