@@ -55,8 +55,9 @@ def reference(paths: list[Path]) -> dict[str, str]:
     ref_py = os.environ.get("TELFHASH_REFERENCE_PYTHON")
     if ref_py and os.path.exists(ref_py):
         code = "import json,sys,telfhash;print(json.dumps(telfhash.telfhash(*sys.argv[1:])))"
-        res = json.loads(subprocess.run([ref_py, "-c", code, *map(str, paths)], capture_output=True, text=True,
-                                        check=True).stdout)
+        res = json.loads(
+            subprocess.run([ref_py, "-c", code, *map(str, paths)], capture_output=True, text=True, check=True).stdout
+        )
         for p, r in zip(paths, res):
             out[hashlib.sha256(p.read_bytes()).hexdigest()] = r["telfhash"]
         return out
@@ -69,7 +70,7 @@ def reference(paths: list[Path]) -> dict[str, str]:
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, **kw)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, **kw)
 
 
 def cuckoo_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -93,8 +94,9 @@ def make_ctx():
     from cuckoo.common.node import read_nodesinfos_dump
     from cuckoo.common.storage import Paths
 
-    nodes = SimpleNamespace(nodeinfos=read_nodesinfos_dump(Paths.nodeinfos_dump()),
-                            delete_completed_analysis=lambda *a: None)
+    nodes = SimpleNamespace(
+        nodeinfos=read_nodesinfos_dump(Paths.nodeinfos_dump()), delete_completed_analysis=lambda *a: None
+    )
     return SimpleNamespace(processing_handler=Recorder(), scheduler=Recorder(), nodes=nodes)
 
 
@@ -126,8 +128,18 @@ def write_nodeinfos():
     from cuckoo.common.storage import Paths
 
     machines = MachinesList()
-    machines.add_machine(Machine(name="linux1", label="linux1", ip="192.0.2.10", platform="linux",
-                                 os_version="ubuntu22.04", tags=set(), machinery_name="qemu", state="poweroff"))
+    machines.add_machine(
+        Machine(
+            name="linux1",
+            label="linux1",
+            ip="192.0.2.10",
+            platform="linux",
+            os_version="ubuntu22.04",
+            tags=set(),
+            machinery_name="qemu",
+            state="poweroff",
+        )
+    )
     dump_nodeinfos(Paths.nodeinfos_dump(), NodeInfo("local", "3", machines, Routes(available=[])))
     return machines
 
@@ -179,16 +191,28 @@ def process_analysis(ctx, aid: str, workers: dict, dropped: list[Path]) -> dict:
     if not analysis.get("tasks"):
         return out
     task_id = analysis["tasks"][0]["id"]
-    Machine(name="linux1", label="linux1", ip="192.0.2.10", platform="linux", os_version="ubuntu22.04",
-            tags=set(), machinery_name="qemu").to_file(TaskPaths.machinejson(task_id))
+    Machine(
+        name="linux1",
+        label="linux1",
+        ip="192.0.2.10",
+        platform="linux",
+        os_version="ubuntu22.04",
+        tags=set(),
+        machinery_name="qemu",
+    ).to_file(TaskPaths.machinejson(task_id))
     ddir = Path(TaskPaths.dropped_file(task_id))
     ddir.mkdir(parents=True, exist_ok=True)
     for p in dropped:
         shutil.copyfile(p, ddir / p.name)
     state = workers["post"].run(aid, task_id)
     out["post"] = state
-    controller(ctx, control.set_next_state if state == "finished" else control.set_failed, "post",
-               analysis_id=aid, task_id=task_id)
+    controller(
+        ctx,
+        control.set_next_state if state == "finished" else control.set_failed,
+        "post",
+        analysis_id=aid,
+        task_id=task_id,
+    )
     out["task_id"] = task_id
     if TaskPaths.report(task_id).exists():
         out["report.json"] = json.loads(TaskPaths.report(task_id).read_text())
@@ -202,7 +226,7 @@ def submit(cwd: Path, files: list[Path]) -> list[str]:
     import re
 
     r = cuckoo_cli(cwd, "submit", "--platform", "linux", *map(str, files))
-    got = dict((path, aid) for aid, path in re.findall(r"Submitted file: (\S+) -> (.+?)\x1b", r.stdout))
+    got = {path: aid for aid, path in re.findall(r"Submitted file: (\S+) -> (.+?)\x1b", r.stdout)}
     missing = [f for f in files if str(f) not in got]
     if missing:
         raise SystemExit(f"cuckoo submit failed for {missing}: {r.stdout}{r.stderr}")
@@ -301,8 +325,10 @@ def main(argv: list[str] | None = None) -> int:
     if not str(Path(cuckoo.processing.__file__).resolve()).startswith(str(src)):
         print(f"note: Cuckoo is imported from {cuckoo.processing.__file__}, not from {src}")
     commit = _run(["git", "-C", str(src), "rev-parse", "HEAD"]).stdout.strip() or "(not a git checkout)"
-    print(f"Cuckoo 3: {src} commit {commit}; cuckoo.processing {cuckoo.processing.__version__}; "
-          f"Python {sys.version.split()[0]}")
+    print(
+        f"Cuckoo 3: {src} commit {commit}; cuckoo.processing {cuckoo.processing.__version__}; "
+        f"Python {sys.version.split()[0]}"
+    )
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="telfhash-cuckoo3-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -313,8 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     for cmd in (["createcwd"],):
         r = cuckoo_cli(cwd, *cmd)
         assert r.returncode == 0, r.stdout + r.stderr
-    r = _run([sys.executable, "-c", "from cuckoo.scripts.migrate import main; main()", "--cwd", str(cwd),
-              "database", "all"])
+    r = _run(
+        [sys.executable, "-c", "from cuckoo.scripts.migrate import main; main()", "--cwd", str(cwd), "database", "all"]
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     sigzip = src / "signatures.zip"  # Cuckoo's install docs: unzip -o -d CWD/signatures/cuckoo signatures.zip
     if sigzip.exists():
@@ -334,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     qtext = qy.read_text().replace("interface: br0", "interface: lo")
     qtext = qtext.replace("/usr/bin/qemu-img", "/bin/true").replace("/usr/bin/qemu-system-x86_64", "/bin/true")
     qtext = qtext.replace("/home/cuckoo/.vmcloak/vms/qemu/win10_1/", f"{vm}/")
-    qtext = qtext.replace("platform: windows", "platform: linux").replace('os_version: "10"', 'os_version: "ubuntu22.04"')
+    qtext = qtext.replace("platform: windows", "platform: linux").replace(
+        'os_version: "10"', 'os_version: "ubuntu22.04"'
+    )
     qy.write_text(qtext)
 
     setup_process(src, cwd, work / "cuckoo.log")
@@ -378,8 +407,10 @@ def main(argv: list[str] | None = None) -> int:
     ids = submit(cwd, [*subs, zpath, text])
     out = run_phase(src, cwd, [(aid, list(map(str, dropped))) for aid in ids])
     plugins = out["plugins"]
-    check("Telfhash" in plugins["pre"] and "TelfhashDropped" in plugins["post"] and "TelfhashJSON" in plugins["pre"],
-          f"Cuckoo's loader found the plugins: pre {plugins['pre']}; post {plugins['post']}")
+    check(
+        "Telfhash" in plugins["pre"] and "TelfhashDropped" in plugins["post"] and "TelfhashJSON" in plugins["pre"],
+        f"Cuckoo's loader found the plugins: pre {plugins['pre']}; post {plugins['post']}",
+    )
     results = out["results"]
     t_proc = out["seconds"]
 
@@ -419,9 +450,13 @@ def main(argv: list[str] | None = None) -> int:
     def strip(d: dict, drop=("telfhash", "analysis_id", "task_id")) -> dict:
         return {k: v for k, v in d.items() if k not in drop}
 
-    check(strip(base["pre.json"]) == strip(first["pre.json"]), "pre.json: every other key identical without/with plugin")
-    check(strip(base.get("report.json", {})) == strip(first.get("report.json", {})),
-          "report.json: every other key identical without/with plugin")
+    check(
+        strip(base["pre.json"]) == strip(first["pre.json"]), "pre.json: every other key identical without/with plugin"
+    )
+    check(
+        strip(base.get("report.json", {})) == strip(first.get("report.json", {})),
+        "report.json: every other key identical without/with plugin",
+    )
 
     # settings errors reach Cuckoo's processing errors, for an ELF and a non-ELF target
     conf = cwd / "conf" / "processing" / "telfhash.yaml"
@@ -431,8 +466,10 @@ def main(argv: list[str] | None = None) -> int:
     for aid in ids2:
         res = out2["results"][aid]
         errs = res.get("analysis.json", {}).get("errors", {}).get("errors", [])
-        check(any("telfhash settings" in e and "threshold" in e for e in errs),
-              f"{aid}: settings error in analysis.json errors: {[e for e in errs if 'telfhash' in e][:1]}")
+        check(
+            any("telfhash settings" in e and "threshold" in e for e in errs),
+            f"{aid}: settings error in analysis.json errors: {[e for e in errs if 'telfhash' in e][:1]}",
+        )
 
     # web pages
     try:
@@ -441,13 +478,15 @@ def main(argv: list[str] | None = None) -> int:
         check(th in pages["analysis"], "analysis page shows the telfhash")
         dvals = [x["telfhash"] for x in results[ids[0]]["report.json"]["telfhash"]["dropped"] if x.get("telfhash")]
         check(all(v in pages.get("task", "") for v in dvals), "task page shows the dropped files' telfhash")
-    except Exception as exc:  # report, do not hide
+    except Exception as exc:  # noqa: BLE001 -- report, do not hide
         check(False, f"web pages: {type(exc).__name__}: {exc}")
 
     if not args.keep_dropins:
         inst.uninstall(cwd)
-    print(f"\n{len(ids) + len(ids2) + 1} analyses in {time.monotonic() - t0:.1f} s "
-          f"(processing of {len(ids)} analyses with the plugin: {t_proc:.1f} s)")
+    print(
+        f"\n{len(ids) + len(ids2) + 1} analyses in {time.monotonic() - t0:.1f} s "
+        f"(processing of {len(ids)} analyses with the plugin: {t_proc:.1f} s)"
+    )
     print(f"{len(failures)} checks failed" if failures else "all checks passed")
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)

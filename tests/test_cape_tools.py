@@ -1,6 +1,6 @@
 """telfhash-cape install / uninstall / status against a folder shaped like a CAPE checkout,
 offline reprocessing of a report.json, the per-file time budget, settings parsing and the
-Cuckoo 3 processor.  Expected digests are the reference tool's (corpus manifest)."""
+old Cuckoo 3 import path.  Expected digests are the reference tool's (corpus manifest)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -293,33 +292,23 @@ def test_settings_from_cape_style_options():
 # ----------------------------------------------------------------------------- Cuckoo 3
 
 
-def test_cuckoo3_processor_without_cuckoo3(tmp_path, monkeypatch):
-    from telfhash_plugins.cape import cuckoo3
+def test_cuckoo3_old_import_path_is_an_alias(tmp_path, monkeypatch):
+    """The Cuckoo 3 adapter moved to telfhash_plugins.cuckoo3 (tests/test_cuckoo3.py); the old
+    module still imports, warns, and reads the YAML settings of the Cuckoo working directory."""
+    import importlib
+    import sys
 
-    monkeypatch.setenv("CUCKOO_CWD", str(tmp_path))
-    f = next(f for f in corpus.files() if f["label"] == "iot-fam-b:v2_dyn" and f["arch"] == "mips")
-    assert not cuckoo3.HAVE_CUCKOO3
-    cls = type("Telfhash", (cuckoo3.TelfhashProcessor,), {})  # what the two-line drop-in defines
-    assert (cls.KEY, cls.CATEGORY) == ("telfhash", ["file"]) and cls.ORDER > 1
-    cls.init_once()
-    assert cls.enabled()
-    ctx = SimpleNamespace(analysis=SimpleNamespace(id="20260101-ABCDEF", submitted=SimpleNamespace(sha256=f["sha256"], filename="x")),
-                          submitted_file=f["abspath"])
-    out = cls(ctx).start()
-    assert out["target"] == {"telfhash": f["reference"]["telfhash"]}
-    assert out["files"][0]["telfhash"] == f["reference"]["telfhash"] and out["errors"] == []
-    # settings file in the Cuckoo working directory
-    (tmp_path / "conf" / "processing").mkdir(parents=True)
-    (tmp_path / "conf" / "processing" / "telfhash.conf").write_text("[telfhash]\nenabled = no\nmax_file_size = 10\n")
-    assert not cls.enabled()
-    cls.init_once()
-    assert cls(ctx).start()["target"] == {"telfhash_error": "too_large"}
-    text = tmp_path / "t.txt"
-    text.write_text("hello")
-    ctx.submitted_file = str(text)
-    assert cls(ctx).start()["elf_files"] == 0
-    ctx.submitted_file = None
-    assert "no submitted file" in cls(SimpleNamespace(analysis=None)).start()["errors"][0]
+    from telfhash_plugins.cuckoo3 import processor
+
+    sys.modules.pop("telfhash_plugins.cape.cuckoo3", None)
+    with pytest.warns(DeprecationWarning):
+        cuckoo3 = importlib.import_module("telfhash_plugins.cape.cuckoo3")
+    assert cuckoo3.TelfhashProcessor is processor.TelfhashPre
+    assert cuckoo3.HAVE_CUCKOO3 == (importlib.util.find_spec("cuckoo") is not None)  # true where Cuckoo 3 is installed
+    conf = tmp_path / "telfhash.yaml"
+    conf.write_text("max_file_size: 10\nthreshold: -1\n")
+    s = cuckoo3.load_settings(str(conf))
+    assert s.max_file_size == 10 and s.threshold == Settings().threshold and len(s.errors) == 1
 
 
 def test_index_add_records_the_analysis_and_a_later_one_finds_it(tmp_path):

@@ -43,7 +43,7 @@ def _site(dest: Path) -> Path:
 
 def _forget():
     for name in list(sys.modules):
-        if name == "cuckoo" or name.startswith("cuckoo.") or name.startswith("telfhash_plugins.cuckoo3"):
+        if name == "cuckoo" or name.startswith(("cuckoo.", "telfhash_plugins.cuckoo3")):
             del sys.modules[name]
         if name == "telfhash_plugins.cape.cuckoo3":
             del sys.modules[name]
@@ -107,9 +107,20 @@ def _store(cu, fixture: dict) -> str:
 
 
 def _target(cu, sha: str, filename: str, filetype: str = "ELF 64-bit LSB shared object, x86-64") -> object:
-    return cu.sc.TargetFile(filename=filename, orig_filename=filename, platforms=[], size=1, filetype=filetype,
-                            media_type="application/x-sharedlib", sha512="", sha256=sha, sha1="", md5="",
-                            extrpath=[], container=False)
+    return cu.sc.TargetFile(
+        filename=filename,
+        orig_filename=filename,
+        platforms=[],
+        size=1,
+        filetype=filetype,
+        media_type="application/x-sharedlib",
+        sha512="",
+        sha256=sha,
+        sha1="",
+        md5="",
+        extrpath=[],
+        container=False,
+    )
 
 
 class _Result:  # the store/get/contains interface of cuckoo.processing.worker.ProcessingResult
@@ -170,7 +181,7 @@ def test_cuckoos_loader_finds_exactly_the_dropin_classes(cuckoo):
 def test_dropin_without_telfhash_core_defines_nothing(cuckoo, monkeypatch):
     monkeypatch.setitem(sys.modules, "telfhash_plugins.cuckoo3", None)  # import fails as if uninstalled
     ns: dict = {"__name__": "cuckoo.processing.pre.telfhash"}
-    exec(compile(cuckoo.install.dropin_text("cuckoo.processing.pre"), "telfhash.py", "exec"), ns)
+    exec(compile(cuckoo.install.dropin_text("cuckoo.processing.pre"), "telfhash.py", "exec"), ns)  # noqa: S102 -- the drop-in text, run as an import would
     assert "Telfhash" not in ns
 
 
@@ -375,23 +386,32 @@ def test_cli_install_refuses_a_folder_that_is_not_a_cuckoo_cwd(cuckoo, tmp_path,
 
 def test_web_environment_wraps_cuckoos_templates(cuckoo):
     import jinja2
-
     from telfhash_plugins.cuckoo3 import web
 
     cuckoo_templates = PINNED / "web" / "cuckoo" / "web" / "templates"
-    env = web.environment(loader=jinja2.FileSystemLoader(str(cuckoo_templates)),
-                          telfhash_original="jinja2.Environment")
+    env = web.environment(loader=jinja2.FileSystemLoader(str(cuckoo_templates)), telfhash_original="jinja2.Environment")
     ours, _, _ = env.loader.get_source(env, "analysis/components/summary.html.jinja2")
     theirs, _, _ = env.loader.get_source(env, "cuckoo/analysis/components/summary.html.jinja2")
     assert "telfhash" in ours and "telfhash" not in theirs
     assert theirs == (cuckoo_templates / "analysis/components/summary.html.jinja2").read_text()
-    value = {"threshold": 50, "errors": [], "groups": [],
-             "files": [{"name": "q_atm.so", "sha256": AMD64["sha256"], "telfhash": AMD64["reference"]["telfhash"],
-                        "arch": "x64"}]}
+    value = {
+        "threshold": 50,
+        "errors": [],
+        "groups": [],
+        "files": [
+            {"name": "q_atm.so", "sha256": AMD64["sha256"], "telfhash": AMD64["reference"]["telfhash"], "arch": "x64"}
+        ],
+    }
     html = env.get_template("telfhash/result.html.jinja2").render(pre={"telfhash": value})
     assert AMD64["reference"]["telfhash"] in html and "q_atm.so" in html  # with Cuckoo's ui_box macro
-    settings = {"TEMPLATES": [{"BACKEND": "django.template.backends.jinja2.Jinja2",
-                               "OPTIONS": {"environment": "cuckoo.web.web.jinja.env.environment"}}]}
+    settings = {
+        "TEMPLATES": [
+            {
+                "BACKEND": "django.template.backends.jinja2.Jinja2",
+                "OPTIONS": {"environment": "cuckoo.web.web.jinja.env.environment"},
+            }
+        ]
+    }
     assert web.configure(settings) and not web.configure(settings)  # a second call changes nothing
     assert settings["TEMPLATES"][0]["OPTIONS"]["environment"] == "telfhash_plugins.cuckoo3.web.environment"
 

@@ -29,4 +29,4 @@ def load_settings(path: str | None = None) -> Settings:
     return settings
 
 
-__all__ = ["TelfhashProcessor", "load_settings", "HAVE_CUCKOO3"]
+__all__ = ["HAVE_CUCKOO3", "TelfhashProcessor", "load_settings"]

@@ -64,7 +64,7 @@ def conf_path(cwd: str | os.PathLike | None = None) -> Path | None:
             from cuckoo.common.storage import cuckoocwd  # type: ignore[import-not-found]
 
             cwd = cuckoocwd.root
-        except Exception:
+        except Exception:  # noqa: BLE001 -- a host plugin reports, never raises
             cwd = os.environ.get("CUCKOO_CWD") or None
     return Path(cwd, "conf", CONF_SUBPKG, CONF_NAME) if cwd else None
 
@@ -92,13 +92,13 @@ def load(path: str | os.PathLike | None = None) -> tuple[Settings, bool, list[st
     rejected.  Never raises."""
     try:
         path = Path(path) if path is not None else conf_path()
-    except Exception as exc:  # an unusable path type
+    except Exception as exc:  # noqa: BLE001 -- an unusable path type
         return Settings(), True, [f"telfhash settings: {exc}"]
     if path is None or not path.is_file():
         return Settings(), True, []
     try:
         from cuckoo.common import config  # type: ignore[import-not-found]
-    except Exception:
+    except Exception:  # noqa: BLE001 -- a host plugin reports, never raises
         return _load_plain(path)
     loaders = deepcopy(typeloaders()[CONF_NAME])
     try:
@@ -108,7 +108,7 @@ def load(path: str | os.PathLike | None = None) -> tuple[Settings, bool, list[st
         config.load_values(raw, loaders)
     except config.ConfigurationError as exc:
         return Settings(), True, [f"telfhash settings in {path}: {exc}; using the defaults"]
-    except Exception as exc:  # an unreadable file
+    except Exception as exc:  # noqa: BLE001 -- an unreadable file
         return Settings(), True, [f"telfhash settings in {path}: {type(exc).__name__}: {exc}; using the defaults"]
     values = {k: loader.usable_value for k, loader in loaders.items() if loader.value is not None}
     extra = sorted(set(raw) - set(FIELDS)) if isinstance(raw, dict) else []
@@ -127,8 +127,8 @@ def _load_plain(path: Path) -> tuple[Settings, bool, list[str]]:
         with open(path, encoding="utf-8") as fh:
             raw = yaml.safe_load(fh) or {}
         if not isinstance(raw, dict):
-            raise ValueError("not a mapping of keys to values")
-    except Exception as exc:
+            raise TypeError("not a mapping of keys to values")
+    except Exception as exc:  # noqa: BLE001 -- a host plugin reports, never raises
         return Settings(), True, [f"telfhash settings in {path}: {type(exc).__name__}: {exc}; using the defaults"]
     settings = _to_settings(raw)
     errors = [f"telfhash settings in {path}: {e}" for e in settings.errors]

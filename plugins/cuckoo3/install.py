@@ -86,7 +86,7 @@ def default_cwd() -> Path:
         from cuckoo.common.storage import cuckoocwd  # type: ignore[import-not-found]
 
         return Path(cuckoocwd.DEFAULT)
-    except Exception:
+    except ImportError:
         return Path(os.environ.get("CUCKOO_CWD") or Path.home() / ".cuckoocwd")
 
 
@@ -114,8 +114,13 @@ class Item:
         return self.state in ("installed", "written", "kept", "removed", "absent", "unchanged")
 
 
-def install(cwd: str | os.PathLike | None = None, *, web: bool = True, values: dict[str, Any] | None = None,
-            overwrite_config: bool = False) -> list[Item]:
+def install(
+    cwd: str | os.PathLike | None = None,
+    *,
+    web: bool = True,
+    values: dict[str, Any] | None = None,
+    overwrite_config: bool = False,
+) -> list[Item]:
     """Write the drop-ins, the settings file (unless present) and the web block."""
     items: list[Item] = []
     for package in DROPINS:
@@ -151,7 +156,7 @@ def install(cwd: str | os.PathLike | None = None, *, web: bool = True, values: d
         else:
             config.render(root, values)
             items.append(Item("settings", str(conf), "written"))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 -- a host plugin reports, never raises
         items.append(Item("settings", str(conf), f"error: {exc}"))
     if web:
         items.append(_install_web(root))
@@ -162,7 +167,7 @@ def _web_settings(root: Path) -> Path:
     return root / "web" / "web_local_settings.py"
 
 
-_WEB_RE = re.compile(re.escape(WEB_BEGIN) + r".*?" + re.escape(WEB_END) + r"\n?", re.S)
+_WEB_RE = re.compile(re.escape(WEB_BEGIN) + r".*?" + re.escape(WEB_END) + r"\n?", re.DOTALL)
 
 
 def _install_web(root: Path) -> Item:

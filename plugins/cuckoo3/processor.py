@@ -30,7 +30,7 @@ import logging
 import os
 import stat
 import tempfile
-from typing import Any
+from typing import Any, ClassVar
 
 from telfhash_plugins.cape.enrich import KEY, Settings, enrich
 
@@ -43,14 +43,14 @@ try:  # the real base classes when running inside Cuckoo 3
     from cuckoo.processing.abtracts import Reporter as _Reporter  # type: ignore[import-not-found]
 
     HAVE_CUCKOO3 = True
-except Exception:  # importable without Cuckoo 3; these follow cuckoo/processing/abtracts.py
+except ImportError:  # importable without Cuckoo 3; these follow cuckoo/processing/abtracts.py
 
     class _Processor:  # type: ignore[no-redef]
         NAME = ""
         ORDER = 999
         KEY = ""
-        PLATFORMS: list = []
-        CATEGORY: list = []
+        PLATFORMS: ClassVar[list] = []
+        CATEGORY: ClassVar[list] = []
 
         def __init__(self, processingctx):
             self.ctx = processingctx
@@ -74,7 +74,7 @@ except Exception:  # importable without Cuckoo 3; these follow cuckoo/processing
 
     class _Reporter:  # type: ignore[no-redef]
         ORDER = 999
-        CATEGORY: list = []
+        CATEGORY: ClassVar[list] = []
 
         def __init__(self, processingctx):
             self.ctx = processingctx
@@ -119,7 +119,7 @@ class _Conf:
 
     settings: Settings | None = None
     dropped: bool = True
-    errors: list[str] = []
+    errors: ClassVar[list[str]] = []
 
     @classmethod
     def get(cls) -> tuple[Settings, bool, list[str]]:
@@ -148,13 +148,13 @@ def _report(ctx: Any, caller: Any, message: str, level: str = "warning") -> None
     logger = getattr(ctx, "log", None)
     try:
         getattr(logger, level)(message, plugin=type(caller).__name__)
-    except Exception:
+    except Exception:  # noqa: BLE001 -- a host plugin reports, never raises
         log.warning("%s", message)
     tracker = getattr(ctx, "errtracker", None)
     if tracker is not None:
         try:
             tracker.add_error(message, caller)
-        except Exception:
+        except Exception:  # noqa: BLE001 -- a host plugin reports, never raises
             log.warning("could not add to Cuckoo's error tracker: %s", message)
 
 
@@ -196,7 +196,7 @@ class TelfhashPre(_Processor):
     NAME = "telfhash"
     KEY = KEY
     ORDER = 900  # after DetermineTarget (1) and CreateZip (2)
-    CATEGORY = ["file"]
+    CATEGORY: ClassVar[list] = ["file"]
 
     @classmethod
     def enabled(cls):
@@ -209,7 +209,7 @@ class TelfhashPre(_Processor):
     def start(self):
         try:
             return self._start()
-        except Exception as exc:  # never raise into Cuckoo
+        except Exception as exc:  # noqa: BLE001 -- never raise into Cuckoo
             _report(self.ctx, self, f"telfhash: internal error: {type(exc).__name__}: {exc}", "exception")
             return None
 
@@ -223,7 +223,7 @@ class TelfhashPre(_Processor):
             return None  # a URL analysis, or no target: nothing to hash
         try:
             path = _target_path(sha)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- a host plugin reports, never raises
             _report(self.ctx, self, f"telfhash: no stored binary for the target {sha}: {exc}")
             return None
         if not _is_elf(path):
@@ -258,7 +258,7 @@ class TelfhashPost(_Processor):
     NAME = "telfhash"
     KEY = KEY
     ORDER = 900
-    CATEGORY: list = []  # URL analyses drop files too
+    CATEGORY: ClassVar[list] = []  # URL analyses drop files too
 
     @classmethod
     def enabled(cls):
@@ -272,7 +272,7 @@ class TelfhashPost(_Processor):
     def start(self):
         try:
             return self._start()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- a host plugin reports, never raises
             _report(self.ctx, self, f"telfhash: internal error: {type(exc).__name__}: {exc}", "exception")
             return None
 
@@ -294,13 +294,11 @@ class TelfhashPost(_Processor):
             _report(self.ctx, self, f"telfhash: cannot list {folder}: {exc}")
             return None
         dropped: list[dict[str, Any]] = []
-        looked = 0
-        for name in names:
+        limit = max(settings.max_files, 1) * 20  # a flood of files: bound the work
+        if len(names) > limit:
+            _report(self.ctx, self, f"telfhash: {len(names)} dropped files; looking at the first {limit}")
+        for name in names[:limit]:
             path = os.path.join(folder, name)
-            looked += 1
-            if looked > max(settings.max_files, 1) * 20:  # a flood of files: bound the work
-                _report(self.ctx, self, f"telfhash: {len(names)} dropped files; looked at the first {looked - 1}")
-                break
             if _is_elf(path):
                 dropped.append({"path": path, "name": name, "type": "ELF"})
         if not dropped:
@@ -331,7 +329,7 @@ def add_to_json(path: str, key: str, value: Any) -> None:
     with open(path, encoding="utf-8") as fh:
         data = json.load(fh)
     if not isinstance(data, dict):
-        raise ValueError(f"{path} does not hold a JSON object")
+        raise TypeError(f"{path} does not hold a JSON object")
     data[key] = value
     folder = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=".telfhash-", suffix=".json", dir=folder)
@@ -366,7 +364,7 @@ class TelfhashReporter(_Reporter):
             if path is None:
                 return
             add_to_json(path, KEY, value)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- a host plugin reports, never raises
             _report(self.ctx, self, f"telfhash: could not add the result to the report: {type(exc).__name__}: {exc}")
 
     def report_pre_analysis(self):
