@@ -78,10 +78,10 @@ except ImportError:  # importable without Cuckoo 3; these follow cuckoo/processi
 
         def __init__(self, processingctx):
             self.ctx = processingctx
-            self.handlers = {}
-            for stage, method in (("pre", self.report_pre_analysis), ("post", self.report_post_analysis)):
-                if method.__func__ is not getattr(_Reporter, method.__func__.__name__):
-                    self.handlers[stage] = method
+            self.handlers: dict[str, Any] = {}
+            for stage, name in (("pre", "report_pre_analysis"), ("post", "report_post_analysis")):
+                if getattr(type(self), name) is not getattr(_Reporter, name):  # implemented by the subclass
+                    self.handlers[stage] = getattr(self, name)
 
         @classmethod
         def enabled(cls):
