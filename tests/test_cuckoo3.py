@@ -92,6 +92,7 @@ def cuckoo(tmp_path, monkeypatch):
         tconfig=importlib.import_module("telfhash_plugins.cuckoo3.config"),
     )
     yield ns
+    proc._close_hasher()  # the hashing worker this module started
     for logger in getattr(ns, "_loggers", []):
         logger.close()
     _forget()

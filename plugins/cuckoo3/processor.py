@@ -25,6 +25,7 @@ imported (and its logic tested) without it.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -138,6 +139,51 @@ class _Conf:
 def reload_settings(path: str | os.PathLike | None = None) -> None:
     """Re-read the YAML file (tests, or a worker told that the file changed)."""
     _Conf.reload(path)
+    _close_hasher()
+
+
+# ----------------------------------------------------------------------------- hashing worker (once per process)
+
+_HASHER: Any = None
+
+
+def _hasher(settings: Settings) -> Any:
+    """The hashing worker of this Cuckoo process, started once and kept across analyses (starting
+    a Python process per analysis would cost more than hashing its files); replaced after it fell
+    back to in-process hashing, and whenever the time budget or size cap changed."""
+    global _HASHER
+    from telfhash_plugins.cape.worker import Hasher
+
+    h = _HASHER
+    if (
+        h is None
+        or h.timeout != float(settings.timeout)
+        or h.max_size != settings.max_file_size
+        or (settings.timeout > 0 and h.mode != "worker")
+    ):
+        _close_hasher()
+        h = _HASHER = Hasher(timeout=settings.timeout, max_size=settings.max_file_size)
+        atexit.register(_close_hasher)
+    h.notes, h.restarts = [], 0  # per analysis
+    return h
+
+
+def _warm() -> None:
+    """Start the hashing worker when Cuckoo sets its plugins up, not during the first analysis."""
+    settings = _Conf.get()[0]
+    if settings.enabled:
+        import telfhash_core  # noqa: F401 -- imported here once, not in the first analysis
+
+        h = _hasher(settings)
+        if h.mode == "worker" and h.proc is None:
+            h._start()
+
+
+def _close_hasher() -> None:
+    global _HASHER
+    h, _HASHER = _HASHER, None
+    if h is not None:
+        h.close()
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -205,6 +251,7 @@ class TelfhashPre(_Processor):
     @classmethod
     def init_once(cls):
         _Conf.reload()
+        _warm()
 
     def start(self):
         try:
@@ -236,7 +283,9 @@ class TelfhashPre(_Processor):
             "name": name,
             "type": filetype if isinstance(filetype, str) and "ELF" in filetype else "ELF",
         }
-        summary = enrich({"target": {"category": "file", "file": fd}}, _without_errors(settings))
+        summary = enrich(
+            {"target": {"category": "file", "file": fd}}, _without_errors(settings), hasher=_hasher(settings)
+        )
         summary["target"] = {k: fd[k] for k in ("telfhash", "telfhash_error") if k in fd}
         summary["target"].update({"sha256": sha, "name": name})
         self.ctx.log.debug("telfhash of the target", telfhash=fd.get("telfhash"), error=fd.get("telfhash_error"))
@@ -268,6 +317,7 @@ class TelfhashPost(_Processor):
     @classmethod
     def init_once(cls):
         _Conf.reload()
+        _warm()
 
     def start(self):
         try:
@@ -303,7 +353,7 @@ class TelfhashPost(_Processor):
                 dropped.append({"path": path, "name": name, "type": "ELF"})
         if not dropped:
             return None
-        summary = enrich({"dropped": dropped}, _without_errors(settings))
+        summary = enrich({"dropped": dropped}, _without_errors(settings), hasher=_hasher(settings))
         summary["dropped"] = [
             {"name": fd["name"], **{k: fd[k] for k in ("telfhash", "telfhash_error") if k in fd}} for fd in dropped
         ]
