@@ -157,12 +157,15 @@ class CachedELFFile(ELFFile):
 
     Building the construct definitions is most of the cost of opening a small file; they
     depend only on class, byte order, type, machine and OS ABI, and are not changed by
-    parsing.  Everything else is pyelftools' own ``__init__``, step by step.
+    parsing.  The rest mirrors the ``__init__`` of pyelftools 0.33.  Earlier versions
+    (0.31, 0.32) do more in ``__init__`` (they read the section-name table at once), so this
+    class is used only where :func:`_cache_is_faithful` finds that it leaves an object in the
+    same state as pyelftools' own constructor; otherwise :func:`open_elf` uses ``ELFFile``.
     """
 
     _structs_cache: dict[tuple, ELFStructs] = {}
 
-    def __init__(self, stream) -> None:  # noqa: D107 - mirrors ELFFile.__init__
+    def __init__(self, stream) -> None:  # noqa: D107 - mirrors ELFFile.__init__ (0.33)
         self.stream = stream
         self.stream.seek(0, 2)
         self.stream_len = self.stream.tell()
@@ -188,9 +191,37 @@ class CachedELFFile(ELFFile):
         self.stream_loader = None
 
 
+# The smallest well-formed ELF file with a section-name table: header, one string table, the
+# section header table (null section + .shstrtab).  Used to compare constructors.
+def _probe_elf() -> bytes:
+    names = b"\x00.shstrtab\x00"
+    shoff = 64 + len(names)
+    ehdr = struct.pack("<16sHHIQQQIHHHHHH", b"\x7fELF\x02\x01\x01" + bytes(9), 2, 62, 1, 0, 0, shoff, 0, 64, 56, 0, 64, 2, 1)
+    null = bytes(64)
+    shstr = struct.pack("<IIQQQQIIQQ", 1, SHT_STRTAB, 0, 0, 64, len(names), 0, 0, 1, 0)
+    return ehdr + names + null + shstr
+
+
+def _cache_is_faithful() -> bool:
+    """Whether :class:`CachedELFFile` leaves an object in the same state as the installed
+    pyelftools' own ``ELFFile`` constructor (same attributes, same header, same sections)."""
+    try:
+        buf = _probe_elf()
+        mine, theirs = CachedELFFile(MemStream(buf)), ELFFile(MemStream(buf))
+        if set(vars(mine)) != set(vars(theirs)):
+            return False
+        return [s.name for s in mine.iter_sections()] == [s.name for s in theirs.iter_sections()] == ["", ".shstrtab"]
+    except Exception:  # pragma: no cover - any surprise: do not use the cache
+        return False
+
+
+FAITHFUL_CACHE = _cache_is_faithful()
+
+
 def open_elf(buf) -> ELFFile:
-    """An ``ELFFile`` over ``buf`` (pyelftools semantics, cached struct definitions)."""
-    return CachedELFFile(MemStream(buf))
+    """An ``ELFFile`` over ``buf`` (pyelftools semantics; cached struct definitions where that
+    is verified to be the same as pyelftools' own constructor)."""
+    return CachedELFFile(MemStream(buf)) if FAITHFUL_CACHE else ELFFile(MemStream(buf))
 
 
 # ----------------------------------------------------------------------------- headers
