@@ -240,23 +240,24 @@ def test_timeout_stops_one_file_and_the_next_is_hashed():
         assert h.restarts == 1 and h.mode == "worker"
 
 
-def test_a_worker_that_dies_costs_only_its_file():
+def test_a_worker_that_dies_costs_only_its_file(monkeypatch):
+    import threading
+
     small, _ = _small_and_slow()
+    monkeypatch.setenv("TELFHASH_CAPE_TEST_DELAY", "3")  # every file takes 3 s in the worker
     with Hasher(timeout=60) as h:
         assert h.hash(small["abspath"])["reference_telfhash"] == small["reference"]["telfhash"]
         os.kill(h.proc.pid, signal.SIGKILL)
         h.proc.wait()
-        r = h.hash(small["abspath"])  # the write to the dead worker fails: a new one takes it
-        assert r["reference_telfhash"] == small["reference"]["telfhash"]
-        # the worker dies after taking the request (the pipe accepted it): that file fails,
-        # the next one gets a new worker
-        os.kill(h.proc.pid, signal.SIGKILL)
-        h.proc.wait()
-        h.proc.stdin.close()
-        h.proc.stdin = open(os.devnull, "w")
+        r = h.hash(small["abspath"])  # a worker that died between files: a new one takes the file
+        assert r["reference_telfhash"] == small["reference"]["telfhash"] and h.restarts == 0
+        # the worker dies while on a file: that file fails, the next one gets a new worker
+        pid = h.proc.pid
+        threading.Timer(0.5, os.kill, (pid, signal.SIGKILL)).start()
         r = h.hash(small["abspath"])
         assert r["reason"] == "worker_failed"
         assert h.hash(small["abspath"])["reference_telfhash"] == small["reference"]["telfhash"]
+        assert h.proc.pid != pid
 
 
 def test_no_worker_python_falls_back_in_process():

@@ -30,11 +30,15 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=None, help=f"seconds per file (default {d.timeout:g}; 0: no worker)")
     p.add_argument("--max-neighbours", type=int, default=None, help=f"known samples listed per file (default {d.max_neighbours})")
     p.add_argument("--max-files", type=int, default=None, help=f"distinct ELF files hashed (default {d.max_files})")
+    p.add_argument("--budget", type=float, default=None, help="seconds for all files of an analysis (default 0: a quarter of CAPE's processing timeout)")
+    p.add_argument("--detections", action="store_true", default=None, help="add CAPE family detections from labelled known neighbours")
+    p.add_argument("--detection-distance", type=int, default=None, help=f"... at this TLSH distance or closer (default {d.detection_distance})")
 
 
 def _settings(args, base: dict | None = None) -> Settings:
     opts = dict(base or {})
-    for name in ("index", "threshold", "max_file_size", "timeout", "max_neighbours", "max_files"):
+    for name in ("index", "threshold", "max_file_size", "timeout", "max_neighbours", "max_files", "budget", "detections",
+                 "detection_distance"):
         v = getattr(args, name, None)
         if v is not None:
             opts[name] = v
@@ -55,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--disabled", action="store_true", help="write the drop-in with enabled = no")
     pi.add_argument("--index-add", action="store_true", help="record each analysis' ELF files in the index")
     pi.add_argument("--overwrite-config", action="store_true", help="replace an existing drop-in of ours (default: keep it)")
+    pi.add_argument("--ui", action="store_true", help="also patch CAPE's templates and search for telfhash (reverted by uninstall)")
     pi.set_defaults(func=_cmd_install)
 
     pu = sub.add_parser("uninstall", help="remove the files written by install (and nothing else)")
@@ -89,10 +94,16 @@ def _cmd_install(args) -> int:
     s = _settings(args)
     for e in s.errors:
         return _err(e)
-    done = inst.install(args.cape_root, s, overwrite_config=args.overwrite_config)
+    done = inst.install(args.cape_root, s, overwrite_config=args.overwrite_config, ui=args.ui)
     for line in done:
         print(line)
     print("Restart CAPE's processing (e.g. systemctl restart cape-processor) to load the module.")
+    if args.ui:
+        print("Restart CAPE's web UI (e.g. systemctl restart cape-web) to show telfhash there.")
+    from . import env
+
+    for problem in env.check()["problems"]:
+        print(f"telfhash-cape: warning: {problem}", file=sys.stderr)
     return 0
 
 
@@ -109,13 +120,17 @@ def _cmd_status(args) -> int:
     st = inst.status(args.cape_root)
     print(f"module: {st['module']}")
     print(f"config: {st['config']}")
+    bad = not (st["module"].state.startswith("ours") and st["config"].state.startswith("ours"))
     s = st.get("settings")
     if s is not None:
-        print("settings: " + ", ".join(f"{k}={v!r}" for k, v in s.to_dict().items()))
+        print("settings (as CAPE reads them): " + ", ".join(f"{k}={v!r}" for k, v in s.to_dict().items()))
         for e in s.errors:
             print(f"  warning: {e}")
     if st.get("settings_error"):
-        print(f"settings: unreadable ({st['settings_error']})")
+        print(f"settings: CAPE CANNOT READ its processing configuration, so it processes nothing: {st['settings_error']}")
+        bad = True
+    elif s is None:
+        print("settings: no [telfhash] section in CAPE's processing configuration")
     for other in st["other_sections"]:
         print(f"note: {other} also has a [telfhash] section")
     try:
@@ -124,16 +139,37 @@ def _cmd_status(args) -> int:
         print(f"telfhash-core {telfhash_core.__version__} importable by {sys.executable}")
     except Exception as exc:  # pragma: no cover - this very package imports it
         print(f"telfhash-core NOT importable by {sys.executable}: {exc}")
-    return 0 if st["module"].state.startswith("ours") and st["config"].state.startswith("ours") else 1
+    e = st["environment"]
+    pe, cs, tl = e["pyelftools"], e["capstone"], e["tlsh"]
+    verdict = lambda ok: "known good" if ok else "NOT KNOWN GOOD"  # noqa: E731
+    print(f"pyelftools {pe['version']}: {verdict(pe['known_good'])}")
+    print(f"capstone {cs['version']}: {verdict(cs['known_good'])}")
+    dists = ", ".join(f"{d} {v}" for d, v in tl["distributions"].items()) or "no TLSH distribution installed"
+    owner = f"; the tlsh file on disk is {tl['owner']}'s" if tl["owner"] else ""
+    print(f"tlsh: {'importable' if tl['importable'] else 'NOT IMPORTABLE'} ({dists}{owner})")
+    for problem in e["problems"]:
+        print(f"problem: {problem}")
+    bad = bad or not e["ok"]
+    ui_states = st["ui"]
+    applied = sum(1 for _, x in ui_states if x == "applied")
+    print(f"ui: {applied} of {len(ui_states)} patches applied" + ("" if applied else " (install --ui adds them)"))
+    for p, x in ui_states:
+        if x in ("edited", "changed") and applied:
+            print(f"  {p.rel}: {p.what}: {x}")
+    return 1 if bad else 0
 
 
 def _conf_settings(root: str) -> dict:
-    import configparser
-
-    r = inst.check_root(root)
-    cp = configparser.ConfigParser()
-    cp.read(r / inst.CONFIG_REL)
-    return dict(cp["telfhash"]) if cp.has_section("telfhash") else {}
+    """The [telfhash] options as CAPE reads them; InstallError when there are none."""
+    options, error = inst.cape_settings(root)
+    if error:
+        raise inst.InstallError(f"CAPE cannot read its processing configuration under {root}: {error}")
+    if options is None:
+        raise inst.InstallError(
+            f"no [telfhash] section in CAPE's processing configuration under {root} "
+            "(telfhash-cape install writes one; leave out --cape-root to use the defaults)"
+        )
+    return dict(options)
 
 
 def _cmd_reprocess(args) -> int:
@@ -196,11 +232,25 @@ def _cmd_reprocess(args) -> int:
     return 0
 
 
+def _quiet_stdout() -> None:
+    """After a closed pipe (``status | head``): send the rest to /dev/null, so that neither the
+    remaining output nor the flush at exit raise."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 1
     except inst.InstallError as exc:
         return _err(str(exc))
     except KeyboardInterrupt:

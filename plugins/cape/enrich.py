@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
@@ -75,6 +76,9 @@ class Settings:
     max_neighbours: int = 10  # nearest known samples listed per file
     index_add: bool = False  # also record this analysis' ELF files in the index
     max_files: int = 500  # distinct ELF files hashed per analysis; the rest get "skipped"
+    budget: float = 0.0  # seconds for the whole analysis; 0: a quarter of CAPE's processing timeout
+    detections: bool = False  # add CAPE family detections from labelled known neighbours
+    detection_distance: int = 30  # ... at this TLSH distance or closer
     errors: list[str] = field(default_factory=list)
 
     @classmethod
@@ -94,6 +98,9 @@ class Settings:
             "max_neighbours": int,
             "index_add": _bool,
             "max_files": int,
+            "budget": float,
+            "detections": _bool,
+            "detection_distance": int,
         }
         for name, fn in conv.items():
             try:
@@ -104,9 +111,9 @@ class Settings:
                 continue
             try:
                 v = fn(value)
-                if name in ("threshold", "max_neighbours", "max_files") and v < 0:
+                if name in ("threshold", "max_neighbours", "max_files", "detection_distance") and v < 0:
                     raise ValueError("must be >= 0")
-                if name == "timeout" and not (v == v and v < 1e9):
+                if name in ("timeout", "budget") and not (v == v and 0 <= v < 1e9):
                     raise ValueError("not a number of seconds")
                 setattr(s, name, v)
             except (TypeError, ValueError) as exc:
@@ -217,7 +224,7 @@ def resolve_path(fd: dict, where: str, analysis_path: str | None) -> str | None:
 # Up to this many digests the groups come from direct pairwise distances (py-tlsh, a few ms);
 # beyond, from telfhash_core.similarity.cluster, whose compiled kernels cost a one-off compilation in a
 # fresh process (seconds) that a typical analysis with a handful of ELF files should not pay.
-PAIRWISE_LIMIT = 300
+PAIRWISE_LIMIT = 600
 
 
 def _groups(entries: list[dict], threshold: int) -> tuple[list[dict], str]:
@@ -289,11 +296,68 @@ def _ref(e: dict) -> dict:
     return {"sha256": e.get("sha256"), "name": e.get("name"), "telfhash": e.get("telfhash"), "where": e["where"][0]}
 
 
+# ----------------------------------------------------------------------------- time budget
+
+CAPE_DEFAULT_PROCESSING_TIMEOUT = 300  # utils/process.py: int(os.getenv("CAPE_PROCESSING_TIMEOUT") or 300)
+
+
+def processing_timeout(argv: list[str] | None = None, environ: dict | None = None) -> tuple[float, str]:
+    """CAPE's processing timeout (seconds) and where it came from: ``utils/process.py``'s
+    ``-pt/--processing-timeout`` when this process is CAPE's processor, else the variable
+    ``CAPE_PROCESSING_TIMEOUT`` (its default, set by CAPE's systemd unit), else 300."""
+    argv = sys.argv if argv is None else argv
+    environ = os.environ if environ is None else environ
+    if argv and os.path.basename(str(argv[0])) == "process.py":
+        for i, a in enumerate(argv):
+            value = None
+            if a in ("-pt", "--processing-timeout") and i + 1 < len(argv):
+                value = argv[i + 1]
+            elif a.startswith("--processing-timeout="):
+                value = a.split("=", 1)[1]
+            elif a.startswith("-pt") and len(a) > 3:
+                value = a[3:].lstrip("=")
+            if value is not None:
+                try:
+                    return float(int(value)), "utils/process.py --processing-timeout"
+                except ValueError:
+                    pass
+    env = environ.get("CAPE_PROCESSING_TIMEOUT")
+    if env:
+        try:
+            return float(int(env)), "CAPE_PROCESSING_TIMEOUT"
+        except ValueError:
+            pass
+    return float(CAPE_DEFAULT_PROCESSING_TIMEOUT), "CAPE's default"
+
+
+def time_budget(settings: Settings, results: Any, argv: list[str] | None = None, environ: dict | None = None) -> dict[str, Any]:
+    """Seconds this module may spend on hashing: the ``budget`` setting (0: a quarter of CAPE's
+    processing timeout), never more than half the timeout less what earlier processing modules
+    already used (``statistics.processing``), and at least one second."""
+    pt, source = processing_timeout(argv, environ)
+    spent = 0.0
+    try:
+        for row in results.get("statistics", {}).get("processing", []) or []:
+            t = row.get("time") if isinstance(row, dict) else None
+            if isinstance(t, (int, float)) and t > 0:
+                spent += float(t)
+    except AttributeError:
+        pass
+    wanted = settings.budget if settings.budget > 0 else pt / 4
+    seconds = max(1.0, min(wanted, pt / 2 - spent))
+    return {"seconds": round(seconds, 3), "processing_timeout": pt, "from": source, "spent_before": round(spent, 3)}
+
+
 # ----------------------------------------------------------------------------- the enrichment
 
 
-def enrich(results: Any, settings: Settings | None = None, analysis_path: str | None = None, *, hasher=None) -> dict[str, Any]:
-    """Edit the ELF file dicts of ``results`` in place and return the summary.  Never raises."""
+def enrich(
+    results: Any, settings: Settings | None = None, analysis_path: str | None = None, *, hasher=None, reuse_worker: bool = False
+) -> dict[str, Any]:
+    """Edit the ELF file dicts of ``results`` in place and return the summary.  Never raises.
+
+    ``reuse_worker`` keeps the hashing worker for the next call (CAPE's processing processes
+    handle one analysis after another)."""
     settings = settings or Settings()
     t0 = time.monotonic()
     summary: dict[str, Any] = {
@@ -310,7 +374,7 @@ def enrich(results: Any, settings: Settings | None = None, analysis_path: str | 
         summary["errors"].append(f"telfhash-core is not importable: {exc}")
         return summary
     try:
-        _enrich(results, settings, analysis_path, summary, hasher)
+        _enrich(results, settings, analysis_path, summary, hasher, t0, reuse_worker)
     except Exception as exc:  # a bug here must not cost CAPE the analysis
         log.exception("telfhash: enrichment failed")
         summary["errors"].append(f"internal error: {type(exc).__name__}: {exc}")
@@ -318,10 +382,23 @@ def enrich(results: Any, settings: Settings | None = None, analysis_path: str | 
     return summary
 
 
-def _enrich(results: Any, settings: Settings, analysis_path: str | None, summary: dict, hasher) -> None:
-    from .worker import Hasher
+def _enrich(results: Any, settings: Settings, analysis_path: str | None, summary: dict, hasher, t0: float, reuse: bool) -> None:
+    from . import env
+    from .worker import Hasher, shared
 
     located = [(w, fd) for w, fd in file_dicts(results) if is_elf(fd)]
+    refusal = env.refusal() if located else None
+    if refusal:  # digests that could be wrong are worse than none
+        summary["errors"].append(refusal)
+        log.error("telfhash: %s", refusal)
+        for _, fd in located:
+            for k in ADDED_KEYS:
+                fd.pop(k, None)
+            fd["telfhash_error"] = "environment"
+        summary["elf_files"], summary["hashed"] = len(located), 0
+        return
+    budget = time_budget(settings, results)
+    deadline = t0 + budget["seconds"]
     entries: dict[str, dict] = {}  # one per distinct file
     order: list[str] = []
     for where, fd in located:
@@ -348,8 +425,14 @@ def _enrich(results: Any, settings: Settings, analysis_path: str | None, summary
         e["where"].append(where)
         e["dicts"].append(fd)
 
-    own = hasher is None
-    hasher = hasher or Hasher(timeout=settings.timeout, max_size=settings.max_file_size)
+    own = hasher is None and not reuse
+    if hasher is None:
+        if reuse:
+            hasher = shared(settings.timeout, settings.max_file_size, deadline)
+        else:
+            hasher = Hasher(timeout=settings.timeout, max_size=settings.max_file_size, deadline=deadline)
+    elif getattr(hasher, "deadline", None) is None and hasattr(hasher, "begin"):
+        hasher.begin(deadline)
     try:
         for n, key in enumerate(order):
             e = entries[key]
@@ -357,13 +440,16 @@ def _enrich(results: Any, settings: Settings, analysis_path: str | None, summary
                 r = {"telfhash": None, "reason": "skipped", "detail": f"over max_files = {settings.max_files}"}
             elif not e["path"]:
                 r = {"telfhash": None, "reason": "no_path", "detail": "the report gives no path for this file"}
+            elif time.monotonic() >= deadline:
+                r = {"telfhash": None, "reason": "budget", "detail": f"not hashed: the analysis' budget of {budget['seconds']:g} s was used up"}
             else:
                 r = hasher.hash(e["path"])
             e["result"] = r
     finally:
         if own:
             hasher.close()
-    summary["hashing"] = {"mode": hasher.mode, "timeout": settings.timeout, "max_file_size": settings.max_file_size}
+    summary["hashing"] = {"mode": hasher.mode, "timeout": settings.timeout, "max_file_size": settings.max_file_size,
+                          "budget": budget, "workers_started": getattr(hasher, "started", None)}
     if hasher.restarts:
         summary["hashing"]["worker_restarts"] = hasher.restarts
     summary["errors"].extend(hasher.notes)
@@ -376,7 +462,7 @@ def _enrich(results: Any, settings: Settings, analysis_path: str | None, summary
         reason = None if digest else (r.get("reason") or "internal")
         # the reference's output exists only for a file that was actually read
         read = reason not in ("not_found", "unreadable", "directory", "not_regular", "too_large", "timeout",
-                              "worker_failed", "skipped", "no_path")
+                              "worker_failed", "skipped", "no_path", "budget")
         ref = r.get("reference_telfhash") if read else None
         for fd in e["dicts"]:
             for k in ADDED_KEYS:
@@ -412,6 +498,57 @@ def _enrich(results: Any, settings: Settings, analysis_path: str | None, summary
         summary["errors"].append(f"grouping failed: {type(exc).__name__}: {exc}")
     if settings.index:
         _neighbours(settings, summary, [entries[k] for k in order])
+        if settings.detections:
+            _detections(settings, summary, results)
+
+
+def _add_family_detection(results: dict, family: str, detected_by: str, detected_on: str) -> None:
+    """CAPE's ``lib.cuckoo.common.utils.add_family_detection`` where importable (inside CAPE:
+    it also normalises family names), else the same structure."""
+    try:
+        from lib.cuckoo.common.utils import add_family_detection  # type: ignore[import-not-found]
+    except Exception:
+        add_family_detection = None
+    if add_family_detection is not None:
+        add_family_detection(results, family, detected_by, detected_on)
+        return
+    dets = results.setdefault("detections", [])
+    detection = {detected_by: detected_on}
+    for block in dets:
+        if isinstance(block, dict) and block.get("family") == family:
+            if detection not in block.setdefault("details", []):
+                block["details"].append(detection)
+            return
+    dets.append({"family": family, "details": [detection]})
+
+
+def _detections(settings: Settings, summary: dict, results: Any) -> None:
+    """For each file whose closest *labelled* known neighbour is within ``detection_distance``,
+    a CAPE family detection (``detections``, as the Similarity module's ``update_malfamily``
+    adds them): one per family and file, never for a file that already has a detection."""
+    if not isinstance(results, dict):
+        return
+    existing = results.get("detections") if isinstance(results.get("detections"), list) else []
+    identified = {v for b in existing if isinstance(b, dict) for d in (b.get("details") or []) if isinstance(d, dict)
+                  for v in d.values()}
+    added = []
+    for item in summary["files"]:
+        sha = item.get("sha256")
+        labelled = [k for k in item.get("known") or [] if k.get("label") and k.get("distance") is not None
+                    and k["distance"] <= settings.detection_distance and k.get("sha256") != sha]
+        if not sha or not labelled or sha in identified:
+            continue
+        best = min(labelled, key=lambda k: k["distance"])
+        label = str(best["label"])[:256]
+        try:
+            _add_family_detection(results, label, "telfhash", sha)
+        except Exception as exc:
+            summary["errors"].append(f"detection for {sha}: {type(exc).__name__}: {exc}")
+            continue
+        item["detection"] = {"family": label, "distance": best["distance"], "neighbour": best.get("sha256")}
+        added.append({"family": label, "sha256": sha, "distance": best["distance"]})
+    if added:
+        summary["detections"] = added
 
 
 def _neighbours(settings: Settings, summary: dict, entries: list[dict]) -> None:
@@ -456,7 +593,7 @@ def run_module(module: Any) -> dict[str, Any]:
         results = getattr(module, "results", None)
         if not isinstance(results, dict):
             return {"errors": ["no results dict to enrich"], "files": [], "groups": []}
-        return enrich(results, settings, getattr(module, "analysis_path", None) or None)
+        return enrich(results, settings, getattr(module, "analysis_path", None) or None, reuse_worker=True)
     except Exception as exc:  # never raise into CAPE
         log.exception("telfhash: processing failed")
         return {"errors": [f"internal error: {type(exc).__name__}: {exc}"], "files": [], "groups": []}

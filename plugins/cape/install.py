@@ -63,6 +63,17 @@ class Telfhash(Processing):
 '''
 
 
+def _ini_value(value: object) -> str:
+    """A value as CAPE's ConfigParser (BasicInterpolation) gives it back: ``%`` doubled; no
+    line breaks (they would start a new key or a continuation)."""
+    text = str(value)
+    if any(c in text for c in "\r\n\x00"):
+        raise InstallError(f"{text!r}: line breaks and NUL are not possible in a CAPE setting")
+    if text != text.strip():
+        raise InstallError(f"{text!r}: leading or trailing blanks would be lost in a CAPE setting")
+    return text.replace("%", "%%")
+
+
 def config_text(settings: Settings | None = None) -> str:
     s = settings or Settings()
     yn = lambda b: "yes" if b else "no"  # noqa: E731
@@ -78,12 +89,20 @@ timeout = {s.timeout:g}
 # TLSH distance for the groups among this analysis' ELF files and for known neighbours
 threshold = {s.threshold}
 # a telfhash-core index file ("telfhash index add ..."); empty for none
-index = {s.index}
+index = {_ini_value(s.index)}
 max_neighbours = {s.max_neighbours}
 # also record this analysis' ELF files in the index (creates it when missing)
 index_add = {yn(s.index_add)}
 # distinct ELF files hashed per analysis; the rest get telfhash_error = skipped
 max_files = {s.max_files}
+# seconds for all ELF files of an analysis; files not reached get telfhash_error = budget.
+# 0: a quarter of CAPE's processing timeout (utils/process.py --processing-timeout or
+# CAPE_PROCESSING_TIMEOUT, else 300 s).  Never more than half of that timeout less the time
+# the processing modules before this one took, so that CAPE always finishes in time.
+budget = {s.budget:g}
+# add a CAPE detection (family) when a known neighbour with a family label is this close
+detections = {yn(s.detections)}
+detection_distance = {s.detection_distance}
 """
 
 
@@ -154,9 +173,114 @@ def _write(path: Path, text: str) -> None:
         raise
 
 
-def install(root: str | os.PathLike, settings: Settings | None = None, *, overwrite_config: bool = False) -> list[str]:
-    """Write both files; returns what was done, line by line.  Raises InstallError (having
-    written nothing) when a file that is not ours is in the way."""
+# ----------------------------------------------------------------------------- CAPE's reading
+
+
+def config_files(r: Path, name: str = "processing") -> list[Path]:
+    """The files CAPE's ``Config(name)`` reads, in its order (lib/cuckoo/common/config.py)."""
+    files = [r / "conf" / "default" / f"{name}.conf.default"]
+    if "CAPE_DISABLE_ROOT_CONFIGS" not in os.environ:
+        files.append(r / "conf" / f"{name}.conf")
+        files.extend(sorted((r / "conf" / f"{name}.conf.d").glob("*.conf")))
+    files.append(r / "custom" / "conf" / f"{name}.conf")
+    files.extend(sorted((r / "custom" / "conf" / f"{name}.conf.d").glob("*.conf")))
+    if "CAPE_CD" in os.environ:
+        files.append(Path(os.environ["CAPE_CD"]) / f"{name}.conf")
+    return files
+
+
+def cape_read(files: list[Path], override: dict[Path, str] | None = None) -> dict[str, dict[str, object]]:
+    """Read ``files`` the way CAPE's ``_BaseConfig._read_files`` does -- one ConfigParser with
+    the environment as ``ENV:`` defaults (BasicInterpolation), every option of every section
+    read with getboolean/getint/get -- and return ``{section: {option: value}}``.  Whatever
+    CAPE would raise (and die of, in utils/process.py) is raised: configparser.Error,
+    UnicodeDecodeError.  ``override`` gives text to use instead of a file's content."""
+    import configparser
+
+    override = override or {}
+    cp = configparser.ConfigParser({f"ENV:{k}": v.replace("%", "%%") for k, v in os.environ.items()})
+    for f in files:
+        if f in override:
+            cp.read_string(override[f], source=str(f))
+        elif f.is_file():
+            with open(f, encoding=None) as fh:  # CAPE: config.read(files), locale encoding
+                cp.read_file(fh, source=str(f))
+    out: dict[str, dict[str, object]] = {}
+    for section in cp.sections():
+        d: dict[str, object] = {}
+        for key, value in cp.items(section):
+            if key.startswith("env:"):
+                continue
+            v: object
+            try:
+                if value in {"0", "1"}:
+                    raise ValueError
+                v = cp.getboolean(section, key)
+            except ValueError:
+                try:
+                    v = cp.getint(section, key)
+                except ValueError:
+                    v = cp.get(section, key)
+            d[key] = v
+        out[section] = d
+    return out
+
+
+def cape_settings(root: str | os.PathLike) -> tuple[dict[str, object] | None, str | None]:
+    """``([telfhash] options as CAPE reads them or None when there is no such section, error)``;
+    ``error`` is set when CAPE could not read its processing configuration at all."""
+    import configparser
+
+    r = check_root(root)
+    try:
+        sections = cape_read(config_files(r))
+    except (configparser.Error, UnicodeDecodeError, OSError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+    return sections.get("telfhash"), None
+
+
+def validate(settings: Settings, *, create_index: bool = True) -> list[str]:
+    """Problems with values that CAPE would accept but that cannot work; creates a missing
+    index file (an empty index) when its folder is writable."""
+    problems = list(settings.errors)
+    if settings.index:
+        p = Path(settings.index).expanduser()
+        if not p.is_absolute():
+            problems.append(f"index {settings.index!r}: give an absolute path (CAPE's working folder is not this one)")
+        elif p.exists():
+            if not p.is_file():
+                problems.append(f"index {p}: not a file")
+            else:
+                try:
+                    from telfhash_core.store.index import Index
+
+                    with Index(str(p)) as ix:
+                        len(ix)
+                except Exception as exc:
+                    problems.append(f"index {p}: not a readable telfhash-core index ({type(exc).__name__}: {exc})")
+        elif not p.parent.is_dir():
+            problems.append(f"index {p}: neither the file nor its folder {p.parent} exists")
+        elif not os.access(p.parent, os.W_OK):
+            problems.append(f"index {p}: does not exist and {p.parent} is not writable")
+        elif create_index:
+            try:
+                from telfhash_core.store.index import Index
+
+                with Index(str(p), create=True):
+                    pass
+            except Exception as exc:
+                problems.append(f"index {p}: cannot create it ({type(exc).__name__}: {exc})")
+    return problems
+
+
+def install(
+    root: str | os.PathLike, settings: Settings | None = None, *, overwrite_config: bool = False, ui: bool = False
+) -> list[str]:
+    """Write both files (and with ``ui`` the UI patches); returns what was done, line by line.
+    Raises InstallError (having written nothing) when a file that is not ours is in the way,
+    a value cannot work, or CAPE could not read the configuration that would result."""
+    import configparser
+
     r = check_root(root)
     mod, conf = r / MODULE_REL, r / CONFIG_REL
     sm, sc = state(mod), state(conf)
@@ -165,14 +289,46 @@ def install(root: str | os.PathLike, settings: Settings | None = None, *, overwr
         raise InstallError(
             "refusing to overwrite files not written by telfhash-cape: " + ", ".join(foreign) + " (move them away first)"
         )
+    write_conf = sc.state == "missing" or overwrite_config
+    settings = settings or Settings()
+    text = config_text(settings) if write_conf else None
+    if write_conf:
+        assert text is not None
+        # what CAPE will read back from exactly this text, alone and with all its other files
+        try:
+            alone = cape_read([conf], {conf: text}).get("telfhash") or {}
+            back = Settings.from_options(alone)
+        except (configparser.Error, UnicodeDecodeError) as exc:
+            raise InstallError(f"the [telfhash] section would not be readable by CAPE ({exc})") from None
+        if back.to_dict() != settings.to_dict() or back.errors:
+            raise InstallError(f"CAPE would read different settings back ({back.to_dict()}); nothing written")
+        files = config_files(r)
+        if conf not in files:
+            files.append(conf)
+        try:
+            cape_read(files, {conf: text})
+        except (configparser.Error, UnicodeDecodeError) as exc:
+            raise InstallError(f"CAPE cannot read its processing configuration even now: {exc}; nothing written") from None
+        problems = validate(settings)
+        if problems:
+            raise InstallError("; ".join(problems) + "; nothing written")
+    if ui:
+        from . import ui as ui_mod
+
+        try:
+            ui_done = ui_mod.apply(r)
+        except ui_mod.UIError as exc:
+            raise InstallError(str(exc)) from None
     done = []
     _write(mod, MODULE_TEXT)
     done.append(f"{'updated' if sm.state != 'missing' else 'wrote'} {mod}")
-    if sc.state == "missing" or overwrite_config:
-        _write(conf, config_text(settings))
+    if write_conf and text is not None:
+        _write(conf, text)
         done.append(f"{'rewrote' if sc.state != 'missing' else 'wrote'} {conf}")
     else:
         done.append(f"kept {conf} (existing settings; --overwrite-config replaces it)")
+    if ui:
+        done.extend(ui_done)
     _drop_cache(r)
     return done
 
@@ -200,6 +356,19 @@ def uninstall(root: str | os.PathLike) -> tuple[list[str], list[str]]:
         else:
             p.unlink()
             done.append(f"removed {p}")
+    confd = r / CONFIG_REL.parent
+    try:
+        if confd.is_dir() and not any(confd.iterdir()):
+            confd.rmdir()
+            done.append(f"removed the empty folder {confd}")
+    except OSError:
+        pass
+    from . import ui as ui_mod
+
+    if any(st in ("applied", "edited") for _, st in ui_mod.status(r)) or (r / ui_mod.PANEL_REL).exists():
+        d, rf = ui_mod.revert(r)
+        done.extend(d)
+        refused.extend(rf)
     _drop_cache(r)
     return done, refused
 
@@ -211,15 +380,15 @@ def status(root: str | os.PathLike) -> dict:
     sm = state(r / MODULE_REL, MODULE_TEXT)
     sc = state(r / CONFIG_REL)
     out: dict = {"module": sm, "config": sc, "other_sections": []}
-    if sc.state in ("ours", "ours-modified"):
-        import configparser
+    options, error = cape_settings(r)
+    if error:
+        out["settings_error"] = error
+    elif options is not None:
+        out["settings"] = Settings.from_options(options)
+    from . import env, ui
 
-        cp = configparser.ConfigParser()
-        try:
-            cp.read(r / CONFIG_REL)
-            out["settings"] = Settings.from_options(dict(cp["telfhash"])) if cp.has_section("telfhash") else None
-        except (configparser.Error, UnicodeDecodeError) as exc:
-            out["settings_error"] = str(exc)
+    out["environment"] = env.check()
+    out["ui"] = ui.status(r)
     # a [telfhash] section elsewhere overrides or duplicates ours, depending on read order
     for cand in (r / "conf/processing.conf", r / "custom/conf/processing.conf", *sorted((r / "conf/processing.conf.d").glob("*.conf")),
                  *sorted((r / CONFIG_REL.parent).glob("*.conf"))):

@@ -8,12 +8,18 @@ done within the budget the worker is killed, the file is reported as ``timeout``
 worker takes the next file.  A worker that dies (crash, out of memory) costs only the file it
 was hashing.
 
+A whole-analysis ``deadline`` bounds the sum: each file gets at most what is left of it, and
+files not reached get ``budget``.  Inside CAPE one worker serves every analysis of a processing
+process (:func:`shared`), so its start-up (~0.4 s of imports) is paid once, not per analysis; a
+worker that has had nothing to do for ``IDLE_EXIT`` seconds, or whose parent went away, ends.
+
 With ``timeout <= 0`` (or when no worker can be started) files are hashed in the calling
-process; then only the size cap bounds the work.
+process; then only the size cap (and, between files, the deadline) bounds the work.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -23,6 +29,8 @@ import subprocess
 import sys
 import time
 from typing import Any
+
+IDLE_EXIT = 600.0  # seconds without a request after which a worker ends
 
 # ----------------------------------------------------------------------------- worker side
 
@@ -36,7 +44,16 @@ def _serve() -> int:
     sys.stdout = sys.stderr
     out.write(json.dumps({"ready": True, "version": tc.__version__}) + "\n")
     out.flush()
-    for line in sys.stdin:
+    idle = float(os.environ.get("TELFHASH_CAPE_WORKER_IDLE") or IDLE_EXIT)
+    delay = float(os.environ.get("TELFHASH_CAPE_TEST_DELAY") or 0)  # tests: make every file slow
+    sel = selectors.DefaultSelector()
+    sel.register(sys.stdin, selectors.EVENT_READ)
+    while True:
+        if not sel.select(idle):
+            return 0  # nothing to do for a long time: the parent keeps no idle worker forever
+        line = sys.stdin.readline()
+        if not line:
+            return 0
         try:
             req = json.loads(line)
             # a worker left behind by a parent that was killed ends by itself: SIGALRM's default
@@ -44,6 +61,8 @@ def _serve() -> int:
             budget = float(req.get("timeout") or 0)
             if budget > 0 and hasattr(signal, "alarm"):
                 signal.alarm(int(math.ceil(budget)) + 5)
+            if delay:
+                time.sleep(delay)
             r = tc.hash_file(req["path"], max_size=int(req.get("max_size") or (1 << 32)))
             if hasattr(signal, "alarm"):
                 signal.alarm(0)
@@ -54,7 +73,6 @@ def _serve() -> int:
             d = {"telfhash": None, "reason": "internal", "detail": f"{type(exc).__name__}: {exc}"}
         out.write(json.dumps(d) + "\n")
         out.flush()
-    return 0
 
 
 # ----------------------------------------------------------------------------- caller side
@@ -73,20 +91,42 @@ def _in_process(path: str, max_size: int) -> dict[str, Any]:
     return d
 
 
+BUDGET_RESULT: dict[str, Any] = {
+    "telfhash": None,
+    "reason": "budget",
+    "detail": "not hashed: the analysis' time budget was used up",
+}
+
+
 class Hasher:
     """Hash files one at a time, each within ``timeout`` seconds (worker process) and at most
     ``max_size`` bytes.  Use as a context manager.  :meth:`hash` never raises."""
 
     START_TIMEOUT = 60.0  # importing the hashing code in a fresh interpreter on a busy machine
 
-    def __init__(self, timeout: float = 30.0, max_size: int = 64 << 20, python: str | None = None):
+    def __init__(self, timeout: float = 30.0, max_size: int = 64 << 20, python: str | None = None, deadline: float | None = None):
         self.timeout = float(timeout)
         self.max_size = int(max_size)
         self.python = python or sys.executable
         self.proc: subprocess.Popen | None = None
+        self.pid = os.getpid()
         self.mode = "worker" if self.timeout > 0 and self.python else "in-process"
+        self.deadline = deadline  # time.monotonic() by which every file must be done
         self.notes: list[str] = []
         self.restarts = 0
+        self.started = 0
+
+    def begin(self, deadline: float | None) -> None:
+        """Start a new analysis with this (reused) hasher: new deadline, fresh counters."""
+        self.deadline = deadline
+        self.notes, self.restarts, self.started = [], 0, 0
+        if self.pid != os.getpid():  # a forked copy: the worker belongs to the parent
+            self.proc, self.pid = None, os.getpid()
+        if self.timeout > 0 and self.python:
+            self.mode = "worker"
+
+    def left(self) -> float:
+        return math.inf if self.deadline is None else self.deadline - time.monotonic()
 
     # -- worker management
 
@@ -94,6 +134,7 @@ class Hasher:
         env = dict(os.environ)
         # the worker must import the same telfhash_core as this process
         env["PYTHONPATH"] = os.pathsep.join(p for p in (*sys.path, env.get("PYTHONPATH")) if p)
+        self.started += 1
         try:
             self.proc = subprocess.Popen(
                 [self.python, "-m", "telfhash_plugins.cape.worker"],
@@ -108,9 +149,11 @@ class Hasher:
         except OSError as exc:
             self._fallback(f"cannot start the hashing worker ({exc})")
             return False
-        hello = self._read_line(self.START_TIMEOUT)
+        hello = self._read_line(min(self.START_TIMEOUT, max(0.0, self.left())))
         if hello is None or not hello.get("ready"):
             self._kill()
+            if self.left() <= 0:
+                return False  # out of time while starting: the files get "budget"
             self._fallback("the hashing worker did not start")
             return False
         return True
@@ -163,9 +206,16 @@ class Hasher:
 
     def hash(self, path: str) -> dict[str, Any]:
         """A result dict (``Result.to_dict()`` keys plus ``reference_telfhash``), or for a file
-        that ran out of time ``{"telfhash": None, "reason": "timeout", ...}``."""
+        that ran out of time ``{"telfhash": None, "reason": "timeout", ...}`` (its own limit) or
+        ``"budget"`` (the analysis' deadline)."""
+        if self.left() <= 0:
+            return BUDGET_RESULT
+        if self.mode == "worker" and self.proc is not None and self.proc.poll() is not None:
+            self._kill()  # ended since the last file (idle exit, killed): start a new one
         if self.mode == "worker" and self.proc is None:
             self._start()
+            if self.mode == "worker" and self.proc is None:
+                return BUDGET_RESULT
         if self.mode != "worker":
             return _in_process(path, self.max_size)
         for attempt in range(2):
@@ -180,11 +230,14 @@ class Hasher:
                 if attempt or not self._start():
                     self._fallback("the hashing worker stopped accepting files")
                     return _in_process(path, self.max_size)
-        d = self._read_line(self.timeout)
+        wait = min(self.timeout, max(0.0, self.left()))
+        d = self._read_line(wait)
         if d is None:
             alive = self.proc is not None and self.proc.poll() is None
             self._kill()
             self.restarts += 1
+            if alive and wait < self.timeout:
+                return dict(BUDGET_RESULT, detail="the analysis' time budget ran out while hashing this file; stopped")
             if alive:
                 return {"telfhash": None, "reason": "timeout", "detail": f"not hashed within {self.timeout:g} s; stopped"}
             return {"telfhash": None, "reason": "worker_failed", "detail": "the hashing worker stopped on this file"}
@@ -207,6 +260,24 @@ class Hasher:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+_SHARED: dict[tuple, Hasher] = {}
+
+
+def shared(timeout: float, max_size: int, deadline: float | None) -> Hasher:
+    """A hasher kept for the life of this process (one per setting), so that its worker serves
+    the next analysis too; :meth:`Hasher.begin` has been called with ``deadline``."""
+    key = (float(timeout), int(max_size), sys.executable)
+    h = _SHARED.get(key)
+    if h is None:
+        for old in _SHARED.values():  # settings changed: end the old worker
+            old.close()
+        _SHARED.clear()
+        h = _SHARED[key] = Hasher(timeout=timeout, max_size=max_size)
+        atexit.register(h.close)
+    h.begin(deadline)
+    return h
 
 
 if __name__ == "__main__":
