@@ -416,6 +416,8 @@ def _enrich(results: Any, settings: Settings, analysis_path: str | None, summary
                 "name": name if isinstance(name, str) else (os.path.basename(path) if path else None),
                 "path": path,
                 "type": fd.get("type"),
+                "md5": fd.get("md5") if isinstance(fd.get("md5"), str) else None,
+                "sha1": fd.get("sha1") if isinstance(fd.get("sha1"), str) else None,
                 "where": [],
                 "dicts": [],
             }
@@ -574,7 +576,7 @@ def _neighbours(settings: Settings, summary: dict, entries: list[dict]) -> None:
                     r = e.get("result") or {}
                     if e.get("sha256") and r.get("reason") not in ("timeout", "worker_failed", "skipped", "no_path", "not_found"):
                         d = {k: r.get(k) for k in ("telfhash", "reason", "arch", "method", "symbols", "size")}
-                        d.update(sha256=e["sha256"], file=e.get("name") or e.get("path"))
+                        d.update(sha256=e["sha256"], md5=e.get("md5"), sha1=e.get("sha1"), file=e.get("name") or e.get("path"))
                         rows.append(d)
                 st = ix.add_results(rows, source="cape")
                 info["added"] = st.added

@@ -254,7 +254,7 @@ def validate(settings: Settings, *, create_index: bool = True) -> list[str]:
                 try:
                     from telfhash_core.store.index import Index
 
-                    with Index(str(p)) as ix:
+                    with Index(str(p), create=False) as ix:
                         len(ix)
                 except Exception as exc:
                     problems.append(f"index {p}: not a readable telfhash-core index ({type(exc).__name__}: {exc})")
