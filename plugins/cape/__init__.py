@@ -6,7 +6,10 @@ analysis' ELF files and, with an index configured, the nearest known samples.
 * :mod:`.install` -- the thin module file and ``[telfhash]`` drop-in written into a CAPE tree;
 * :mod:`.cli` -- ``telfhash-cape install | uninstall | status | reprocess``;
 * :mod:`.cuckoo3` -- ``TelfhashProcessor`` for Cuckoo 3;
-* :mod:`.worker` -- hashing in a worker process with a time budget per file.
+* :mod:`.worker` -- hashing in a (reused) worker process, each file within its limit and the
+  analysis' deadline;
+* :mod:`.env` -- the pyelftools/capstone/TLSH versions CAPE's environment offers, and verdicts;
+* :mod:`.ui` -- ``install --ui``: telfhash in CAPE's templates and search (marked, revertible).
 
 See ``docs/cape.md``.
 """

@@ -129,7 +129,7 @@ PANEL_TEXT = PANEL_MARKER + """
                 <tbody>
                 {% for f in t.files %}
                     <tr>
-                        <td class="text-break">{{ f.name|default:f.sha256 }}<br><span class="small text-muted">{{ f.where|join:", " }}</span></td>
+                        <td class="text-break">{{ f.name|default:f.sha256 }}<br><span class="small text-muted">{{ f.where|join:", " }}</span>{% if f.detection %}<br><span class="badge bg-danger">detection: {{ f.detection.family }}</span>{% endif %}</td>
                         <td>{{ f.arch|default:"" }}</td>
                         <td class="text-monospace text-break small">{% if f.telfhash %}{{ f.telfhash }}{% else %}<span class="text-warning">{{ f.error }}</span>{% if f.detail %} <span class="text-muted">({{ f.detail }})</span>{% endif %}{% endif %}</td>
                         <td class="small">{% for k in f.known %}<div><span class="badge bg-secondary">{{ k.distance }}</span> {% if k.label %}<span class="badge bg-danger">{{ k.label }}</span> {% endif %}<span class="text-monospace">{{ k.sha256|slice:":16" }}</span>{% if k.source %} <span class="text-muted">{{ k.source }}</span>{% endif %}</div>{% empty %}<span class="text-muted">none</span>{% endfor %}</td>
