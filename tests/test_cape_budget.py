@@ -10,12 +10,14 @@ parses a hostile file; CAPE's processing timeout is scaled down through its own 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
-from telfhash_core import hash_file
 from telfhash_plugins.cape import worker
 from telfhash_plugins.cape.enrich import Settings, enrich, processing_timeout, time_budget
+
+from telfhash_core import hash_file
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -28,8 +30,10 @@ def _fixture_with_digest() -> tuple[Path, str]:
 
 def _results(n: int, path: Path) -> dict:
     """An analysis with ``n`` distinct ELF files (distinct SHA-256), all on the same bytes."""
-    files = [{"type": "ELF 32-bit LSB executable, ARM", "path": str(path), "sha256": f"{i:064x}", "name": f"f{i}"}
-             for i in range(n)]
+    files = [
+        {"type": "ELF 32-bit LSB executable, ARM", "path": str(path), "sha256": f"{i:064x}", "name": f"f{i}"}
+        for i in range(n)
+    ]
     return {"target": {"file": files[0]}, "dropped": files[1:], "statistics": {"processing": []}}
 
 
@@ -89,6 +93,9 @@ def test_files_over_their_own_limit_and_over_budget(monkeypatch):
 
 def test_one_worker_serves_consecutive_analyses():
     path, ref = _fixture_with_digest()
+    for h in worker._SHARED.values():  # one left by an earlier test of this session
+        h.close()
+    worker._SHARED.clear()
     try:
         s1 = enrich(_results(2, path), Settings(), reuse_worker=True)
         pid = next(iter(worker._SHARED.values())).proc.pid
@@ -115,6 +122,15 @@ def test_an_idle_worker_ends_by_itself(monkeypatch):
         assert h.started == 2
 
 
+def test_missing_tlsh_is_reported_with_the_fix(monkeypatch):
+    path, _ = _fixture_with_digest()
+    for mod in [m for m in sys.modules if m == "telfhash_core" or m.startswith("telfhash_core.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setitem(sys.modules, "tlsh", None)  # the shared tlsh file deleted by an uninstall
+    summary = enrich(_results(1, path), Settings(timeout=0))
+    assert any("pip install --force-reinstall --no-deps python-tlsh" in e for e in summary["errors"])
+
+
 def test_labelled_neighbours_become_cape_detections(tmp_path):
     from telfhash_core.store.index import Index
 
@@ -128,6 +144,7 @@ def test_labelled_neighbours_become_cape_detections(tmp_path):
     results = _results(1, path)
     sha = results["target"]["file"]["sha256"]
     summary = enrich(results, Settings(index=str(db), detections=True, timeout=0))
+    assert results["target"]["file"]["telfhash"] == ref
     assert results["detections"] == [{"family": "Mirai", "details": [{"telfhash": sha}]}]
     assert summary["files"][0]["detection"] == {"family": "Mirai", "distance": 0, "neighbour": known}
     assert summary["files"][0]["known"][0]["label"] == "Mirai"

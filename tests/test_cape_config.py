@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from telfhash_plugins.cape import env
 from telfhash_plugins.cape import install as inst
 from telfhash_plugins.cape.cli import main
@@ -53,7 +52,7 @@ def cape_config(root: Path, **env_vars: str) -> tuple[int, dict | str]:
     )
     e = {k: v for k, v in os.environ.items() if not k.startswith("CAPE_")}
     e.update(env_vars, PYTHONPATH=str(root))
-    p = subprocess.run([sys.executable, "-c", code], cwd=root, env=e, capture_output=True, text=True, timeout=60)
+    p = subprocess.run([sys.executable, "-c", code], cwd=root, env=e, capture_output=True, text=True, timeout=60, check=False)
     return (0, json.loads(p.stdout)) if p.returncode == 0 else (1, p.stdout + p.stderr)
 
 
@@ -159,8 +158,12 @@ def test_status_into_a_closed_pipe_ends_quietly(tmp_path):
     root = cape_tree(tmp_path)
     main(["install", "--cape-root", str(root)])
     e = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / ".pp"), os.environ.get("PYTHONPATH", "")]))
-    p = subprocess.Popen([sys.executable, "-m", "telfhash_plugins.cape.cli", "status", "--cape-root", str(root)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=e)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "telfhash_plugins.cape.cli", "status", "--cape-root", str(root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=e,
+    )
     assert p.stdout is not None and p.stderr is not None
     p.stdout.close()  # like `| head` having exited
     err = p.stderr.read().decode()

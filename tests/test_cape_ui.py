@@ -23,8 +23,6 @@ import zlib
 from pathlib import Path
 
 import pytest
-
-from telfhash_plugins.cape import install as inst
 from telfhash_plugins.cape import ui
 from telfhash_plugins.cape.cli import main
 from telfhash_plugins.cape.enrich import Settings, enrich
@@ -40,7 +38,7 @@ def cape_tree(tmp_path: Path) -> Path:
     for src in CAPE.rglob("*"):
         if src.is_file() and src.name != "ORIGIN.md":
             rel = str(src.relative_to(CAPE))
-            dest = root / (rel[: -len(".txt")] if rel.endswith(".txt") else rel)
+            dest = root / (rel.removesuffix(".txt"))
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dest)
     (root / "modules" / "processing").mkdir(parents=True)
@@ -48,7 +46,11 @@ def cape_tree(tmp_path: Path) -> Path:
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 # ----------------------------------------------------------------------------- patches
@@ -60,7 +62,10 @@ def test_install_ui_patches_and_uninstall_restores_every_byte(tmp_path, capsys):
     assert main(["install", "--cape-root", str(root), "--ui"]) == 0
     assert all(st == "applied" for _, st in ui.status(root))
     for rel in set(TEMPLATES):
-        assert "telfhash" in (root / rel).read_text() and "telfhash" not in (CAPE / (rel if rel.endswith(".html") else rel + ".txt")).read_text()
+        assert (
+            "telfhash" in (root / rel).read_text()
+            and "telfhash" not in (CAPE / (rel if rel.endswith(".html") else rel + ".txt")).read_text()
+        )
     assert (root / ui.PANEL_REL).is_file()
     assert main(["install", "--cape-root", str(root), "--ui"]) == 0  # again: nothing doubled
     web = (root / "web/templates/analysis/generic/_file_info.html").read_text()
@@ -76,8 +81,13 @@ def test_search_map_patch_keeps_cape_code_valid_and_adds_the_term(tmp_path):
     root = cape_tree(tmp_path)
     ui.apply(root)
     tree = ast.parse((root / "lib/cuckoo/common/web_utils.py").read_text())
-    maps = {t.id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
-            for t in node.targets if isinstance(t, ast.Name) and t.id in ("hash_searches", "search_term_map_repetetive_blocks")}
+    maps = {
+        t.id: ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        for t in node.targets
+        if isinstance(t, ast.Name) and t.id in ("hash_searches", "search_term_map_repetetive_blocks")
+    }
     assert maps["hash_searches"]["telfhash"] == "telfhash"
     assert maps["search_term_map_repetetive_blocks"]["telfhash"] == "telfhash"
 
@@ -97,7 +107,7 @@ def test_an_edited_insertion_is_left_for_the_operator(tmp_path):
     ui.apply(root)
     f = root / "web/templates/analysis/generic/_file_info.html"
     f.write_text(f.read_text().replace('<th class="text-end text-info">telfhash</th>', "<th>TELFHASH</th>"))
-    done, refused = ui.revert(root)
+    _, refused = ui.revert(root)
     assert any("_file_info.html" in r and "edited" in r for r in refused)
     assert "TELFHASH" in f.read_text()
     assert "telfhash" not in (root / "data/html/generic/_file_info.html").read_text()  # the others reverted
@@ -128,16 +138,31 @@ def analysis(tmp_path_factory):
     def fd(name, shown=None):
         p = FIX / "elf" / name
         data = p.read_bytes()
-        return {"type": "ELF executable", "path": str(p), "name": shown or name.split("__")[-1], "size": len(data),
-                "sha256": hashlib.sha256(data).hexdigest(), "md5": hashlib.md5(data).hexdigest(),
-                "sha1": hashlib.sha1(data).hexdigest(), "crc32": f"{zlib.crc32(data):08X}"}
+        return {
+            "type": "ELF executable",
+            "path": str(p),
+            "name": shown or name.split("__")[-1],
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "md5": hashlib.md5(data).hexdigest(),
+            "sha1": hashlib.sha1(data).hexdigest(),
+            "crc32": f"{zlib.crc32(data):08X}",
+        }
 
     target = fd("armel__iot-fam-b__fam_b_v1_arm_dyn", "bot.arm")
-    dropped = [fd("mips__iot-fam-b__fam_b_v1_mips_dyn", "bot.mips"), fd("amd64__iproute2__usr__lib__x86_64-linux-gnu__tc__q_atm.so"),
-               fd("i386__iproute2__usr__lib__i386-linux-gnu__tc__q_atm.so"), fd("armhf__klibc-utils__usr__lib__klibc__bin__false"),
-               fd("amd64__klibc-utils__usr__lib__klibc__bin__sync"), fd("m68k__iot-fam-a__fam_a_v1_m68k_dyn", "<img src=x onerror=alert(1)>")]
+    dropped = [
+        fd("mips__iot-fam-b__fam_b_v1_mips_dyn", "bot.mips"),
+        fd("amd64__iproute2__usr__lib__x86_64-linux-gnu__tc__q_atm.so"),
+        fd("i386__iproute2__usr__lib__i386-linux-gnu__tc__q_atm.so"),
+        fd("armhf__klibc-utils__usr__lib__klibc__bin__false"),
+        fd("amd64__klibc-utils__usr__lib__klibc__bin__sync"),
+        fd("m68k__iot-fam-a__fam_a_v1_m68k_dyn", "<img src=x onerror=alert(1)>"),
+    ]
     db = tmp / "telfhash.db"
-    known = [fd("powerpc__iot-fam-b__fam_b_v1_powerpc_dyn"), fd("s390x__iproute2__usr__lib__s390x-linux-gnu__tc__q_atm.so")]
+    known = [
+        fd("powerpc__iot-fam-b__fam_b_v1_powerpc_dyn"),
+        fd("s390x__iproute2__usr__lib__s390x-linux-gnu__tc__q_atm.so"),
+    ]
     with Index(str(db), create=True) as ix:
         ix.add_files([k["path"] for k in known], source="stix")
         ix.set_label(known[0]["sha256"], "iot-fam-b")
@@ -161,7 +186,8 @@ def _django_engine(root: Path, monkeypatch):
     urls = types.ModuleType("telfhash_test_cape_urls")
     urls.urlpatterns = [  # type: ignore[attr-defined]
         re_path(r"^" + name + "/" + "/".join(["([^/]*)"] * n) + "/$", lambda r: None, name=name)
-        for name in ("file", "file_nl", "on_demand", "vtupload") for n in range(1, 7)
+        for name in ("file", "file_nl", "on_demand", "vtupload")
+        for n in range(1, 7)
     ]
     monkeypatch.setitem(sys.modules, stub.__name__, stub)
     monkeypatch.setitem(sys.modules, urls.__name__, urls)
@@ -174,8 +200,9 @@ def _django_engine(root: Path, monkeypatch):
 
     settings.ROOT_URLCONF = urls
     clear_url_caches()
-    return template.Engine(dirs=[str(root / "web" / "templates")], libraries={"key_tags": "key_tags"}, builtins=[stub.__name__],
-                           debug=True)
+    return template.Engine(
+        dirs=[str(root / "web" / "templates")], libraries={"key_tags": "key_tags"}, builtins=[stub.__name__], debug=True
+    )
 
 
 def _keep(name: str, html: str) -> None:
@@ -204,7 +231,9 @@ def test_web_file_info_panel_shows_telfhash_only_for_a_digest(tmp_path, monkeypa
     # without the patch, CAPE's panel has no such row (the test would notice a broken patch)
     ui.revert(root)
     engine = _django_engine(root, monkeypatch)
-    assert "telfhash" not in engine.get_template("analysis/generic/_file_info.html").render(Context(dict(base, file=target)))
+    assert "telfhash" not in engine.get_template("analysis/generic/_file_info.html").render(
+        Context(dict(base, file=target))
+    )
 
 
 def test_overview_panel_renders_groups_neighbours_and_detections(tmp_path, monkeypatch, analysis):
@@ -240,9 +269,17 @@ def test_html_report_row_with_capes_jinja2_environment(tmp_path, analysis):
     finally:
         sys.path.pop(0)
     env = jinja2.Environment(autoescape=True, loader=jinja2.FileSystemLoader(str(root / "data" / "html")))
-    env.filters.update({"getkey": key_tags.getkey, "str2list": key_tags.str2list, "dict2list": key_tags.dict2list,
-                        "parentfixup": key_tags.parentfixup, "flare_capa_capability": str, "flare_capa_attck": str,
-                        "flare_capa_mbc": str})
+    env.filters.update(
+        {
+            "getkey": key_tags.getkey,
+            "str2list": key_tags.str2list,
+            "dict2list": key_tags.dict2list,
+            "parentfixup": key_tags.parentfixup,
+            "flare_capa_capability": str,
+            "flare_capa_attck": str,
+            "flare_capa_mbc": str,
+        }
+    )
     tpl = env.get_template("generic/_file_info.html")
     target = analysis["results"]["target"]["file"]
     html = tpl.render(file=target, results=analysis["results"])

@@ -24,7 +24,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class Settings:
         if options is None:
             return s
         get = options.get if hasattr(options, "get") else (lambda k, d=None: getattr(options, k, d))
-        conv = {
+        conv: dict[str, Callable[[Any], Any]] = {
             "enabled": _bool,
             "max_file_size": _size,
             "timeout": float,
@@ -301,12 +301,12 @@ def _ref(e: dict) -> dict:
 CAPE_DEFAULT_PROCESSING_TIMEOUT = 300  # utils/process.py: int(os.getenv("CAPE_PROCESSING_TIMEOUT") or 300)
 
 
-def processing_timeout(argv: list[str] | None = None, environ: dict | None = None) -> tuple[float, str]:
+def processing_timeout(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> tuple[float, str]:
     """CAPE's processing timeout (seconds) and where it came from: ``utils/process.py``'s
     ``-pt/--processing-timeout`` when this process is CAPE's processor, else the variable
     ``CAPE_PROCESSING_TIMEOUT`` (its default, set by CAPE's systemd unit), else 300."""
     argv = sys.argv if argv is None else argv
-    environ = os.environ if environ is None else environ
+    env_map: Mapping[str, str] = os.environ if environ is None else environ
     if argv and os.path.basename(str(argv[0])) == "process.py":
         for i, a in enumerate(argv):
             value = None
@@ -321,7 +321,7 @@ def processing_timeout(argv: list[str] | None = None, environ: dict | None = Non
                     return float(int(value)), "utils/process.py --processing-timeout"
                 except ValueError:
                     pass
-    env = environ.get("CAPE_PROCESSING_TIMEOUT")
+    env = env_map.get("CAPE_PROCESSING_TIMEOUT")
     if env:
         try:
             return float(int(env)), "CAPE_PROCESSING_TIMEOUT"
@@ -330,7 +330,9 @@ def processing_timeout(argv: list[str] | None = None, environ: dict | None = Non
     return float(CAPE_DEFAULT_PROCESSING_TIMEOUT), "CAPE's default"
 
 
-def time_budget(settings: Settings, results: Any, argv: list[str] | None = None, environ: dict | None = None) -> dict[str, Any]:
+def time_budget(
+    settings: Settings, results: Any, argv: list[str] | None = None, environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """Seconds this module may spend on hashing: the ``budget`` setting (0: a quarter of CAPE's
     processing timeout), never more than half the timeout less what earlier processing modules
     already used (``statistics.processing``), and at least one second."""
@@ -371,7 +373,9 @@ def enrich(
 
         summary["version"] = tc.__version__
     except Exception as exc:
-        summary["errors"].append(f"telfhash-core is not importable: {exc}")
+        from . import env
+
+        summary["errors"].append(env.tlsh_problem() or f"telfhash-core is not importable: {exc}")
         return summary
     try:
         _enrich(results, settings, analysis_path, summary, hasher, t0, reuse_worker)
@@ -530,7 +534,8 @@ def _detections(settings: Settings, summary: dict, results: Any) -> None:
     adds them): one per family and file, never for a file that already has a detection."""
     if not isinstance(results, dict):
         return
-    existing = results.get("detections") if isinstance(results.get("detections"), list) else []
+    found = results.get("detections")
+    existing: list = found if isinstance(found, list) else []
     identified = {v for b in existing if isinstance(b, dict) for d in (b.get("details") or []) if isinstance(d, dict)
                   for v in d.values()}
     added = []

@@ -91,7 +91,11 @@ def check() -> dict[str, Any]:
         out["problems"].append(f"capstone {cs} is not 5.0.x: fallback digests (no symbol table) can differ")
     dists = {d: _version(d) for d in TLSH_DISTRIBUTIONS}
     problem = tlsh_problem()
-    out["tlsh"] = {"distributions": {d: v for d, v in dists.items() if v}, "owner": _tlsh_owner(), "importable": problem is None}
+    out["tlsh"] = {
+        "distributions": {d: v for d, v in dists.items() if v},
+        "owner": _tlsh_owner(),
+        "importable": problem is None,
+    }
     if problem:
         out["problems"].append(problem)
     out["ok"] = not out["problems"]

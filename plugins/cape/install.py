@@ -76,7 +76,7 @@ def _ini_value(value: object) -> str:
 
 def config_text(settings: Settings | None = None) -> str:
     s = settings or Settings()
-    yn = lambda b: "yes" if b else "no"  # noqa: E731
+    yn = lambda b: "yes" if b else "no"
     return f"""{MARKER} (written by "telfhash-cape install"; edit the values freely: re-install
 # keeps this file; "telfhash-cape uninstall" removes it).
 [telfhash]

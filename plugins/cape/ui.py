@@ -115,7 +115,9 @@ PATCHES: tuple[Patch, ...] = (
     ),
 )
 
-PANEL_TEXT = PANEL_MARKER + """
+PANEL_TEXT = (
+    PANEL_MARKER
+    + """
 {% with t=analysis.telfhash %}
 <section id="telfhash" class="mb-4">
     <div class="card bg-dark border-secondary">
@@ -154,6 +156,7 @@ PANEL_TEXT = PANEL_MARKER + """
 </section>
 {% endwith %}
 """
+)
 
 
 class UIError(Exception):
@@ -194,7 +197,7 @@ def patch_state(text: str, p: Patch) -> str:
     n = text.count(p.anchor)
     if n != 1:
         return "changed"
-    after = text[text.index(p.anchor) + len(p.anchor):][: len(p.block) + 80]
+    after = text[text.index(p.anchor) + len(p.anchor) :][: len(p.block) + 80]
     first = after.split("\n", 1)[0]
     return "edited" if TAG in first or f"{TAG} END" in after else "ready"
 
@@ -231,7 +234,9 @@ def apply(root: str | os.PathLike) -> list[str]:
         if st == "ready":
             new[path] = new[path].replace(p.anchor, p.anchor + p.block, 1)
         elif st != "applied":
-            problems.append(f"{path}: {p.what}: the lines to patch after have {'been edited' if st == 'edited' else 'changed'}")
+            problems.append(
+                f"{path}: {p.what}: the lines to patch after have {'been edited' if st == 'edited' else 'changed'}"
+            )
     panel = r / PANEL_REL
     if panel.exists() and not _read(panel).startswith(PANEL_MARKER):
         problems.append(f"{panel}: a file not written by telfhash-cape is in the way")

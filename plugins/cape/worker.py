@@ -115,6 +115,7 @@ class Hasher:
         self.notes: list[str] = []
         self.restarts = 0
         self.started = 0
+        self.timed_out = False
 
     def begin(self, deadline: float | None) -> None:
         """Start a new analysis with this (reused) hasher: new deadline, fresh counters."""
@@ -172,7 +173,8 @@ class Hasher:
             pass
         for f in (p.stdin, p.stdout):
             try:
-                f.close()
+                if f is not None:
+                    f.close()
             except Exception:
                 pass
         try:
@@ -181,7 +183,9 @@ class Hasher:
             pass
 
     def _read_line(self, timeout: float) -> dict | None:
-        """One JSON line from the worker within ``timeout`` s; None on timeout, EOF or garbage."""
+        """One JSON line from the worker within ``timeout`` s; None on timeout, EOF or garbage
+        (``self.timed_out`` tells the first from the others)."""
+        self.timed_out = False
         p = self.proc
         if p is None or p.stdout is None:
             return None
@@ -191,6 +195,7 @@ class Hasher:
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    self.timed_out = True
                     return None
                 if sel.select(left):
                     line = p.stdout.readline()
@@ -233,7 +238,7 @@ class Hasher:
         wait = min(self.timeout, max(0.0, self.left()))
         d = self._read_line(wait)
         if d is None:
-            alive = self.proc is not None and self.proc.poll() is None
+            alive = self.timed_out and self.proc is not None and self.proc.poll() is None
             self._kill()
             self.restarts += 1
             if alive and wait < self.timeout:
@@ -255,7 +260,7 @@ class Hasher:
             pass
         self._kill()
 
-    def __enter__(self) -> "Hasher":
+    def __enter__(self) -> Hasher:
         return self
 
     def __exit__(self, *exc) -> None:

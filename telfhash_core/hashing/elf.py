@@ -207,7 +207,7 @@ def _cache_is_faithful() -> bool:
     pyelftools' own ``ELFFile`` constructor (same attributes, same header, same sections)."""
     try:
         buf = _probe_elf()
-        mine, theirs = CachedELFFile(MemStream(buf)), ELFFile(MemStream(buf))
+        mine, theirs = CachedELFFile(MemStream(buf)), ELFFile(MemStream(buf))  # type: ignore[arg-type]
         if set(vars(mine)) != set(vars(theirs)):
             return False
         return [s.name for s in mine.iter_sections()] == [s.name for s in theirs.iter_sections()] == ["", ".shstrtab"]
@@ -221,7 +221,7 @@ FAITHFUL_CACHE = _cache_is_faithful()
 def open_elf(buf) -> ELFFile:
     """An ``ELFFile`` over ``buf`` (pyelftools semantics; cached struct definitions where that
     is verified to be the same as pyelftools' own constructor)."""
-    return CachedELFFile(MemStream(buf)) if FAITHFUL_CACHE else ELFFile(MemStream(buf))
+    return CachedELFFile(MemStream(buf)) if FAITHFUL_CACHE else ELFFile(MemStream(buf))  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- headers
