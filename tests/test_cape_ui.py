@@ -42,6 +42,8 @@ def cape_tree(tmp_path: Path) -> Path:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dest)
     (root / "modules" / "processing").mkdir(parents=True)
+    (root / "custom").mkdir()
+    (root / "custom" / "__init__.py").write_text("")  # as CAPE ships it
     return root
 
 
@@ -75,6 +77,34 @@ def test_install_ui_patches_and_uninstall_restores_every_byte(tmp_path, capsys):
     assert f"ui: {len(ui.PATCHES)} of {len(ui.PATCHES)} patches applied" in capsys.readouterr().out
     assert main(["uninstall", "--cape-root", str(root)]) == 0
     assert snapshot(root) == before
+
+
+def test_the_report_page_loads_the_summary_through_capes_custom_services_hook(tmp_path, monkeypatch):
+    """CAPE's report view loads only the keys of its projection plus ``CUSTOM_SERVICES`` of
+    ``custom/analysis_services.py``; its on_demand view stores what ``handle_custom_service``
+    returns unless that is None."""
+    root = cape_tree(tmp_path)
+    ui.apply(root)
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.delitem(sys.modules, "custom", raising=False)
+    monkeypatch.delitem(sys.modules, "custom.analysis_services", raising=False)
+    from custom.analysis_services import CUSTOM_SERVICES, handle_custom_service  # as web/analysis/views.py does
+
+    assert "telfhash" in CUSTOM_SERVICES
+    details, _category = handle_custom_service("telfhash", "7", "a" * 64)
+    assert details is None  # so an on-demand request can never overwrite the summary
+    ui.revert(root)
+    assert not (root / ui.SERVICES_REL).exists()
+
+
+def test_an_operators_own_custom_services_file_is_kept(tmp_path):
+    root = cape_tree(tmp_path)
+    own = root / ui.SERVICES_REL
+    own.write_text("CUSTOM_SERVICES = ['mine']\n\ndef handle_custom_service(s, t, h):\n    return {}, s\n")
+    done = ui.apply(root)
+    assert any('add "telfhash" to its CUSTOM_SERVICES' in d for d in done)
+    ui.revert(root)
+    assert own.read_text().startswith("CUSTOM_SERVICES = ['mine']")
 
 
 def test_search_map_patch_keeps_cape_code_valid_and_adds_the_term(tmp_path):

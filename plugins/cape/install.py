@@ -365,7 +365,7 @@ def uninstall(root: str | os.PathLike) -> tuple[list[str], list[str]]:
         pass
     from . import ui as ui_mod
 
-    if any(st in ("applied", "edited") for _, st in ui_mod.status(r)) or (r / ui_mod.PANEL_REL).exists():
+    if any(st in ("applied", "edited") for _, st in ui_mod.status(r)) or (r / ui_mod.PANEL_REL).exists() or (r / ui_mod.SERVICES_REL).exists():
         d, rf = ui_mod.revert(r)
         done.extend(d)
         refused.extend(rf)

@@ -10,7 +10,9 @@ own:
 * ``web/templates/analysis/overview/index.html``: includes the summary panel
   (``web/templates/analysis/overview/_telfhash.html``, ours) after the statistics panel;
 * ``lib/cuckoo/common/web_utils.py``: ``telfhash`` in ``hash_searches`` and
-  ``search_term_map_repetetive_blocks``, like ``ssdeep`` (search ``telfhash:t1...``).
+  ``search_term_map_repetetive_blocks``, like ``ssdeep`` (search ``telfhash:t1...``);
+* ``custom/analysis_services.py`` (CAPE's own hook, written only when absent): ``CUSTOM_SERVICES``
+  names ``telfhash``, so the report page loads the summary from MongoDB.
 
 Each insertion goes right after an *anchor* (lines of CAPE's own text that must occur exactly
 once) and is wrapped in marker lines.  ``apply`` refuses, changing nothing, when an anchor is
@@ -28,6 +30,25 @@ from pathlib import Path
 TAG = "telfhash-cape"
 PANEL_REL = Path("web/templates/analysis/overview/_telfhash.html")
 PANEL_MARKER = "{# managed-by: telfhash-cape (install --ui); removed by uninstall #}"
+# CAPE's hook for extra report keys: web/analysis/views.py imports CUSTOM_SERVICES from
+# custom/analysis_services.py and adds each to the fields the report page loads from MongoDB
+# (its projection names the keys it shows; "telfhash" is not among them)
+SERVICES_REL = Path("custom/analysis_services.py")
+SERVICES_MARKER = "# managed-by: telfhash-cape (install --ui); removed by uninstall"
+SERVICES_TEXT = f'''{SERVICES_MARKER}
+"""Report keys CAPE's web UI loads in addition to its own (web/analysis/views.py, report()).
+
+"telfhash": the summary the telfhash processing module stores, shown by the overview panel.
+It is not an on-demand service: handle_custom_service() computes nothing, so CAPE's on_demand
+view stores nothing and the summary is never overwritten.
+"""
+
+CUSTOM_SERVICES = ["telfhash"]
+
+
+def handle_custom_service(service, task_id, sha256):
+    return None, service
+'''
 
 
 @dataclass(frozen=True)
@@ -240,6 +261,8 @@ def apply(root: str | os.PathLike) -> list[str]:
     panel = r / PANEL_REL
     if panel.exists() and not _read(panel).startswith(PANEL_MARKER):
         problems.append(f"{panel}: a file not written by telfhash-cape is in the way")
+    services = r / SERVICES_REL
+    own_services = services.parent.is_dir() and (not services.exists() or _read(services).startswith(SERVICES_MARKER))
     if problems:
         raise UIError("refusing to patch CAPE's UI (nothing changed): " + "; ".join(problems))
     done = []
@@ -251,6 +274,14 @@ def apply(root: str | os.PathLike) -> list[str]:
             done.append(f"{path}: already patched")
     _write(panel, PANEL_TEXT)
     done.append(f"wrote {panel}")
+    if own_services:
+        _write(services, SERVICES_TEXT)
+        done.append(f"wrote {services} (the report page loads the telfhash summary)")
+    elif not services.exists() or ('"telfhash"' not in _read(services) and "'telfhash'" not in _read(services)):
+        done.append(
+            f"note: {services} is your own file: add \"telfhash\" to its CUSTOM_SERVICES, or the report page "
+            "does not load the summary and the telfhash panel stays hidden (the rows and search work without it)"
+        )
     return done
 
 
@@ -280,11 +311,11 @@ def revert(root: str | os.PathLike) -> tuple[list[str], list[str]]:
         elif new != text:
             _write(path, new)
             done.append(f"reverted {path}")
-    panel = r / PANEL_REL
-    if panel.exists():
-        if _read(panel).startswith(PANEL_MARKER):
-            panel.unlink()
-            done.append(f"removed {panel}")
-        else:
-            refused.append(f"{panel}: not written by telfhash-cape, left in place")
+    for path, marker in ((r / PANEL_REL, PANEL_MARKER), (r / SERVICES_REL, SERVICES_MARKER)):
+        if path.exists():
+            if _read(path).startswith(marker):
+                path.unlink()
+                done.append(f"removed {path}")
+            elif path.name != SERVICES_REL.name:
+                refused.append(f"{path}: not written by telfhash-cape, left in place")
     return done, refused
