@@ -52,7 +52,9 @@ def cape_config(root: Path, **env_vars: str) -> tuple[int, dict | str]:
     )
     e = {k: v for k, v in os.environ.items() if not k.startswith("CAPE_")}
     e.update(env_vars, PYTHONPATH=str(root))
-    p = subprocess.run([sys.executable, "-c", code], cwd=root, env=e, capture_output=True, text=True, timeout=60, check=False)
+    p = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=e, capture_output=True, text=True, timeout=60, check=False
+    )
     return (0, json.loads(p.stdout)) if p.returncode == 0 else (1, p.stdout + p.stderr)
 
 

@@ -141,39 +141,63 @@ PANEL_TEXT = (
     + """
 {% with t=analysis.telfhash %}
 <section id="telfhash" class="mb-4">
-    <div class="card bg-dark border-secondary">
-        <div class="card-header border-secondary d-flex justify-content-between align-items-center">
-            <h5 class="mb-0 text-white"><i class="fas fa-project-diagram me-2 text-info"></i> telfhash (ELF files)</h5>
-            <span class="small text-muted">{{ t.elf_files|default:0 }} ELF files, {{ t.hashed|default:0 }} hashed, threshold {{ t.threshold }}{% if t.index.entries %}, index of {{ t.index.entries }}{% endif %}</span>
-        </div>
-        <div class="card-body p-0">
-            <table class="table table-dark table-striped table-sm mb-0" style="table-layout: fixed;">
-                <thead><tr><th style="width: 22%;">File</th><th style="width: 12%;">Arch</th><th>telfhash</th><th style="width: 26%;">Known neighbours</th></tr></thead>
-                <tbody>
-                {% for f in t.files %}
-                    <tr>
-                        <td class="text-break">{{ f.name|default:f.sha256 }}<br><span class="small text-muted">{{ f.where|join:", " }}</span>{% if f.detection %}<br><span class="badge bg-danger">detection: {{ f.detection.family }}</span>{% endif %}</td>
-                        <td>{{ f.arch|default:"" }}</td>
-                        <td class="text-monospace text-break small">{% if f.telfhash %}{{ f.telfhash }}{% else %}<span class="text-warning">{{ f.error }}</span>{% if f.detail %} <span class="text-muted">({{ f.detail }})</span>{% endif %}{% endif %}</td>
-                        <td class="small">{% for k in f.known %}<div><span class="badge bg-secondary">{{ k.distance }}</span> {% if k.label %}<span class="badge bg-danger">{{ k.label }}</span> {% endif %}<span class="text-monospace">{{ k.sha256|slice:":16" }}</span>{% if k.source %} <span class="text-muted">{{ k.source }}</span>{% endif %}</div>{% empty %}<span class="text-muted">none</span>{% endfor %}</td>
-                    </tr>
-                {% endfor %}
-                </tbody>
-            </table>
-            {% if t.groups %}
-            <div class="p-3">
-                <h6 class="text-white">Groups (TLSH distance &le; {{ t.threshold }})</h6>
-                {% for g in t.groups %}
-                    <div class="mb-2"><span class="badge bg-info text-dark">{{ g.size }} files, max distance {{ g.max_distance }}</span>
-                    {% for m in g.members %}<span class="badge bg-dark border border-secondary ms-1">{{ m.name|default:m.sha256 }}</span>{% endfor %}</div>
-                {% endfor %}
-            </div>
-            {% endif %}
-            {% if t.errors %}
-            <div class="p-3 small text-warning">{% for e in t.errors %}<div>{{ e }}</div>{% endfor %}</div>
-            {% endif %}
-        </div>
+  <div class="card bg-dark border-secondary">
+    <div class="card-header border-secondary d-flex justify-content-between align-items-center">
+      <h5 class="mb-0 text-white"><i class="fas fa-project-diagram me-2 text-info"></i> telfhash (ELF files)</h5>
+      <span class="small text-muted">
+        {{ t.elf_files|default:0 }} ELF files, {{ t.hashed|default:0 }} hashed,
+        threshold {{ t.threshold }}{% if t.index.entries %}, index of {{ t.index.entries }}{% endif %}
+      </span>
     </div>
+    <div class="card-body p-0">
+      <table class="table table-dark table-striped table-sm mb-0" style="table-layout: fixed;">
+        <thead><tr>
+          <th style="width: 22%;">File</th><th style="width: 12%;">Arch</th>
+          <th>telfhash</th><th style="width: 26%;">Known neighbours</th>
+        </tr></thead>
+        <tbody>
+        {% for f in t.files %}
+          <tr>
+            <td class="text-break">
+              {{ f.name|default:f.sha256 }}<br><span class="small text-muted">{{ f.where|join:", " }}</span>
+              {% if f.detection %}<br><span class="badge bg-danger">detection: {{ f.detection.family }}</span>
+              {% endif %}
+            </td>
+            <td>{{ f.arch|default:"" }}</td>
+            <td class="text-monospace text-break small">
+              {% if f.telfhash %}{{ f.telfhash }}{% else %}<span class="text-warning">{{ f.error }}</span>
+              {% if f.detail %} <span class="text-muted">({{ f.detail }})</span>{% endif %}{% endif %}
+            </td>
+            <td class="small">
+              {% for k in f.known %}<div>
+                <span class="badge bg-secondary">{{ k.distance }}</span>
+                {% if k.label %}<span class="badge bg-danger">{{ k.label }}</span>{% endif %}
+                <span class="text-monospace">{{ k.sha256|slice:":16" }}</span>
+                {% if k.source %}<span class="text-muted">{{ k.source }}</span>{% endif %}
+              </div>{% empty %}<span class="text-muted">none</span>{% endfor %}
+            </td>
+          </tr>
+        {% endfor %}
+        </tbody>
+      </table>
+      {% if t.groups %}
+      <div class="p-3">
+        <h6 class="text-white">Groups (TLSH distance &le; {{ t.threshold }})</h6>
+        {% for g in t.groups %}
+          <div class="mb-2">
+            <span class="badge bg-info text-dark">{{ g.size }} files, max distance {{ g.max_distance }}</span>
+            {% for m in g.members %}
+              <span class="badge bg-dark border border-secondary ms-1">{{ m.name|default:m.sha256 }}</span>
+            {% endfor %}
+          </div>
+        {% endfor %}
+      </div>
+      {% endif %}
+      {% if t.errors %}
+      <div class="p-3 small text-warning">{% for e in t.errors %}<div>{{ e }}</div>{% endfor %}</div>
+      {% endif %}
+    </div>
+  </div>
 </section>
 {% endwith %}
 """
@@ -279,7 +303,7 @@ def apply(root: str | os.PathLike) -> list[str]:
         done.append(f"wrote {services} (the report page loads the telfhash summary)")
     elif not services.exists() or ('"telfhash"' not in _read(services) and "'telfhash'" not in _read(services)):
         done.append(
-            f"note: {services} is your own file: add \"telfhash\" to its CUSTOM_SERVICES, or the report page "
+            f'note: {services} is your own file: add "telfhash" to its CUSTOM_SERVICES, or the report page '
             "does not load the summary and the telfhash panel stays hidden (the rows and search work without it)"
         )
     return done

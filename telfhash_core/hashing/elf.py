@@ -20,6 +20,7 @@ import functools
 import os
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from elftools.common.exceptions import ELFError, ELFParseError
@@ -196,10 +197,16 @@ class CachedELFFile(ELFFile):
 def _probe_elf() -> bytes:
     names = b"\x00.shstrtab\x00"
     shoff = 64 + len(names)
-    ehdr = struct.pack("<16sHHIQQQIHHHHHH", b"\x7fELF\x02\x01\x01" + bytes(9), 2, 62, 1, 0, 0, shoff, 0, 64, 56, 0, 64, 2, 1)
+    ident = b"\x7fELF\x02\x01\x01" + bytes(9)  # 64-bit, little-endian, version 1
+    ehdr = struct.pack("<16sHHIQQQIHHHHHH", ident, 2, 62, 1, 0, 0, shoff, 0, 64, 56, 0, 64, 2, 1)
     null = bytes(64)
     shstr = struct.pack("<IIQQQQIIQQ", 1, SHT_STRTAB, 0, 0, 64, len(names), 0, 0, 1, 0)
     return ehdr + names + null + shstr
+
+
+def _stream(buf) -> Any:
+    """A :class:`MemStream`, typed as the file object pyelftools' annotations ask for."""
+    return MemStream(buf)
 
 
 def _cache_is_faithful() -> bool:
@@ -207,7 +214,7 @@ def _cache_is_faithful() -> bool:
     pyelftools' own ``ELFFile`` constructor (same attributes, same header, same sections)."""
     try:
         buf = _probe_elf()
-        mine, theirs = CachedELFFile(MemStream(buf)), ELFFile(MemStream(buf))  # type: ignore[arg-type]
+        mine, theirs = CachedELFFile(MemStream(buf)), ELFFile(_stream(buf))
         if set(vars(mine)) != set(vars(theirs)):
             return False
         return [s.name for s in mine.iter_sections()] == [s.name for s in theirs.iter_sections()] == ["", ".shstrtab"]
@@ -221,7 +228,7 @@ FAITHFUL_CACHE = _cache_is_faithful()
 def open_elf(buf) -> ELFFile:
     """An ``ELFFile`` over ``buf`` (pyelftools semantics; cached struct definitions where that
     is verified to be the same as pyelftools' own constructor)."""
-    return CachedELFFile(MemStream(buf)) if FAITHFUL_CACHE else ELFFile(MemStream(buf))  # type: ignore[arg-type]
+    return CachedELFFile(MemStream(buf)) if FAITHFUL_CACHE else ELFFile(_stream(buf))
 
 
 # ----------------------------------------------------------------------------- headers
