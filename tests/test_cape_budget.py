@@ -110,6 +110,17 @@ def test_one_worker_serves_consecutive_analyses():
         worker._SHARED.clear()
 
 
+def test_a_callers_hasher_gets_each_analysis_its_own_deadline(monkeypatch):
+    path, ref = _fixture_with_digest()
+    monkeypatch.setenv("CAPE_PROCESSING_TIMEOUT", "8")  # budget 2 s
+    with worker.Hasher(timeout=30) as h:
+        enrich(_results(1, path), Settings(), hasher=h)
+        time.sleep(2.5)  # the first analysis' deadline has passed
+        r = _results(1, path)
+        enrich(r, Settings(), hasher=h)
+        assert r["target"]["file"].get("telfhash") == ref
+
+
 def test_an_idle_worker_ends_by_itself(monkeypatch):
     path, ref = _fixture_with_digest()
     monkeypatch.setenv("TELFHASH_CAPE_WORKER_IDLE", "0.5")

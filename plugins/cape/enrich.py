@@ -437,7 +437,7 @@ def _enrich(results: Any, settings: Settings, analysis_path: str | None, summary
             hasher = shared(settings.timeout, settings.max_file_size, deadline)
         else:
             hasher = Hasher(timeout=settings.timeout, max_size=settings.max_file_size, deadline=deadline)
-    elif getattr(hasher, "deadline", None) is None and hasattr(hasher, "begin"):
+    elif hasattr(hasher, "begin"):  # a caller's hasher, kept across analyses: this analysis' deadline
         hasher.begin(deadline)
     try:
         for n, key in enumerate(order):
