@@ -8,10 +8,10 @@ reports problems in the returned objects; nothing raises for a bad file or a bad
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import os
-import signal
 import threading
 import time
 from contextlib import contextmanager
@@ -102,31 +102,36 @@ class BudgetExceeded(BaseException):
 def time_budget(seconds: float) -> Iterator[bool]:
     """Interrupt the block with :class:`BudgetExceeded` after ``seconds`` of wall time.
 
-    Uses ``SIGALRM`` (``setitimer``), which Python delivers between bytecodes: the hashing
-    returns to Python often (capstone is read in chunks), so it stops soon after the budget.
-    Only the main thread can receive signals, and an Assemblyline service runs its tasks there;
-    elsewhere, or with ``seconds <= 0``, the block runs without a budget (yields False).
+    Assemblyline's runtime runs tasks in a worker thread, where no signal can reach, so a timer
+    thread raises the exception in the hashing thread (``PyThreadState_SetAsyncExc``).  Python
+    raises it between bytecodes: the hashing returns to Python often (capstone is read in
+    chunks), so it stops soon after the budget.  With ``seconds <= 0`` there is no budget
+    (yields False); then only the file size limit bounds the work.
     """
-    usable = (
-        seconds > 0
-        and hasattr(signal, "setitimer")
-        and threading.current_thread() is threading.main_thread()
-        and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # never steal a timer someone else set
-    )
-    if not usable:
+    if not seconds > 0:
         yield False
         return
+    tid = ctypes.c_ulong(threading.get_ident())
+    lock = threading.Lock()
+    state = {"active": True, "fired": False}
 
-    def _expired(signum, frame):
-        raise BudgetExceeded(f"over the time budget of {seconds:g} s")
+    def _expire() -> None:
+        with lock:
+            if state["active"]:
+                state["fired"] = True
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(tid, ctypes.py_object(BudgetExceeded))
 
-    previous = signal.signal(signal.SIGALRM, _expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    timer = threading.Timer(seconds, _expire)
+    timer.daemon = True
+    timer.start()
     try:
         yield True
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        with lock:
+            state["active"] = False
+            if state["fired"]:  # the block may have ended before the exception was raised: withdraw it
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(tid, None)
+        timer.cancel()
 
 
 # ----------------------------------------------------------------------------- the analysis
@@ -177,8 +182,8 @@ def hash_with_budget(path: str, name: str, settings: Settings) -> Analysis:
     try:
         with time_budget(settings.time_budget):
             r = tc.hash_file(path, max_size=settings.max_file_size, fields=(COMPANION_FIELD,))
-    except BudgetExceeded as exc:
-        r = tc.Result(file=name, reason=tc.Reason.INTERNAL, detail=str(exc))
+    except BudgetExceeded:
+        r = tc.Result(file=name, reason=tc.Reason.INTERNAL, detail=f"over the time budget of {settings.time_budget:g} s")
         return Analysis(r, time.perf_counter() - start, timed_out=True)
     except Exception as exc:  # a bug in the core must not become a service error: report it
         log.exception("hashing %s failed", name)
