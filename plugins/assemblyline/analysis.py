@@ -239,10 +239,7 @@ class IndexReader:
 def _own_entry(index: Any, sha256: str | None) -> dict | None:
     if not sha256:
         return None
-    lookup = getattr(index, "lookup", None)
-    if lookup is not None:
-        return lookup(sha256)
-    return index.get(sha256)
+    return index.lookup(sha256)
 
 
 def _neighbours(index: Any, analysis: Analysis, sha256: str | None, settings: Settings) -> list[Neighbour]:
@@ -266,7 +263,7 @@ def _neighbours(index: Any, analysis: Analysis, sha256: str | None, settings: Se
                     sha256=m.sha256,
                     distance=int(m.distance),
                     by=key,
-                    label=clean_label(getattr(m, "label", None)),
+                    label=clean_label(m.label),
                     arch=m.arch,
                     path=m.path,
                     source=m.source,

@@ -72,8 +72,11 @@ class Telfhash(ServiceBase):
     def execute(self, request: ServiceRequest) -> None:
         result = Result()
         request.result = result
+        # fetching the file is the runtime's business: when that fails, the task fails as a
+        # service error (which Assemblyline retries), not as a finding about the file
+        path = request.file_path
         try:
-            self._analyse(request, result)
+            self._analyse(request, result, path)
         except Exception as exc:  # never let a bad file or a bug fail the task: say what happened
             self.log.exception("telfhash: unexpected error")
             result.sections.clear()
@@ -84,9 +87,8 @@ class Telfhash(ServiceBase):
 
     # -- the work
 
-    def _analyse(self, request: ServiceRequest, result: Result) -> None:
+    def _analyse(self, request: ServiceRequest, result: Result, path: str) -> None:
         name = str(request.file_name or request.sha256)
-        path = request.file_path
         analysis = hash_with_budget(path, name, self.settings)
         if self._index is not None and not analysis.timed_out:
             self._index.annotate(analysis, request.sha256, self.settings)
