@@ -181,7 +181,8 @@ def test_manifest_loads_into_assemblyline_service_model():
     attrs = helper.get_service_attributes()  # what ServiceBase does at start-up
     assert isinstance(attrs, Service)
     assert attrs.name == "Telfhash" and attrs.category == "Static Analysis" and attrs.stage == "CORE"
-    assert set(attrs.config) == {"index_path", "threshold", "max_neighbours", "max_file_size", "time_budget"}
+    assert set(attrs.config) == {"index_path", "threshold", "max_neighbours", "max_file_size", "time_budget",
+                                 "companion"}
     data = yaml.safe_load(MANIFEST.read_text().replace("$SERVICE_TAG", "4.5.0.stable1"))
     for extra in ("file_required", "heuristics"):
         data.pop(extra)
@@ -401,11 +402,16 @@ def test_size_limit_time_budget_and_bad_settings_are_reported(identify, tasking,
     res = run(Telfhash(), identify, tasking, str(slow))
     assert kv(main_section(res))["telfhash"].startswith("t1")
 
-    bad = Telfhash({"threshold": "many", "max_neighbours": -3, "time_budget": float("nan"), "max_file_size": True})
+    bad = Telfhash({"threshold": "many", "max_neighbours": -3, "time_budget": float("nan"), "max_file_size": True,
+                    "companion": "perhaps"})
     res = run(bad, identify, tasking, str(slow))
     validate(res)
     notes = sections(res)["telfhash: configuration problems"]["body"]
-    assert all(k in notes for k in ("threshold", "max_neighbours", "time_budget", "max_file_size"))
+    assert all(k in notes for k in ("threshold", "max_neighbours", "time_budget", "max_file_size", "companion"))
+    assert kv(main_section(res))["telfhash_x"].startswith("tx1:")  # the default (on) was kept
+
+    res = run(Telfhash({"companion": "false"}), identify, tasking, str(slow))
+    assert kv(main_section(res))["telfhash_x"] == "-" and kv(main_section(res))["telfhash"].startswith("t1")
     assert kv(main_section(res))["telfhash"].startswith("t1")
 
 
@@ -428,16 +434,17 @@ class Runtime:
     Assemblyline's task handler does.  Used as a context manager; ``process(path)`` returns the
     result JSON."""
 
-    def __init__(self, tasking: Path, config: dict | None = None, python: str = sys.executable):
+    def __init__(self, tasking: Path, config: dict | None = None, service_path: str = SERVICE_PATH,
+                 extra_path: tuple[str, ...] = (), python: str = sys.executable):
         self.tasking = tasking
         self.prefix = f"telfhash-rt-{uuid.uuid4().hex[:12]}"
         self.workdir = Path(tempfile.mkdtemp(prefix="telfhash-al-"))
         manifest = yaml.safe_load(MANIFEST.read_text())
         manifest["config"].update(config or {})
         (self.workdir / "service_manifest.yml").write_text(yaml.safe_dump(manifest))
-        env = dict(os.environ, SERVICE_PATH=SERVICE_PATH, RUNTIME_PREFIX=self.prefix, TASKING_DIR=str(tasking))
+        env = dict(os.environ, SERVICE_PATH=service_path, RUNTIME_PREFIX=self.prefix, TASKING_DIR=str(tasking))
         env.pop("SERVICE_MANIFEST_PATH", None)  # the runtime writes and reads its own copy
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / ".pp"), env.get("PYTHONPATH", "")])
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / ".pp"), *extra_path, env.get("PYTHONPATH", "")])
         self.log = open(self.workdir / "service.log", "w")
         self.proc = subprocess.Popen(
             [python, "-m", "assemblyline_v4_service.run_service"], cwd=self.workdir, env=env,

@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "max_neighbours": 10,
     "max_file_size": 100 * 1024 * 1024,
     "time_budget": 20.0,
+    "companion": True,
 }
 
 
@@ -48,6 +49,7 @@ class Settings:
     max_neighbours: int = 10
     max_file_size: int = 100 * 1024 * 1024
     time_budget: float = 20.0
+    companion: bool = True  # compute telfhash_x (about half of the hashing time)
     problems: list[str] = field(default_factory=list)
 
     @classmethod
@@ -59,7 +61,21 @@ class Settings:
         s.max_neighbours = _int_setting(config, "max_neighbours", 0, 1000, s.problems)
         s.max_file_size = _int_setting(config, "max_file_size", 1, 1 << 40, s.problems)
         s.time_budget = _float_setting(config, "time_budget", 0.0, 3600.0, s.problems)
+        s.companion = _bool_setting(config, "companion", s.problems)
         return s
+
+
+def _bool_setting(config: dict[str, Any], key: str, problems: list[str]) -> bool:
+    value = config.get(key, DEFAULTS[key])
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off"):
+        return False
+    problems.append(f"{key}={value!r} is not true or false; using {DEFAULTS[key]}")
+    return bool(DEFAULTS[key])
 
 
 def _int_setting(config: dict[str, Any], key: str, low: int, high: int, problems: list[str]) -> int:
@@ -98,40 +114,68 @@ class BudgetExceeded(BaseException):
     no ``except Exception`` on the way turns it into an ordinary per-file error."""
 
 
+class _Watchdog:
+    """One daemon thread for the whole process that raises :class:`BudgetExceeded` in a thread
+    whose budget has run out (``PyThreadState_SetAsyncExc``).  Arming and disarming cost a lock
+    and two assignments, so a budget costs nothing measurable per file (a timer thread per file
+    cost about 1 ms)."""
+
+    TICK = 0.02  # seconds: how late past its budget a block can be interrupted, at most
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._armed: dict[int, float] = {}  # thread id -> deadline (monotonic)
+        self._fired: set[int] = set()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, tid: int, seconds: float) -> None:
+        with self._lock:
+            self._armed[tid] = time.monotonic() + seconds
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="telfhash-budget", daemon=True)
+                self._thread.start()
+
+    def disarm(self, tid: int) -> None:
+        with self._lock:
+            self._armed.pop(tid, None)
+            if tid in self._fired:  # the block may have ended before the exception was raised: withdraw it
+                self._fired.discard(tid)
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.TICK)
+            now = time.monotonic()
+            with self._lock:
+                for tid, deadline in list(self._armed.items()):
+                    if now >= deadline:
+                        del self._armed[tid]
+                        self._fired.add(tid)
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), ctypes.py_object(BudgetExceeded))
+
+
+_WATCHDOG = _Watchdog()
+
+
 @contextmanager
 def time_budget(seconds: float) -> Iterator[bool]:
     """Interrupt the block with :class:`BudgetExceeded` after ``seconds`` of wall time.
 
-    Assemblyline's runtime runs tasks in a worker thread, where no signal can reach, so a timer
-    thread raises the exception in the hashing thread (``PyThreadState_SetAsyncExc``).  Python
-    raises it between bytecodes: the hashing returns to Python often (capstone is read in
-    chunks), so it stops soon after the budget.  With ``seconds <= 0`` there is no budget
-    (yields False); then only the file size limit bounds the work.
+    Assemblyline's runtime runs tasks in a worker thread, where no signal can reach, so a
+    watchdog thread raises the exception in the hashing thread.  Python raises it between
+    bytecodes: the hashing returns to Python often (capstone is read in chunks), so it stops
+    soon after the budget.  With ``seconds <= 0`` there is no budget (yields False); then only
+    the file size limit bounds the work.
     """
     if not seconds > 0:
         yield False
         return
-    tid = ctypes.c_ulong(threading.get_ident())
-    lock = threading.Lock()
-    state = {"active": True, "fired": False}
-
-    def _expire() -> None:
-        with lock:
-            if state["active"]:
-                state["fired"] = True
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(tid, ctypes.py_object(BudgetExceeded))
-
-    timer = threading.Timer(seconds, _expire)
-    timer.daemon = True
-    timer.start()
+    tid = threading.get_ident()
+    _WATCHDOG.arm(tid, seconds)
     try:
         yield True
     finally:
-        with lock:
-            state["active"] = False
-            if state["fired"]:  # the block may have ended before the exception was raised: withdraw it
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(tid, None)
-        timer.cancel()
+        _WATCHDOG.disarm(tid)
 
 
 # ----------------------------------------------------------------------------- the analysis
@@ -181,7 +225,8 @@ def hash_with_budget(path: str, name: str, settings: Settings) -> Analysis:
     start = time.perf_counter()
     try:
         with time_budget(settings.time_budget):
-            r = tc.hash_file(path, max_size=settings.max_file_size, fields=(COMPANION_FIELD,))
+            fields = (COMPANION_FIELD,) if settings.companion else ()
+            r = tc.hash_file(path, max_size=settings.max_file_size, fields=fields)
     except BudgetExceeded:
         r = tc.Result(file=name, reason=tc.Reason.INTERNAL, detail=f"over the time budget of {settings.time_budget:g} s")
         return Analysis(r, time.perf_counter() - start, timed_out=True)

@@ -57,12 +57,13 @@ class Telfhash(ServiceBase):
         for problem in self.settings.problems:
             self.log.warning("configuration: %s", problem)
         self.log.info(
-            "telfhash service: index=%s threshold=%d max_neighbours=%d max_file_size=%d time_budget=%gs",
+            "telfhash service: index=%s threshold=%d max_neighbours=%d max_file_size=%d time_budget=%gs companion=%s",
             self.settings.index_path or "(none)",
             self.settings.threshold,
             self.settings.max_neighbours,
             self.settings.max_file_size,
             self.settings.time_budget,
+            self.settings.companion,
         )
 
     def stop(self) -> None:
