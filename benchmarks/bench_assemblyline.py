@@ -34,8 +34,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-import corpus  # noqa: E402
-import test_assemblyline as alt  # noqa: E402  (the runtime driver and task builder of the tests)
+import corpus
+import test_assemblyline as alt
 
 REF_SCRIPT = r"""
 import json, sys, time
@@ -65,8 +65,9 @@ def run_reference(python: str, paths: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "paths.json").write_text(json.dumps(paths))
         (Path(tmp) / "ref.py").write_text(REF_SCRIPT)
-        subprocess.run([python, str(Path(tmp) / "ref.py"), str(Path(tmp) / "paths.json"), str(Path(tmp) / "out.json")],
-                       check=True)
+        subprocess.run(
+            [python, str(Path(tmp) / "ref.py"), str(Path(tmp) / "paths.json"), str(Path(tmp) / "out.json")], check=True
+        )
         return json.loads((Path(tmp) / "out.json").read_text())
 
 
@@ -82,7 +83,7 @@ try:
         """Does nothing: what Assemblyline's runtime costs per task on its own."""
 
         def execute(self, request) -> None:
-            request.file_path
+            _ = request.file_path  # fetch and check the file, as any service does
             request.result = _ALResult()
 
 except ImportError:  # pragma: no cover
@@ -106,8 +107,11 @@ def run_runtime(files: list[dict], tasks: list[dict], null: bool = False) -> tup
             p.write_text(json.dumps(task))
             task_files.append(p)
         values = []
-        runtime = alt.Runtime(tasking, service_path="bench_assemblyline.NullService", extra_path=(str(REPO / "benchmarks"),)) \
-            if null else alt.Runtime(tasking)
+        runtime = (
+            alt.Runtime(tasking, service_path="bench_assemblyline.NullService", extra_path=(str(REPO / "benchmarks"),))
+            if null
+            else alt.Runtime(tasking)
+        )
         with runtime as rt:
             # one task first, untimed: the runtime's start-up and first-call costs
             rt.task_fifo.write(f"{task_files[0]}\n")
@@ -128,7 +132,9 @@ def run_runtime(files: list[dict], tasks: list[dict], null: bool = False) -> tup
         shutil.rmtree(tasking, ignore_errors=True)
 
 
-def run_execute_only(files: list[dict], tasks: list[dict], config: dict | None = None) -> tuple[float, float, list[str]]:
+def run_execute_only(
+    files: list[dict], tasks: list[dict], config: dict | None = None
+) -> tuple[float, float, list[str]]:
     from assemblyline.odm.messages.task import Task as ServiceTask
     from assemblyline_v4_service.common.request import ServiceRequest
     from assemblyline_v4_service.common.task import Task
@@ -142,7 +148,7 @@ def run_execute_only(files: list[dict], tasks: list[dict], config: dict | None =
             shutil.copyfile(f["abspath"], tasking / task["fileinfo"]["sha256"])
             requests.append(ServiceRequest(Task(ServiceTask(task))))
         for r in requests:  # fetch (sha256 check) before timing: the runtime's part, not the service's
-            r.file_path
+            _ = r.file_path
         values = []
         service.execute(requests[0])  # first call untimed (start-up)
         start, cpu = time.perf_counter(), time.process_time()
@@ -204,8 +210,10 @@ def main() -> int:
         print(f"{name:28}{cpu:8.2f}{len(files) / cpu:13.0f}{ratio:>8}{wall:9.2f}{wratio:>8}  {shown}")
     if not ref_python:
         print("reference not found (set TELFHASH_REFERENCE_PYTHON or --reference-python): no ratio")
-    print(f"Assemblyline's own CPU per task (empty service): {1000 * null_cpu / len(files):.2f} ms; "
-          f"the service's share in the runtime: {1000 * (rt_cpu - null_cpu) / len(files):.2f} ms per file")
+    print(
+        f"Assemblyline's own CPU per task (empty service): {1000 * null_cpu / len(files):.2f} ms; "
+        f"the service's share in the runtime: {1000 * (rt_cpu - null_cpu) / len(files):.2f} ms per file"
+    )
     ok = same_rt == same_ex == same_nx == len(files)
     print("every service telfhash equals the reference value" if ok else "MISMATCH against the reference values")
     return 0 if ok else 1

@@ -11,8 +11,8 @@ tests/fixtures/fixtures.json.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -28,10 +28,11 @@ import pytest
 import yaml
 
 pytest.importorskip(
-    "assemblyline_v4_service", reason="Assemblyline's service package is not installed (pip install -e '.[assemblyline]')"
+    "assemblyline_v4_service",
+    reason="Assemblyline's service package is not installed (pip install -e '.[assemblyline]')",
 )
 
-import corpus  # noqa: E402
+import corpus
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
@@ -41,18 +42,24 @@ SERVICE_PATH = "telfhash_plugins.assemblyline.service.Telfhash"
 # Assemblyline reads these when its modules are imported or a service starts
 os.environ["SERVICE_MANIFEST_PATH"] = str(MANIFEST)
 os.environ.setdefault("RUNTIME_PREFIX", f"telfhash-test-{os.getpid()}")
+_ROOT_LEVEL = logging.root.level
 
-from assemblyline.common import forge  # noqa: E402
-from assemblyline.common.heuristics import HeuristicHandler  # noqa: E402
-from assemblyline.common.isotime import now_as_iso  # noqa: E402
-from assemblyline.odm.messages.task import Task as ServiceTask  # noqa: E402
-from assemblyline.odm.models.result import Result as ResultModel  # noqa: E402
-from assemblyline.odm.models.service import Service  # noqa: E402
-from assemblyline.odm.models.tagging import Tagging  # noqa: E402
-from assemblyline_v4_service.common import helper  # noqa: E402
+from assemblyline.common import forge
+from assemblyline.common.heuristics import HeuristicHandler
+from assemblyline.common.isotime import now_as_iso
+from assemblyline.odm.messages.task import Task as ServiceTask
+from assemblyline.odm.models.result import Result as ResultModel
+from assemblyline.odm.models.service import Service
+from assemblyline.odm.models.tagging import Tagging
+from assemblyline_v4_service.common import helper
+from telfhash_plugins.assemblyline.service import Telfhash
+from typing_extensions import Self
 
-from telfhash_core.store.index import Index  # noqa: E402
-from telfhash_plugins.assemblyline.service import Telfhash  # noqa: E402
+from telfhash_core.store.index import Index
+
+# Assemblyline's log set-up (run on import) raises the root logger to CRITICAL for the whole
+# process; give the other test modules of the session their logging back
+logging.root.setLevel(_ROOT_LEVEL)
 
 
 def fixture_files() -> list[dict]:
@@ -78,27 +85,35 @@ def accepted(file_type: str) -> bool:
     return bool(re.match(manifest["accepts"], file_type)) and not re.match(manifest["rejects"], file_type)
 
 
-def make_task(identify, path: str, *, filename: str | None = None, file_type: str | None = None, depth: int = 0,
-              temp: dict | None = None, config: dict | None = None) -> dict:
+def make_task(
+    identify,
+    path: str,
+    *,
+    filename: str | None = None,
+    file_type: str | None = None,
+    depth: int = 0,
+    temp: dict | None = None,
+    config: dict | None = None,
+) -> dict:
     """An Assemblyline task for ``path``, with the file typed by Assemblyline's identify."""
     info = identify.fileinfo(path, skip_fuzzy_hashes=True, calculate_entropy=False)
     keys = ("magic", "md5", "mime", "sha1", "sha256", "size", "type")
     fileinfo = {k: info[k] for k in keys if k in info}
     if file_type:
         fileinfo["type"] = file_type
-    return dict(
-        sid=uuid.uuid4().hex[:20],
-        metadata={},
-        service_name="Telfhash",
-        service_config=config or {},
-        fileinfo=fileinfo,
-        filename=filename or os.path.basename(path),
-        min_classification="TLP:C",
-        max_files=500,
-        ttl=1,
-        depth=depth,
-        temporary_submission_data=[{"name": k, "value": v} for k, v in (temp or {}).items()],
-    )
+    return {
+        "sid": uuid.uuid4().hex[:20],
+        "metadata": {},
+        "service_name": "Telfhash",
+        "service_config": config or {},
+        "fileinfo": fileinfo,
+        "filename": filename or os.path.basename(path),
+        "min_classification": "TLP:C",
+        "max_files": 500,
+        "ttl": 1,
+        "depth": depth,
+        "temporary_submission_data": [{"name": k, "value": v} for k, v in (temp or {}).items()],
+    }
 
 
 def run(service: Telfhash, identify, tasking: Path, path: str, **kw) -> dict:
@@ -181,16 +196,27 @@ def test_manifest_loads_into_assemblyline_service_model():
     attrs = helper.get_service_attributes()  # what ServiceBase does at start-up
     assert isinstance(attrs, Service)
     assert attrs.name == "Telfhash" and attrs.category == "Static Analysis" and attrs.stage == "CORE"
-    assert set(attrs.config) == {"index_path", "threshold", "max_neighbours", "max_file_size", "time_budget",
-                                 "companion"}
+    assert set(attrs.config) == {
+        "index_path",
+        "threshold",
+        "max_neighbours",
+        "max_file_size",
+        "time_budget",
+        "companion",
+    }
     data = yaml.safe_load(MANIFEST.read_text().replace("$SERVICE_TAG", "4.5.0.stable1"))
     for extra in ("file_required", "heuristics"):
         data.pop(extra)
     Service(data)  # as the Assemblyline UI/API loads a manifest on registration
     heuristics = helper.get_heuristics()
     assert sorted(heuristics) == [1, 2] and all(h.score > 0 for h in heuristics.values())
-    for t in ("executable/linux/elf32", "executable/linux/elf64", "executable/linux/so32", "executable/linux/so64",
-              "executable/linux/pie64"):
+    for t in (
+        "executable/linux/elf32",
+        "executable/linux/elf64",
+        "executable/linux/so32",
+        "executable/linux/so64",
+        "executable/linux/pie64",
+    ):
         assert accepted(t), t
     for t in ("executable/windows/pe32", "text/plain", "archive/zip", "empty", "executable/linux/coff32"):
         assert not accepted(t), t
@@ -220,7 +246,7 @@ def test_every_tag_is_accepted_by_the_ontology(service, identify, tasking, tmp_p
     files = [f for f in fixture_files() if f["reference"]["telfhash"].startswith("t1")]
     index_path = tmp_path / "ix.sqlite"
     with Index(index_path) as ix:
-        ix.add_files([f["abspath"] for f in files[:4]])
+        ix.add_files([f["abspath"] for f in files[:4]], jobs=1)
         for f in files[:4]:
             ix.set_label(f["sha256"], f"fam-{f['pkg']}")
     svc = Telfhash({"index_path": str(index_path)})
@@ -247,7 +273,7 @@ def _indexed(tmp_path, files, labels):
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "known.sqlite"
     with Index(path) as ix:
-        ix.add_files([f["abspath"] for f in files])
+        ix.add_files([f["abspath"] for f in files], jobs=1, fields=("telfhash_x",))
         for sha, label in labels.items():
             assert ix.set_label(sha, label)
     return path
@@ -311,16 +337,22 @@ def test_extracted_elf_children_are_hashed_and_related_to_their_parent(service, 
     seen = first["temp_submission_data"]["telfhash_files"]
     assert seen == [{"sha256": parent["sha256"], "name": "bundle.tar", "telfhash": parent["reference"]["telfhash"]}]
     # Assemblyline hands the extracted child to the service with the submission's temporary data
-    res = run(service, identify, tasking, child["abspath"], filename="q_atm.so", depth=1,
-              temp={"telfhash_files": seen})
+    res = run(service, identify, tasking, child["abspath"], filename="q_atm.so", depth=1, temp={"telfhash_files": seen})
     validate(res)
     assert kv(main_section(res))["telfhash"] == child["reference"]["telfhash"]
     rel = json.loads(sections(res)["telfhash: other ELF files of this submission"]["body"])
     import telfhash_core as tc
 
-    assert rel == [{"distance": tc.distance(parent["reference"]["telfhash"], child["reference"]["telfhash"]),
-                    "near": "yes" if tc.distance(parent["reference"]["telfhash"], child["reference"]["telfhash"]) <= 50
-                    else "no", "name": "bundle.tar", "sha256": parent["sha256"]}]
+    assert rel == [
+        {
+            "distance": tc.distance(parent["reference"]["telfhash"], child["reference"]["telfhash"]),
+            "near": "yes"
+            if tc.distance(parent["reference"]["telfhash"], child["reference"]["telfhash"]) <= 50
+            else "no",
+            "name": "bundle.tar",
+            "sha256": parent["sha256"],
+        }
+    ]
     assert len(res["temp_submission_data"]["telfhash_files"]) == 2
 
 
@@ -344,8 +376,8 @@ def _hostile_files(tmp: Path) -> dict[str, bytes]:
     out["crafted-shoff"] = bytes(crafted)
     # every section claims a size of terabytes
     crafted = bytearray(so)
-    shoff, = struct.unpack_from("<Q", crafted, 0x28)
-    shnum, = struct.unpack_from("<H", crafted, 0x3C)
+    (shoff,) = struct.unpack_from("<Q", crafted, 0x28)
+    (shnum,) = struct.unpack_from("<H", crafted, 0x3C)
     for i in range(shnum):
         struct.pack_into("<Q", crafted, shoff + i * 64 + 0x20, 1 << 44)
     out["crafted-sizes"] = bytes(crafted)
@@ -360,8 +392,27 @@ def nop_sled_elf(code_size: int) -> bytes:
     """An x86-64 ELF executable without sections: one R+X PT_LOAD of NOPs, entry at its start."""
     base, off = 0x400000, 0x1000
     ehdr = struct.pack(
-        "<4sBBBBB7sHHIQQQIHHHHHH", b"\x7fELF", 2, 1, 1, 0, 0, b"\0" * 7,
-        2, 62, 1, base + off, 64, 0, 0, 64, 56, 1, 64, 0, 0,
+        "<4sBBBBB7sHHIQQQIHHHHHH",
+        b"\x7fELF",
+        2,
+        1,
+        1,
+        0,
+        0,
+        b"\0" * 7,
+        2,
+        62,
+        1,
+        base + off,
+        64,
+        0,
+        0,
+        64,
+        56,
+        1,
+        64,
+        0,
+        0,
     )
     phdr = struct.pack("<IIQQQQQQ", 1, 5, off, base + off, base + off, code_size, code_size, 0x1000)
     head = ehdr + phdr
@@ -402,8 +453,15 @@ def test_size_limit_time_budget_and_bad_settings_are_reported(identify, tasking,
     res = run(Telfhash(), identify, tasking, str(slow))
     assert kv(main_section(res))["telfhash"].startswith("t1")
 
-    bad = Telfhash({"threshold": "many", "max_neighbours": -3, "time_budget": float("nan"), "max_file_size": True,
-                    "companion": "perhaps"})
+    bad = Telfhash(
+        {
+            "threshold": "many",
+            "max_neighbours": -3,
+            "time_budget": float("nan"),
+            "max_file_size": True,
+            "companion": "perhaps",
+        }
+    )
     res = run(bad, identify, tasking, str(slow))
     validate(res)
     notes = sections(res)["telfhash: configuration problems"]["body"]
@@ -434,8 +492,14 @@ class Runtime:
     Assemblyline's task handler does.  Used as a context manager; ``process(path)`` returns the
     result JSON."""
 
-    def __init__(self, tasking: Path, config: dict | None = None, service_path: str = SERVICE_PATH,
-                 extra_path: tuple[str, ...] = (), python: str = sys.executable):
+    def __init__(
+        self,
+        tasking: Path,
+        config: dict | None = None,
+        service_path: str = SERVICE_PATH,
+        extra_path: tuple[str, ...] = (),
+        python: str = sys.executable,
+    ):
         self.tasking = tasking
         self.prefix = f"telfhash-rt-{uuid.uuid4().hex[:12]}"
         self.workdir = Path(tempfile.mkdtemp(prefix="telfhash-al-"))
@@ -445,10 +509,13 @@ class Runtime:
         env = dict(os.environ, SERVICE_PATH=service_path, RUNTIME_PREFIX=self.prefix, TASKING_DIR=str(tasking))
         env.pop("SERVICE_MANIFEST_PATH", None)  # the runtime writes and reads its own copy
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / ".pp"), *extra_path, env.get("PYTHONPATH", "")])
-        self.log = open(self.workdir / "service.log", "w")
+        self.log = open(self.workdir / "service.log", "w")  # noqa: SIM115  closed in __exit__
         self.proc = subprocess.Popen(
-            [python, "-m", "assemblyline_v4_service.run_service"], cwd=self.workdir, env=env,
-            stdout=self.log, stderr=subprocess.STDOUT,
+            [python, "-m", "assemblyline_v4_service.run_service"],
+            cwd=self.workdir,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         self.task_fifo = self.done_fifo = None
 
@@ -456,10 +523,12 @@ class Runtime:
         end = time.monotonic() + timeout
         while not os.path.exists(path):
             if self.proc.poll() is not None or time.monotonic() > end:
-                raise RuntimeError(f"service runtime did not start: {(self.workdir / 'service.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"service runtime did not start: {(self.workdir / 'service.log').read_text()[-2000:]}"
+                )
             time.sleep(0.02)
 
-    def __enter__(self) -> "Runtime":
+    def __enter__(self) -> Self:
         self._wait_for(f"/tmp/{self.prefix}_task.fifo")
         self.task_fifo = open(f"/tmp/{self.prefix}_task.fifo", "w")
         self._wait_for(f"/tmp/{self.prefix}_done.fifo")

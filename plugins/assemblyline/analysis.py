@@ -14,13 +14,15 @@ import math
 import os
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import telfhash_core as tc
 
-log = logging.getLogger(__name__)
+# under Assemblyline's logger, whose handlers the runtime sets up (it raises the root logger to CRITICAL)
+log = logging.getLogger("assemblyline.service.telfhash.analysis")
 
 COMPANION_FIELD = "telfhash_x"
 MAX_LABEL = 200  # characters of a family label shown or tagged
@@ -53,7 +55,7 @@ class Settings:
     problems: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_config(cls, config: dict[str, Any] | None) -> "Settings":
+    def from_config(cls, config: dict[str, Any] | None) -> Settings:
         config = dict(config or {})
         s = cls()
         s.index_path = str(config.get("index_path") or "").strip()
@@ -82,7 +84,7 @@ def _int_setting(config: dict[str, Any], key: str, low: int, high: int, problems
     value = config.get(key, DEFAULTS[key])
     try:
         if isinstance(value, bool):
-            raise ValueError
+            raise TypeError(key)
         number = int(str(value).strip()) if not isinstance(value, int) else value
         if not low <= number <= high:
             raise ValueError
@@ -96,7 +98,7 @@ def _float_setting(config: dict[str, Any], key: str, low: float, high: float, pr
     value = config.get(key, DEFAULTS[key])
     try:
         if isinstance(value, bool):
-            raise ValueError
+            raise TypeError(key)
         number = float(value)
         if not (math.isfinite(number) and low <= number <= high):
             raise ValueError
@@ -151,7 +153,9 @@ class _Watchdog:
                     if now >= deadline:
                         del self._armed[tid]
                         self._fired.add(tid)
-                        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), ctypes.py_object(BudgetExceeded))
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                            ctypes.c_ulong(tid), ctypes.py_object(BudgetExceeded)
+                        )
 
 
 _WATCHDOG = _Watchdog()
@@ -228,7 +232,9 @@ def hash_with_budget(path: str, name: str, settings: Settings) -> Analysis:
             fields = (COMPANION_FIELD,) if settings.companion else ()
             r = tc.hash_file(path, max_size=settings.max_file_size, fields=fields)
     except BudgetExceeded:
-        r = tc.Result(file=name, reason=tc.Reason.INTERNAL, detail=f"over the time budget of {settings.time_budget:g} s")
+        r = tc.Result(
+            file=name, reason=tc.Reason.INTERNAL, detail=f"over the time budget of {settings.time_budget:g} s"
+        )
         return Analysis(r, time.perf_counter() - start, timed_out=True)
     except Exception as exc:  # a bug in the core must not become a service error: report it
         log.exception("hashing %s failed", name)
@@ -275,7 +281,7 @@ class IndexReader:
             index = self._open()
             analysis.own_entry = _own_entry(index, sha256)
             analysis.neighbours = _neighbours(index, analysis, sha256, settings)
-        except Exception as exc:  # unreadable, locked or corrupt index: the hash is still reported
+        except Exception as exc:  # noqa: BLE001  unreadable, locked or corrupt index: the hash is still reported
             log.warning("index %s: %s", self.path, exc)
             analysis.index_note = f"index unavailable: {exc}"
             self.close()
