@@ -586,13 +586,22 @@ def corpus_sample(per_arch: int) -> list[dict]:
     return out
 
 
-def test_service_runtime_on_corpus_files_of_every_architecture(identify, tasking):
-    files = corpus_sample(per_arch=12)
+def test_service_runtime_on_corpus_files_of_every_architecture(identify, tasking, tmp_path):
+    files = corpus_sample(per_arch=8)
     assert len({f["arch"] for f in files}) == 13
-    with Runtime(tasking) as rt:
-        for f in files:
+    # the runtime runs tasks in a worker thread: the time budget must hold there too
+    sled = tmp_path / "nop-sled"
+    sled.write_bytes(nop_sled_elf(32 << 20))
+    with Runtime(tasking, config={"time_budget": 3}) as rt:
+        for i, f in enumerate(files):
             task = make_task(identify, f["abspath"])
             assert accepted(task["fileinfo"]["type"]), (f["path"], task["fileinfo"]["type"])
             res = rt.process(task, f["abspath"])
             validate(res)
             assert kv(main_section(res))["telfhash"] == f["reference"]["telfhash"], f["path"]
+            if i == len(files) // 2:
+                start = time.perf_counter()
+                res = rt.process(make_task(identify, str(sled)), str(sled))
+                assert time.perf_counter() - start < 8
+                validate(res)
+                assert kv(main_section(res))["reason"] == "timeout"
