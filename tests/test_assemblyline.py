@@ -355,6 +355,21 @@ def test_extracted_elf_children_are_hashed_and_related_to_their_parent(service, 
     ]
     assert len(res["temp_submission_data"]["telfhash_files"]) == 2
 
+    # a submission with many ELF files: the shared list stays within Assemblyline's limit for a
+    # temporary-data value (submission.max_temp_data_length), which would otherwise drop it whole
+    limit = forge.get_config().submission.max_temp_data_length
+    many: list[dict] = []
+    for i in range(100):
+        entry = {"sha256": f"{i:064x}", "name": f"dropped/{i:032d}", "telfhash": parent["reference"]["telfhash"]}
+        if len(str([*many, entry])) > limit:
+            break
+        many.append(entry)
+    res = run(service, identify, tasking, child["abspath"], depth=1, temp={"telfhash_files": many})
+    validate(res)
+    assert len(str(res["temp_submission_data"]["telfhash_files"])) <= limit
+    rel = json.loads(sections(res)["telfhash: other ELF files of this submission"]["body"])
+    assert len(rel) == len(many) > 10
+
 
 # ----------------------------------------------------------------------------- hostile input
 
@@ -605,3 +620,17 @@ def test_service_runtime_on_corpus_files_of_every_architecture(identify, tasking
                 assert time.perf_counter() - start < 8
                 validate(res)
                 assert kv(main_section(res))["reason"] == "timeout"
+
+
+def test_an_internal_error_ends_in_a_result_section(identify, tasking, monkeypatch):
+    import telfhash_plugins.assemblyline.service as svc_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(svc_module, "hash_section", broken)
+    f = fixture_files()[0]
+    res = run(Telfhash(), identify, tasking, f["abspath"])
+    validate(res)
+    body = kv(sections(res)["telfhash: internal error"])
+    assert body["error"] == "RuntimeError: simulated bug"

@@ -26,7 +26,11 @@ log = logging.getLogger("assemblyline.service.telfhash.analysis")
 
 COMPANION_FIELD = "telfhash_x"
 MAX_LABEL = 200  # characters of a family label shown or tagged
-MAX_RELATED = 50  # telfhashes of one submission shared with its other files
+MAX_RELATED = 50  # telfhashes of one submission read back from its temporary data, at most
+# Assemblyline drops a temporary-data value whose str() is longer than its
+# submission.max_temp_data_length (4096 by default): stay under it
+MAX_TEMP_CHARS = 4000
+MAX_TEMP_NAME = 40
 
 DEFAULTS: dict[str, Any] = {
     "index_path": "",
@@ -346,8 +350,11 @@ def related_in_submission(telfhash: str | None, seen: Any, own_sha256: str) -> l
 
 
 def remember(seen: Any, sha256: str, name: str, telfhash: str | None) -> list[dict[str, Any]]:
-    """The submission's list of hashed ELF files with this one added (bounded)."""
-    items = [i for i in seen if isinstance(i, dict)] if isinstance(seen, list) else []
-    if telfhash and not any(i.get("sha256") == sha256 for i in items) and len(items) < MAX_RELATED:
-        items.append({"sha256": sha256, "name": name[:MAX_LABEL], "telfhash": telfhash})
+    """The submission's list of hashed ELF files with this one added, while the list stays
+    under Assemblyline's size limit for a temporary-data value (about 18 files)."""
+    items = [i for i in seen[:MAX_RELATED] if isinstance(i, dict)] if isinstance(seen, list) else []
+    if telfhash and not any(i.get("sha256") == sha256 for i in items):
+        grown = [*items, {"sha256": sha256, "name": name[-MAX_TEMP_NAME:], "telfhash": telfhash}]
+        if len(str(grown)) <= MAX_TEMP_CHARS:  # else Assemblyline would drop the whole list
+            return grown
     return items
