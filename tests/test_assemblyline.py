@@ -193,6 +193,9 @@ def service():
 
 
 def test_manifest_loads_into_assemblyline_service_model():
+    import telfhash_plugins.assemblyline as pkg
+
+    assert pkg.MANIFEST.read_text() == MANIFEST.read_text()  # shipped with the package (package-data)
     attrs = helper.get_service_attributes()  # what ServiceBase does at start-up
     assert isinstance(attrs, Service)
     assert attrs.name == "Telfhash" and attrs.category == "Static Analysis" and attrs.stage == "CORE"
