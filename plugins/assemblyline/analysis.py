@@ -274,10 +274,11 @@ class IndexReader:
 
     def close(self) -> None:
         if self._index is not None:
+            index, self._index = self._index, None
             try:
-                self._index.close()
-            finally:
-                self._index = None
+                index.close()
+            except Exception as exc:  # noqa: BLE001  e.g. closed from another thread: nothing left to do
+                log.debug("closing index %s: %s", self.path, exc)
 
     def annotate(self, analysis: Analysis, sha256: str | None, settings: Settings) -> None:
         """Fill ``analysis.own_entry`` and ``analysis.neighbours`` (nearest first)."""
