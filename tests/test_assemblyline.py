@@ -609,12 +609,12 @@ def corpus_sample(per_arch: int) -> list[dict]:
 
 
 def test_service_runtime_on_corpus_files_of_every_architecture(identify, tasking, tmp_path):
-    files = corpus_sample(per_arch=8)
+    files = corpus_sample(per_arch=5)
     assert len({f["arch"] for f in files}) == 13
     # the runtime runs tasks in a worker thread: the time budget must hold there too
     sled = tmp_path / "nop-sled"
-    sled.write_bytes(nop_sled_elf(32 << 20))
-    with Runtime(tasking, config={"time_budget": 3}) as rt:
+    sled.write_bytes(nop_sled_elf(24 << 20))
+    with Runtime(tasking, config={"time_budget": 2}) as rt:
         for i, f in enumerate(files):
             task = make_task(identify, f["abspath"])
             assert accepted(task["fileinfo"]["type"]), (f["path"], task["fileinfo"]["type"])
