@@ -63,12 +63,9 @@ logging.root.setLevel(_ROOT_LEVEL)
 
 
 def fixture_files() -> list[dict]:
-    """The committed fixtures: the shared set plus two for the architectures it lacks."""
-    out = []
-    for name in ("fixtures.json", "assemblyline.json"):
-        data = json.loads((FIXTURES / name).read_text())
-        out.extend(dict(f, abspath=str(FIXTURES / f["fixture"])) for f in data["files"])
-    return out
+    """The committed fixtures (every architecture of the corpus)."""
+    data = json.loads((FIXTURES / "fixtures.json").read_text())
+    return [dict(f, abspath=str(FIXTURES / f["fixture"])) for f in data["files"]]
 
 
 @pytest.fixture(scope="module")
