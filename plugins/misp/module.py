@@ -1,69 +1,61 @@
-"""The logic behind the telfhash misp-modules expansion and hover modules.
+"""The misp-modules contract of the telfhash expansion and hover modules: what MISP sends, what
+it does with the answer, and the answer we give.
 
-MISP posts a request such as::
+How MISP calls a module (MISP core, ``app/``; lines as of MISP/MISP bb0909a3):
 
-    {"module": "telfhash_expansion",
-     "attribute": {"type": "malware-sample", "value": "name|md5", "uuid": "...", "data": "<base64 ZIP>"},
-     "config": {"index_path": "/srv/telfhash.idx", "max_distance": "50", ...}}
+* **Enrich an attribute** (``EventsController::__queryEnrichment``): ``{"module", "attribute",
+  "event_id", "config"}``; a malware-sample/attachment carries its file base64-encoded in
+  ``attribute.data`` (a malware-sample is a ZipCrypto ZIP, ``zip -j -P infected``).  An
+  ``{"error"}`` answer is flashed; ``results`` are shown for review before they are saved.
+* **Enrich the whole event / a workflow** (``Event::enrichment``): the same, plus
+  ``attribute_uuid``, for every attribute of a type the module accepts.  A reply without
+  ``results`` throws, which stops the enrichment of the rest of the event.  So a file that has
+  nothing to add (not ELF, ``tnull``/``-``, no index for a digest) is answered with an empty
+  ``results`` (and a ``comment`` MISP shows in the review page); ``{"error"}`` is kept for real
+  faults: a bad request or setting, a damaged ZIP, a wrong password, a sample over the size cap,
+  a missing or broken index.
+* **Hover** (``AttributesController::hoverEnrichment``): the attribute *without* its file (no
+  ``data``), 5 s of budget.  MISP shows each object's attributes and each attribute's
+  ``type: value``; an empty answer shows as "Empty results".  So hover looks the sample up in the
+  index by the MD5/SHA-1/SHA-256 its value carries and shows the stored telfhash and neighbours,
+  or one ``text`` line saying why there is nothing.
+* **Saving objects** (``Event::processModuleResultsData``): an object whose ``id`` equals the
+  id of the object the enriched attribute sits in (``initialObject``) is *merged* into it: only
+  attributes it lacks are added.  So when the sample sits in a ``file`` object, the answer is
+  that object (its ``id``, and its ``uuid`` when the request carries it, as misp-modules'
+  ``urlhaus`` does) with the telfhash added, not a second file object.  References keep only the
+  referenced uuid and the relationship type, so the TLSH distance of a neighbour travels in its
+  object comment (saved) and in its telfhash attribute's comment (saved), not on the reference.
 
-and gets back ``{"results": {"Object": [...]}}`` (MISP standard format) or ``{"error": "..."}``.
-
-Accepted input:
-
-* ``malware-sample`` -- base64 of a ZIP encrypted with the password ``infected`` (AES or ZipCrypto)
-  holding the sample and a ``<md5>.filename.txt`` entry;
-* ``attachment`` -- base64 of the raw file;
-* ``telfhash`` -- a digest (``t1…``, ``T1…`` or 70 hex): only the pivot is returned;
-* a ``file`` object carrying one of the above (``malware-sample``/``attachment`` relation with data,
-  or only a ``telfhash`` relation).
-
-Output: a ``file`` object (filename, size-in-bytes, md5, sha1, sha256, telfhash) that
-*characterizes* the input attribute/object, plus -- when an index is configured -- the known samples
-within ``max_distance``, as ``file`` objects that the new one references as ``similar`` (a
-relationship from MISP's list) with the distance in the reference's comment.
-
-MISP validates telfhash as 70 or 72 hex characters and stores it lower-cased, so the digest is sent
-as the 70 lower-case hex characters (the reference's ``t1`` prefix dropped).
+Known neighbours are other people's samples: their attributes go out with ``to_ids`` false, and
+nothing of the index's own paths or location is sent (only the file name).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import concurrent.futures
 import hashlib
-import io
 import json
 import logging
 import os
-import threading
-import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pymisp import MISPEvent, MISPObject
 
 import telfhash_core as tc
 
+from . import known
+from .sample import Sample, SampleError, decode_base64, unzip_sample
+
 log = logging.getLogger("telfhash.misp")
 
-# Imported now rather than on the first request: a cold import of the index (NumPy) costs seconds,
-# which a hover request cannot afford.  Any failure only disables the pivot, with a clear error.
-try:
-    from telfhash_core.store.index import Index as _Index
-
-    _INDEX_IMPORT_ERROR = None
-except Exception as exc:  # noqa: BLE001 - a module that fails to import must not break misp-modules
-    _Index = None
-    _INDEX_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
-
-ZIP_PASSWORD = b"infected"
-FILENAME_SUFFIX = ".filename.txt"
 INDEX_ENV = "TELFHASH_MISP_INDEX"  # index path used when the module config leaves index_path empty
 
 SAMPLE_TYPES = ("malware-sample", "attachment")
 ATTRIBUTE_TYPES = SAMPLE_TYPES + ("telfhash",)
 OBJECT_TYPES = ("file",)
+HASH_RELATIONS = ("sha256", "sha1", "md5")
 
 # relationships from MISP's list (misp-objects relationships/definition.json)
 REL_INPUT = "characterizes"  # the new file object characterizes the sample attribute it came from
@@ -79,7 +71,7 @@ class Settings:
     max_distance: int = 50
     max_results: int = 20
     max_sample_bytes: int = 256 << 20
-    timeout: float | None = None  # hover: answer (with an error) before MISP's 5 s budget runs out
+    timeout: float | None = None  # hover: answer before MISP's 5 s budget runs out
     hover: bool = False
 
 
@@ -88,7 +80,11 @@ HOVER_DEFAULTS = Settings(max_results=5, max_sample_bytes=16 << 20, timeout=4.0,
 
 
 class ModuleError(Exception):
-    """A problem with the request or the sample, reported to MISP as ``{"error": str(exc)}``."""
+    """A real fault with the request, the sample or the setup: ``{"error": str(exc)}``."""
+
+
+class Nothing(Exception):
+    """Nothing to add, for the reason given: an empty ``results`` (hover: one ``text`` line)."""
 
 
 # ----------------------------------------------------------------------------- settings
@@ -98,6 +94,8 @@ def _int_setting(config: dict, key: str, default: int, low: int, high: int) -> i
     raw = config.get(key)
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return default
+    if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+        raise ModuleError(f"module setting {key} must be a whole number, got {raw!r}")
     try:
         value = int(str(raw).strip())
     except ValueError:
@@ -108,13 +106,16 @@ def _int_setting(config: dict, key: str, default: int, low: int, high: int) -> i
 
 
 def settings_from_config(config: Any, hover: bool = False) -> Settings:
-    """Module settings from MISP's ``config`` (all values arrive as strings, often empty)."""
+    """Module settings from MISP's ``config`` (values arrive as strings, often empty or null)."""
     base = HOVER_DEFAULTS if hover else DEFAULTS
     if config is None:
         config = {}
     if not isinstance(config, dict):
         raise ModuleError("the request's config must be an object")
-    index_path = (str(config.get("index_path") or "").strip()) or os.environ.get(INDEX_ENV, "").strip() or None
+    raw_index = config.get("index_path")
+    if raw_index is not None and not isinstance(raw_index, str):
+        raise ModuleError(f"module setting index_path must be a path, got {raw_index!r}")
+    index_path = (raw_index or "").strip() or os.environ.get(INDEX_ENV, "").strip() or None
     max_mb = _int_setting(config, "max_sample_mb", base.max_sample_bytes >> 20, 1, 4096)
     timeout = base.timeout
     if hover:
@@ -129,84 +130,217 @@ def settings_from_config(config: Any, hover: bool = False) -> Settings:
     )
 
 
-# ----------------------------------------------------------------------------- sample decoding
+# ----------------------------------------------------------------------------- MISP objects
 
 
-def decode_base64(data: Any, what: str) -> bytes:
-    if not isinstance(data, str) or not data.strip():
-        raise ModuleError(f"the {what} carries no data (MISP sends the file base64-encoded in 'data')")
-    text = "".join(data.split())  # line breaks are harmless
+def misp_hex(digest: str) -> str:
+    """The telfhash as MISP stores it: 70 lower-case hex characters."""
+    return tc.normalize(digest, "hex").lower()
+
+
+def _add(obj: MISPObject, relation: str, value: Any, **kw: Any) -> None:
+    if value is None or value == "":
+        return
+    obj.add_attribute(relation, value=value, **{k: v for k, v in kw.items() if v is not None})
+
+
+@dataclass
+class Target:
+    """Where the answer attaches: the input attribute, and the object it sits in (if any)."""
+
+    uuid: str  # the input attribute's (or object's) uuid
+    object_id: str | None = None  # id of the file object to merge into
+    object_uuid: str | None = None
+    is_object: bool = False  # the request was an object
+
+    @property
+    def merge(self) -> bool:
+        return self.object_id is not None
+
+
+def _object_id(value: Any) -> str | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    text = str(value).strip()
+    return text if text.isdigit() and int(text) > 0 else None
+
+
+def _sample_object(target: Target) -> MISPObject:
+    obj = MISPObject("file", standalone=False)
+    if target.merge:
+        obj.id = target.object_id  # MISP merges an object whose id is the initial object's id
+        if target.object_uuid:
+            obj.uuid = target.object_uuid
+    return obj
+
+
+def _link_input(obj: MISPObject, target: Target) -> None:
+    if not target.merge:  # a merged object already holds the sample
+        obj.add_reference(target.uuid, REL_INPUT)
+
+
+def computed_object(sample: Sample, result: tc.Result, target: Target) -> MISPObject:
+    obj = _sample_object(target)
+    detail = f"{result.arch or 'unknown arch'}, from {result.method or '?'}, {result.symbols} symbols"
+    _add(obj, "filename", sample.filename)
+    _add(obj, "size-in-bytes", len(sample.data))
+    _add(obj, "md5", hashlib.md5(sample.data).hexdigest())
+    _add(obj, "sha1", hashlib.sha1(sample.data).hexdigest())
+    _add(obj, "sha256", hashlib.sha256(sample.data).hexdigest())
+    _add(obj, "telfhash", misp_hex(result.telfhash or ""), comment=f"telfhash-core {tc.__version__}: {detail}")
+    _link_input(obj, target)
+    return obj
+
+
+def _entry_note(entry: dict) -> str:
+    parts = []
+    if entry.get("label"):
+        parts.append(f"family {entry['label']}")
+    if entry.get("arch"):
+        parts.append(f"arch {entry['arch']}")
+    if entry.get("added"):
+        parts.append(f"known since {entry['added'][:10]}")
+    return ", ".join(parts)
+
+
+def known_object(entry: dict, filename: str | None, target: Target, hover: bool) -> MISPObject:
+    """The sample as the index knows it (hover, or a malware-sample whose file MISP did not send)."""
+    obj = _sample_object(target)
+    note = _entry_note(entry)
+    _add(obj, "filename", filename or _basename(entry.get("path")))
+    _add(obj, "size-in-bytes", entry.get("size"))
+    for relation in ("md5", "sha1", "sha256"):
+        _add(obj, relation, entry.get(relation))
+    _add(obj, "telfhash", misp_hex(entry["telfhash"]), comment="from the telfhash index" + (f" ({note})" if note else ""))
+    if hover and note:
+        _add(obj, "text", f"known to the telfhash index: {note}")
+    _link_input(obj, target)
+    return obj
+
+
+def _basename(path: Any) -> str | None:
+    if not isinstance(path, str) or not path:
+        return None
+    return os.path.basename(path.replace("\\", "/")) or None
+
+
+def neighbour_object(match: Any, source: str, hover: bool) -> MISPObject:
+    """A known sample within the distance, as a file object: to_ids false, no server path."""
+    parts = [f"telfhash distance {match.distance} to {source}"]
+    if getattr(match, "label", None):
+        parts.append(f"family {match.label}")
+    if getattr(match, "arch", None):
+        parts.append(f"arch {match.arch}")
+    note = "; ".join(parts) + " (telfhash-core index)"
+    obj = MISPObject("file", standalone=False)
+    obj.comment = note
+    if hover:  # the hover shows attributes, not comments
+        _add(obj, "text", note, to_ids=False)
+    _add(obj, "filename", _basename(getattr(match, "path", None)), to_ids=False)
+    _add(obj, "size-in-bytes", getattr(match, "size", None), to_ids=False)
+    for relation in ("md5", "sha1", "sha256"):
+        _add(obj, relation, getattr(match, relation, None), to_ids=False)
+    telf = getattr(match, "telfhash", None)
+    if telf and tc.is_digest(telf):
+        _add(obj, "telfhash", misp_hex(telf), to_ids=False, comment=f"telfhash distance {match.distance} to {source}")
+    return obj
+
+
+def _results(event: MISPEvent) -> dict:
+    d = json.loads(event.to_json())  # plain JSON types all the way down
+    return {"results": {key: d[key] for key in ("Attribute", "Object") if d.get(key)}}
+
+
+# ----------------------------------------------------------------------------- answers
+
+
+def _neighbours(event: MISPEvent, source_obj: MISPObject | None, source_uuid: str, digest: str, source: str,
+                settings: Settings, exclude: str | None) -> int:
+    if not settings.index_path or settings.max_results == 0:
+        return 0
     try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ModuleError(f"the {what}'s data is not valid base64: {exc}") from None
+        matches = known.similar(settings.index_path, digest, settings.max_distance, settings.max_results, exclude)
+    except known.IndexError_ as exc:
+        raise ModuleError(str(exc)) from None
+    for m in matches:
+        obj = neighbour_object(m, source, settings.hover)
+        event.add_object(obj)
+        comment = f"telfhash distance {m.distance}"
+        if source_obj is not None:
+            source_obj.add_reference(obj.uuid, REL_SIMILAR, comment=comment)
+        else:  # a telfhash attribute as input: the known sample is similar to that digest
+            obj.add_reference(source_uuid, REL_SIMILAR, comment=comment)
+    return len(matches)
 
 
-def _open_zip(blob: bytes):
+def _hash_sample(sample: Sample) -> tc.Result:
+    result = tc.hash_bytes(sample.data, sample.filename)
+    if not result.ok:
+        reason = result.reason.value if result.reason else "unknown"
+        detail = f": {result.detail}" if result.detail else ""
+        raise Nothing(f"telfhash: {sample.filename} has no telfhash ({reason}{detail}); nothing to add")
+    return result
+
+
+def answer_sample(sample: Sample, target: Target, settings: Settings) -> dict:
+    result = _hash_sample(sample)
+    event = MISPEvent()
+    obj = computed_object(sample, result, target)
+    event.add_object(obj)
+    sha256 = hashlib.sha256(sample.data).hexdigest()
+    _neighbours(event, obj, target.uuid, result.telfhash or "", f"sha256 {sha256}", settings, sha256)
+    return _results(event)
+
+
+def answer_known(hashes: list[str], filename: str | None, target: Target, settings: Settings, why: str) -> dict:
+    """A sample given by its hashes only: what the index knows of it."""
+    if not hashes:
+        raise Nothing(f"telfhash: {why}, and its value carries no MD5/SHA-1/SHA-256 to look up")
+    if not settings.index_path:
+        raise Nothing(f"telfhash: {why}, and no telfhash index is configured (index_path) to look {hashes[0]} up")
     try:
-        import pyzipper  # AES (WinZip AE-1/AE-2) and ZipCrypto
-
-        return pyzipper.AESZipFile(io.BytesIO(blob))
-    except ImportError:  # ZipCrypto only
-        return zipfile.ZipFile(io.BytesIO(blob))
-
-
-def _read_member(zf, info, limit: int) -> bytes:
-    if info.file_size > limit:
-        raise ModuleError(f"the sample is {info.file_size} bytes, over the limit of {limit} (max_sample_mb)")
-    try:
-        zf.setpassword(ZIP_PASSWORD)
-    except Exception:  # noqa: BLE001 - plain zipfile accepts it too; be tolerant
-        pass
-    with zf.open(info) as fh:
-        data = fh.read(limit + 1)  # never trust the declared size: bound what is inflated
-    if len(data) > limit:
-        raise ModuleError(f"the sample inflates past the limit of {limit} bytes (max_sample_mb)")
-    return data
+        entry = known.lookup(settings.index_path, hashes)
+    except known.IndexError_ as exc:
+        raise ModuleError(str(exc)) from None
+    if entry is None:
+        n = known.size(settings.index_path)
+        raise Nothing(
+            f"telfhash: {hashes[0]} is not among the {n if n is not None else '?'} samples of the telfhash index"
+            + ("; enrich with telfhash_expansion to compute it" if settings.hover else f" ({why})")
+        )
+    if not entry.get("telfhash"):
+        raise Nothing(f"telfhash: {hashes[0]} is known to the index without a telfhash ({entry.get('reason') or 'no digest'})")
+    event = MISPEvent()
+    obj = known_object(entry, filename, target, settings.hover)
+    event.add_object(obj)
+    _neighbours(event, obj, target.uuid, entry["telfhash"], f"sha256 {entry['sha256']}", settings, entry["sha256"])
+    return _results(event)
 
 
-def unzip_sample(blob: bytes, md5: str | None, limit: int) -> tuple[bytes, str | None]:
-    """The sample and its original name from a MISP malware-sample ZIP."""
-    try:
-        zf = _open_zip(blob)
-    except Exception as exc:  # noqa: BLE001 - zipfile and pyzipper each have their own BadZipFile
-        raise ModuleError(f"the malware-sample is not a readable ZIP archive: {exc}") from None
-    try:
-        with zf:
-            infos = [i for i in zf.infolist() if not i.is_dir()]
-            names = [i for i in infos if i.filename.endswith(FILENAME_SUFFIX)]
-            samples = [i for i in infos if not i.filename.endswith(FILENAME_SUFFIX)]
-            if md5:
-                chosen = [i for i in samples if i.filename.lower() == md5.lower()] or samples
-            else:
-                chosen = samples
-            if not chosen:
-                raise ModuleError("the malware-sample ZIP holds no sample")
-            if len(chosen) > 1:
-                raise ModuleError(
-                    f"the malware-sample ZIP holds {len(chosen)} files besides the name file; expected one"
-                )
-            data = _read_member(zf, chosen[0], limit)
-            original = None
-            for info in names:
-                if info.filename[: -len(FILENAME_SUFFIX)] == chosen[0].filename or len(names) == 1:
-                    try:
-                        raw = _read_member(zf, info, 4096)
-                        original = raw.decode("utf-8", "replace").strip() or None
-                    except Exception:  # noqa: BLE001 - the name is a nicety; the sample is what counts
-                        original = None
-                    break
-            return data, original
-    except ModuleError:
-        raise
-    except RuntimeError as exc:  # "Bad password for file", "File ... is encrypted, password required"
-        raise ModuleError(f"cannot decrypt the malware-sample ZIP with the password 'infected': {exc}") from None
-    except NotImplementedError as exc:  # unsupported compression or encryption
-        raise ModuleError(f"cannot extract the malware-sample ZIP: {exc}") from None
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as exc:
-        raise ModuleError(f"the malware-sample ZIP is damaged: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - the zlib/AES layers raise their own kinds on garbage
-        raise ModuleError(f"the malware-sample ZIP is damaged: {type(exc).__name__}: {exc}") from None
+def answer_digest(value: Any, target: Target, settings: Settings) -> dict:
+    if not isinstance(value, str) or not tc.is_digest(value):
+        raise ModuleError(f"not a telfhash: {str(value)[:100]!r} (expected t1 + 70 hex, T1 + 70 hex or 70 hex)")
+    if not settings.index_path:
+        raise Nothing("telfhash: no telfhash index is configured (index_path), so no known sample can be shown")
+    if settings.max_results == 0:
+        raise Nothing("telfhash: max_results is 0, so no known sample is shown")
+    event = MISPEvent()
+    if _neighbours(event, None, target.uuid, value, f"telfhash {misp_hex(value)[:16]}…", settings, None) == 0:
+        n = known.size(settings.index_path)
+        raise Nothing(
+            f"telfhash: no known sample within distance {settings.max_distance} "
+            f"among the {n if n is not None else '?'} samples of the telfhash index"
+        )
+    return _results(event)
+
+
+def _nothing(message: str, settings: Settings) -> dict:
+    if settings.hover:  # MISP's hover shows "type: value" for attributes; an empty answer is "Empty results"
+        return {"results": {"Attribute": [{"type": "text", "value": message}]}}
+    return {"results": {}, "comment": message}
+
+
+# ----------------------------------------------------------------------------- requests
 
 
 def _split_sample_value(value: Any) -> tuple[str | None, str | None]:
@@ -219,10 +353,9 @@ def _split_sample_value(value: Any) -> tuple[str | None, str | None]:
     return name or None, md5.strip() or None
 
 
-@dataclass
-class Sample:
-    data: bytes
-    filename: str
+def _has_data(attribute: dict) -> bool:
+    data = attribute.get("data")
+    return isinstance(data, str) and bool(data.strip())
 
 
 def sample_from_attribute(attribute: dict, limit: int) -> Sample:
@@ -235,183 +368,36 @@ def sample_from_attribute(attribute: dict, limit: int) -> Sample:
     if kind == "attachment":
         blob = decode_base64(attribute.get("data"), "attachment")
         if len(blob) > limit:
-            raise ModuleError(f"the attachment is {len(blob)} bytes, over the limit of {limit} (max_sample_mb)")
+            raise SampleError(f"the attachment is {len(blob)} bytes, over the limit of {limit} (max_sample_mb)")
         value = attribute.get("value")
         return Sample(blob, value if isinstance(value, str) and value else "attachment")
     raise ModuleError(f"unsupported attribute type {kind!r}")
 
 
-# ----------------------------------------------------------------------------- MISP objects
+def _attribute_request(attribute: dict, settings: Settings) -> dict:
+    missing = [k for k in ("type", "uuid", "value") if k not in attribute]
+    if missing:
+        raise ModuleError(f"the attribute lacks {', '.join(missing)} (needs at least a type, a value and a uuid)")
+    if not isinstance(attribute["uuid"], str) or not attribute["uuid"].strip():
+        raise ModuleError("the attribute's uuid must be a non-empty string")
+    kind = attribute["type"]
+    if not isinstance(kind, str) or kind not in ATTRIBUTE_TYPES:
+        raise ModuleError(f"unsupported attribute type {kind!r}: use malware-sample, attachment or telfhash")
+    target = Target(attribute["uuid"], object_id=_object_id(attribute.get("object_id")))
+    if kind == "telfhash":
+        return answer_digest(attribute.get("value"), target, settings)
+    if not _has_data(attribute):  # hover, or MISP could not read the file: what the index knows
+        if "data" in attribute and not isinstance(attribute["data"], (str, type(None))):
+            raise ModuleError("the attribute's data must be base64 text")
+        name = _split_sample_value(attribute.get("value"))[0] if kind == "malware-sample" else attribute.get("value")
+        why = "MISP sends no file on hover" if settings.hover else "the request carries no file data"
+        return answer_known(known.hashes_in(attribute.get("value")), name if isinstance(name, str) else None,
+                            target, settings, why)
+    sample = sample_from_attribute(attribute, settings.max_sample_bytes)
+    return answer_sample(sample, target, settings)
 
 
-def misp_hex(digest: str) -> str:
-    """The telfhash as MISP stores it: 70 lower-case hex characters."""
-    return tc.normalize(digest, "hex").lower()
-
-
-def _new_event():
-    return MISPEvent()
-
-
-def _file_object(**attrs):
-    obj = MISPObject("file", standalone=False)
-    for relation, value, comment in attrs.pop("_attrs"):
-        if value is None or value == "":
-            continue
-        kwargs = {"comment": comment} if comment else {}
-        obj.add_attribute(relation, value=value, **kwargs)
-    if attrs.get("comment"):
-        obj.comment = attrs["comment"]
-    return obj
-
-
-def sample_object(sample: Sample, result: tc.Result):
-    detail = f"{result.arch or 'unknown arch'}, from {result.method or '?'}, {result.symbols} symbols"
-    return _file_object(
-        _attrs=[
-            ("filename", sample.filename, None),
-            ("size-in-bytes", len(sample.data), None),
-            ("md5", hashlib.md5(sample.data).hexdigest(), None),
-            ("sha1", hashlib.sha1(sample.data).hexdigest(), None),
-            ("sha256", hashlib.sha256(sample.data).hexdigest(), None),
-            ("telfhash", misp_hex(result.telfhash), f"telfhash-core {tc.__version__}: {detail}"),
-        ]
-    )
-
-
-def match_object(match) -> Any:
-    path = getattr(match, "path", None)
-    name = os.path.basename(path) if path else None
-    parts = [f"telfhash distance {match.distance} (local index)"]
-    if getattr(match, "arch", None):
-        parts.append(f"arch {match.arch}")
-    if getattr(match, "source", None):
-        parts.append(f"source {match.source}")
-    if path:
-        parts.append(f"path {path}")
-    telf = getattr(match, "telfhash", None)
-    return _file_object(
-        _attrs=[
-            ("filename", name, None),
-            ("size-in-bytes", getattr(match, "size", None), None),
-            ("sha256", getattr(match, "sha256", None), None),
-            ("telfhash", misp_hex(telf) if telf and tc.is_digest(telf) else None, None),
-        ],
-        comment="; ".join(parts),
-    )
-
-
-def _results(event) -> dict:
-    d = json.loads(event.to_json())  # plain JSON types all the way down
-    results = {key: d[key] for key in ("Attribute", "Object") if d.get(key)}
-    return {"results": results}
-
-
-# ----------------------------------------------------------------------------- pivot
-
-
-_local = threading.local()  # an Index belongs to one thread; misp-modules answers from a thread pool
-
-
-def _open_index(index_cls, path: str):
-    """This thread's open index for ``path`` (kept open: its digest matrix is reused between queries)."""
-    st = os.stat(path)
-    key = (os.path.abspath(path), st.st_dev, st.st_ino)
-    cache = getattr(_local, "indexes", None)
-    if cache is None:
-        cache = _local.indexes = {}
-    ix = cache.get(key)
-    if ix is None:
-        for old_key in [k for k in cache if k[0] == key[0]]:  # the file was replaced
-            _close_quietly(cache.pop(old_key))
-        ix = cache[key] = index_cls(path, create=False)
-    return ix
-
-
-def _forget_index(path: str) -> None:
-    cache = getattr(_local, "indexes", None) or {}
-    for k in [k for k in cache if k[0] == os.path.abspath(path)]:
-        _close_quietly(cache.pop(k))
-
-
-def _close_quietly(ix) -> None:
-    try:
-        ix.close()
-    except Exception:  # noqa: BLE001
-        pass
-
-
-def find_similar(digest: str, settings: Settings, exclude_sha256: str | None = None) -> list:
-    """Known samples within ``settings.max_distance`` of ``digest`` from the configured index."""
-    if not settings.index_path or settings.max_results == 0:
-        return []
-    if not os.path.exists(settings.index_path):
-        raise ModuleError(f"the telfhash index configured as index_path does not exist: {settings.index_path}")
-    if _Index is None:
-        raise ModuleError(f"the telfhash index cannot be used here: {_INDEX_IMPORT_ERROR}")
-    try:
-        ix = _open_index(_Index, settings.index_path)
-        # one spare slot: the sample itself may already be in the index
-        matches = ix.search(digest, max_distance=settings.max_distance, limit=settings.max_results + 1)
-    except Exception as exc:  # noqa: BLE001 - a broken index file must be reported, not raised
-        _forget_index(settings.index_path)
-        raise ModuleError(f"cannot search the telfhash index {settings.index_path}: {type(exc).__name__}: {exc}") from None
-    out = [m for m in matches if not (exclude_sha256 and getattr(m, "sha256", None) == exclude_sha256)]
-    out.sort(key=lambda m: (m.distance, getattr(m, "sha256", "") or ""))
-    return out[: settings.max_results]
-
-
-def _add_pivot(event, source_obj, source_uuid: str, digest: str, settings: Settings, exclude: str | None) -> int:
-    matches = find_similar(digest, settings, exclude)
-    for m in matches:
-        obj = match_object(m)
-        event.add_object(obj)
-        comment = f"telfhash distance {m.distance}"
-        if source_obj is not None:
-            source_obj.add_reference(obj.uuid, REL_SIMILAR, comment=comment)
-        else:  # telfhash attribute as input: the known sample is similar to that digest
-            obj.add_reference(source_uuid, REL_SIMILAR, comment=comment)
-    return len(matches)
-
-
-# ----------------------------------------------------------------------------- request handling
-
-
-def _hash_sample(sample: Sample) -> tc.Result:
-    result = tc.hash_bytes(sample.data, sample.filename)
-    if not result.ok:
-        reason = result.reason.value if result.reason else "unknown"
-        detail = f": {result.detail}" if result.detail else ""
-        raise ModuleError(f"no telfhash for {sample.filename} ({reason}{detail})")
-    return result
-
-
-def _expand_sample(sample: Sample, target_uuid: str, settings: Settings) -> dict:
-    result = _hash_sample(sample)
-    event = _new_event()
-    obj = sample_object(sample, result)
-    obj.add_reference(target_uuid, REL_INPUT)
-    event.add_object(obj)
-    if not settings.hover:
-        _add_pivot(event, obj, target_uuid, result.telfhash, settings, hashlib.sha256(sample.data).hexdigest())
-    return _results(event)
-
-
-def _expand_digest(value: Any, target_uuid: str, settings: Settings) -> dict:
-    if not isinstance(value, str) or not tc.is_digest(value):
-        raise ModuleError(f"not a telfhash: {value!r} (expected t1 + 70 hex, T1 + 70 hex or 70 hex)")
-    if not settings.index_path:
-        raise ModuleError(
-            "a telfhash attribute can only be pivoted on: set the module's index_path to a telfhash index"
-        )
-    event = _new_event()
-    n = _add_pivot(event, None, target_uuid, value, settings, None)
-    if n == 0:
-        return {"results": {}}
-    return _results(event)
-
-
-def _expand_object(obj: dict, settings: Settings) -> dict:
+def _object_request(obj: Any, settings: Settings) -> dict:
     if not isinstance(obj, dict):
         raise ModuleError("the request's object must be a MISP object")
     if obj.get("name") not in OBJECT_TYPES:
@@ -419,19 +405,48 @@ def _expand_object(obj: dict, settings: Settings) -> dict:
     uuid = obj.get("uuid")
     if not isinstance(uuid, str) or not uuid:
         raise ModuleError("the file object has no uuid")
-    attributes = [a for a in obj.get("Attribute") or [] if isinstance(a, dict)]
-    carriers = [a for a in attributes if a.get("type") in SAMPLE_TYPES and a.get("data")]
+    raw_attributes = obj.get("Attribute") or []
+    if not isinstance(raw_attributes, list):
+        raise ModuleError("the file object's Attribute must be a list")
+    attributes = [a for a in raw_attributes if isinstance(a, dict)]
+    target = Target(uuid, object_id=_object_id(obj.get("id")), object_uuid=uuid, is_object=True)
+    carriers = [a for a in attributes if a.get("type") in SAMPLE_TYPES and _has_data(a)]
     filename = next((a.get("value") for a in attributes if a.get("object_relation") == "filename"), None)
+    filename = filename if isinstance(filename, str) and filename else None
     if carriers:
         carrier = next((a for a in carriers if a.get("type") == "malware-sample"), carriers[0])
         sample = sample_from_attribute(carrier, settings.max_sample_bytes)
-        if isinstance(filename, str) and filename:
+        if filename:
             sample.filename = filename
-        return _expand_sample(sample, uuid, settings)
+        return answer_sample(sample, target, settings)
     digests = [a.get("value") for a in attributes if a.get("type") == "telfhash"]
     if digests:
-        return _expand_digest(digests[0], uuid, settings)
-    raise ModuleError("the file object carries neither a sample (malware-sample/attachment with data) nor a telfhash")
+        return answer_digest(digests[0], replace(target, object_id=None), settings)
+    hashes: list[str] = []
+    for relation in HASH_RELATIONS:
+        for a in attributes:
+            if a.get("object_relation") == relation or a.get("type") == relation:
+                hashes += [h for h in known.hashes_in(a.get("value")) if h not in hashes]
+    for a in attributes:
+        if a.get("type") == "malware-sample":
+            hashes += [h for h in known.hashes_in(a.get("value")) if h not in hashes]
+    return answer_known(hashes, filename, target, settings, "the file object carries no sample data")
+
+
+def _dispatch(request: dict, settings: Settings) -> dict:
+    attribute = request.get("attribute")
+    if attribute is None and request.get("object") is not None:
+        return _object_request(request["object"], settings)
+    if not isinstance(attribute, dict):
+        raise ModuleError("this module requires an 'attribute' (malware-sample, attachment or telfhash) or a file 'object'")
+    return _attribute_request(attribute, settings)
+
+
+def _answer(request: dict, settings: Settings) -> dict:
+    try:
+        return _dispatch(request, settings)
+    except Nothing as exc:
+        return _nothing(str(exc), settings)
 
 
 def expand(request: Any, *, hover: bool = False) -> dict:
@@ -441,35 +456,13 @@ def expand(request: Any, *, hover: bool = False) -> dict:
             raise ModuleError("the request must be a JSON object")
         settings = settings_from_config(request.get("config"), hover=hover)
         if settings.timeout:
-            return _with_deadline(_dispatch, request, settings)
-        return _dispatch(request, settings)
-    except ModuleError as exc:
+            return _with_deadline(_answer, request, settings)
+        return _answer(request, settings)
+    except (ModuleError, SampleError) as exc:
         return {"error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - a traceback must never reach MISP
         log.exception("telfhash module failed")
         return {"error": f"internal error in the telfhash module: {type(exc).__name__}: {exc}"}
-
-
-def _dispatch(request: dict, settings: Settings) -> dict:
-    attribute = request.get("attribute")
-    if attribute is None and request.get("object") is not None:
-        return _expand_object(request["object"], settings)
-    if not isinstance(attribute, dict):
-        raise ModuleError(
-            "this module requires an 'attribute' (malware-sample, attachment or telfhash) or a file 'object'"
-        )
-    missing = [k for k in ("type", "uuid", "value") if k not in attribute]
-    if missing:
-        raise ModuleError(f"the attribute lacks {', '.join(missing)} (needs at least a type, a value and a uuid)")
-    if not isinstance(attribute["uuid"], str) or not attribute["uuid"].strip():
-        raise ModuleError("the attribute's uuid must be a non-empty string")
-    kind = attribute["type"]
-    if kind not in ATTRIBUTE_TYPES:
-        raise ModuleError(f"unsupported attribute type {kind!r}: use malware-sample, attachment or telfhash")
-    if kind == "telfhash":
-        return _expand_digest(attribute.get("value"), attribute["uuid"], settings)
-    sample = sample_from_attribute(attribute, settings.max_sample_bytes)
-    return _expand_sample(sample, attribute["uuid"], settings)
 
 
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None
@@ -504,13 +497,13 @@ def handle_json(q: Any, *, hover: bool = False) -> dict | bool:
 def module_info(hover: bool) -> dict:
     if hover:
         description = (
-            "Hover: the telfhash of an ELF malware-sample or attachment (bounded size and time, no pivot), "
-            "or the nearest known samples of a telfhash from the local index."
+            "Hover: what the local telfhash index knows of a malware-sample or attachment (by the MD5/SHA-1/"
+            "SHA-256 its value carries) or of a telfhash: its telfhash and nearest known samples."
         )
     else:
         description = (
-            "The telfhash (ELF symbol TLSH) of a malware-sample, attachment or file object, as a file object; "
-            "with a local telfhash index configured, also the known samples within a distance."
+            "The telfhash (ELF symbol TLSH) of a malware-sample, attachment or file object, added to the file "
+            "object; with a local telfhash index configured, also the known samples within a distance."
         )
     return {
         "version": tc.__version__,
@@ -522,11 +515,12 @@ def module_info(hover: bool) -> dict:
         "requirements": ["telfhash-core[misp]"],
         "features": (
             "Computes the telfhash exactly as Trend Micro's telfhash 0.9.8 does, and sends it as the 70 hex "
-            "characters MISP validates. With index_path set, returns the known samples within max_distance "
-            "(default 50), at most max_results, as file objects referenced as 'similar' with the distance."
+            "characters MISP validates. Files without a telfhash (not ELF, too few symbols) add nothing. With "
+            "index_path set, returns the known samples within max_distance (default 50), at most max_results, as "
+            "file objects (to_ids off) whose comment gives the distance."
         ),
         "references": ["https://github.com/trendmicro/telfhash"],
-        "input": "malware-sample, attachment or telfhash attribute; file object carrying one of them.",
+        "input": "malware-sample, attachment or telfhash attribute; file object carrying one of them or its hashes.",
         "output": "file object with filename, size-in-bytes, md5, sha1, sha256 and telfhash; similar known samples.",
     }
 
@@ -540,20 +534,12 @@ def mispattributes() -> dict:
 
 
 def _warm_up() -> None:
-    """Pay the one-off costs (PyMISP's object template, the distance kernels' compiled code) at
-    load time, so that the first request -- perhaps a hover -- does not."""
+    """Pay PyMISP's one-off object template load now, so the first request (perhaps a hover)
+    does not.  The compiled kernels (numba, ~100 MiB) load on first use instead."""
     try:
         MISPObject("file", standalone=False)
     except Exception:  # noqa: BLE001 - reported by the first request instead
         pass
-    if _Index is not None:
-        try:
-            from telfhash_core.similarity.tlshdist import encode, one_to_many
-
-            probe = "t1" + "0" * 6 + "a5" * 32
-            one_to_many(encode([probe]), probe)
-        except Exception:  # noqa: BLE001 - only a warm-up
-            pass
 
 
 _warm_up()
