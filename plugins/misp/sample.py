@@ -168,12 +168,22 @@ def _open_zip(blob: bytes) -> Any:
         return zipfile.ZipFile(io.BytesIO(blob))
 
 
+def _is_aes(blob: memoryview, info: zipfile.ZipInfo) -> bool:
+    """WinZip AES: method 99 in the local header (pyzipper reports the inner method instead)."""
+    off = info.header_offset
+    if 0 <= off and off + _LOCAL_HEADER.size <= len(blob):
+        if _LOCAL_HEADER.unpack_from(blob, off)[3] == _AES:
+            return True
+    return bool(info.extra and b"\x01\x99" in info.extra)
+
+
 def read_member(zf: Any, blob: memoryview, info: zipfile.ZipInfo, limit: int) -> bytes:
     if info.file_size > limit:
         raise SampleError(f"the sample is {info.file_size} bytes, over the limit of {limit} (max_sample_mb)")
     fast = (
         info.flag_bits & _ENCRYPTED
         and info.compress_type in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+        and not _is_aes(blob, info)
         and zipcrypto.kernel() is not None
     )
     if fast:
