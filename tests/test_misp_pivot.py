@@ -1,10 +1,10 @@
-"""The MISP module's pivot: known samples from a real local index, checked against py-tlsh
-distances between the reference digests of the corpus manifest."""
+"""The MISP module's pivot and hover: known samples from a real local index of corpus files,
+checked against py-tlsh distances between the reference digests of the corpus manifest.  Hover
+requests are shaped as AttributesController::hoverEnrichment builds them (no data)."""
 
 from __future__ import annotations
 
 import hashlib
-import uuid
 
 import pytest
 
@@ -14,7 +14,7 @@ pytest.importorskip("pymisp", reason="pymisp is not installed (pip install -e '.
 index_mod = pytest.importorskip("telfhash_core.store.index", reason="telfhash_core.store.index is not available")
 tlsh = pytest.importorskip("tlsh")
 
-from test_misp import malware_sample_attribute, query, values  # noqa: E402
+from test_misp import enrich_request, hover_request, malware_sample, misp_attribute, values  # noqa: E402
 
 from telfhash_plugins.misp import expansion, hover  # noqa: E402
 
@@ -50,6 +50,14 @@ def expected(query_entry: dict, chosen: list[dict], max_distance: int, self_excl
     return out
 
 
+def malware_sample_attribute(data: bytes, name: str) -> dict:
+    return malware_sample(data, name)
+
+
+def query(attribute: dict, config: dict | None = None, module: str = "telfhash_expansion") -> dict:
+    return enrich_request(attribute, config, module)
+
+
 def split(res: dict):
     objs = res["results"]["Object"]
     return objs[0], objs[1:]
@@ -77,6 +85,8 @@ def test_sample_pivot_matches_brute_force(indexed):
         assert f"telfhash distance {want[sha]}" in o["comment"]
         ref_t = next(f for f in chosen if f["sha256"] == sha)["reference"]["telfhash"]
         assert values(o)["telfhash"] == ref_t[2:]
+        assert all(a["to_ids"] is False for a in o["Attribute"])  # other samples: never detection rules
+        assert "/" not in values(o)["filename"] and "/" not in o["comment"]  # no server paths
     # the input reference is still there
     assert [r["referenced_uuid"] for r in sample["ObjectReference"] if r["relationship_type"] == "characterizes"] == [
         attr["uuid"]
@@ -113,7 +123,7 @@ def test_telfhash_attribute_returns_only_the_pivot(indexed):
     path, chosen = indexed
     entry = next(f for f in chosen if f["path"] == "mips/iot-fam-b/fam_b_v2_mips_dyn")
     for spelling in (entry["reference"]["telfhash"], entry["reference"]["telfhash"][2:].upper()):
-        attr = {"type": "telfhash", "value": spelling, "uuid": str(uuid.uuid4())}
+        attr = misp_attribute("telfhash", spelling)
         res = expansion.dict_handler(query(attr, {"index_path": path, "max_results": "1000"}))
         objs = res["results"]["Object"]
         want = expected(entry, chosen, 50, self_excluded=False)
@@ -123,33 +133,65 @@ def test_telfhash_attribute_returns_only_the_pivot(indexed):
             assert ref["referenced_uuid"] == attr["uuid"] and ref["relationship_type"] == "similar"
             assert ref["comment"] == f"telfhash distance {want[values(o)['sha256']]}"
         # hover answers the same for a digest (bounded by its own default cap of 5)
-        hres = hover.dict_handler(query(attr, {"index_path": path}, module="telfhash_hover"))
+        hres = hover.dict_handler(hover_request(attr, {"index_path": path}))
         assert len(hres["results"]["Object"]) == min(5, len(want))
+        for o in hres["results"]["Object"]:  # the hover shows attributes only: the distance is one of them
+            assert values(o)["text"].startswith(f"telfhash distance {want[values(o)['sha256']]} to telfhash ")
 
 
-def test_hover_sample_skips_the_pivot(indexed):
+def test_hover_of_a_known_malware_sample_shows_its_telfhash_and_neighbours(indexed):
+    """MISP hovers with the attribute only ("name|md5", no data): looked up by its MD5."""
+    import time
+
+    path, chosen = indexed
+    entry = next(f for f in chosen if f["path"] == "armel/iot-fam-a/fam_a_v1_arm_dyn")
+    data = open(entry["abspath"], "rb").read()
+    req = hover_request(malware_sample(data, "fam_a.elf"), {"index_path": path, "max_distance": "120"})
+    assert "data" not in req["attribute"]
+    t = time.perf_counter()
+    res = hover.dict_handler(req)
+    assert time.perf_counter() - t < 5.0  # MISP's hover budget
+    sample, known = split(res)
+    v = values(sample)
+    assert v["telfhash"] == entry["reference"]["telfhash"][2:] and v["sha256"] == entry["sha256"]
+    assert v["md5"] == hashlib.md5(data).hexdigest() and v["filename"] == "fam_a.elf"
+    want = expected(entry, chosen, 120)
+    nearest = sorted(want.values())[:5]
+    assert sorted(want[values(o)["sha256"]] for o in known) == nearest
+    # the same by SHA-1 or SHA-256 in the value; an unknown sample is one clear line
+    for value in (hashlib.sha1(data).hexdigest(), entry["sha256"].upper()):
+        res = hover.dict_handler(hover_request(misp_attribute("attachment", value), {"index_path": path}))
+        assert values(res["results"]["Object"][0])["sha256"] == entry["sha256"]
+    res = hover.dict_handler(hover_request(misp_attribute("malware-sample", "x.elf|" + "0" * 32), {"index_path": path}))
+    (line,) = res["results"]["Attribute"]
+    assert line["type"] == "text" and "is not among the" in line["value"] and "telfhash_expansion" in line["value"]
+
+
+def test_expansion_without_data_uses_the_index(indexed):
+    # bulk enrichment sends data '' when MISP cannot read the file (MispAttribute::base64EncodeAttachment)
     path, chosen = indexed
     entry = chosen[0]
     data = open(entry["abspath"], "rb").read()
-    res = hover.dict_handler(query(malware_sample_attribute(data, "h"), {"index_path": path}))
-    assert len(res["results"]["Object"]) == 1
-    assert values(res["results"]["Object"][0])["sha256"] == hashlib.sha256(data).hexdigest()
+    attr = malware_sample(data, "gone.elf")
+    attr["data"] = ""
+    (obj, *_) = expansion.dict_handler(query(attr, {"index_path": path}))["results"]["Object"]
+    assert values(obj)["telfhash"] == entry["reference"]["telfhash"][2:]
 
 
 def test_broken_index_is_a_clear_error(tmp_path):
     bad = tmp_path / "not-an-index"
     bad.write_bytes(b"this is not sqlite" * 100)
     entry = corpus.files()[0]
-    attr = {"type": "telfhash", "value": entry["reference"]["telfhash"], "uuid": str(uuid.uuid4())}
+    attr = misp_attribute("telfhash", entry["reference"]["telfhash"])
     res = expansion.dict_handler(query(attr, {"index_path": str(bad)}))
-    assert set(res) == {"error"} and "cannot search the telfhash index" in res["error"]
+    assert set(res) == {"error"} and "telfhash index" in res["error"] and "not" in res["error"], res
 
 
 def test_index_from_the_launcher_environment(indexed, monkeypatch):
     # telfhash-misp-modules --index PATH exports TELFHASH_MISP_INDEX; MISP's empty setting then uses it
     path, chosen = indexed
     entry = next(f for f in chosen if f["path"] == "mips/iot-fam-b/fam_b_v2_mips_dyn")
-    attr = {"type": "telfhash", "value": entry["reference"]["telfhash"], "uuid": str(uuid.uuid4())}
+    attr = misp_attribute("telfhash", entry["reference"]["telfhash"])
     monkeypatch.setenv("TELFHASH_MISP_INDEX", path)
     res = expansion.dict_handler(query(attr, {"index_path": "", "max_results": "1000"}))
     assert {values(o)["sha256"] for o in res["results"]["Object"]} == set(expected(entry, chosen, 50, self_excluded=False))

@@ -1,9 +1,9 @@
-"""End to end: the real misp-modules server, started by telfhash-misp-modules on 127.0.0.1 at a
-free port, lists the telfhash modules and answers a MISP-shaped query with the reference digest."""
+"""End to end: ``telfhash-misp-modules`` starts the real misp-modules server (only our modules),
+says when it is ready, and the server answers MISP-shaped requests: single enrichment of a
+``zip -P`` malware-sample, bulk enrichment (``attribute_uuid``), and hover (no data)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -11,18 +11,25 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
-import corpus
-
 pytest.importorskip("misp_modules", reason="misp-modules is not installed (pip install -e '.[misp]')")
 
-from test_misp import malware_sample_attribute, values  # noqa: E402
+from test_misp import (  # noqa: E402
+    attachment,
+    bulk_request,
+    elf_fixtures,
+    enrich_request,
+    hover_request,
+    malware_sample,
+    read,
+    values,
+)
 
-STARTUP_SECONDS = 30
+LAUNCHER = [sys.executable, "-m", "telfhash_plugins.misp.cli"]
 
 
 def free_port() -> int:
@@ -31,102 +38,115 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def get(url: str, timeout: float = 5.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return r.read()
-
-
-def post(url: str, body: dict, timeout: float = 15.0) -> dict:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+def post(base: str, body: dict, timeout: float = 15.0) -> dict:
+    req = urllib.request.Request(base + "/query", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=timeout) as r:
         return json.loads(r.read())
 
 
-@pytest.fixture
-def server(tmp_path):
-    port = free_port()
-    log_path = tmp_path / "misp-modules.log"
-    root = tmp_path / "root"
-    cmd = [sys.executable, "-m", "telfhash_plugins.misp.server", "-l", "127.0.0.1", "-p", str(port), "--root", str(root)]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+def _stop(pid: int) -> None:
     try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        modules = None
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                break
-            try:
-                modules = json.loads(get(base + "/modules", timeout=2))
-                break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(0.3)
-        if modules is None:
-            pytest.fail(f"misp-modules did not answer on {base} within {STARTUP_SECONDS} s:\n{log_path.read_text()[-3000:]}")
-        yield base, modules, log_path, root
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("misp-server")
+    port = free_port()
+    pid_file, log = tmp / "pid", tmp / "log"
+    t = time.perf_counter()
+    out = subprocess.run(LAUNCHER + ["-p", str(port), "--root", str(tmp / "root"), "--background",
+                                     "--pid-file", str(pid_file), "--log", str(log)],
+                         capture_output=True, text=True, timeout=60)
+    ready_after = time.perf_counter() - t
+    assert out.returncode == 0, out.stderr + (log.read_text() if log.exists() else "")
+    pid = int(pid_file.read_text())
+    try:
+        yield f"http://127.0.0.1:{port}", out.stdout, log, tmp / "root", ready_after
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)  # the launcher passes it on to misp-modules
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)  # our own session: the launcher and its misp-modules
-                proc.wait(timeout=5)
+        _stop(pid)
 
 
-def test_misp_modules_server_end_to_end(server):
-    base, modules, log_path, root = server
+def test_launcher_prints_one_ready_line_and_loads_only_our_modules(server):
+    base, stdout, log, root, ready_after = server
+    lines = stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"telfhash-misp-modules: ready on {base} (telfhash_expansion, telfhash_hover)")
+    modules = json.loads(urllib.request.urlopen(base + "/modules", timeout=5).read())
     by_name = {m["name"]: m for m in modules}
-    assert "telfhash_expansion" in by_name and "telfhash_hover" in by_name, sorted(by_name)
-    log = log_path.read_text()
-    assert "CUSTOM MISP module telfhash_expansion (type=expansion) imported" in log
-    assert "CUSTOM MISP module telfhash_hover (type=expansion) imported" in log
+    assert set(by_name) == {"telfhash_expansion", "telfhash_hover"}  # none of the ~176 bundled modules
     assert by_name["telfhash_expansion"]["meta"]["module-type"] == ["expansion"]
     assert by_name["telfhash_hover"]["meta"]["module-type"] == ["hover"]
     assert by_name["telfhash_expansion"]["mispattributes"]["format"] == "misp_standard"
-    assert {"malware-sample", "attachment", "telfhash", "file"} <= set(by_name["telfhash_expansion"]["mispattributes"]["input"])
     assert "index_path" in by_name["telfhash_expansion"]["meta"]["config"]
-    assert (root / "expansion" / "telfhash_expansion.py").is_file()
+    text = log.read_text()
+    assert "CUSTOM MISP module telfhash_expansion (type=expansion) imported" in text
+    assert "WARNING" not in text  # no degraded-install banner, no failed bundled modules
+    assert (root / "expansion" / "telfhash_hover.py").is_file()
+    assert ready_after < 20
 
-    entry = next(f for f in corpus.files() if f["path"] == "amd64/iot-fam-b/fam_b_v1_x86_64_static")
-    data = open(entry["abspath"], "rb").read()
-    attr = malware_sample_attribute(data, "fam_b.elf")
-    attr.update({"id": "1234", "event_id": "42", "object_id": "0", "to_ids": True, "distribution": "5"})
-    body = {
-        "module": "telfhash_expansion",
-        "attribute": attr,
-        "event_id": "42",
-        "config": {"index_path": "", "max_distance": "", "max_results": "", "max_sample_mb": ""},
-        "timeout": 10,
-    }
-    res = post(base + "/query", body)
-    assert "error" not in res, res
-    (obj,) = res["results"]["Object"]
-    v = values(obj)
-    assert v["telfhash"] == entry["reference"]["telfhash"][2:]
-    assert v["sha256"] == entry["sha256"] and v["md5"] == hashlib.md5(data).hexdigest()
-    assert obj["ObjectReference"][0]["referenced_uuid"] == attr["uuid"]
 
-    # hover module, and a clear error through the server for a wrong attribute type
-    body["module"] = "telfhash_hover"
-    assert values(post(base + "/query", body)["results"]["Object"][0])["telfhash"] == entry["reference"]["telfhash"][2:]
-    body["attribute"] = {"type": "domain", "value": "example.org", "uuid": attr["uuid"]}
-    assert "unsupported attribute type" in post(base + "/query", body)["error"]
+def test_server_answers_misp_requests(server):
+    base = server[0]
+    entry = elf_fixtures()[4]
+    data = read(entry)
+    ref = entry["reference"]["telfhash"][2:]
+    attr = malware_sample(data, "s.elf")
+    res = post(base, dict(enrich_request(attr), timeout=10))
+    assert values(res["results"]["Object"][0])["telfhash"] == ref
+    # bulk enrichment: a PDF in the event is an empty results, not an error that stops the event
+    res = post(base, bulk_request(attachment(b"%PDF-1.5\n" + b"x" * 500, "a.pdf")))
+    assert res["results"] == {} and "not_elf" in res["comment"]
+    res = post(base, bulk_request(malware_sample(data, "s.elf")))
+    assert values(res["results"]["Object"][0])["telfhash"] == ref
+    # hover as MISP sends it: no data, no index configured -> one clear line
+    res = post(base, hover_request(attr))
+    (line,) = res["results"]["Attribute"]
+    assert line["type"] == "text" and "index" in line["value"]
+    assert "unsupported attribute type" in post(base, enrich_request({"type": "domain", "value": "example.org",
+                                                                      "uuid": attr["uuid"]}))["error"]
+
+
+def test_launcher_fails_clearly_when_the_modules_do_not_load(tmp_path):
+    # a core that cannot be imported: misp-modules logs the ImportError and goes on without our modules
+    broken = tmp_path / "broken"
+    (broken / "telfhash_core").mkdir(parents=True)
+    (broken / "telfhash_core" / "__init__.py").write_text("raise ImportError('telfhash_core broken for this test')\n")
+    env = dict(os.environ, PYTHONPATH=str(broken) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run(LAUNCHER + ["-p", str(free_port()), "--root", str(tmp_path / "root"), "--ready-timeout", "30"],
+                         capture_output=True, text=True, timeout=90, env=env, cwd=tmp_path)  # not the checkout
+    assert out.returncode == 1, out
+    assert out.stdout == ""  # no ready line
+    assert "did not load telfhash_expansion, telfhash_hover" in out.stderr
+
+
+def test_launcher_fails_when_the_port_is_taken():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        out = subprocess.run(LAUNCHER + ["-p", str(port)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "already listens" in out.stderr and out.stdout == ""
 
 
 def test_write_root_only(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "telfhash_plugins.misp.server", "--write-root", str(tmp_path / "r"), "-p", "7001"],
-        capture_output=True, text=True, timeout=60,
-    )
+    out = subprocess.run(LAUNCHER + ["--write-root", str(tmp_path / "r"), "-p", "7001"], capture_output=True, text=True,
+                         timeout=60)
     assert out.returncode == 0, out.stderr
     assert "-c " + str((tmp_path / "r").resolve()) in out.stdout and "-p 7001" in out.stdout
-    text = (tmp_path / "r" / "expansion" / "telfhash_hover.py").read_text()
+    text = Path(tmp_path / "r" / "expansion" / "telfhash_hover.py").read_text()
     assert "from telfhash_plugins.misp.hover import" in text
 
 
 def test_launcher_and_module_agree_on_the_index_variable():
-    from telfhash_plugins.misp import module, server
+    from telfhash_plugins.misp import cli, module
 
-    assert server.INDEX_ENV == module.INDEX_ENV == "TELFHASH_MISP_INDEX"
+    assert cli.INDEX_ENV == module.INDEX_ENV == "TELFHASH_MISP_INDEX"

@@ -32,7 +32,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .module import INDEX_ENV
+# the index used when MISP's index_path setting is empty (read by .module; not imported here: the
+# launcher itself needs neither the core nor PyMISP)
+INDEX_ENV = "TELFHASH_MISP_INDEX"
 
 MODULES = ("telfhash_expansion", "telfhash_hover")
 MODULE_FILES = {f"{name}.py": name.split("_", 1)[1] for name in MODULES}
