@@ -33,9 +33,10 @@ import pytest
 
 pytest.importorskip("pymisp", reason="pymisp is not installed (pip install -e '.[misp]')")
 
-from pymisp import MISPObject  # noqa: E402
-from pymisp.tools.attributevalidationtool import validate_event  # noqa: E402
-from test_misp import (  # noqa: E402
+from pymisp import MISPObject
+from pymisp.tools.attributevalidationtool import validate_event
+from telfhash_plugins.misp import expansion
+from test_misp import (
     NULL_CONFIG,
     bulk_request,
     elf_fixtures,
@@ -46,8 +47,7 @@ from test_misp import (  # noqa: E402
     values,
 )
 
-from telfhash_core.store.index import Index  # noqa: E402
-from telfhash_plugins.misp import expansion  # noqa: E402
+from telfhash_core.store.index import Index
 
 _TO_IDS_DEFAULT = {"md5": True, "sha1": True, "sha256": True, "filename": False, "size-in-bytes": False,
                    "telfhash": True, "text": False, "malware-sample": True}
@@ -257,13 +257,13 @@ def test_without_the_object_id_misp_would_duplicate_the_file_object(index_path):
 
 def test_object_enrichment_answers_with_the_input_object():
     entry = elf_fixtures()[3]
-    event, obj, sample_attr = _sample_event(entry)
+    event, obj, _ = _sample_event(entry)
     request = {"module": "telfhash_expansion", "event_id": "42", "config": NULL_CONFIG,
                "object": {"id": obj["id"], "uuid": obj["uuid"], "name": "file", "meta-category": "file",
                           "Attribute": obj["Attribute"]}}
     answer = expansion.dict_handler(request)["results"]
     (out,) = answer["Object"]
-    assert (out["id"], out["uuid"]) == (obj["id"], obj["uuid"])
+    assert (str(out["id"]), out["uuid"]) == (obj["id"], obj["uuid"])
     event.ingest(answer, event.fetch_initial_object(obj["id"]))
     assert values({"Attribute": obj["Attribute"]})["telfhash"] == entry["reference"]["telfhash"][2:]
     assert len(event.objects) == 1

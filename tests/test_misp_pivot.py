@@ -5,18 +5,23 @@ requests are shaped as AttributesController::hoverEnrichment builds them (no dat
 from __future__ import annotations
 
 import hashlib
-
-import pytest
+from pathlib import Path
 
 import corpus
+import pytest
 
 pytest.importorskip("pymisp", reason="pymisp is not installed (pip install -e '.[misp]')")
 index_mod = pytest.importorskip("telfhash_core.store.index", reason="telfhash_core.store.index is not available")
 tlsh = pytest.importorskip("tlsh")
 
-from test_misp import enrich_request, hover_request, malware_sample, misp_attribute, values  # noqa: E402
-
-from telfhash_plugins.misp import expansion, hover  # noqa: E402
+from telfhash_plugins.misp import expansion, hover
+from test_misp import (
+    enrich_request,
+    hover_request,
+    malware_sample,
+    misp_attribute,
+    values,
+)
 
 
 def ref_distance(a: str, b: str) -> int:
@@ -66,7 +71,7 @@ def split(res: dict):
 def test_sample_pivot_matches_brute_force(indexed):
     path, chosen = indexed
     entry = next(f for f in chosen if f["path"] == "armel/iot-fam-a/fam_a_v1_arm_dyn")
-    data = open(entry["abspath"], "rb").read()
+    data = Path(entry["abspath"]).read_bytes()
     attr = malware_sample_attribute(data, "fam_a.elf")
     res = expansion.dict_handler(query(attr, {"index_path": path, "max_distance": "120", "max_results": "100"}))
     assert "error" not in res, res
@@ -96,7 +101,7 @@ def test_sample_pivot_matches_brute_force(indexed):
 def test_pivot_cap_and_distance(indexed):
     path, chosen = indexed
     entry = next(f for f in chosen if f["path"] == "amd64/iot-fam-b/fam_b_v1_x86_64_dyn")
-    data = open(entry["abspath"], "rb").read()
+    data = Path(entry["abspath"]).read_bytes()
     want = expected(entry, chosen, 200)
     res = expansion.dict_handler(query(malware_sample_attribute(data, "b"), {"index_path": path, "max_distance": "200", "max_results": "3"}))
     _, known = split(res)
@@ -112,7 +117,7 @@ def test_pivot_cap_and_distance(indexed):
 def test_default_distance_is_50(indexed):
     path, chosen = indexed
     entry = next(f for f in chosen if f["path"] == "i386/iot-fam-a/fam_a_v2_i686_dyn")
-    data = open(entry["abspath"], "rb").read()
+    data = Path(entry["abspath"]).read_bytes()
     res = expansion.dict_handler(query(malware_sample_attribute(data, "x"), {"index_path": path, "max_results": "1000"}))
     _, known = split(res)
     assert {values(o)["sha256"] for o in known} == set(expected(entry, chosen, 50))
@@ -145,7 +150,7 @@ def test_hover_of_a_known_malware_sample_shows_its_telfhash_and_neighbours(index
 
     path, chosen = indexed
     entry = next(f for f in chosen if f["path"] == "armel/iot-fam-a/fam_a_v1_arm_dyn")
-    data = open(entry["abspath"], "rb").read()
+    data = Path(entry["abspath"]).read_bytes()
     req = hover_request(malware_sample(data, "fam_a.elf"), {"index_path": path, "max_distance": "120"})
     assert "data" not in req["attribute"]
     t = time.perf_counter()
@@ -171,7 +176,7 @@ def test_expansion_without_data_uses_the_index(indexed):
     # bulk enrichment sends data '' when MISP cannot read the file (MispAttribute::base64EncodeAttachment)
     path, chosen = indexed
     entry = chosen[0]
-    data = open(entry["abspath"], "rb").read()
+    data = Path(entry["abspath"]).read_bytes()
     attr = malware_sample(data, "gone.elf")
     attr["data"] = ""
     (obj, *_) = expansion.dict_handler(query(attr, {"index_path": path}))["results"]["Object"]

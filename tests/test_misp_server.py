@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("misp_modules", reason="misp-modules is not installed (pip install -e '.[misp]')")
 
-from test_misp import (  # noqa: E402
+from test_misp import (
     attachment,
     bulk_request,
     elf_fixtures,
@@ -66,7 +66,7 @@ def server(tmp_path_factory):
     t = time.perf_counter()
     out = subprocess.run(LAUNCHER + ["-p", str(port), "--root", str(tmp / "root"), "--background",
                                      "--pid-file", str(pid_file), "--log", str(log)],
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=60, check=False)
     ready_after = time.perf_counter() - t
     assert out.returncode == 0, out.stderr + (log.read_text() if log.exists() else "")
     pid = int(pid_file.read_text())
@@ -122,7 +122,7 @@ def test_launcher_fails_clearly_when_the_modules_do_not_load(tmp_path):
     (broken / "telfhash_core" / "__init__.py").write_text("raise ImportError('telfhash_core broken for this test')\n")
     env = dict(os.environ, PYTHONPATH=str(broken) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run(LAUNCHER + ["-p", str(free_port()), "--root", str(tmp_path / "root"), "--ready-timeout", "30"],
-                         capture_output=True, text=True, timeout=90, env=env, cwd=tmp_path)  # not the checkout
+                         capture_output=True, text=True, timeout=90, env=env, cwd=tmp_path, check=False)  # cwd: not the checkout
     assert out.returncode == 1, out
     assert out.stdout == ""  # no ready line
     assert "did not load telfhash_expansion, telfhash_hover" in out.stderr
@@ -133,13 +133,13 @@ def test_launcher_fails_when_the_port_is_taken():
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        out = subprocess.run(LAUNCHER + ["-p", str(port)], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(LAUNCHER + ["-p", str(port)], capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 1 and "already listens" in out.stderr and out.stdout == ""
 
 
 def test_write_root_only(tmp_path):
     out = subprocess.run(LAUNCHER + ["--write-root", str(tmp_path / "r"), "-p", "7001"], capture_output=True, text=True,
-                         timeout=60)
+                         timeout=60, check=False)
     assert out.returncode == 0, out.stderr
     assert "-c " + str((tmp_path / "r").resolve()) in out.stdout and "-p 7001" in out.stdout
     text = Path(tmp_path / "r" / "expansion" / "telfhash_hover.py").read_text()

@@ -94,7 +94,7 @@ def _listed(base: str) -> tuple[set[str] | None, str]:
     try:
         with urllib.request.urlopen(base + "/modules", timeout=2) as r:
             modules = json.loads(r.read())
-        return {m.get("name") for m in modules if isinstance(m, dict)}, ""
+        return {str(m.get("name")) for m in modules if isinstance(m, dict)}, ""
     except (urllib.error.URLError, OSError, ValueError) as exc:
         return None, str(exc)
 
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.background:
             log_path = Path(args.log) if args.log else root / "misp-modules.log"
-            log_handle = open(log_path, "ab")
+            log_handle = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
             child = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log_handle, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         else:

@@ -10,6 +10,7 @@ first use.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -28,6 +29,7 @@ class IndexError_(Exception):
     """The configured index cannot be used (missing, unreadable, not an index)."""
 
 
+log = logging.getLogger("telfhash.misp")
 _HASH_RE = re.compile(r"^(?:[0-9a-fA-F]{32}|[0-9a-fA-F]{40}|[0-9a-fA-F]{64})$")
 _local = threading.local()
 
@@ -74,8 +76,8 @@ def _forget(path: str) -> None:
 def _close_quietly(ix) -> None:
     try:
         ix.close()
-    except Exception:  # noqa: BLE001
-        pass
+    except Exception as exc:  # noqa: BLE001
+        log.debug("closing the index: %s", exc)
 
 
 def lookup(path: str, values: list[str]) -> dict | None:

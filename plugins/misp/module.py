@@ -167,8 +167,8 @@ def _object_id(value: Any) -> str | None:
 
 def _sample_object(target: Target) -> MISPObject:
     obj = MISPObject("file", standalone=False)
-    if target.merge:
-        obj.id = target.object_id  # MISP merges an object whose id is the initial object's id
+    if target.object_id is not None:
+        obj.id = int(target.object_id)  # MISP merges an object whose id is the initial object's id (as urlhaus does)
         if target.object_uuid:
             obj.uuid = target.object_uuid
     return obj
@@ -460,7 +460,7 @@ def expand(request: Any, *, hover: bool = False) -> dict:
         return _answer(request, settings)
     except (ModuleError, SampleError) as exc:
         return {"error": str(exc)}
-    except Exception as exc:  # noqa: BLE001 - a traceback must never reach MISP
+    except Exception as exc:
         log.exception("telfhash module failed")
         return {"error": f"internal error in the telfhash module: {type(exc).__name__}: {exc}"}
 
@@ -538,8 +538,8 @@ def _warm_up() -> None:
     does not.  The compiled kernels (numba, ~100 MiB) load on first use instead."""
     try:
         MISPObject("file", standalone=False)
-    except Exception:  # noqa: BLE001 - reported by the first request instead
-        pass
+    except Exception as exc:  # noqa: BLE001 - reported by the first request instead
+        log.debug("PyMISP warm-up: %s", exc)
 
 
 _warm_up()

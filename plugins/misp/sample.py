@@ -127,19 +127,18 @@ def _read_zipcrypto(blob: memoryview, info: zipfile.ZipInfo, limit: int, decrypt
             plain = dec(blob[pos : min(end, pos + CHUNK)])
             pos += CHUNK
             if inflater is None:
-                sink.write(memoryview(plain))
+                sink.write(plain.data)
                 continue
-            piece = inflater.decompress(memoryview(plain), limit - sink.size + 1)
+            piece = inflater.decompress(plain.data, limit - sink.size + 1)
             sink.write(piece)
             if inflater.unconsumed_tail:  # output reached the cap with input left over
                 raise _over(limit)
             if inflater.eof:
                 break
-        if inflater is not None:
+        if inflater is not None and not inflater.eof:
+            sink.write(inflater.flush())
             if not inflater.eof:
-                sink.write(inflater.flush())
-                if not inflater.eof:
-                    raise SampleError("the malware-sample ZIP is damaged: the compressed data ends early")
+                raise SampleError("the malware-sample ZIP is damaged: the compressed data ends early")
     except zlib.error as exc:
         raise SampleError(f"the malware-sample ZIP is damaged (or the password is wrong): {exc}") from None
     if sink.crc != info.CRC:
@@ -171,9 +170,8 @@ def _open_zip(blob: bytes) -> Any:
 def _is_aes(blob: memoryview, info: zipfile.ZipInfo) -> bool:
     """WinZip AES: method 99 in the local header (pyzipper reports the inner method instead)."""
     off = info.header_offset
-    if 0 <= off and off + _LOCAL_HEADER.size <= len(blob):
-        if _LOCAL_HEADER.unpack_from(blob, off)[3] == _AES:
-            return True
+    if 0 <= off and off + _LOCAL_HEADER.size <= len(blob) and _LOCAL_HEADER.unpack_from(blob, off)[3] == _AES:
+        return True
     return bool(info.extra and b"\x01\x99" in info.extra)
 
 
