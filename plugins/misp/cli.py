@@ -37,6 +37,7 @@ from pathlib import Path
 INDEX_ENV = "TELFHASH_MISP_INDEX"
 
 MODULES = ("telfhash_expansion", "telfhash_hover")
+MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(64 << 10), "MALLOC_TRIM_THRESHOLD_": str(4 << 20)}
 MODULE_FILES = {f"{name}.py": name.split("_", 1)[1] for name in MODULES}
 
 _ENTRY_TEMPLATE = '''"""telfhash {kind} module for misp-modules (written by telfhash-misp-modules).
@@ -154,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.port < 65536:
         return _fail(f"bad port {args.port}", 2)
     env = dict(os.environ)
+    # glibc keeps freed memory in per-thread arenas and raises its mmap threshold as large blocks
+    # are freed, so after a burst of big samples the server would stay hundreds of MiB large.
+    # Fixed thresholds hand large buffers (request bodies and tornado's 64 KiB body chunks, samples)
+    # back to the system when freed.  A value already in the environment wins.
+    for key, value in MALLOC_ENV.items():
+        env.setdefault(key, value)
     if args.index:
         index = os.path.abspath(args.index)
         if not os.path.isfile(index):

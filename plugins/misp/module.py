@@ -362,8 +362,10 @@ def sample_from_attribute(attribute: dict, limit: int) -> Sample:
     kind = attribute.get("type")
     if kind == "malware-sample":
         name, md5 = _split_sample_value(attribute.get("value"))
-        blob = decode_base64(attribute.get("data"), "malware-sample")
-        data, original = unzip_sample(blob, md5, limit)
+        text = attribute.get("data")
+        if not isinstance(text, str) or not text.strip():
+            decode_base64(text, "malware-sample")  # raises: carries no data
+        data, original = unzip_sample(text, md5, limit)  # decoded as the ZIP is read
         return Sample(data, name or original or md5 or "sample")
     if kind == "attachment":
         blob = decode_base64(attribute.get("data"), "attachment")

@@ -24,7 +24,7 @@ import struct
 import zipfile
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from . import zipcrypto
 
@@ -95,24 +95,84 @@ class _Sink:
         return self.buf.getvalue()  # CPython shares the buffer with the returned bytes
 
 
-def _data_offset(blob: memoryview, info: zipfile.ZipInfo) -> int:
+class Base64File(io.RawIOBase):
+    """A read-only, seekable file over base64 text, decoding only the part that is read.
+
+    MISP sends the ZIP as base64 inside the request; decoding it whole would hold a second copy
+    of the sample for nothing: the ZIP's directory sits at its end, and its entries are read in
+    chunks.  Every part read is validated strictly; the sample's CRC covers its data.
+    """
+
+    def __init__(self, text: str, size: int):
+        super().__init__()
+        self._text = text
+        self.size = size
+        self._pos = 0
+
+    @classmethod
+    def open(cls, text: str) -> Base64File | None:
+        """None when the text is not plain base64 (line breaks, bad length): decode it whole then."""
+        if not isinstance(text, str) or not text or len(text) % 4:
+            return None
+        pad = len(text) - len(text.rstrip("="))
+        if pad > 2 or not text.isascii() or _SPACE.search(text):
+            return None
+        return cls(text, len(text) // 4 * 3 - pad)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self.size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), self.size - self._pos)
+        if n <= 0:
+            return 0
+        first, last = self._pos // 3, (self._pos + n + 2) // 3
+        try:
+            raw = base64.b64decode(self._text[4 * first : 4 * last], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise SampleError(f"the malware-sample's data is not valid base64: {exc}") from None
+        skip = self._pos - 3 * first
+        buffer[:n] = raw[skip : skip + n]
+        self._pos += n
+        return n
+
+
+def _pread(fp: BinaryIO, offset: int, n: int) -> bytes:
+    fp.seek(offset)
+    return fp.read(n)
+
+
+def _data_offset(fp: BinaryIO, size: int, info: zipfile.ZipInfo) -> int:
     off = info.header_offset
-    if off < 0 or off + _LOCAL_HEADER.size > len(blob):
+    if off < 0 or off + _LOCAL_HEADER.size > size:
         raise SampleError("the malware-sample ZIP is damaged: local header out of range")
-    fields = _LOCAL_HEADER.unpack_from(blob, off)
+    fields = _LOCAL_HEADER.unpack(_pread(fp, off, _LOCAL_HEADER.size))
     if fields[0] != _LOCAL_SIGNATURE:
         raise SampleError("the malware-sample ZIP is damaged: bad local header signature")
     return off + _LOCAL_HEADER.size + fields[9] + fields[10]
 
 
-def _read_zipcrypto(blob: memoryview, info: zipfile.ZipInfo, limit: int, decrypt) -> bytes:
+def _read_zipcrypto(fp: BinaryIO, size: int, info: zipfile.ZipInfo, limit: int, decrypt) -> bytes:
     """Decrypt and inflate one ZipCrypto entry (stored or deflated) in chunks, bounded by ``limit``."""
-    start = _data_offset(blob, info)
+    start = _data_offset(fp, size, info)
     end = start + info.compress_size
-    if end > len(blob) or info.compress_size < zipcrypto.HEADER_SIZE:
+    if end > size or info.compress_size < zipcrypto.HEADER_SIZE:
         raise SampleError("the malware-sample ZIP is damaged: entry data out of range")
     dec = zipcrypto.Decrypter(ZIP_PASSWORD, decrypt)
-    header = dec(blob[start : start + zipcrypto.HEADER_SIZE])
+    header = dec(_pread(fp, start, zipcrypto.HEADER_SIZE))
     if info.flag_bits & _DATA_DESCRIPTOR:
         check = (info._raw_time >> 8) & 0xFF  # type: ignore[attr-defined]  # as zipfile checks it
     else:
@@ -122,10 +182,15 @@ def _read_zipcrypto(blob: memoryview, info: zipfile.ZipInfo, limit: int, decrypt
     sink = _Sink(limit)
     inflater = zlib.decompressobj(-15) if info.compress_type == zipfile.ZIP_DEFLATED else None
     pos = start + zipcrypto.HEADER_SIZE
+    fp.seek(pos)
     try:
         while pos < end:
-            plain = dec(blob[pos : min(end, pos + CHUNK)])
-            pos += CHUNK
+            raw = fp.read(min(end - pos, CHUNK))
+            if not raw:
+                raise SampleError("the malware-sample ZIP is damaged: entry data cut short")
+            pos += len(raw)
+            plain = dec(raw)
+            del raw
             if inflater is None:
                 sink.write(plain.data)
                 continue
@@ -158,44 +223,58 @@ def _read_generic(zf: Any, info: zipfile.ZipInfo, limit: int) -> bytes:
     return sink.value()
 
 
-def _open_zip(blob: bytes) -> Any:
+def _open_zip(fp: BinaryIO) -> Any:
     try:
         import pyzipper  # AES (WinZip AE-1/AE-2) and ZipCrypto
 
-        return pyzipper.AESZipFile(io.BytesIO(blob))
+        return pyzipper.AESZipFile(fp)
     except ImportError:  # without pyzipper: ZipCrypto and plain entries only
-        return zipfile.ZipFile(io.BytesIO(blob))
+        return zipfile.ZipFile(fp)
 
 
-def _is_aes(blob: memoryview, info: zipfile.ZipInfo) -> bool:
+def _is_aes(fp: BinaryIO, size: int, info: zipfile.ZipInfo) -> bool:
     """WinZip AES: method 99 in the local header (pyzipper reports the inner method instead)."""
     off = info.header_offset
-    if 0 <= off and off + _LOCAL_HEADER.size <= len(blob) and _LOCAL_HEADER.unpack_from(blob, off)[3] == _AES:
-        return True
+    if 0 <= off and off + _LOCAL_HEADER.size <= size:
+        if _LOCAL_HEADER.unpack(_pread(fp, off, _LOCAL_HEADER.size))[3] == _AES:
+            return True
     return bool(info.extra and b"\x01\x99" in info.extra)
 
 
-def read_member(zf: Any, blob: memoryview, info: zipfile.ZipInfo, limit: int) -> bytes:
+def read_member(zf: Any, fp: BinaryIO, size: int, info: zipfile.ZipInfo, limit: int) -> bytes:
     if info.file_size > limit:
         raise SampleError(f"the sample is {info.file_size} bytes, over the limit of {limit} (max_sample_mb)")
     fast = (
         info.flag_bits & _ENCRYPTED
         and info.compress_type in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
-        and not _is_aes(blob, info)
+        and not _is_aes(fp, size, info)
         and zipcrypto.kernel() is not None
     )
     if fast:
-        return _read_zipcrypto(blob, info, limit, zipcrypto.kernel())
+        return _read_zipcrypto(fp, size, info, limit, zipcrypto.kernel())
     return _read_generic(zf, info, limit)
 
 
-def unzip_sample(blob: bytes, md5: str | None, limit: int) -> tuple[bytes, str | None]:
-    """The sample and its original name from a MISP malware-sample ZIP."""
+def zip_file(data: bytes | str, what: str = "malware-sample") -> tuple[BinaryIO, int]:
+    """A seekable file over the ZIP: the bytes, or the base64 text decoded as it is read."""
+    if isinstance(data, (bytes, bytearray)):
+        return io.BytesIO(data), len(data)
+    b64 = Base64File.open(data)
+    if b64 is not None:
+        return b64, b64.size
+    blob = decode_base64(data, what)  # line breaks or bad characters: decoded whole (or refused)
+    return io.BytesIO(blob), len(blob)
+
+
+def unzip_sample(data: bytes | str, md5: str | None, limit: int) -> tuple[bytes, str | None]:
+    """The sample and its original name from a MISP malware-sample ZIP (bytes, or its base64 text)."""
+    fp, size = zip_file(data)
     try:
-        zf = _open_zip(blob)
+        zf = _open_zip(fp)
+    except SampleError:
+        raise
     except Exception as exc:  # noqa: BLE001 - zipfile and pyzipper each have their own BadZipFile
         raise SampleError(f"the malware-sample is not a readable ZIP archive: {exc}") from None
-    view = memoryview(blob)
     try:
         with zf:
             infos = [i for i in zf.infolist() if not i.is_dir()]
@@ -208,17 +287,17 @@ def unzip_sample(blob: bytes, md5: str | None, limit: int) -> tuple[bytes, str |
                 raise SampleError("the malware-sample ZIP holds no sample")
             if len(chosen) > 1:
                 raise SampleError(f"the malware-sample ZIP holds {len(chosen)} files besides the name file; expected one")
-            data = read_member(zf, view, chosen[0], limit)
+            sample = read_member(zf, fp, size, chosen[0], limit)
             original = None
             for info in names:
                 if info.filename[: -len(FILENAME_SUFFIX)] == chosen[0].filename or len(names) == 1:
                     try:
-                        raw = read_member(zf, view, info, 4096)
+                        raw = read_member(zf, fp, size, info, 4096)
                         original = raw.decode("utf-8", "replace").strip() or None
                     except Exception:  # noqa: BLE001 - the name is a nicety; the sample is what counts
                         original = None
                     break
-            return data, original
+            return sample, original
     except SampleError:
         raise
     except RuntimeError as exc:  # "Bad password for file", "File ... is encrypted, password required"
