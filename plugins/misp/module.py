@@ -38,10 +38,11 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass, replace
+import uuid as _uuid
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pymisp import MISPEvent, MISPObject
+from pymisp import MISPObject
 
 import telfhash_core as tc
 
@@ -138,7 +139,64 @@ def misp_hex(digest: str) -> str:
     return tc.normalize(digest, "hex").lower()
 
 
-def _add(obj: MISPObject, relation: str, value: Any, **kw: Any) -> None:
+_RELATIONS = ("filename", "size-in-bytes", "md5", "sha1", "sha256", "telfhash", "text")
+
+
+def _prototypes() -> tuple[dict, dict[str, dict]]:
+    """The file object's header and each relation's attribute fields exactly as PyMISP writes them
+    (template uuid and version, category, to_ids and correlation defaults), taken once from PyMISP:
+    building every answer through PyMISP cost a quarter of a request's CPU."""
+    obj = MISPObject("file", standalone=False)
+    for relation in _RELATIONS:
+        obj.add_attribute(relation, value="0")
+    d = json.loads(obj.to_json())
+    header = {k: d[k] for k in ("name", "meta-category", "template_uuid", "description", "template_version")}
+    tail = {k: d[k] for k in ("distribution", "sharing_group_id") if k in d}
+    attrs = {a["object_relation"]: {k: v for k, v in a.items() if k not in ("uuid", "value")} for a in d["Attribute"]}
+    return {**header, "_tail": tail}, attrs
+
+
+_HEADER, _ATTRIBUTE_FIELDS = _prototypes()
+
+
+@dataclass
+class FileObject:
+    """A MISP ``file`` object of an answer, serialised as PyMISP would (see :func:`_prototypes`)."""
+
+    uuid: str = field(default_factory=lambda: str(_uuid.uuid4()))
+    id: str | None = None
+    comment: str | None = None
+    attributes: list[dict] = field(default_factory=list)
+    references: list[dict] = field(default_factory=list)
+
+    def add_attribute(self, relation: str, value: Any, **kw: Any) -> None:
+        a = {"uuid": str(_uuid.uuid4()), "object_relation": relation, "value": str(value)}
+        a.update(_ATTRIBUTE_FIELDS[relation])
+        a.update(kw)
+        self.attributes.append(a)
+
+    def add_reference(self, referenced_uuid: str, relationship_type: str, comment: str | None = None) -> None:
+        ref = {"uuid": str(_uuid.uuid4()), "object_uuid": self.uuid, "referenced_uuid": referenced_uuid,
+               "relationship_type": relationship_type}
+        if comment:
+            ref["comment"] = comment
+        self.references.append(ref)
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in _HEADER.items() if k != "_tail"}
+        d["uuid"] = self.uuid
+        if self.references:
+            d["ObjectReference"] = [dict(r) for r in self.references]
+        d["Attribute"] = [dict(a) for a in self.attributes]
+        d.update(_HEADER["_tail"])
+        if self.comment:
+            d["comment"] = self.comment
+        if self.id is not None:
+            d["id"] = self.id
+        return d
+
+
+def _add(obj: FileObject, relation: str, value: Any, **kw: Any) -> None:
     if value is None or value == "":
         return
     obj.add_attribute(relation, value=value, **{k: v for k, v in kw.items() if v is not None})
@@ -165,21 +223,21 @@ def _object_id(value: Any) -> str | None:
     return text if text.isdigit() and int(text) > 0 else None
 
 
-def _sample_object(target: Target) -> MISPObject:
-    obj = MISPObject("file", standalone=False)
+def _sample_object(target: Target) -> FileObject:
+    obj = FileObject()
     if target.object_id is not None:
-        obj.id = int(target.object_id)  # MISP merges an object whose id is the initial object's id (as urlhaus does)
+        obj.id = target.object_id  # MISP merges an object whose id is the initial object's id (as urlhaus does)
         if target.object_uuid:
             obj.uuid = target.object_uuid
     return obj
 
 
-def _link_input(obj: MISPObject, target: Target) -> None:
+def _link_input(obj: FileObject, target: Target) -> None:
     if not target.merge:  # a merged object already holds the sample
         obj.add_reference(target.uuid, REL_INPUT)
 
 
-def computed_object(sample: Sample, result: tc.Result, target: Target) -> MISPObject:
+def computed_object(sample: Sample, result: tc.Result, target: Target) -> FileObject:
     obj = _sample_object(target)
     detail = f"{result.arch or 'unknown arch'}, from {result.method or '?'}, {result.symbols} symbols"
     _add(obj, "filename", sample.filename)
@@ -203,7 +261,7 @@ def _entry_note(entry: dict) -> str:
     return ", ".join(parts)
 
 
-def known_object(entry: dict, filename: str | None, target: Target, hover: bool) -> MISPObject:
+def known_object(entry: dict, filename: str | None, target: Target, hover: bool) -> FileObject:
     """The sample as the index knows it (hover, or a malware-sample whose file MISP did not send)."""
     obj = _sample_object(target)
     note = _entry_note(entry)
@@ -224,7 +282,7 @@ def _basename(path: Any) -> str | None:
     return os.path.basename(path.replace("\\", "/")) or None
 
 
-def neighbour_object(match: Any, source: str, hover: bool) -> MISPObject:
+def neighbour_object(match: Any, source: str, hover: bool) -> FileObject:
     """A known sample within the distance, as a file object: to_ids false, no server path."""
     parts = [f"telfhash distance {match.distance} to {source}"]
     if getattr(match, "label", None):
@@ -232,8 +290,7 @@ def neighbour_object(match: Any, source: str, hover: bool) -> MISPObject:
     if getattr(match, "arch", None):
         parts.append(f"arch {match.arch}")
     note = "; ".join(parts) + " (telfhash-core index)"
-    obj = MISPObject("file", standalone=False)
-    obj.comment = note
+    obj = FileObject(comment=note)
     if hover:  # the hover shows attributes, not comments
         _add(obj, "text", note, to_ids=False)
     _add(obj, "filename", _basename(getattr(match, "path", None)), to_ids=False)
@@ -246,15 +303,14 @@ def neighbour_object(match: Any, source: str, hover: bool) -> MISPObject:
     return obj
 
 
-def _results(event: MISPEvent) -> dict:
-    d = json.loads(event.to_json())  # plain JSON types all the way down
-    return {"results": {key: d[key] for key in ("Attribute", "Object") if d.get(key)}}
+def _results(objects: list[FileObject]) -> dict:
+    return {"results": {"Object": [o.to_dict() for o in objects]} if objects else {}}
 
 
 # ----------------------------------------------------------------------------- answers
 
 
-def _neighbours(event: MISPEvent, source_obj: MISPObject | None, source_uuid: str, digest: str, source: str,
+def _neighbours(event: list[FileObject], source_obj: FileObject | None, source_uuid: str, digest: str, source: str,
                 settings: Settings, exclude: str | None) -> int:
     if not settings.index_path or settings.max_results == 0:
         return 0
@@ -264,7 +320,7 @@ def _neighbours(event: MISPEvent, source_obj: MISPObject | None, source_uuid: st
         raise ModuleError(str(exc)) from None
     for m in matches:
         obj = neighbour_object(m, source, settings.hover)
-        event.add_object(obj)
+        event.append(obj)
         comment = f"telfhash distance {m.distance}"
         if source_obj is not None:
             source_obj.add_reference(obj.uuid, REL_SIMILAR, comment=comment)
@@ -284,9 +340,9 @@ def _hash_sample(sample: Sample) -> tc.Result:
 
 def answer_sample(sample: Sample, target: Target, settings: Settings) -> dict:
     result = _hash_sample(sample)
-    event = MISPEvent()
+    event: list[FileObject] = []
     obj = computed_object(sample, result, target)
-    event.add_object(obj)
+    event.append(obj)
     sha256 = hashlib.sha256(sample.data).hexdigest()
     _neighbours(event, obj, target.uuid, result.telfhash or "", f"sha256 {sha256}", settings, sha256)
     return _results(event)
@@ -310,9 +366,9 @@ def answer_known(hashes: list[str], filename: str | None, target: Target, settin
         )
     if not entry.get("telfhash"):
         raise Nothing(f"telfhash: {hashes[0]} is known to the index without a telfhash ({entry.get('reason') or 'no digest'})")
-    event = MISPEvent()
+    event: list[FileObject] = []
     obj = known_object(entry, filename, target, settings.hover)
-    event.add_object(obj)
+    event.append(obj)
     _neighbours(event, obj, target.uuid, entry["telfhash"], f"sha256 {entry['sha256']}", settings, entry["sha256"])
     return _results(event)
 
@@ -324,7 +380,7 @@ def answer_digest(value: Any, target: Target, settings: Settings) -> dict:
         raise Nothing("telfhash: no telfhash index is configured (index_path), so no known sample can be shown")
     if settings.max_results == 0:
         raise Nothing("telfhash: max_results is 0, so no known sample is shown")
-    event = MISPEvent()
+    event: list[FileObject] = []
     if _neighbours(event, None, target.uuid, value, f"telfhash {misp_hex(value)[:16]}…", settings, None) == 0:
         n = known.size(settings.index_path)
         raise Nothing(
@@ -364,7 +420,7 @@ def sample_from_attribute(attribute: dict, limit: int) -> Sample:
         name, md5 = _split_sample_value(attribute.get("value"))
         text = attribute.get("data")
         if not isinstance(text, str) or not text.strip():
-            decode_base64(text, "malware-sample")  # raises: carries no data
+            raise SampleError("the malware-sample carries no data (MISP sends the file base64-encoded in 'data')")
         data, original = unzip_sample(text, md5, limit)  # decoded as the ZIP is read
         return Sample(data, name or original or md5 or "sample")
     if kind == "attachment":

@@ -24,7 +24,7 @@ import struct
 import zipfile
 import zlib
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from . import zipcrypto
 
@@ -235,9 +235,8 @@ def _open_zip(fp: BinaryIO) -> Any:
 def _is_aes(fp: BinaryIO, size: int, info: zipfile.ZipInfo) -> bool:
     """WinZip AES: method 99 in the local header (pyzipper reports the inner method instead)."""
     off = info.header_offset
-    if 0 <= off and off + _LOCAL_HEADER.size <= size:
-        if _LOCAL_HEADER.unpack(_pread(fp, off, _LOCAL_HEADER.size))[3] == _AES:
-            return True
+    if 0 <= off and off + _LOCAL_HEADER.size <= size and _LOCAL_HEADER.unpack(_pread(fp, off, _LOCAL_HEADER.size))[3] == _AES:
+        return True
     return bool(info.extra and b"\x01\x99" in info.extra)
 
 
@@ -261,7 +260,7 @@ def zip_file(data: bytes | str, what: str = "malware-sample") -> tuple[BinaryIO,
         return io.BytesIO(data), len(data)
     b64 = Base64File.open(data)
     if b64 is not None:
-        return b64, b64.size
+        return cast(BinaryIO, b64), b64.size
     blob = decode_base64(data, what)  # line breaks or bad characters: decoded whole (or refused)
     return io.BytesIO(blob), len(blob)
 
