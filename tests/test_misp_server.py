@@ -150,3 +150,4 @@ def test_launcher_and_module_agree_on_the_index_variable():
     from telfhash_plugins.misp import cli, module
 
     assert cli.INDEX_ENV == module.INDEX_ENV == "TELFHASH_MISP_INDEX"
+    assert cli.PRELOAD_ENV == module.PRELOAD_ENV

@@ -35,6 +35,7 @@ from pathlib import Path
 # the index used when MISP's index_path setting is empty (read by .module; not imported here: the
 # launcher itself needs neither the core nor PyMISP)
 INDEX_ENV = "TELFHASH_MISP_INDEX"
+PRELOAD_ENV = "TELFHASH_MISP_PRELOAD"
 
 MODULES = ("telfhash_expansion", "telfhash_hover")
 MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(64 << 10), "MALLOC_TRIM_THRESHOLD_": str(4 << 20)}
@@ -126,6 +127,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--port", type=int, default=6666, help="port (default 6666, misp-modules' usual)")
     p.add_argument("--root", help="custom modules folder to use (kept); default: a temporary folder")
     p.add_argument("--index", help=f"telfhash index used when MISP's setting index_path is empty (sets ${INDEX_ENV})")
+    p.add_argument("--preload", action="store_true",
+                   help="load the compiled kernels (~110 MiB) at start rather than on the first sample or search")
     p.add_argument("--background", action="store_true", help="return once ready and leave the server running")
     p.add_argument("--pid-file", help="with --background: write the server's pid here")
     p.add_argument("--log", help="with --background: misp-modules' log file (default ROOT/misp-modules.log)")
@@ -161,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     # back to the system when freed.  A value already in the environment wins.
     for key, value in MALLOC_ENV.items():
         env.setdefault(key, value)
+    if args.preload:
+        env[PRELOAD_ENV] = "1"
     if args.index:
         index = os.path.abspath(args.index)
         if not os.path.isfile(index):

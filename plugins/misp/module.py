@@ -591,13 +591,31 @@ def mispattributes() -> dict:
     }
 
 
-def _warm_up() -> None:
-    """Pay PyMISP's one-off object template load now, so the first request (perhaps a hover)
-    does not.  The compiled kernels (numba, ~100 MiB) load on first use instead."""
+PRELOAD_ENV = "TELFHASH_MISP_PRELOAD"  # set: load the compiled kernels at start, in the background
+
+
+def _preload() -> None:
     try:
-        MISPObject("file", standalone=False)
-    except Exception as exc:  # noqa: BLE001 - reported by the first request instead
-        log.debug("PyMISP warm-up: %s", exc)
+        from telfhash_core.similarity.tlshdist import encode, one_to_many
+
+        from . import zipcrypto
+
+        zipcrypto.kernel()
+        probe = "t1" + "0" * 6 + "a5" * 32
+        one_to_many(encode([probe]), probe)
+        log.info("telfhash: compiled kernels loaded")
+    except Exception as exc:  # noqa: BLE001 - only a warm-up: the first request reports any problem
+        log.warning("telfhash: preloading the compiled kernels failed: %s", exc)
+
+
+def _warm_up() -> None:
+    """The compiled kernels (numba, ~110 MiB; compiled once per install, ~6 s, then cached on disk)
+    load on first use, unless TELFHASH_MISP_PRELOAD asks for them at start (in a thread, so the
+    modules are listed at once)."""
+    if os.environ.get(PRELOAD_ENV):
+        import threading
+
+        threading.Thread(target=_preload, name="telfhash-preload", daemon=True).start()
 
 
 _warm_up()
