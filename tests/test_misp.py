@@ -505,6 +505,10 @@ def test_file_object_carrying_a_sample():
     assert values(out)["telfhash"] == entry["reference"]["telfhash"][2:]
     assert values(out)["filename"] == "from-object.elf"
     assert not out.get("ObjectReference")  # the object already holds the sample
+    # an attribute request for the sample in that object: its id, and its uuid when the request has it
+    carrier["Object"] = {"id": "7", "uuid": obj["uuid"]}
+    (out,) = objects(expansion.dict_handler(bulk_request(carrier)))
+    assert (str(out["id"]), out["uuid"]) == ("7", obj["uuid"])
 
 
 # ----------------------------------------------------------------------------- hover

@@ -441,7 +441,12 @@ def _attribute_request(attribute: dict, settings: Settings) -> dict:
     kind = attribute["type"]
     if not isinstance(kind, str) or kind not in ATTRIBUTE_TYPES:
         raise ModuleError(f"unsupported attribute type {kind!r}: use malware-sample, attachment or telfhash")
-    target = Target(attribute["uuid"], object_id=_object_id(attribute.get("object_id")))
+    object_id = _object_id(attribute.get("object_id"))
+    holder = attribute.get("Object")  # not sent by MISP today, but the object's uuid when a caller does
+    object_uuid = None
+    if object_id and isinstance(holder, dict) and _object_id(holder.get("id")) == object_id:
+        object_uuid = holder.get("uuid") if isinstance(holder.get("uuid"), str) else None
+    target = Target(attribute["uuid"], object_id=object_id, object_uuid=object_uuid)
     if kind == "telfhash":
         return answer_digest(attribute.get("value"), target, settings)
     if not _has_data(attribute):  # hover, or MISP could not read the file: what the index knows
