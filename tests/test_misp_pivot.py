@@ -11,9 +11,8 @@ import corpus
 import pytest
 
 pytest.importorskip("pymisp", reason="pymisp is not installed (pip install -e '.[misp]')")
-index_mod = pytest.importorskip("telfhash_core.store.index", reason="telfhash_core.store.index is not available")
-tlsh = pytest.importorskip("tlsh")
 
+import tlsh
 from telfhash_plugins.misp import expansion, hover
 from test_misp import (
     enrich_request,
@@ -22,6 +21,8 @@ from test_misp import (
     misp_attribute,
     values,
 )
+
+from telfhash_core.store import index as index_mod
 
 
 def ref_distance(a: str, b: str) -> int:
