@@ -138,6 +138,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _die_with_parent() -> None:
+    """In the foreground child: stop when the launcher dies, even by SIGKILL (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _fail(message: str, code: int = 1) -> int:
     print(f"telfhash-misp-modules: {message}", file=sys.stderr, flush=True)
     return code
@@ -193,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             child = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log_handle, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         else:
-            child = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+            # the launcher runs no threads, so preexec_fn is safe here
+            child = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)  # noqa: PLW1509
     except OSError as exc:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
