@@ -30,7 +30,7 @@ from . import zipcrypto
 
 ZIP_PASSWORD = b"infected"
 FILENAME_SUFFIX = ".filename.txt"
-CHUNK = 1 << 20
+CHUNK = 256 << 10  # small: every chunk exists in a few transient copies (base64, cipher, inflate)
 
 _LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
 _LOCAL_SIGNATURE = 0x04034B50
@@ -135,19 +135,23 @@ class Base64File(io.RawIOBase):
         self._pos = base + offset
         return self._pos
 
-    def readinto(self, buffer) -> int:
-        n = min(len(buffer), self.size - self._pos)
+    def read(self, size: int | None = -1) -> bytes:
+        n = self.size - self._pos if size is None or size < 0 else min(size, self.size - self._pos)
         if n <= 0:
-            return 0
+            return b""
         first, last = self._pos // 3, (self._pos + n + 2) // 3
         try:
             raw = base64.b64decode(self._text[4 * first : 4 * last], validate=True)
         except (binascii.Error, ValueError) as exc:
             raise SampleError(f"the malware-sample's data is not valid base64: {exc}") from None
         skip = self._pos - 3 * first
-        buffer[:n] = raw[skip : skip + n]
         self._pos += n
-        return n
+        return raw if skip == 0 and len(raw) == n else raw[skip : skip + n]
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def _pread(fp: BinaryIO, offset: int, n: int) -> bytes:
