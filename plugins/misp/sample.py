@@ -5,7 +5,7 @@ sample's MD5 and one ``<md5>.filename.txt`` holding its name.  Samples are hosti
 the ZIP be, so:
 
 * the ZIP's directory is read by ``zipfile``; the chosen entry's data is then decrypted by the
-  compiled kernel of :mod:`.zipcrypto` and inflated by ``zlib`` in chunks of 1 MiB, straight into
+  compiled kernel of :mod:`.zipcrypto` and inflated by ``zlib`` in chunks of 256 KiB, straight into
   one growing buffer: the memory used is the sample (never more than the cap plus one chunk),
   whatever the ZIP declares;
 * AES entries (WinZip AE-x, which other tools produce) go through pyzipper, entries of other
