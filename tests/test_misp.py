@@ -142,12 +142,30 @@ def python_zipcrypto_zip(entries: list[tuple[str, bytes]], password: bytes = PAS
         enc = _ZipCrypto(password).encrypt(os.urandom(11) + bytes([crc >> 24]) + body)
         raw_name = name.encode()
         offset = out.tell()
-        out.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 1, method, 0, 0x21, crc, len(enc), len(data), len(raw_name), 0))
+        out.write(
+            struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 1, method, 0, 0x21, crc, len(enc), len(data), len(raw_name), 0)
+        )
         out.write(raw_name + enc)
         central.append(
             struct.pack(
-                "<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 1, method, 0, 0x21, crc, len(enc), len(data),
-                len(raw_name), 0, 0, 0, 0, 0, offset,
+                "<IHHHHHHIIIHHHHHII",
+                0x02014B50,
+                20,
+                20,
+                1,
+                method,
+                0,
+                0x21,
+                crc,
+                len(enc),
+                len(data),
+                len(raw_name),
+                0,
+                0,
+                0,
+                0,
+                0,
+                offset,
             )
             + raw_name
         )
@@ -194,15 +212,37 @@ def misp_zip(data: bytes, filename: str, password: bytes = PASSWORD, how: str = 
 # ----------------------------------------------------------------------------- MISP-shaped requests
 
 
-def misp_attribute(kind: str, value: str, data: bytes | None = None, *, object_id: str = "0",
-                   object_relation: str | None = None, attr_id: str = "101") -> dict:
+def misp_attribute(
+    kind: str,
+    value: str,
+    data: bytes | None = None,
+    *,
+    object_id: str = "0",
+    object_relation: str | None = None,
+    attr_id: str = "101",
+) -> dict:
     """An Attribute as MispAttribute::fetchAttributes returns it (flatten, includeEventTags)."""
     attr = {
-        "id": attr_id, "event_id": "42", "object_id": object_id, "object_relation": object_relation,
-        "category": "Payload delivery", "type": kind, "value1": value.split("|")[0], "value2": value.partition("|")[2],
-        "to_ids": kind == "malware-sample", "uuid": str(uuid.uuid4()), "timestamp": "1764547200",
-        "distribution": "5", "sharing_group_id": "0", "comment": "", "deleted": False, "disable_correlation": False,
-        "first_seen": None, "last_seen": None, "value": value, "EventTag": [],
+        "id": attr_id,
+        "event_id": "42",
+        "object_id": object_id,
+        "object_relation": object_relation,
+        "category": "Payload delivery",
+        "type": kind,
+        "value1": value.split("|")[0],
+        "value2": value.partition("|")[2],
+        "to_ids": kind == "malware-sample",
+        "uuid": str(uuid.uuid4()),
+        "timestamp": "1764547200",
+        "distribution": "5",
+        "sharing_group_id": "0",
+        "comment": "",
+        "deleted": False,
+        "disable_correlation": False,
+        "first_seen": None,
+        "last_seen": None,
+        "value": value,
+        "EventTag": [],
     }
     if data is not None:
         attr["data"] = base64.b64encode(data).decode()
@@ -228,8 +268,13 @@ def enrich_request(attribute: dict, config: dict | None = None, module_name: str
 
 def bulk_request(attribute: dict, config: dict | None = None) -> dict:
     """Event::enrichment's request: module, event_id, attribute_uuid, config, attribute."""
-    return {"module": "telfhash_expansion", "event_id": "42", "attribute_uuid": attribute["uuid"],
-            "config": dict(config or NULL_CONFIG), "attribute": attribute}
+    return {
+        "module": "telfhash_expansion",
+        "event_id": "42",
+        "attribute_uuid": attribute["uuid"],
+        "config": dict(config or NULL_CONFIG),
+        "attribute": attribute,
+    }
 
 
 def hover_request(attribute: dict, config: dict | None = None) -> dict:
@@ -276,8 +321,9 @@ def test_fixture_samples_give_the_reference_digest(how):
         if how == "stored" and len(data) > 100_000:
             continue  # the spec encrypter is pure Python
         attr = attachment(data, name) if how == "attachment" else malware_sample(data, name, how=how)
-        check_sample_object(expansion.dict_handler(enrich_request(attr)), data, entry["reference"]["telfhash"], name,
-                            attr["uuid"])
+        check_sample_object(
+            expansion.dict_handler(enrich_request(attr)), data, entry["reference"]["telfhash"], name, attr["uuid"]
+        )
 
 
 def test_handler_json_bytes_matches_dict_handler():
@@ -341,8 +387,9 @@ def test_info_zip_streamed_entries_with_data_descriptor():
 def test_wrong_password_bad_zip_bad_base64_are_errors():
     data = read(elf_fixtures()[0])
     for how in ("zip", "deflate", "aes"):
-        attr = misp_attribute("malware-sample", "x|" + hashlib.md5(data).hexdigest(),
-                              misp_zip(data, "x", password=b"wrong", how=how))
+        attr = misp_attribute(
+            "malware-sample", "x|" + hashlib.md5(data).hexdigest(), misp_zip(data, "x", password=b"wrong", how=how)
+        )
         err = expansion.dict_handler(enrich_request(attr))["error"]
         assert "password" in err, (how, err)
     attr = malware_sample(data, "x")
@@ -403,8 +450,14 @@ def test_peak_memory_of_one_request_is_the_cap_plus_64_mib(tmp_path):
         "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "print(json.dumps({'grew_kib': after - before, 'res': res}))\n"
     )
-    out = subprocess.run([__import__("sys").executable, "-c", script, str(req)], capture_output=True, text=True,
-                         timeout=120, env=dict(os.environ), check=False)
+    out = subprocess.run(
+        [__import__("sys").executable, "-c", script, str(req)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ),
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["res"]["results"] == {} and "not_elf" in got["res"]["comment"]  # zeros: not an ELF file
@@ -476,16 +529,35 @@ def test_real_faults_are_still_errors():
 
 
 def test_hostile_requests_give_clear_errors():
-    hostile = [None, [], "x", 5, {"attribute": []}, {"attribute": {"type": None, "uuid": None, "value": None}},
-               {"attribute": {"type": "attachment", "uuid": 1, "value": None, "data": 5}}, {"config": "x"},
-               {"object": "x"}, {"object": {"name": "file"}}, {"object": {"name": "domain-ip", "uuid": "u"}},
-               {"attribute": {"type": "telfhash", "uuid": "u", "value": ["t1"]}},
-               {"attribute": {"type": ["x"], "uuid": "u", "value": "v"}},
-               {"attribute": {"type": "attachment", "uuid": "u", "value": "x", "data": 5}},
-               {"object": {"name": "file", "uuid": "u", "Attribute": {"a": 1}}},
-               {"object": {"name": "file", "uuid": "u", "Attribute": [{"type": "malware-sample", "data": "AAAA", "value": 5}]}},
-               {"attribute": {"type": "attachment", "uuid": "u", "value": "x", "data": "QUJD"}, "config": {"max_results": "-1"}},
-               {"attribute": {"type": "attachment", "uuid": "u", "value": "x", "data": "QUJD"}, "config": {"index_path": 5}}]
+    hostile = [
+        None,
+        [],
+        "x",
+        5,
+        {"attribute": []},
+        {"attribute": {"type": None, "uuid": None, "value": None}},
+        {"attribute": {"type": "attachment", "uuid": 1, "value": None, "data": 5}},
+        {"config": "x"},
+        {"object": "x"},
+        {"object": {"name": "file"}},
+        {"object": {"name": "domain-ip", "uuid": "u"}},
+        {"attribute": {"type": "telfhash", "uuid": "u", "value": ["t1"]}},
+        {"attribute": {"type": ["x"], "uuid": "u", "value": "v"}},
+        {"attribute": {"type": "attachment", "uuid": "u", "value": "x", "data": 5}},
+        {"object": {"name": "file", "uuid": "u", "Attribute": {"a": 1}}},
+        {
+            "object": {
+                "name": "file",
+                "uuid": "u",
+                "Attribute": [{"type": "malware-sample", "data": "AAAA", "value": 5}],
+            }
+        },
+        {
+            "attribute": {"type": "attachment", "uuid": "u", "value": "x", "data": "QUJD"},
+            "config": {"max_results": "-1"},
+        },
+        {"attribute": {"type": "attachment", "uuid": "u", "value": "x", "data": "QUJD"}, "config": {"index_path": 5}},
+    ]
     for req in hostile:
         for mod in (expansion, hover):
             res = mod.dict_handler(req)
@@ -497,9 +569,20 @@ def test_file_object_carrying_a_sample():
     entry = elf_fixtures()[2]
     data = read(entry)
     carrier = malware_sample(data, "ignored", object_relation="malware-sample", object_id="7")
-    obj = {"id": "7", "name": "file", "uuid": str(uuid.uuid4()), "meta-category": "file", "event_id": "42",
-           "Attribute": [misp_attribute("filename", "from-object.elf", object_relation="filename", object_id="7"), carrier]}
-    res = expansion.dict_handler({"module": "telfhash_expansion", "object": obj, "event_id": "42", "config": NULL_CONFIG})
+    obj = {
+        "id": "7",
+        "name": "file",
+        "uuid": str(uuid.uuid4()),
+        "meta-category": "file",
+        "event_id": "42",
+        "Attribute": [
+            misp_attribute("filename", "from-object.elf", object_relation="filename", object_id="7"),
+            carrier,
+        ],
+    }
+    res = expansion.dict_handler(
+        {"module": "telfhash_expansion", "object": obj, "event_id": "42", "config": NULL_CONFIG}
+    )
     (out,) = objects(res)
     assert str(out["id"]) == "7" and out["uuid"] == obj["uuid"]  # merged into the input object
     assert values(out)["telfhash"] == entry["reference"]["telfhash"][2:]

@@ -49,8 +49,16 @@ from test_misp import (
 
 from telfhash_core.store.index import Index
 
-_TO_IDS_DEFAULT = {"md5": True, "sha1": True, "sha256": True, "filename": False, "size-in-bytes": False,
-                   "telfhash": True, "text": False, "malware-sample": True}
+_TO_IDS_DEFAULT = {
+    "md5": True,
+    "sha1": True,
+    "sha256": True,
+    "filename": False,
+    "size-in-bytes": False,
+    "telfhash": True,
+    "text": False,
+    "malware-sample": True,
+}
 _HEX = {"md5": 32, "sha1": 40, "sha256": 64}
 
 
@@ -68,17 +76,30 @@ class MispEvent:
     def add_file_object(self, attributes: list[dict]) -> dict:
         oid = str(self.next_id)
         self.next_id += 1
-        obj = {"id": oid, "uuid": str(uuid.uuid4()), "name": "file", "meta-category": "file", "comment": "",
-               "Attribute": [dict(a, object_id=oid) for a in attributes], "ObjectReference": []}
+        obj = {
+            "id": oid,
+            "uuid": str(uuid.uuid4()),
+            "name": "file",
+            "meta-category": "file",
+            "comment": "",
+            "Attribute": [dict(a, object_id=oid) for a in attributes],
+            "ObjectReference": [],
+        }
         self.objects[oid] = obj
         return obj
 
     def fetch_initial_object(self, oid: str) -> dict:
         """Event::fetchInitialObject (5694-5732): the fields MISP passes as initialObject."""
         o = self.objects[oid]
-        return {"Object": {k: o.get(k) for k in ("id", "uuid", "name")},
-                "Attribute": [{k: a.get(k) for k in ("id", "uuid", "type", "object_relation", "value")} for a in o["Attribute"]],
-                "ObjectReference": [{k: r[k] for k in ("referenced_uuid", "relationship_type")} for r in o["ObjectReference"]]}
+        return {
+            "Object": {k: o.get(k) for k in ("id", "uuid", "name")},
+            "Attribute": [
+                {k: a.get(k) for k in ("id", "uuid", "type", "object_relation", "value")} for a in o["Attribute"]
+            ],
+            "ObjectReference": [
+                {k: r[k] for k in ("referenced_uuid", "relationship_type")} for r in o["ObjectReference"]
+            ],
+        }
 
     def uuids(self) -> set[str]:
         out = set()
@@ -157,8 +178,15 @@ class MispEvent:
                     raise IngestError("template_version must be a natural number")
                 oid = str(self.next_id)
                 self.next_id += 1
-                new = {"id": oid, "uuid": obj["uuid"], "name": obj["name"], "meta-category": obj["meta-category"],
-                       "comment": obj.get("comment") or "", "Attribute": [], "ObjectReference": []}
+                new = {
+                    "id": oid,
+                    "uuid": obj["uuid"],
+                    "name": obj["name"],
+                    "meta-category": obj["meta-category"],
+                    "comment": obj.get("comment") or "",
+                    "Attribute": [],
+                    "ObjectReference": [],
+                }
                 self.objects[oid] = new
                 for a in obj["Attribute"]:
                     ok = self._save_attribute(new, a)
@@ -168,19 +196,29 @@ class MispEvent:
         for oid, r in references:
             referenced = recovered.get(r["referenced_uuid"], r["referenced_uuid"])
             owner = self.objects[oid]
-            if any(x["referenced_uuid"] == referenced and x["relationship_type"] == r["relationship_type"]
-                   for x in owner["ObjectReference"]):
+            if any(
+                x["referenced_uuid"] == referenced and x["relationship_type"] == r["relationship_type"]
+                for x in owner["ObjectReference"]
+            ):
                 continue
             if referenced not in self.uuids():
                 continue  # getReferencedInfo found nothing in the event
-            owner["ObjectReference"].append({"referenced_uuid": referenced, "relationship_type": r["relationship_type"],
-                                             "object_uuid": recovered.get(r["object_uuid"], r["object_uuid"])})
+            owner["ObjectReference"].append(
+                {
+                    "referenced_uuid": referenced,
+                    "relationship_type": r["relationship_type"],
+                    "object_uuid": recovered.get(r["object_uuid"], r["object_uuid"]),
+                }
+            )
             stats["references"] += 1
         return stats
 
     def file_objects_with(self, sha256: str) -> list[dict]:
-        return [o for o in self.objects.values() if any(a["object_relation"] == "sha256" and a["value"] == sha256
-                                                        for a in o["Attribute"])]
+        return [
+            o
+            for o in self.objects.values()
+            if any(a["object_relation"] == "sha256" and a["value"] == sha256 for a in o["Attribute"])
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -200,9 +238,15 @@ def _sample_event(entry: dict) -> tuple[MispEvent, dict, dict]:
     event = MispEvent()
     sample_attr = malware_sample(data, name, object_relation="malware-sample")
     sample_attr["id"] = "300"
-    attrs = [misp_attribute(t, v, object_relation=t) for t, v in (
-        ("filename", name), ("md5", hashlib.md5(data).hexdigest()), ("sha1", hashlib.sha1(data).hexdigest()),
-        ("sha256", hashlib.sha256(data).hexdigest()))]
+    attrs = [
+        misp_attribute(t, v, object_relation=t)
+        for t, v in (
+            ("filename", name),
+            ("md5", hashlib.md5(data).hexdigest()),
+            ("sha1", hashlib.sha1(data).hexdigest()),
+            ("sha256", hashlib.sha256(data).hexdigest()),
+        )
+    ]
     attrs.append(misp_attribute("size-in-bytes", str(len(data)), object_relation="size-in-bytes"))
     obj = event.add_file_object(attrs + [sample_attr])
     sample_attr["object_id"] = obj["id"]
@@ -258,9 +302,18 @@ def test_without_the_object_id_misp_would_duplicate_the_file_object(index_path):
 def test_object_enrichment_answers_with_the_input_object():
     entry = elf_fixtures()[3]
     event, obj, _ = _sample_event(entry)
-    request = {"module": "telfhash_expansion", "event_id": "42", "config": NULL_CONFIG,
-               "object": {"id": obj["id"], "uuid": obj["uuid"], "name": "file", "meta-category": "file",
-                          "Attribute": obj["Attribute"]}}
+    request = {
+        "module": "telfhash_expansion",
+        "event_id": "42",
+        "config": NULL_CONFIG,
+        "object": {
+            "id": obj["id"],
+            "uuid": obj["uuid"],
+            "name": "file",
+            "meta-category": "file",
+            "Attribute": obj["Attribute"],
+        },
+    }
     answer = expansion.dict_handler(request)["results"]
     (out,) = answer["Object"]
     assert (str(out["id"]), out["uuid"]) == (obj["id"], obj["uuid"])

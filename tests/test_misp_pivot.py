@@ -104,7 +104,8 @@ def test_pivot_cap_and_distance(indexed):
     entry = next(f for f in chosen if f["path"] == "amd64/iot-fam-b/fam_b_v1_x86_64_dyn")
     data = Path(entry["abspath"]).read_bytes()
     want = expected(entry, chosen, 200)
-    res = expansion.dict_handler(query(malware_sample_attribute(data, "b"), {"index_path": path, "max_distance": "200", "max_results": "3"}))
+    config = {"index_path": path, "max_distance": "200", "max_results": "3"}
+    res = expansion.dict_handler(query(malware_sample_attribute(data, "b"), config))
     _, known = split(res)
     assert len(known) == min(3, len(want))
     dists = sorted(want.values())
@@ -119,7 +120,8 @@ def test_default_distance_is_50(indexed):
     path, chosen = indexed
     entry = next(f for f in chosen if f["path"] == "i386/iot-fam-a/fam_a_v2_i686_dyn")
     data = Path(entry["abspath"]).read_bytes()
-    res = expansion.dict_handler(query(malware_sample_attribute(data, "x"), {"index_path": path, "max_results": "1000"}))
+    config = {"index_path": path, "max_results": "1000"}
+    res = expansion.dict_handler(query(malware_sample_attribute(data, "x"), config))
     _, known = split(res)
     assert {values(o)["sha256"] for o in known} == set(expected(entry, chosen, 50))
     assert set(expected(entry, chosen, 400)) - set(expected(entry, chosen, 50))  # the default leaves some out
@@ -200,4 +202,5 @@ def test_index_from_the_launcher_environment(indexed, monkeypatch):
     attr = misp_attribute("telfhash", entry["reference"]["telfhash"])
     monkeypatch.setenv("TELFHASH_MISP_INDEX", path)
     res = expansion.dict_handler(query(attr, {"index_path": "", "max_results": "1000"}))
-    assert {values(o)["sha256"] for o in res["results"]["Object"]} == set(expected(entry, chosen, 50, self_excluded=False))
+    want = set(expected(entry, chosen, 50, self_excluded=False))
+    assert {values(o)["sha256"] for o in res["results"]["Object"]} == want

@@ -39,7 +39,9 @@ def free_port() -> int:
 
 
 def post(base: str, body: dict, timeout: float = 15.0) -> dict:
-    req = urllib.request.Request(base + "/query", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        base + "/query", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=timeout) as r:
         return json.loads(r.read())
 
@@ -64,9 +66,24 @@ def server(tmp_path_factory):
     port = free_port()
     pid_file, log = tmp / "pid", tmp / "log"
     t = time.perf_counter()
-    out = subprocess.run(LAUNCHER + ["-p", str(port), "--root", str(tmp / "root"), "--background",
-                                     "--pid-file", str(pid_file), "--log", str(log)],
-                         capture_output=True, text=True, timeout=60, check=False)
+    out = subprocess.run(
+        LAUNCHER
+        + [
+            "-p",
+            str(port),
+            "--root",
+            str(tmp / "root"),
+            "--background",
+            "--pid-file",
+            str(pid_file),
+            "--log",
+            str(log),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     ready_after = time.perf_counter() - t
     assert out.returncode == 0, out.stderr + (log.read_text() if log.exists() else "")
     pid = int(pid_file.read_text())
@@ -79,7 +96,9 @@ def server(tmp_path_factory):
 def test_launcher_prints_one_ready_line_and_loads_only_our_modules(server):
     base, stdout, log, root, ready_after = server
     lines = stdout.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"telfhash-misp-modules: ready on {base} (telfhash_expansion, telfhash_hover)")
+    assert len(lines) == 1 and lines[0].startswith(
+        f"telfhash-misp-modules: ready on {base} (telfhash_expansion, telfhash_hover)"
+    )
     modules = json.loads(urllib.request.urlopen(base + "/modules", timeout=5).read())
     by_name = {m["name"]: m for m in modules}
     assert set(by_name) == {"telfhash_expansion", "telfhash_hover"}  # none of the ~176 bundled modules
@@ -111,8 +130,10 @@ def test_server_answers_misp_requests(server):
     res = post(base, hover_request(attr))
     (line,) = res["results"]["Attribute"]
     assert line["type"] == "text" and "index" in line["value"]
-    assert "unsupported attribute type" in post(base, enrich_request({"type": "domain", "value": "example.org",
-                                                                      "uuid": attr["uuid"]}))["error"]
+    assert (
+        "unsupported attribute type"
+        in post(base, enrich_request({"type": "domain", "value": "example.org", "uuid": attr["uuid"]}))["error"]
+    )
 
 
 def test_launcher_fails_clearly_when_the_modules_do_not_load(tmp_path):
@@ -121,8 +142,15 @@ def test_launcher_fails_clearly_when_the_modules_do_not_load(tmp_path):
     (broken / "telfhash_core").mkdir(parents=True)
     (broken / "telfhash_core" / "__init__.py").write_text("raise ImportError('telfhash_core broken for this test')\n")
     env = dict(os.environ, PYTHONPATH=str(broken) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run(LAUNCHER + ["-p", str(free_port()), "--root", str(tmp_path / "root"), "--ready-timeout", "30"],
-                         capture_output=True, text=True, timeout=90, env=env, cwd=tmp_path, check=False)  # cwd: not the checkout
+    out = subprocess.run(
+        LAUNCHER + ["-p", str(free_port()), "--root", str(tmp_path / "root"), "--ready-timeout", "30"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )  # cwd: not the checkout
     assert out.returncode == 1, out
     assert out.stdout == ""  # no ready line
     assert "did not load telfhash_expansion, telfhash_hover" in out.stderr
@@ -138,8 +166,13 @@ def test_launcher_fails_when_the_port_is_taken():
 
 
 def test_write_root_only(tmp_path):
-    out = subprocess.run(LAUNCHER + ["--write-root", str(tmp_path / "r"), "-p", "7001"], capture_output=True, text=True,
-                         timeout=60, check=False)
+    out = subprocess.run(
+        LAUNCHER + ["--write-root", str(tmp_path / "r"), "-p", "7001"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert "-c " + str((tmp_path / "r").resolve()) in out.stdout and "-p 7001" in out.stdout
     text = Path(tmp_path / "r" / "expansion" / "telfhash_hover.py").read_text()

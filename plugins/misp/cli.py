@@ -127,8 +127,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--port", type=int, default=6666, help="port (default 6666, misp-modules' usual)")
     p.add_argument("--root", help="custom modules folder to use (kept); default: a temporary folder")
     p.add_argument("--index", help=f"telfhash index used when MISP's setting index_path is empty (sets ${INDEX_ENV})")
-    p.add_argument("--preload", action="store_true",
-                   help="load the compiled kernels (~110 MiB) at start rather than on the first sample or search")
+    p.add_argument(
+        "--preload",
+        action="store_true",
+        help="load the compiled kernels (~110 MiB) at start rather than on the first sample or search",
+    )
     p.add_argument("--background", action="store_true", help="return once ready and leave the server running")
     p.add_argument("--pid-file", help="with --background: write the server's pid here")
     p.add_argument("--log", help="with --background: misp-modules' log file (default ROOT/misp-modules.log)")
@@ -200,8 +203,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.background:
             log_path = Path(args.log) if args.log else root / "misp-modules.log"
             log_handle = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
-            child = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log_handle, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+            child = subprocess.Popen(
+                cmd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         else:
             # the launcher runs no threads, so preexec_fn is safe here
             child = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)  # noqa: PLW1509

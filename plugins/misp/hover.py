@@ -1,4 +1,4 @@
-"""misp-modules contract of the ``telfhash_hover`` module: what the index knows, within MISP's 5 s (see :mod:`.module`)."""
+"""misp-modules contract of the ``telfhash_hover`` module: what the index knows, within MISP's 5 s."""
 
 from __future__ import annotations
 

@@ -176,8 +176,12 @@ class FileObject:
         self.attributes.append(a)
 
     def add_reference(self, referenced_uuid: str, relationship_type: str, comment: str | None = None) -> None:
-        ref = {"uuid": str(_uuid.uuid4()), "object_uuid": self.uuid, "referenced_uuid": referenced_uuid,
-               "relationship_type": relationship_type}
+        ref = {
+            "uuid": str(_uuid.uuid4()),
+            "object_uuid": self.uuid,
+            "referenced_uuid": referenced_uuid,
+            "relationship_type": relationship_type,
+        }
         if comment:
             ref["comment"] = comment
         self.references.append(ref)
@@ -269,7 +273,9 @@ def known_object(entry: dict, filename: str | None, target: Target, hover: bool)
     _add(obj, "size-in-bytes", entry.get("size"))
     for relation in ("md5", "sha1", "sha256"):
         _add(obj, relation, entry.get(relation))
-    _add(obj, "telfhash", misp_hex(entry["telfhash"]), comment="from the telfhash index" + (f" ({note})" if note else ""))
+    _add(
+        obj, "telfhash", misp_hex(entry["telfhash"]), comment="from the telfhash index" + (f" ({note})" if note else "")
+    )
     if hover and note:
         _add(obj, "text", f"known to the telfhash index: {note}")
     _link_input(obj, target)
@@ -310,8 +316,15 @@ def _results(objects: list[FileObject]) -> dict:
 # ----------------------------------------------------------------------------- answers
 
 
-def _neighbours(event: list[FileObject], source_obj: FileObject | None, source_uuid: str, digest: str, source: str,
-                settings: Settings, exclude: str | None) -> int:
+def _neighbours(
+    event: list[FileObject],
+    source_obj: FileObject | None,
+    source_uuid: str,
+    digest: str,
+    source: str,
+    settings: Settings,
+    exclude: str | None,
+) -> int:
     if not settings.index_path or settings.max_results == 0:
         return 0
     try:
@@ -365,7 +378,9 @@ def answer_known(hashes: list[str], filename: str | None, target: Target, settin
             + ("; enrich with telfhash_expansion to compute it" if settings.hover else f" ({why})")
         )
     if not entry.get("telfhash"):
-        raise Nothing(f"telfhash: {hashes[0]} is known to the index without a telfhash ({entry.get('reason') or 'no digest'})")
+        raise Nothing(
+            f"telfhash: {hashes[0]} is known to the index without a telfhash ({entry.get('reason') or 'no digest'})"
+        )
     event: list[FileObject] = []
     obj = known_object(entry, filename, target, settings.hover)
     event.append(obj)
@@ -454,8 +469,9 @@ def _attribute_request(attribute: dict, settings: Settings) -> dict:
             raise ModuleError("the attribute's data must be base64 text")
         name = _split_sample_value(attribute.get("value"))[0] if kind == "malware-sample" else attribute.get("value")
         why = "MISP sends no file on hover" if settings.hover else "the request carries no file data"
-        return answer_known(known.hashes_in(attribute.get("value")), name if isinstance(name, str) else None,
-                            target, settings, why)
+        return answer_known(
+            known.hashes_in(attribute.get("value")), name if isinstance(name, str) else None, target, settings, why
+        )
     sample = sample_from_attribute(attribute, settings.max_sample_bytes)
     return answer_sample(sample, target, settings)
 
@@ -501,7 +517,9 @@ def _dispatch(request: dict, settings: Settings) -> dict:
     if attribute is None and request.get("object") is not None:
         return _object_request(request["object"], settings)
     if not isinstance(attribute, dict):
-        raise ModuleError("this module requires an 'attribute' (malware-sample, attachment or telfhash) or a file 'object'")
+        raise ModuleError(
+            "this module requires an 'attribute' (malware-sample, attachment or telfhash) or a file 'object'"
+        )
     return _attribute_request(attribute, settings)
 
 

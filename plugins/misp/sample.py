@@ -239,7 +239,11 @@ def _open_zip(fp: BinaryIO) -> Any:
 def _is_aes(fp: BinaryIO, size: int, info: zipfile.ZipInfo) -> bool:
     """WinZip AES: method 99 in the local header (pyzipper reports the inner method instead)."""
     off = info.header_offset
-    if 0 <= off and off + _LOCAL_HEADER.size <= size and _LOCAL_HEADER.unpack(_pread(fp, off, _LOCAL_HEADER.size))[3] == _AES:
+    if (
+        0 <= off
+        and off + _LOCAL_HEADER.size <= size
+        and _LOCAL_HEADER.unpack(_pread(fp, off, _LOCAL_HEADER.size))[3] == _AES
+    ):
         return True
     return bool(info.extra and b"\x01\x99" in info.extra)
 
@@ -289,7 +293,9 @@ def unzip_sample(data: bytes | str, md5: str | None, limit: int) -> tuple[bytes,
             if not chosen:
                 raise SampleError("the malware-sample ZIP holds no sample")
             if len(chosen) > 1:
-                raise SampleError(f"the malware-sample ZIP holds {len(chosen)} files besides the name file; expected one")
+                raise SampleError(
+                    f"the malware-sample ZIP holds {len(chosen)} files besides the name file; expected one"
+                )
             sample = read_member(zf, fp, size, chosen[0], limit)
             original = None
             for info in names:
