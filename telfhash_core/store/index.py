@@ -267,33 +267,54 @@ _COLUMNS = (
     "source", "extra", "md5", "sha1", "label",
 )
 
+_METHOD = _COLUMNS.index("method")
+CLAIMED = "claimed"  # ``method`` of an entry whose digest was taken from someone else's statement
+
+# A row computed here from the file's bytes (any ``method`` but "claimed") replaces a claimed
+# entry outright; otherwise a later add only fills fields that were empty, and a claim never
+# changes an entry computed here.
+_OLD_CLAIM = f"entries.method IS '{CLAIMED}'"
+_NEW_CLAIM = f"excluded.method IS '{CLAIMED}'"
+_REPLACE = f"({_OLD_CLAIM} AND NOT {_NEW_CLAIM})"
+
+
+def _set(col: str, fill: str) -> str:
+    return f"{col} = CASE WHEN {_REPLACE} THEN excluded.{col} ELSE {fill} END"
+
+
 _UPSERT = f"""
 INSERT INTO entries ({", ".join(_COLUMNS)}) VALUES ({", ".join("?" * len(_COLUMNS))})
 ON CONFLICT(sha256) DO UPDATE SET
-    digest = COALESCE(entries.digest, excluded.digest),
-    reason = CASE WHEN entries.digest IS NULL AND excluded.digest IS NOT NULL THEN NULL
-                  ELSE COALESCE(entries.reason, excluded.reason) END,
-    telfhash_x = CASE WHEN entries.digest_x IS NULL AND excluded.digest_x IS NOT NULL THEN excluded.telfhash_x
-                      ELSE COALESCE(entries.telfhash_x, excluded.telfhash_x) END,
-    digest_x = COALESCE(entries.digest_x, excluded.digest_x),
-    arch = COALESCE(entries.arch, excluded.arch),
-    size = COALESCE(entries.size, excluded.size),
-    method = COALESCE(entries.method, excluded.method),
-    symbols = COALESCE(entries.symbols, excluded.symbols),
-    path = COALESCE(entries.path, excluded.path),
-    md5 = COALESCE(entries.md5, excluded.md5),
-    sha1 = COALESCE(entries.sha1, excluded.sha1),
-    label = COALESCE(entries.label, excluded.label)
-WHERE (entries.digest IS NULL AND excluded.digest IS NOT NULL)
-   OR (entries.digest_x IS NULL AND excluded.digest_x IS NOT NULL)
-   OR (entries.telfhash_x IS NULL AND excluded.telfhash_x IS NOT NULL)
-   OR (entries.arch IS NULL AND excluded.arch IS NOT NULL)
-   OR (entries.size IS NULL AND excluded.size IS NOT NULL)
-   OR (entries.method IS NULL AND excluded.method IS NOT NULL)
-   OR (entries.path IS NULL AND excluded.path IS NOT NULL)
-   OR (entries.md5 IS NULL AND excluded.md5 IS NOT NULL)
-   OR (entries.sha1 IS NULL AND excluded.sha1 IS NOT NULL)
-   OR (entries.label IS NULL AND excluded.label IS NOT NULL)
+    {_set("digest", "COALESCE(entries.digest, excluded.digest)")},
+    {_set("reason", "CASE WHEN entries.digest IS NULL AND excluded.digest IS NOT NULL THEN NULL ELSE COALESCE(entries.reason, excluded.reason) END")},
+    {_set("telfhash_x", "CASE WHEN entries.digest_x IS NULL AND excluded.digest_x IS NOT NULL THEN excluded.telfhash_x ELSE COALESCE(entries.telfhash_x, excluded.telfhash_x) END")},
+    {_set("digest_x", "COALESCE(entries.digest_x, excluded.digest_x)")},
+    {_set("arch", "COALESCE(entries.arch, excluded.arch)")},
+    {_set("size", "COALESCE(entries.size, excluded.size)")},
+    {_set("method", "COALESCE(entries.method, excluded.method)")},
+    {_set("symbols", "COALESCE(entries.symbols, excluded.symbols)")},
+    {_set("path", "COALESCE(entries.path, excluded.path)")},
+    {_set("md5", "COALESCE(entries.md5, excluded.md5)")},
+    {_set("sha1", "COALESCE(entries.sha1, excluded.sha1)")},
+    label = COALESCE(entries.label, excluded.label),
+    {_set("added", "entries.added")},
+    {_set("source", "entries.source")},
+    extra = CASE WHEN {_REPLACE} THEN json_set(COALESCE(excluded.extra, '{{}}'), '$.replaced_claim',
+                 json_object('source', entries.source, 'telfhash',
+                             CASE WHEN entries.digest IS NULL THEN NULL ELSE 't1' || lower(hex(entries.digest)) END))
+            ELSE entries.extra END
+WHERE {_REPLACE}
+   OR ((NOT {_NEW_CLAIM} OR {_OLD_CLAIM}) AND (
+       (entries.digest IS NULL AND excluded.digest IS NOT NULL)
+    OR (entries.digest_x IS NULL AND excluded.digest_x IS NOT NULL)
+    OR (entries.telfhash_x IS NULL AND excluded.telfhash_x IS NOT NULL)
+    OR (entries.arch IS NULL AND excluded.arch IS NOT NULL)
+    OR (entries.size IS NULL AND excluded.size IS NOT NULL)
+    OR (entries.method IS NULL AND excluded.method IS NOT NULL)
+    OR (entries.path IS NULL AND excluded.path IS NOT NULL)
+    OR (entries.md5 IS NULL AND excluded.md5 IS NOT NULL)
+    OR (entries.sha1 IS NULL AND excluded.sha1 IS NOT NULL)
+    OR (entries.label IS NULL AND excluded.label IS NOT NULL)))
 """
 
 
@@ -503,13 +524,27 @@ class Index:
 
     # -- adding
 
-    def add_results(self, results: Iterable[Result | dict], source: str = "local", *, batch_size: int = DEFAULT_BATCH) -> AddStats:
+    def add_results(
+        self,
+        results: Iterable[Result | dict],
+        source: str = "local",
+        *,
+        batch_size: int = DEFAULT_BATCH,
+        claim: bool = False,
+        atomic: bool = False,
+    ) -> AddStats:
         """Record results (:class:`Result` objects or dicts as ``telfhash -f jsonl --sha256`` writes).
 
-        Committed every ``batch_size`` items.  Items without a SHA-256 are skipped (counted, with
-        the reason in ``stats.errors``).  Returns :class:`AddStats`.
+        Committed every ``batch_size`` items, or all in one transaction with ``atomic`` (all of
+        them or none).  Items without a SHA-256 are skipped (counted, with the reason in
+        ``stats.errors``).  ``claim``: the values are someone else's statement (e.g. a shared
+        bundle), not computed here from the bytes: they are recorded with ``method`` "claimed",
+        never change an entry computed here, and are replaced by the first add of the file
+        itself (the replaced claim is kept in ``extra["replaced_claim"]``).  Returns :class:`AddStats`.
         """
-        return self._add(results, source, batch_size=batch_size, seconds=None)
+        if atomic:
+            batch_size = sys.maxsize
+        return self._add(results, source, batch_size=batch_size, seconds=None, claim=claim)
 
     def _add(
         self,
@@ -520,6 +555,7 @@ class Index:
         seconds: float | None = None,
         stats: AddStats | None = None,
         on_item: Callable[[Any], None] | None = None,
+        claim: bool = False,
     ) -> AddStats:
         source = _as_text(source, 512) or "local"
         stats = stats or AddStats()
@@ -532,6 +568,10 @@ class Index:
             if isinstance(row, str):
                 stats.error(row)
             else:
+                if claim:
+                    row = row[:_METHOD] + (CLAIMED,) + row[_METHOD + 1 :]
+                elif row[_METHOD] == CLAIMED:  # only add_results(claim=True) records a claim
+                    row = row[:_METHOD] + (None,) + row[_METHOD + 1 :]
                 batch.append(row)
             if on_item is not None:
                 on_item(item)
@@ -860,6 +900,80 @@ class Index:
         if limit is not None:
             order = order[: int(limit)]
         return self._matches(m.ids[order], d[order], m.packed[order])
+
+    # one query per distinct digest costs up to this many distance computations; beyond, one
+    # all-pairs scan over the distinct digests of both sides (pruned by the TLSH header bounds)
+    MANY_DIRECT_LIMIT = 400_000_000
+
+    def search_many(
+        self,
+        queries: Iterable[str],
+        max_distance: int = 50,
+        *,
+        exclude_sources: Iterable[str] = (),
+        key: str = "telfhash",
+    ) -> dict[str, list[Match]]:
+        """For each distinct digest among ``queries`` (any spelling; others are ignored): the
+        entries within ``max_distance``, nearest first, as :meth:`search` finds them.
+
+        One vectorised pass over the distinct digests, however often each is repeated;
+        entries whose ``source`` is in ``exclude_sources`` are left out before any distance is
+        computed.  Keys of the answer are the digests in ``t1`` spelling; digests without a
+        match are absent.
+        """
+        from ..similarity.tlshdist import Encoded, encode, one_to_many, pairs_within
+
+        if key not in _KEYS:
+            raise ValueError(f"unknown key {key!r}; use one of {', '.join(_KEYS)}")
+        if isinstance(max_distance, bool) or not isinstance(max_distance, (int, np.integer)) or max_distance < 0:
+            raise ValueError(f"max_distance must be a whole number >= 0, not {max_distance!r}")
+        distinct = sorted({normalize(q, "t1") for q in queries if isinstance(q, str) and is_digest(q)})
+        m = self._load(_KEYS[key])
+        if not distinct or not len(m.ids):
+            return {}
+        rows = np.arange(len(m.ids), dtype=np.int64)
+        excluded = [s for s in exclude_sources if isinstance(s, str)]
+        if excluded:
+            drop: list[int] = []
+            for i in range(0, len(excluded), 900):
+                chunk = excluded[i : i + 900]
+                q = f"SELECT id FROM entries WHERE source IN ({','.join('?' * len(chunk))})"
+                drop.extend(r[0] for r in self._conn.execute(q, chunk))
+            if drop:
+                rows = rows[~np.isin(m.ids, np.asarray(drop, dtype=np.int64))]
+        if not len(rows):
+            return {}
+        hits: list[tuple[int, np.ndarray, np.ndarray]] = []  # (query number, matrix rows, distances)
+        if len(distinct) * len(rows) <= self.MANY_DIRECT_LIMIT:
+            enc_q = encode(distinct)
+            for k in range(len(distinct)):
+                d = one_to_many(m.enc, enc_q[k : k + 1], rows)
+                sel = np.flatnonzero(d <= max_distance)
+                if len(sel):
+                    hits.append((k, rows[sel], d[sel]))
+        else:
+            # distinct digests of the index side, then every (query, digest) pair within range
+            sub = np.ascontiguousarray(m.packed[rows])
+            uniq, first, inverse = np.unique(sub.view(f"V{sub.shape[1]}").ravel(), return_index=True, return_inverse=True)
+            enc_u = m.enc[rows[first]]
+            enc_q = encode(distinct)
+            both = Encoded.concat([enc_q, enc_u])
+            i, j, d = pairs_within(both, int(max_distance))
+            nq = len(distinct)
+            cross = (i < nq) & (j >= nq)
+            i, j, d = i[cross], j[cross] - nq, d[cross]
+            order = np.argsort(inverse, kind="stable")
+            starts = np.searchsorted(inverse[order], np.arange(len(uniq) + 1))
+            for k in np.unique(i).tolist():
+                sel = i == k
+                members = [order[starts[u] : starts[u + 1]] for u in j[sel].tolist()]
+                dist = np.concatenate([np.full(len(mm), dd, dtype=np.int32) for mm, dd in zip(members, d[sel].tolist())])
+                hits.append((k, rows[np.concatenate(members)], dist))
+        out: dict[str, list[Match]] = {}
+        for k, r, d in hits:
+            order = np.lexsort((m.ids[r], d))
+            out[distinct[k]] = self._matches(m.ids[r[order]], d[order], m.packed[r[order]])
+        return out
 
     def _matches(self, ids: np.ndarray, dist: np.ndarray, packed: np.ndarray) -> list[Match]:
         rows: dict[int, tuple] = {}
