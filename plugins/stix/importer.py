@@ -41,6 +41,7 @@ _PATTERN_RE = re.compile(
     re.IGNORECASE,
 )
 _QUOTED_RE = re.compile(r"'([^'\\]{0,128})'")
+_SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class BundleError(ValueError):
@@ -64,9 +65,13 @@ class SharedDigest:
 class ImportReport:
     bundle_id: str | None = None
     digests: list[SharedDigest] = field(default_factory=list)
-    clusters: dict[str, dict] = field(default_factory=dict)  # id -> {"name", "threshold", "size"}
+    # id -> {"name", "threshold", "size", "representative" (t1 digest), "representative_sha256"}
+    clusters: dict[str, dict] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     objects: int = 0
+    duplicates: list[str] = field(default_factory=list)  # ids that appear more than once
+    producers: dict[str, str] = field(default_factory=dict)  # identity id -> name
+    origin: str | None = None  # where the bundle was read from (a TAXII collection URL, a file)
 
     @property
     def source(self) -> str:
@@ -99,29 +104,30 @@ def load_bundle(source: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
     """A bundle dict from a path, bytes, text, a file object or a dict; BundleError if unusable."""
     if isinstance(source, dict):
         return check_bundle(source)
+    limit = max_bytes if max_bytes and max_bytes > 0 else None  # 0 or None: no limit
     if isinstance(source, os.PathLike) or (isinstance(source, str) and not source.lstrip().startswith(("{", "["))):
         path = os.fspath(source)
         try:
             size = os.stat(path).st_size
         except OSError as exc:
             raise BundleError(f"{path}: cannot read ({exc.strerror or exc})") from None
-        if size > max_bytes:
-            raise BundleError(f"{path}: {size} bytes is larger than the limit of {max_bytes} (raise it with --max-bytes)")
+        if limit is not None and size > limit:
+            raise BundleError(f"{path}: {size} bytes is larger than the limit of {limit} (raise it with --max-bytes, 0: no limit)")
         try:
             with open(path, "rb") as fh:
-                data = fh.read(max_bytes + 1)
+                data = fh.read(limit + 1) if limit is not None else fh.read()
         except OSError as exc:
             raise BundleError(f"{path}: cannot read ({exc.strerror or exc})") from None
     elif hasattr(source, "read"):
-        data = source.read(max_bytes + 1)
+        data = source.read(limit + 1) if limit is not None else source.read()
     else:
         data = source
     if isinstance(data, str):
         data = data.encode("utf-8", errors="surrogatepass")
     if not isinstance(data, (bytes, bytearray)):
         raise BundleError(f"not a bundle: {type(source).__name__}")
-    if len(data) > max_bytes:
-        raise BundleError(f"the bundle is larger than the limit of {max_bytes} bytes (raise it with --max-bytes)")
+    if limit is not None and len(data) > limit:
+        raise BundleError(f"the bundle is larger than the limit of {limit} bytes (raise it with --max-bytes, 0: no limit)")
     try:
         text = bytes(data).decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -149,9 +155,10 @@ def check_bundle(parsed: Any, *, max_objects: int = DEFAULT_MAX_OBJECTS) -> dict
     elif kind != "bundle":
         raise BundleError(f"not a STIX bundle: type is {kind!r}, expected 'bundle'")
     if "spec_version" in parsed and parsed["spec_version"] != "2.1":  # STIX 2.0 bundles carry it
-        raise BundleError(
-            f"wrong spec_version: this is a STIX {parsed.get('spec_version')!r} bundle; only STIX 2.1 is read"
-        )
+        sv = parsed["spec_version"]
+        if isinstance(sv, str):
+            raise BundleError(f"wrong spec_version: this is a STIX {sv!r} bundle; only STIX 2.1 is read")
+        raise BundleError(f"wrong spec_version: the bundle's {_spec_version_problem(sv)}")
     objects = parsed.get("objects", [])
     if not isinstance(objects, list):
         raise BundleError("not a STIX bundle: 'objects' is not a list")
@@ -180,6 +187,7 @@ def read_bundle(bundle: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ImportRep
     b = load_bundle(bundle, max_bytes=max_bytes)
     report = ImportReport(bundle_id=b.get("id"))
     by_id: dict[str, dict] = {}
+    dup_seen: set[str] = set()
     for i, obj in enumerate(b.get("objects", [])):
         if not isinstance(obj, dict):
             report.problems.append(f"object #{i}: not a JSON object ({type(obj).__name__})")
@@ -193,11 +201,24 @@ def read_bundle(bundle: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ImportRep
             report.problems.append(f"{oid}: no spec_version (STIX 2.0 object?); skipped")
             continue
         if sv is not None and sv != "2.1":
-            report.problems.append(f"{oid}: wrong spec_version {_short(sv)} (only 2.1 is read); skipped")
+            report.problems.append(f"{oid}: {_spec_version_problem(sv)}; skipped")
             continue
         if oid in by_id:
-            # several versions of one object: keep the newest
-            if str(obj.get("modified", "")) <= str(by_id[oid].get("modified", "")):
+            prev = by_id[oid]
+            new_v, old_v = str(obj.get("modified", obj.get("created", ""))), str(prev.get("modified", prev.get("created", "")))
+            if oid not in dup_seen:
+                dup_seen.add(oid)
+                report.duplicates.append(oid)
+            if new_v == old_v and obj != prev:
+                report.problems.append(
+                    f"{oid}: appears again with the same version ({new_v or 'no timestamp'}) and other content; the first is used"
+                )
+                continue
+            if new_v == old_v:
+                report.problems.append(f"{oid}: appears more than once (identical copies); read once")
+                continue
+            report.problems.append(f"{oid}: several versions in the bundle; the newest ({max(new_v, old_v)}) is used")
+            if new_v < old_v:
                 continue
         by_id[oid] = obj
     report.objects = len(by_id)
@@ -251,9 +272,21 @@ def read_bundle(bundle: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ImportRep
         f = by_id.get(ref) if isinstance(ref, str) else None
         if f is None or f.get("type") != "file":
             return None, None
-        hashes = f.get("hashes") if isinstance(f.get("hashes"), dict) else {}
-        sha = hashes.get("SHA-256")
-        return ref, sha.lower() if isinstance(sha, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha) else None
+        return ref, file_sha.get(ref)
+
+    file_sha: dict[str, str | None] = {}
+    for oid, obj in by_id.items():
+        if obj["type"] != "file":
+            continue
+        hashes = obj.get("hashes") if isinstance(obj.get("hashes"), dict) else {}
+        sha = next((v for k, v in hashes.items() if isinstance(k, str) and k.upper() in ("SHA-256", "SHA256")), None)
+        if sha is None:
+            file_sha[oid] = None
+        elif isinstance(sha, str) and _SHA256_RE.fullmatch(sha.strip()):
+            file_sha[oid] = sha.strip().lower()
+        else:
+            file_sha[oid] = None
+            report.problems.append(f"{oid}: SHA-256 {_short(sha)} is not 64 hex characters; the File is read without it")
 
     seen: set[tuple[str, str, str | None]] = set()
 
@@ -266,6 +299,8 @@ def read_bundle(bundle: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ImportRep
     for oid, obj in by_id.items():
         kind = obj["type"]
         name = obj.get("name") if isinstance(obj.get("name"), str) else None
+        if kind == "identity" and name:
+            report.producers[oid] = name[:200]
         if kind == "grouping":
             exts = obj.get("extensions")
             ext = exts.get(EXTENSION_ID) if isinstance(exts, dict) else None
@@ -274,8 +309,23 @@ def read_bundle(bundle: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ImportRep
             if not isinstance(ext, dict) or not isinstance(ext.get("members"), list):
                 report.problems.append(f"{oid}: the telfhash cluster extension has no list of members")
                 continue
-            threshold = ext.get("threshold") if isinstance(ext.get("threshold"), int) else None
-            report.clusters[oid] = {"name": name, "threshold": threshold, "size": len(ext["members"])}
+            schema_errors = extension_errors(ext)
+            if schema_errors:
+                report.problems.append(
+                    f"{oid}: the telfhash cluster extension does not follow its schema ({schema_errors[0]}"
+                    + (f"; and {len(schema_errors) - 1} more" if len(schema_errors) > 1 else "")
+                    + "); its content is not used"
+                )
+                continue
+            threshold = ext["threshold"]
+            rep_ref, rep_sha = file_info(ext.get("representative_ref"))
+            report.clusters[oid] = {
+                "name": name,
+                "threshold": threshold,
+                "size": len(ext["members"]),
+                "representative": normalize(ext["representative_telfhash"], "t1"),
+                "representative_sha256": rep_sha,
+            }
             for j, m in enumerate(ext["members"]):
                 t1 = _digest(m.get("telfhash")) if isinstance(m, dict) else None
                 if t1 is None:
@@ -315,8 +365,10 @@ def read_bundle(bundle: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ImportRep
                 add(SharedDigest(value, cluster, cname if isinstance(cname, str) else None, None, None, None, "pattern"))
     for d in report.digests:
         if d.cluster not in report.clusters:
-            obj = by_id.get(d.cluster, {})
-            report.clusters[d.cluster] = {"name": d.cluster_name, "threshold": None, "size": None}
+            report.clusters[d.cluster] = {
+                "name": d.cluster_name, "threshold": None, "size": None,
+                "representative": d.telfhash, "representative_sha256": d.sha256,
+            }
     if report.digests:
         sizes: dict[str, set[str]] = {}
         for d in report.digests:
@@ -325,6 +377,99 @@ def read_bundle(bundle: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ImportRep
             if info.get("size") is None:
                 info["size"] = len(sizes.get(cid, ()))
     return report
+
+
+def _spec_version_problem(sv: Any) -> str:
+    if isinstance(sv, (int, float)) and not isinstance(sv, bool):
+        return f"spec_version is the number {sv!r}; STIX writes it as the text \"2.1\""
+    return f"spec_version {_short(sv)} is not \"2.1\" (only STIX 2.1 is read)"
+
+
+_FILE_REF_RE = re.compile(r"^file--[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_T1_RE = re.compile(r"^t1[0-9a-f]{70}$")
+_EXT_KEYS = frozenset(
+    {"extension_type", "threshold", "linkage", "size", "max_distance", "max_distance_exact", "representative_ref",
+     "representative_telfhash", "architectures", "members"}
+)
+_EXT_REQUIRED = ("extension_type", "threshold", "size", "representative_ref", "representative_telfhash", "members")
+_MEMBER_KEYS = frozenset({"file_ref", "telfhash", "arch", "distance_to_representative"})
+MAX_DISTANCE_VALUE = 65535
+
+
+def _int_in(v: Any, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _str_max(v: Any, n: int) -> bool:
+    return isinstance(v, str) and len(v) <= n
+
+
+def extension_errors(ext: Any, limit: int = 5) -> list[str]:
+    """Where ``ext`` (a Grouping's telfhash cluster extension, from any producer) breaks the
+    extension's JSON schema (``telfhash-cluster-extension.schema.json``): up to ``limit``
+    messages, empty when it follows it.
+
+    The checks are those of the schema, written out: a general JSON-schema validator takes
+    seconds per 10,000 members (and seconds to import), this takes milliseconds; the tests hold
+    the two to the same verdicts."""
+    out: list[str] = []
+
+    def bad(where: str, what: str) -> bool:
+        out.append(f"{where}: {what}")
+        return len(out) >= limit
+
+    if not isinstance(ext, dict):
+        return ["the extension: not an object"]
+    for k in _EXT_REQUIRED:
+        if k not in ext and bad(k, "required property missing"):
+            return out
+    for k in ext:
+        if k not in _EXT_KEYS and bad(_short(k), "property not in the schema"):
+            return out
+    checks = (
+        ("extension_type", lambda v: v == "property-extension", "must be 'property-extension'"),
+        ("threshold", lambda v: _int_in(v, 0, MAX_DISTANCE_VALUE), f"must be a whole number 0..{MAX_DISTANCE_VALUE}"),
+        ("linkage", lambda v: _str_max(v, 64), "must be text of at most 64 characters"),
+        ("size", lambda v: _int_in(v, 1, 100_000_000), "must be a whole number 1..100000000"),
+        ("max_distance", lambda v: _int_in(v, 0, MAX_DISTANCE_VALUE), f"must be a whole number 0..{MAX_DISTANCE_VALUE}"),
+        ("max_distance_exact", lambda v: isinstance(v, bool), "must be true or false"),
+        ("representative_ref", lambda v: isinstance(v, str) and _FILE_REF_RE.match(v) is not None, "must be a File id"),
+        ("representative_telfhash", lambda v: isinstance(v, str) and _T1_RE.match(v) is not None, "must be t1 + 70 lower-case hex"),
+        (
+            "architectures",
+            lambda v: isinstance(v, list) and len(v) <= 256 and all(_str_max(a, 64) for a in v),
+            "must be a list of at most 256 texts of at most 64 characters",
+        ),
+    )
+    for key, ok, what in checks:
+        if key in ext and not ok(ext[key]) and bad(key, f"{_short(ext[key])} {what}"):
+            return out
+    members = ext.get("members")
+    if "members" in ext and (not isinstance(members, list) or not members):
+        bad("members", "must be a non-empty list")
+        return out
+    for j, m in enumerate(members or []):
+        if not isinstance(m, dict):
+            if bad(f"members/{j}", "not an object"):
+                return out
+            continue
+        ref, telf = m.get("file_ref"), m.get("telfhash")
+        if not (isinstance(ref, str) and _FILE_REF_RE.match(ref)) and bad(f"members/{j}/file_ref", f"{_short(ref)} is not a File id"):
+            return out
+        if not (isinstance(telf, str) and _T1_RE.match(telf)) and bad(f"members/{j}/telfhash", f"{_short(telf)} is not t1 + 70 lower-case hex"):
+            return out
+        if len(m) > 2:
+            extra = [k for k in m if k not in _MEMBER_KEYS]
+            if extra and bad(f"members/{j}", f"property {_short(extra[0])} not in the schema"):
+                return out
+            if "arch" in m and not _str_max(m["arch"], 64) and bad(f"members/{j}/arch", "must be text of at most 64 characters"):
+                return out
+            dist = m.get("distance_to_representative", 0)
+            if not _int_in(dist, 0, MAX_DISTANCE_VALUE) and bad(
+                f"members/{j}/distance_to_representative", f"{_short(dist)} must be a whole number 0..{MAX_DISTANCE_VALUE}"
+            ):
+                return out
+    return out
 
 
 _SCO_TYPES = frozenset(
@@ -357,9 +502,10 @@ def pattern_telfhashes(pattern: str, problems: list[str] | None = None, where: s
 # ----------------------------------------------------------------------------- index and matching
 
 
-def shared_results(report: ImportReport) -> list[Result]:
-    """The shared telfhashes as Results (one per distinct telfhash and file) for the local index."""
-    out: list[Result] = []
+def shared_results(report: ImportReport) -> list[dict]:
+    """The shared telfhashes as result dicts (one per distinct telfhash and file) for the local
+    index, each saying where it came from (bundle, cluster, where in the bundle, producer)."""
+    out: list[dict] = []
     seen: set[tuple[str, str | None]] = set()
     known = {d.telfhash for d in report.digests if d.sha256 or d.file_ref}
     for d in report.digests:
@@ -369,35 +515,56 @@ def shared_results(report: ImportReport) -> list[Result]:
         if key in seen:
             continue
         seen.add(key)
-        label = d.file_ref or d.cluster
-        out.append(
-            Result(
-                file=f"{report.source}/{label}",
-                telfhash=d.telfhash,
-                arch=d.arch,
-                sha256=d.sha256,
-                extra={"stix_cluster": d.cluster, "stix_origin": d.origin},
-            )
-        )
+        row = {
+            "file": f"{report.source}/{d.file_ref or d.cluster}",
+            "telfhash": d.telfhash,
+            "arch": d.arch,
+            "sha256": d.sha256,
+            "stix_bundle": report.bundle_id,
+            "stix_cluster": d.cluster,
+            "stix_origin": d.origin,
+        }
+        if report.origin:
+            row["stix_from"] = report.origin
+        out.append(row)
     return out
 
 
 def add_to_index(report: ImportReport, index_path: str | None) -> dict:
-    """Add the shared samples to the local index (source ``stix:<bundle id>``).
+    """Add the shared samples to the local index (source ``stix:<bundle id>``), all of them in
+    one transaction or none.
 
-    The index keys samples by SHA-256, so telfhashes the bundle names without one (e.g. only in
-    an Indicator pattern) are not recorded; they still count for :func:`match_local`.
-    Returns ``{"added", "updated", "unchanged", "without_sha256", "errors"}``.
+    What a bundle says is a claim: it never changes an entry computed here from the file's
+    bytes (those conflicts are listed under ``"local_kept"``), and a later add of the file
+    itself replaces it.  The index keys samples by SHA-256, so telfhashes the bundle names
+    without one (e.g. only in an Indicator pattern) are not recorded; they still count for
+    :func:`match_local`.  Returns ``{"added", "updated", "unchanged", "without_sha256",
+    "local_kept", "errors"}``.
     """
     try:
-        from telfhash_core.store.index import Index
+        from telfhash_core.store.index import CLAIMED, Index
     except ImportError as exc:
         raise BundleError(f"the local index is not available ({exc})") from None
     results = shared_results(report)
-    with_sha = [r for r in results if r.sha256]
+    with_sha = [r for r in results if r["sha256"]]
+    kept: list[str] = []
     try:
         with Index(index_path) as idx:
-            stats = idx.add_results(with_sha, source=report.source)
+            shas = sorted({r["sha256"] for r in with_sha})
+            local: dict[str, str | None] = {}
+            for i in range(0, len(shas), 900):
+                chunk = shas[i : i + 900]
+                q = f"SELECT sha256, digest, method FROM entries WHERE sha256 IN ({','.join('?' * len(chunk))})"
+                for sha, digest, method in idx._conn.execute(q, chunk):
+                    if method != CLAIMED:
+                        local[sha] = "t1" + bytes(digest).hex() if digest else None
+            for r in with_sha:
+                if r["sha256"] in local and local[r["sha256"]] != r["telfhash"]:
+                    kept.append(
+                        f"{r['sha256']}: the bundle claims {r['telfhash']}, the file gave {local[r['sha256']] or 'no telfhash'} here; "
+                        "the local value is kept"
+                    )
+            stats = idx.add_results(with_sha, source=report.source, claim=True, atomic=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise BundleError(f"local index {index_path}: {exc}") from None
     except Exception as exc:  # sqlite3.Error and the like: the index file is unusable
@@ -407,6 +574,7 @@ def add_to_index(report: ImportReport, index_path: str | None) -> dict:
         "updated": int(getattr(stats, "updated", 0)),
         "unchanged": int(getattr(stats, "unchanged", 0)),
         "without_sha256": len(results) - len(with_sha),
+        "local_kept": kept,
         "errors": list(getattr(stats, "errors", []) or []),
     }
 
@@ -452,27 +620,29 @@ def match_local(report: ImportReport, local: Iterable[Any], threshold: int) -> l
 
 def search_index(report: ImportReport, index_path: str | None, threshold: int) -> list[LocalMatch]:
     """The samples in the local index that did not come from this bundle and lie within
-    ``threshold`` of a shared telfhash: the nearest shared telfhash per cluster and sample."""
+    ``threshold`` of a shared telfhash: the nearest shared telfhash per cluster and sample.
+    One pass over the bundle's distinct telfhashes (:meth:`Index.search_many`)."""
     try:
         from telfhash_core.store.index import Index
     except ImportError as exc:
         raise BundleError(f"the local index is not available ({exc})") from None
+    by_digest: dict[str, dict[str, SharedDigest]] = {}
+    for d in report.digests:  # per distinct telfhash: one shared digest per cluster naming it
+        per = by_digest.setdefault(d.telfhash, {})
+        if d.cluster not in per or (d.sha256 and not per[d.cluster].sha256):
+            per[d.cluster] = d
     best: dict[tuple[str, str], LocalMatch] = {}
     try:
         with Index(index_path) as idx:
-            for d in report.digests:
-                for m in idx.search(d.telfhash, max_distance=threshold):
-                    if m.source == report.source:
-                        continue
-                    name = m.path or m.sha256
-                    key = (d.cluster, m.sha256)
-                    if key not in best or m.distance < best[key].distance:
-                        best[key] = LocalMatch(
-                            name, m.telfhash, d.cluster, report.clusters.get(d.cluster, {}).get("name"),
-                            d.telfhash, d.sha256, int(m.distance),
-                        )
-    except BundleError:
-        raise
+            found = idx.search_many(by_digest, max_distance=threshold, exclude_sources=[report.source])
     except Exception as exc:
         raise BundleError(f"local index {index_path}: {type(exc).__name__}: {exc}") from None
+    for telf, matches in found.items():
+        for d in by_digest.get(telf, {}).values():
+            cname = report.clusters.get(d.cluster, {}).get("name")
+            for m in matches:
+                key = (d.cluster, m.sha256)
+                cur = best.get(key)
+                if cur is None or m.distance < cur.distance:
+                    best[key] = LocalMatch(m.path or m.sha256, m.telfhash, d.cluster, cname, d.telfhash, d.sha256, int(m.distance))
     return sorted(best.values(), key=lambda m: (m.cluster, m.distance, m.file))
