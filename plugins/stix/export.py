@@ -34,11 +34,14 @@ NAMESPACE = uuid.UUID("5c0d981b-1f1b-40b9-9e26-5e3f28f2c83c")
 SCO_NAMESPACE = uuid.UUID("00abedb4-aa42-466c-9c01-fed23315a9b7")
 
 EXTENSION_ID = "extension-definition--1e6507bc-d6fa-48a6-b047-009557ebe233"
-EXTENSION_VERSION = "1.0.0"
+EXTENSION_VERSION = "1.1.0"
 PROJECT_IDENTITY_ID = "identity--003b9e40-c313-489e-a1f5-6c717aa66af2"
 # Fixed objects (project identity, extension definition) carry a fixed timestamp: the same
 # object with the same id must not appear with different versions.
 FIXED_TIMESTAMP = "2026-11-01T00:00:00.000Z"
+# The extension definition's version 1.1.0 (schema with bounds) is a new version of the object:
+# same ``created``, later ``modified``.
+EXTENSION_MODIFIED = "2026-12-01T00:00:00.000Z"
 SCHEMA_FILE = Path(__file__).with_name("telfhash-cluster-extension.schema.json")
 
 # Keys under which the telfhash may go into File ``hashes`` (opt-in).
@@ -383,7 +386,7 @@ def extension_definition() -> dict:
         "id": EXTENSION_ID,
         "created_by_ref": PROJECT_IDENTITY_ID,
         "created": FIXED_TIMESTAMP,
-        "modified": FIXED_TIMESTAMP,
+        "modified": EXTENSION_MODIFIED,
         "name": "telfhash cluster",
         "description": (
             "Parameters and members of a cluster of ELF samples whose telfhashes (Trend Micro's "
@@ -607,6 +610,56 @@ def export_bundle(
 
 def _sample_result(s: Sample) -> Result:
     return Result(file=s.file, telfhash=s.telfhash, arch=s.arch, size=s.size, sha256=s.sha256)
+
+
+# properties that say when, not what: two objects equal but for these are the same version
+_TIME_KEYS = frozenset({"created", "modified", "valid_from"})
+
+
+def same_content(a: dict, b: dict) -> bool:
+    """True when two versions of an object say the same (timestamps aside)."""
+    return {k: v for k, v in a.items() if k not in _TIME_KEYS} == {k: v for k, v in b.items() if k not in _TIME_KEYS}
+
+
+def _later(ts: str, than: str) -> str:
+    """``ts``, or one millisecond after ``than`` when ``ts`` is not later."""
+    a, b = _dt.datetime.fromisoformat(_ts(ts)[:-1] + "+00:00"), _dt.datetime.fromisoformat(_ts(than)[:-1] + "+00:00")
+    return _ts(a if a > b else b + _dt.timedelta(milliseconds=1))
+
+
+def carry_versions(objects: list, previous: dict[str, dict], *, drop_unchanged: bool = False) -> tuple[list, int, int]:
+    """Versions by the STIX 2.1 rules against ``previous`` (id -> the newest version known, from
+    an earlier export or a TAXII collection): an object with the same content takes the known
+    version's timestamps (or is dropped with ``drop_unchanged``); one with other content keeps
+    the known ``created`` and gets a ``modified`` later than the known one.  Returns
+    ``(objects, unchanged, changed)``."""
+    out: list = []
+    unchanged = changed = 0
+    for o in objects:
+        prev = previous.get(o.get("id")) if isinstance(o, dict) else None
+        if prev is None:
+            out.append(o)
+            continue
+        if "modified" not in o or same_content(o, prev):
+            unchanged += 1
+            if not drop_unchanged:
+                o = dict(o)
+                for k in ("created", "modified", "valid_from"):
+                    if k in prev and k in o:
+                        o[k] = prev[k]
+                out.append(o)
+            continue
+        changed += 1
+        o = dict(o)
+        if isinstance(prev.get("created"), str):
+            o["created"] = prev["created"]
+        if isinstance(prev.get("modified"), str):
+            try:
+                o["modified"] = _later(o["modified"], prev["modified"])
+            except (ValueError, ExportError):
+                pass
+        out.append(o)
+    return out, unchanged, changed
 
 
 def dumps(bundle: dict, indent: int | None = 2) -> str:

@@ -3,16 +3,24 @@ readable and writable collection, listening on 127.0.0.1 only.  Not for producti
 says so itself): the data lives in memory and is gone when the server stops.
 
     TELFHASH_TAXII_USER=alice TELFHASH_TAXII_PASSWORD=... telfhash stix serve --port 8000
+
+The server is a child process: it stops when ``serve`` gets any stop signal, and the kernel stops
+it when ``serve`` is killed outright (PR_SET_PDEATHSIG on Linux).  Its configuration, password
+included, is passed through a pipe: nothing is written to disk.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
-import tempfile
+import threading
+import time
 import uuid
 
 # Fixed, so the collection URL is the same at every start.
@@ -24,8 +32,8 @@ def collection_url(host: str, port: int) -> str:
     return f"http://{host}:{port}/{API_ROOT}/collections/{COLLECTION_ID}/"
 
 
-def write_config(folder: str, host: str, port: int, user: str, password: str) -> str:
-    """medallion's data and config files in ``folder``; returns the config path."""
+def server_config(host: str, port: int, user: str, password: str) -> tuple[dict, dict]:
+    """medallion's (data, config) for one readable and writable collection."""
     api = f"http://{host}:{port}/{API_ROOT}/"
     data = {
         "/discovery": {
@@ -57,50 +65,122 @@ def write_config(folder: str, host: str, port: int, user: str, password: str) ->
             ],
         },
     }
-    data_path = os.path.join(folder, "data.json")
-    with open(data_path, "w", encoding="utf-8") as fh:
-        json.dump(data, fh)
     config = {
-        "backend": {"module": "medallion.backends.memory_backend", "module_class": "MemoryBackend", "filename": data_path},
+        # medallion's memory backend with linear-time reads that accept Extension Definitions
+        "backend": {"module": "telfhash_plugins.stix.taxii_backend", "module_class": "TelfhashMemoryBackend"},
         "users": {user: password},
         "taxii": {"max_page_size": 1000},
     }
-    config_path = os.path.join(folder, "config.json")
-    fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the password
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(config, fh)
-    return config_path
+    return data, config
 
 
-def serve(port: int, user: str, password: str, host: str = "127.0.0.1") -> int:
-    """Run medallion in the foreground until it is stopped (Ctrl-C); returns its exit status."""
+def _pipe_with(text: str) -> int:
+    """A pipe's read end holding ``text`` (written by a thread: no size limit); nothing on disk."""
+    r, w = os.pipe()
+
+    def feed() -> None:
+        with os.fdopen(w, "w", encoding="utf-8") as fh:
+            try:
+                fh.write(text)
+            except BrokenPipeError:
+                pass
+
+    threading.Thread(target=feed, daemon=True).start()
+    return r
+
+
+def _die_with_parent(parent: int):
+    """preexec_fn: the kernel sends SIGTERM to medallion when the process that started it dies,
+    however it dies (SIGKILL included)."""
+
+    def run() -> None:
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return run
+
+
+PR_SET_PDEATHSIG = 1
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP", "SIGINT", "SIGQUIT") if hasattr(signal, n))
+
+
+def start(port: int, user: str, password: str, host: str = "127.0.0.1", *, quiet: bool = False) -> subprocess.Popen:
+    """Start medallion (a child process that dies with this one); its data and config, password
+    included, reach it through pipes and are never written to disk."""
     try:
         import medallion  # noqa: F401
     except ImportError:
         raise RuntimeError("medallion is not installed: pip install 'telfhash-core[stix]'") from None
-    def _stop(signum, frame):  # SIGTERM: stop medallion and remove the config (it holds the password)
+    data, config = server_config(host, port, user, password)
+    data_fd = _pipe_with(json.dumps(data))
+    config["backend"]["filename"] = f"/dev/fd/{data_fd}"
+    config_fd = _pipe_with(json.dumps(config))
+    out = subprocess.DEVNULL if quiet else None
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "medallion.scripts.run", "--host", host, "--port", str(port), f"/dev/fd/{config_fd}"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            pass_fds=(data_fd, config_fd),
+            preexec_fn=_die_with_parent(os.getpid()) if sys.platform.startswith("linux") else None,
+        )
+    finally:
+        os.close(data_fd)
+        os.close(config_fd)
+
+
+def wait_ready(proc: subprocess.Popen, host: str, port: int, timeout: float = 30.0) -> bool:
+    """True once the server accepts connections; False when it exited or ``timeout`` passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def serve(port: int, user: str, password: str, host: str = "127.0.0.1") -> int:
+    """Run medallion until this process gets SIGINT/SIGTERM/SIGHUP/SIGQUIT (the server stops
+    with it; on SIGKILL the kernel stops it); returns its exit status.  Prints ``ready: <URL>``
+    once the server answers."""
+
+    def _stop(signum, frame):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, _stop)
-    with tempfile.TemporaryDirectory(prefix="telfhash-taxii-") as folder:
-        config = write_config(folder, host, port, user, password)
-        print(f"TAXII 2.1 collection: {collection_url(host, port)}", flush=True)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _stop)
+    proc = None
+    try:
+        proc = start(port, user, password, host, quiet=True)
+        if not wait_ready(proc, host, port):
+            code = proc.poll()
+            stop(proc)
+            raise RuntimeError(f"the TAXII server did not start on {host}:{port} (exit status {code}; is the port in use?)")
+        print(f"ready: {collection_url(host, port)}", flush=True)
         print("stop with Ctrl-C; the data lives in memory only", flush=True)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "medallion.scripts.run", "--host", host, "--port", str(port), config],
-            stdin=subprocess.DEVNULL,
-        )
-        try:
-            return proc.wait()
-        except KeyboardInterrupt:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            return 0
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(10)
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if proc is not None:
+            stop(proc)
