@@ -78,6 +78,7 @@ class Sample:
     sha1: str | None = None
     arch: str | None = None
     size: int | None = None
+    method: str | None = None  # how the telfhash was computed: "dynsym"/"symtab", "fallback"
 
     @property
     def hashes(self) -> dict[str, str]:
@@ -236,7 +237,10 @@ def to_sample(item: Any, *, hash_files: bool = True, report: ExportReport | None
     if sha256 is None:
         report.skipped.append(f"{name or '?'}: no SHA-256 (hash with --sha256, or give readable paths)")
         return None
-    return Sample(file=name, telfhash=normalize(item.telfhash, "t1"), sha256=sha256, md5=md5, sha1=sha1, arch=arch, size=size)
+    method = item.method if isinstance(getattr(item, "method", None), str) else None
+    return Sample(
+        file=name, telfhash=normalize(item.telfhash, "t1"), sha256=sha256, md5=md5, sha1=sha1, arch=arch, size=size, method=method
+    )
 
 
 def _reason_text(item: Result) -> str:
@@ -436,7 +440,74 @@ def _cluster_key(spec: ClusterSpec) -> str:
     return f"{spec.threshold}:" + ",".join(sorted(s.sha256 for s in spec.members))
 
 
-def cluster_objects(spec: ClusterSpec, *, created_by: str | None, timestamp: str, pattern_key: str) -> list[dict]:
+# misp-stix reads a bundle with its "internal" parser -- the only one that turns a telfhash into
+# a MISP ``telfhash`` attribute -- when a Grouping carries this label; its objects are then read
+# by their ``misp:name`` labels (see docs/stix.md, "MISP").
+MISP_TOOL_LABEL = 'misp:tool="MISP-STIX-Converter"'
+MISP_FILE_LABELS = ['misp:name="file"', 'misp:meta-category="file"', 'misp:to_ids="True"']
+MISP_PATTERN_LABELS = ['misp:name="stix2-pattern"', 'misp:meta-category="misc"']
+MISP_YARA_LABELS = ['misp:name="yara"', 'misp:meta-category="misc"']
+MISP_MALWARE_LABELS = ['misp:galaxy-name="Malware"', 'misp:galaxy-type="malware"']
+
+
+def sample_pattern(sample: Sample) -> str:
+    """One sample's hashes, size and telfhash (70 hex, as MISP stores it) in one observation."""
+    parts = []
+    if sample.md5:
+        parts.append(f"file:hashes.MD5 = '{sample.md5}'")
+    if sample.sha1:
+        parts.append(f"file:hashes.'SHA-1' = '{sample.sha1}'")
+    parts.append(f"file:hashes.'SHA-256' = '{sample.sha256}'")
+    if isinstance(sample.size, int) and sample.size >= 0:
+        parts.append(f"file:size = {sample.size}")
+    parts.append(f"file:hashes.TELFHASH = '{_hex(sample.telfhash)}'")
+    return "[" + " AND ".join(parts) + "]"
+
+
+def sample_indicator(sample: Sample, *, created_by: str | None, timestamp: str, misp_layout: bool) -> dict:
+    """The Indicator of one member: its hashes with its telfhash.  misp-stix turns it into a
+    MISP ``file`` object holding the SHA-256 (MD5, SHA-1, size) and the ``telfhash`` attribute."""
+    ind: dict[str, Any] = {
+        "type": "indicator",
+        "spec_version": "2.1",
+        "id": _sdo_id("indicator", "sample", sample.sha256),
+        **({"created_by_ref": created_by} if created_by else {}),
+        "created": timestamp,
+        "modified": timestamp,
+        "name": f"ELF sample {sample.sha256}",
+        "description": "An ELF sample of a telfhash cluster: its hashes and its telfhash.",
+        "pattern": sample_pattern(sample),
+        "pattern_type": "stix",
+        "pattern_version": "2.1",
+        "valid_from": timestamp,
+    }
+    if misp_layout:
+        ind["labels"] = list(MISP_FILE_LABELS)
+    return ind
+
+
+def yara_rule(spec: ClusterSpec, grouping_id: str, description: str) -> str:
+    """The cluster's YARA rule (without imports); see telfhash_plugins.yara.rules."""
+    from telfhash_plugins.yara.rules import RuleMember, cluster_rule, rule_name
+
+    return cluster_rule(
+        rule_name(grouping_id),
+        [RuleMember(s.sha256, s.telfhash, s.method) for s in spec.members],
+        threshold=spec.threshold,
+        description=description,
+        reference=grouping_id,
+    )
+
+
+def cluster_objects(
+    spec: ClusterSpec,
+    *,
+    created_by: str | None,
+    timestamp: str,
+    pattern_key: str,
+    misp_layout: bool = True,
+    yara: bool = True,
+) -> list[dict]:
     key = _cluster_key(spec)
     short = _sdo_id("grouping", key).split("--")[1][:8]
     files = [s.file_id for s in spec.members]
@@ -510,20 +581,62 @@ def cluster_objects(spec: ClusterSpec, *, created_by: str | None, timestamp: str
         m["distance_to_representative"] = distance(s.telfhash, rep.telfhash)
         members.append(m)
     ext["members"] = members
+    gid = _sdo_id("grouping", key)
+    extra: list[dict] = []
+    if yara:
+        from telfhash_plugins.yara.rules import ruleset
+
+        yind: dict[str, Any] = {
+            "type": "indicator",
+            "spec_version": "2.1",
+            "id": _sdo_id("indicator", "yara", key),
+            **({"created_by_ref": created_by} if created_by else {}),
+            "created": timestamp,
+            "modified": timestamp,
+            "name": f"{label}: YARA rule",
+            "description": (
+                "Matches the cluster's members: by elf.telfhash() where the engine computes the reference's value, "
+                "and by each member's SHA-256 (the engines have no telfhash for files without a symbol table)."
+            ),
+            "pattern": ruleset([yara_rule(spec, gid, f"{label}: {what}, threshold {spec.threshold}")]),
+            "pattern_type": "yara",
+            "valid_from": timestamp,
+        }
+        yrel = {
+            "type": "relationship",
+            "spec_version": "2.1",
+            "id": _sdo_id("relationship", yind["id"], "indicates", malware["id"]),
+            **({"created_by_ref": created_by} if created_by else {}),
+            "created": timestamp,
+            "modified": timestamp,
+            "relationship_type": "indicates",
+            "source_ref": yind["id"],
+            "target_ref": malware["id"],
+        }
+        extra += [yind, yrel]
+    samples = [sample_indicator(s, created_by=created_by, timestamp=timestamp, misp_layout=misp_layout) for s in spec.members]
+    if misp_layout:
+        malware["labels"] = list(MISP_MALWARE_LABELS)
+        indicator["labels"] = list(MISP_PATTERN_LABELS)
+        if yara:
+            extra[0]["labels"] = list(MISP_YARA_LABELS)
     grouping = {
         "type": "grouping",
         "spec_version": "2.1",
-        "id": _sdo_id("grouping", key),
+        "id": gid,
         **({"created_by_ref": created_by} if created_by else {}),
         "created": timestamp,
         "modified": timestamp,
         "name": label,
         "description": f"{what}: one family by telfhash (threshold {spec.threshold}).",
         "context": "malware-analysis",
-        "object_refs": [malware["id"], indicator["id"], relationship["id"], *files],
+        "object_refs": [
+            malware["id"], indicator["id"], relationship["id"], *(o["id"] for o in extra), *files, *(o["id"] for o in samples)
+        ],
+        **({"labels": [MISP_TOOL_LABEL]} if misp_layout else {}),
         "extensions": {EXTENSION_ID: ext},
     }
-    return [grouping, malware, indicator, relationship]
+    return [grouping, malware, indicator, relationship, *extra, *samples]
 
 
 # ----------------------------------------------------------------------------- bundle
@@ -542,6 +655,9 @@ def export_bundle(
     min_size: int = 2,
     hash_files: bool = True,
     report: ExportReport | None = None,
+    misp_layout: bool = True,
+    yara: bool = True,
+    previous: Any = None,
 ) -> dict:
     """A STIX 2.1 bundle (a dict) for ``clusters`` of ``results``.
 
@@ -555,6 +671,12 @@ def export_bundle(
     ``include_singletons``).  ``linkage`` is recorded in the extension when the clusters do not
     say (the core's clustering is single linkage: connected components).  Skipped items are
     listed in ``report``.
+
+    ``misp_layout`` (default): the labels and per-sample Indicators through which misp-stix
+    gives MISP a ``file`` object with the ``telfhash`` attribute per sample (docs/stix.md,
+    "MISP").  ``yara`` (default): per cluster an Indicator with a YARA rule.  ``previous``: an
+    earlier bundle (dict, or a list of objects) of the same clusters: unchanged objects keep
+    its timestamps, changed ones its ``created`` with a later ``modified``.
     """
     report = report if report is not None else ExportReport()
     if telfhash_key is not None and telfhash_key not in TELFHASH_KEYS:
@@ -573,10 +695,18 @@ def export_bundle(
     if clusters is None:
         clusters, _ = cluster_items([_sample_result(s) for s in samples], threshold) if samples else ([], [])
     specs = []
+    one_content: list[Sample] = []
     for c in clusters:
         spec = to_cluster_spec(c, by_file, threshold=threshold, linkage=linkage, report=report)
         if spec is not None and len(spec.members) >= max(1, min_size):
             specs.append(spec)
+        elif spec is not None and len(spec.members) == 1 and len(_get(c, "members") or []) > 1:
+            s1 = spec.members[0]
+            report.warnings.append(
+                f"a cluster of {len(_get(c, 'members'))} files holds one content ({s1.sha256}): "
+                "not a cluster; exported as a File"
+            )
+            one_content.append(s1)
     specs.sort(key=_cluster_key)
 
     objects: list[dict] = [project_identity()]
@@ -591,21 +721,43 @@ def export_bundle(
     pattern_key = telfhash_key or "TELFHASH"
     files: dict[str, Sample] = {}
     seen_groups: set[str] = set()
+    seen_objects: set[str] = set()
     for spec in specs:
-        objs = cluster_objects(spec, created_by=created_by, timestamp=ts, pattern_key=pattern_key)
+        objs = cluster_objects(
+            spec, created_by=created_by, timestamp=ts, pattern_key=pattern_key, misp_layout=misp_layout, yara=yara
+        )
         if objs[0]["id"] in seen_groups:
+            report.warnings.append(f"a cluster of {len(spec.members)} samples is given twice; exported once ({objs[0]['id']})")
             continue
         seen_groups.add(objs[0]["id"])
-        objects.extend(objs)
+        for o in objs:  # a sample Indicator is shared by every cluster the sample is in
+            if o["id"] not in seen_objects:
+                seen_objects.add(o["id"])
+                objects.append(o)
         for s in spec.members:
             files.setdefault(s.file_id, s)
+    for s in one_content:  # clusters whose members are one content: no cluster, but not lost
+        files.setdefault(s.file_id, s)
     if include_singletons:
         for s in samples:
             files.setdefault(s.file_id, s)
     for fid in sorted(files, key=lambda i: (files[i].sha256, i)):
         objects.append(file_object(files[fid], telfhash_key))
-    bundle_id = _sdo_id("bundle", ts, *(o["id"] for o in objects))
+    if previous is not None:
+        objects = carry_versions(objects, _newest(previous))[0]
+    bundle_id = _sdo_id("bundle", ts, *(f"{o['id']}@{o.get('modified', '')}" for o in objects))
     return {"type": "bundle", "id": bundle_id, "objects": objects}
+
+
+def _newest(previous: Any) -> dict[str, dict]:
+    objs = previous.get("objects") if isinstance(previous, dict) else previous
+    out: dict[str, dict] = {}
+    for o in objs or []:
+        if isinstance(o, dict) and isinstance(o.get("id"), str):
+            cur = out.get(o["id"])
+            if cur is None or str(o.get("modified", "")) > str(cur.get("modified", "")):
+                out[o["id"]] = o
+    return out
 
 
 def _sample_result(s: Sample) -> Result:

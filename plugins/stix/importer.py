@@ -42,6 +42,7 @@ _PATTERN_RE = re.compile(
 )
 _QUOTED_RE = re.compile(r"'([^'\\]{0,128})'")
 _SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
+_PATTERN_SHA_RE = re.compile(r"file:hashes\.(?:'SHA-256'|SHA256|'SHA256')\s*=\s*'([0-9a-fA-F]{64})'")
 
 
 class BundleError(ValueError):
@@ -158,7 +159,7 @@ def check_bundle(parsed: Any, *, max_objects: int = DEFAULT_MAX_OBJECTS) -> dict
         sv = parsed["spec_version"]
         if isinstance(sv, str):
             raise BundleError(f"wrong spec_version: this is a STIX {sv!r} bundle; only STIX 2.1 is read")
-        raise BundleError(f"wrong spec_version: the bundle's {_spec_version_problem(sv)}")
+        raise BundleError(f"the bundle's {_spec_version_problem(sv)}")
     objects = parsed.get("objects", [])
     if not isinstance(objects, list):
         raise BundleError("not a STIX bundle: 'objects' is not a list")
@@ -288,6 +289,7 @@ def read_bundle(bundle: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ImportRep
             file_sha[oid] = None
             report.problems.append(f"{oid}: SHA-256 {_short(sha)} is not 64 hex characters; the File is read without it")
 
+    sha_file = {sha: fid for fid, sha in file_sha.items() if sha}
     seen: set[tuple[str, str, str | None]] = set()
 
     def add(d: SharedDigest) -> None:
@@ -361,8 +363,17 @@ def read_bundle(bundle: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ImportRep
             cluster = target if target in by_id else oid
             cluster = alias.get(cluster, alias.get(oid, cluster))
             cname = by_id[cluster].get("name") if cluster in by_id else name
-            for value in pattern_telfhashes(pattern, report.problems, oid):
-                add(SharedDigest(value, cluster, cname if isinstance(cname, str) else None, None, None, None, "pattern"))
+            values = pattern_telfhashes(pattern, report.problems, oid)
+            sha = None
+            if len(values) == 1 and " OR " not in pattern.upper():  # one sample: its hashes and telfhash
+                shas = _PATTERN_SHA_RE.findall(pattern)
+                if len(shas) == 1:
+                    sha = shas[0].lower()
+            ref = sha_file.get(sha) if sha else None
+            if ref is not None and cluster == oid:
+                cluster, cname = file_cluster.get(ref, (oid, name))
+            for value in values:
+                add(SharedDigest(value, cluster, cname if isinstance(cname, str) else None, sha, ref, None, "pattern"))
     for d in report.digests:
         if d.cluster not in report.clusters:
             report.clusters[d.cluster] = {
@@ -381,8 +392,8 @@ def read_bundle(bundle: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ImportRep
 
 def _spec_version_problem(sv: Any) -> str:
     if isinstance(sv, (int, float)) and not isinstance(sv, bool):
-        return f"spec_version is the number {sv!r}; STIX writes it as the text \"2.1\""
-    return f"spec_version {_short(sv)} is not \"2.1\" (only STIX 2.1 is read)"
+        return f"wrong spec_version: the number {sv!r}, where STIX 2.1 writes the text \"2.1\""
+    return f"wrong spec_version {_short(sv)} (only STIX 2.1 is read)"
 
 
 _FILE_REF_RE = re.compile(r"^file--[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")

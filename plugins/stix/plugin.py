@@ -86,6 +86,18 @@ def telfhash_commands(subparsers):
     e.add_argument("--identity", metavar="NAME", help="producer identity (organization) named in created_by_ref")
     e.add_argument("--timestamp", help="created/modified of the objects (ISO 8601; default $SOURCE_DATE_EPOCH or now)")
     e.add_argument("--singletons", action="store_true", help="also add a File for each sample outside every cluster")
+    e.add_argument(
+        "--no-misp-layout",
+        dest="misp_layout",
+        action="store_false",
+        help="leave out the labels and per-sample Indicators through which MISP gets a telfhash attribute per file",
+    )
+    e.add_argument("--no-yara", dest="yara", action="store_false", help="leave out the per-cluster YARA Indicators")
+    e.add_argument(
+        "--previous",
+        metavar="BUNDLE",
+        help="an earlier export of these clusters: unchanged objects keep its timestamps, changed ones get a new 'modified'",
+    )
     e.add_argument("-o", "--output", default="-", help="bundle file (default stdout)")
     e.add_argument("--validate", action="store_true", help="validate the bundle (stix2-validator --strict, stix2.parse)")
     e.set_defaults(func=_guarded(cmd_export))
@@ -93,7 +105,7 @@ def telfhash_commands(subparsers):
     v = sub.add_parser("validate", help="stix2-validator --strict and stix2.parse on bundles")
     v.add_argument("bundles", nargs="+", metavar="BUNDLE")
     v.add_argument("--no-strict", dest="strict", action="store_false", help="warnings are not errors")
-    v.add_argument("--max-bytes", type=non_negative_int, default=DEFAULT_MAX_BYTES)
+    v.add_argument("--max-bytes", type=non_negative_int, default=DEFAULT_MAX_BYTES, help="refuse larger bundles (0: no limit)")
     v.set_defaults(func=_guarded(cmd_validate))
 
     taxii_help = "collection URL, user and password from $TELFHASH_TAXII_* or the config file (never argv)"
@@ -103,6 +115,7 @@ def telfhash_commands(subparsers):
     pub.add_argument("--chunk", type=non_negative_int, default=500, help="objects per request (0: all in one; default 500)")
     pub.add_argument("--timeout", type=non_negative_int, default=60, help="seconds to wait for each request's status")
     pub.add_argument("--resend", action="store_true", help="send every object, even those the collection already holds")
+    pub.add_argument("--max-bytes", type=non_negative_int, default=DEFAULT_MAX_BYTES, help="refuse larger bundles (0: no limit)")
     pub.set_defaults(func=_guarded(cmd_publish))
 
     pl = sub.add_parser("pull", help="read a TAXII 2.1 collection into a bundle file", description=taxii_help)
@@ -131,7 +144,7 @@ def telfhash_commands(subparsers):
     im.add_argument("-r", "--recursive", action="store_true", help="walk folders given to --local")
     im.add_argument("-t", "--threshold", type=non_negative_int, default=50, help="report local samples within this distance (default 50)")
     im.add_argument("-f", "--format", choices=("text", "json"), default="text")
-    im.add_argument("--max-bytes", type=non_negative_int, default=DEFAULT_MAX_BYTES, help="refuse bundles larger than this")
+    im.add_argument("--max-bytes", type=non_negative_int, default=DEFAULT_MAX_BYTES, help="refuse larger bundles (0: no limit)")
     im.set_defaults(func=_guarded(cmd_import))
 
 
@@ -257,6 +270,15 @@ def cmd_export(args) -> int:
         _err(p)
     report = ExportReport()
     try:
+        previous = None
+        if args.previous:
+            from .importer import load_bundle
+
+            try:
+                previous = load_bundle(args.previous, max_bytes=0)
+            except BundleError as exc:
+                _err(f"--previous: {exc}")
+                return 1
         clusters = read_clusters_file(args.clusters) if args.clusters else None
         bundle = export_bundle(
             items,
@@ -268,6 +290,9 @@ def cmd_export(args) -> int:
             timestamp=args.timestamp,
             include_singletons=args.singletons,
             report=report,
+            misp_layout=args.misp_layout,
+            yara=args.yara,
+            previous=previous,
         )
     except ExportError as exc:
         _err(str(exc))
@@ -314,16 +339,18 @@ def cmd_publish(args) -> int:
     from .importer import load_bundle
     from .taxii import TaxiiError, load_settings, publish
 
+    from .taxii import _safe_url
+
     try:
-        bundle = load_bundle(sys.stdin.buffer if args.bundle == "-" else args.bundle)
+        bundle = load_bundle(sys.stdin.buffer if args.bundle == "-" else args.bundle, max_bytes=args.max_bytes)
         settings = load_settings(args.config, args.url)
         rep = publish(bundle, settings, chunk=args.chunk, timeout=args.timeout, skip_present=not args.resend)
     except (BundleError, TaxiiError) as exc:
         _err(str(exc))
         return 1
     print(
-        f"published to {settings.url}: {rep.success} added, {rep.already} already there, "
-        f"{rep.failure} failed, {rep.pending} pending"
+        f"published to {_safe_url(settings.url)}: {rep.success} added ({rep.new_versions} as new versions), "
+        f"{rep.already} already there, {rep.failure} failed, {rep.pending} pending"
     )
     for f in rep.failures:
         print(f"  failed: {f}")
@@ -340,6 +367,9 @@ def cmd_pull(args) -> int:
         return 1
     _write(args.output, dumps(bundle))
     _err(f"{len(bundle['objects'])} object(s)")
+    if not bundle["objects"]:
+        _err("warning: the collection holds no objects (or none matching the filters)")
+        return 1
     return 0
 
 
@@ -378,18 +408,29 @@ def cmd_import(args) -> int:
     except BundleError as exc:
         _err(str(exc))
         return 1
+    if args.taxii:
+        from .taxii import _safe_url
+
+        report.origin = _safe_url(args.url or os.environ.get("TELFHASH_TAXII_URL"))
     shown = report.problems if args.format == "json" else report.problems[:MAX_PROBLEM_LINES]
     for p in shown:
         _err(f"warning: {p}")
     if len(report.problems) > len(shown):
         _err(f"... and {len(report.problems) - len(shown)} more problem(s) (-f json lists them all)")
+    empty = None
+    if report.objects == 0:
+        empty = "the collection holds no objects" if args.taxii else "the bundle holds no objects"
+    elif not report.digests:
+        empty = f"no telfhash in the {'collection' if args.taxii else 'bundle'} ({report.objects} object(s) read)"
+    if empty:
+        _err(f"warning: {empty}; nothing to import")
     added = None
     matches: list = []
     try:
-        if args.index:
+        if args.index and not empty:
             added = importer.add_to_index(report, args.index)
             matches.extend(importer.search_index(report, args.index, args.threshold))
-        if args.local:
+        if args.local and not empty:
             from telfhash_core import expand_paths
 
             files = expand_paths(args.local, args.recursive, on_error=_err)
@@ -403,6 +444,9 @@ def cmd_import(args) -> int:
         if key not in unique or m.distance < unique[key].distance:
             unique[key] = m
     matches = sorted(unique.values(), key=lambda m: (m.cluster, m.distance, m.file))
+    if added is not None and args.format != "json":
+        for line in added["local_kept"][:MAX_PROBLEM_LINES]:
+            _err(f"warning: {line}")
     if args.format == "json":
         print(
             json.dumps(
@@ -411,26 +455,52 @@ def cmd_import(args) -> int:
                     "source": report.source,
                     "telfhashes": len(report.telfhashes()),
                     "clusters": report.clusters,
+                    "duplicates": report.duplicates,
                     "added_to_index": added,
-                    "matches": [m.to_dict() for m in matches],
+                    "matches": [dict(m.to_dict(), cluster_label=cluster_label(report, m.cluster)) for m in matches],
                     "problems": report.problems,
+                    "empty": empty,
                 },
                 indent=2,
             )
         )
-        return 0
+        return 1 if empty else 0
     print(
         f"{report.source}: {len(report.telfhashes())} telfhash(es) in {len(report.clusters)} cluster(s)"
         + (
             f"; index {args.index}: {added['added']} added, {added['updated'] + added['unchanged']} already there"
+            + (f", {len(added['local_kept'])} kept their local value" if added["local_kept"] else "")
             + (f", {added['without_sha256']} without SHA-256 not recorded" if added["without_sha256"] else "")
             if added is not None
             else ""
         )
     )
+    if empty:
+        return 1
     if args.index or args.local:
         if not matches:
             print(f"no local sample within {args.threshold} of a shared cluster")
-        for m in matches:
-            print(f"{m.file}  {m.distance:>4}  {m.cluster}" + (f"  ({m.cluster_name})" if m.cluster_name else ""))
+        else:
+            rows = [(m.file, str(m.distance), cluster_label(report, m.cluster)) for m in matches]
+            head = ("local sample", "distance", "shared cluster (representative, size)")
+            w0 = max(len(head[0]), *(len(r[0]) for r in rows))
+            w1 = max(len(head[1]), *(len(r[1]) for r in rows))
+            print(f"{head[0]:<{w0}}  {head[1]:>{w1}}  {head[2]}")
+            for r in rows:
+                print(f"{r[0]:<{w0}}  {r[1]:>{w1}}  {r[2]}")
     return 0
+
+
+def cluster_label(report, cluster: str) -> str:
+    """A shared cluster as a person reads it: its representative's telfhash (shortened), its
+    size, and its name or id."""
+    info = report.clusters.get(cluster, {})
+    rep = info.get("representative")
+    size = info.get("size")
+    name = info.get("name") or cluster
+    parts = []
+    if rep:
+        parts.append(f"{rep[:16]}…")
+    if size:
+        parts.append(f"{size} sample{'s' if size != 1 else ''}")
+    return ", ".join(parts) + f"  ({name})" if parts else name

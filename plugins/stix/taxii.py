@@ -262,12 +262,24 @@ def publish(
     try:
         present = _present(col, objects)
         present_ids = {i for i, v in present if v is None}
-        latest = _latest(col, [o["id"] for o in objects if isinstance(o, dict) and "modified" in o and o.get("id") in present_ids])
+        # Extension Definitions are fixed objects of ours (and medallion 3.0 cannot read them by id)
+        latest = _latest(
+            col,
+            [
+                o["id"]
+                for o in objects
+                if isinstance(o, dict) and "modified" in o and o.get("id") in present_ids and o.get("type") != "extension-definition"
+            ],
+        )
     except Exception as exc:
         raise TaxiiError(f"{_safe_url(settings.url)}: reading what the collection holds: {_explain(exc, settings)}") from None
-    for o in objects:  # SCOs: no versions; the same id is the same content
-        if isinstance(o, dict) and "modified" not in o and o.get("id") in present_ids:
+    for o in objects:
+        if not isinstance(o, dict):
+            continue
+        if "modified" not in o and o.get("id") in present_ids:  # SCOs: the same id is the same content
             latest.setdefault(o["id"], o)
+        elif o.get("type") == "extension-definition" and (o.get("id"), o.get("modified")) in present:
+            latest.setdefault(o["id"], o)  # a fixed object: the same version is the same content
     objects, unchanged, report.new_versions = carry_versions(objects, latest, drop_unchanged=skip_present)
     report.already = unchanged if skip_present else 0
     step = chunk if chunk and chunk > 0 else max(len(objects), 1)
