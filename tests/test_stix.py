@@ -189,17 +189,23 @@ def test_cluster_objects_carry_the_reference_telfhashes(default_bundle, sample_s
         # the Malware family, the Indicator and the relationship between them
         refs = g["object_refs"]
         malware = [objs[r] for r in refs if r.startswith("malware--")]
-        indicator = [objs[r] for r in refs if r.startswith("indicator--")]
+        indicators = [objs[r] for r in refs if r.startswith("indicator--")]
+        indicator = [i for i in indicators if i["pattern_type"] == "stix" and "SHA-256" not in i["pattern"]]
+        yara_ind = [i for i in indicators if i["pattern_type"] == "yara"]
+        samples = [i for i in indicators if i["pattern_type"] == "stix" and "SHA-256" in i["pattern"]]
         rel = [objs[r] for r in refs if r.startswith("relationship--")]
-        assert len(malware) == len(indicator) == len(rel) == 1
+        assert len(malware) == len(indicator) == len(yara_ind) == 1 and len(rel) == 2
+        assert len(samples) == len(member_files)  # one Indicator per sample: its hashes and its telfhash
         assert malware[0]["is_family"] is True and set(malware[0]["sample_refs"]) == member_files
         assert set(refs) >= member_files
         comparisons = Pattern(indicator[0]["pattern"]).inspect().comparisons["file"]
         assert {path[1] for path, _, _ in comparisons} == {"TELFHASH"}
         assert {op for _, op, _ in comparisons} == {"="}
         assert {"t1" + v.strip("'") for _, _, v in comparisons} == exp["telfhashes"]
-        assert rel[0]["relationship_type"] == "indicates"
-        assert (rel[0]["source_ref"], rel[0]["target_ref"]) == (indicator[0]["id"], malware[0]["id"])
+        assert {r["relationship_type"] for r in rel} == {"indicates"}
+        assert {(r["source_ref"], r["target_ref"]) for r in rel} == {
+            (indicator[0]["id"], malware[0]["id"]), (yara_ind[0]["id"], malware[0]["id"])
+        }
     assert len(seen) == len(expected_clusters)
 
 

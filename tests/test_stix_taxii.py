@@ -157,10 +157,10 @@ def test_cli_publish_and_import_with_credentials_from_env_and_config(taxii, bund
     n = len(bundle["objects"])
     p = subprocess.run(cmd + ["publish", str(bfile)], env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
-    m = re.search(r"(\d+) added, (\d+) already there, 0 failed, 0 pending", p.stdout)
+    m = re.search(r"(\d+) added \(\d+ as new versions\), (\d+) already there, 0 failed, 0 pending", p.stdout)
     assert m and int(m.group(1)) + int(m.group(2)) == n, p.stdout
     p = subprocess.run(cmd + ["publish", str(bfile)], env=env, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0 and f"0 added, {n} already there, 0 failed" in p.stdout, p.stdout + p.stderr  # nothing sent twice
+    assert p.returncode == 0 and f"0 added (0 as new versions), {n} already there, 0 failed" in p.stdout, p.stdout + p.stderr  # nothing sent twice
     assert PASSWORD not in p.stdout + p.stderr
 
     # a second user: credentials in a config file, readable by the owner only
