@@ -53,8 +53,10 @@ def cluster_rule(
     threshold: int | None = None,
     description: str | None = None,
     reference: str | None = None,
+    by_sha256: bool = True,
 ) -> str:
-    """One rule (without imports) matching the members: by telfhash, and by SHA-256."""
+    """One rule (without imports) matching the members: by telfhash, and by SHA-256 (leave the
+    latter out with ``by_sha256=False``, e.g. to measure what the telfhash alone matches)."""
     ms = sorted({m.sha256.lower(): m for m in members if isinstance(m.sha256, str) and len(m.sha256) == 64}.values(), key=lambda m: m.sha256)
     if not ms:
         raise ValueError("a rule needs at least one member with a SHA-256")
@@ -67,7 +69,10 @@ def cluster_rule(
     meta.append(f"members = {len(ms)}")
     meta.append('generator = "telfhash-core"')
     conds = [f'elf.telfhash() == "{t}"' for t in telfs]
-    conds += [f'hash.sha256(0, filesize) == "{m.sha256.lower()}"' for m in ms]
+    if by_sha256:
+        conds += [f'hash.sha256(0, filesize) == "{m.sha256.lower()}"' for m in ms]
+    if not conds:
+        conds = ["false"]
     body = " or\n        ".join(conds)
     return (
         f"rule {name}\n{{\n    meta:\n        " + "\n        ".join(meta) + f"\n    condition:\n        {body}\n}}\n"
