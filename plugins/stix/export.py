@@ -614,7 +614,11 @@ def cluster_objects(
             "target_ref": malware["id"],
         }
         extra += [yind, yrel]
-    samples = [sample_indicator(s, created_by=created_by, timestamp=timestamp, misp_layout=misp_layout) for s in spec.members]
+    samples = (
+        [sample_indicator(s, created_by=created_by, timestamp=timestamp, misp_layout=True) for s in spec.members]
+        if misp_layout
+        else []
+    )
     if misp_layout:
         malware["labels"] = list(MISP_MALWARE_LABELS)
         indicator["labels"] = list(MISP_PATTERN_LABELS)
