@@ -740,17 +740,44 @@ def export_bundle(
                 objects.append(o)
         for s in spec.members:
             files.setdefault(s.file_id, s)
-    for s in one_content:  # clusters whose members are one content: no cluster, but not lost
-        files.setdefault(s.file_id, s)
-    if include_singletons:
-        for s in samples:
-            files.setdefault(s.file_id, s)
+    loose: dict[str, Sample] = {}
+    for s in one_content + (samples if include_singletons else []):  # samples outside every cluster
+        if s.file_id not in files:
+            loose.setdefault(s.file_id, s)
+    files.update(loose)
+    if loose and misp_layout:
+        objects.extend(o for o in unclustered_objects(list(loose.values()), created_by, ts) if o["id"] not in seen_objects)
     for fid in sorted(files, key=lambda i: (files[i].sha256, i)):
         objects.append(file_object(files[fid], telfhash_key))
     if previous is not None:
         objects = carry_versions(objects, _newest(previous))[0]
     bundle_id = _sdo_id("bundle", ts, *(f"{o['id']}@{o.get('modified', '')}" for o in objects))
     return {"type": "bundle", "id": bundle_id, "objects": objects}
+
+
+UNCLUSTERED_LABEL = "telfhash:unclustered"
+
+
+def unclustered_objects(samples: list[Sample], created_by: str | None, timestamp: str) -> list[dict]:
+    """A Grouping of the samples outside every cluster (with their sample Indicators), so that a
+    MISP import keeps them too; labelled so that readers do not take it for a cluster."""
+    samples = sorted(samples, key=lambda s: s.sha256)
+    inds = [sample_indicator(s, created_by=created_by, timestamp=timestamp, misp_layout=True) for s in samples]
+    n = len(samples)
+    grouping = {
+        "type": "grouping",
+        "spec_version": "2.1",
+        "id": _sdo_id("grouping", "unclustered", *(s.sha256 for s in samples)),
+        **({"created_by_ref": created_by} if created_by else {}),
+        "created": timestamp,
+        "modified": timestamp,
+        "name": "telfhash: samples outside clusters",
+        "description": f"{n} ELF sample{'s' if n != 1 else ''} shared without a cluster (alone at the threshold, or one content).",
+        "context": "unspecified",
+        "object_refs": [*(s.file_id for s in samples), *(i["id"] for i in inds)],
+        "labels": [MISP_TOOL_LABEL, UNCLUSTERED_LABEL],
+    }
+    return [grouping, *inds]
 
 
 def _newest(previous: Any) -> dict[str, dict]:

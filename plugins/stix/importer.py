@@ -249,7 +249,7 @@ def read_bundle(bundle: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ImportRep
                 report.problems.append(
                     f"{oid}: {len(missing)} of {len(refs)} {prop} are not in the bundle (e.g. {_short(missing[0])})"
                 )
-            if kind in ("malware", "grouping") and prop in ("sample_refs", "object_refs"):
+            if kind in ("malware", "grouping") and prop in ("sample_refs", "object_refs") and not _unclustered(obj):
                 for r in refs:
                     if isinstance(r, str) and r.startswith("file--"):
                         # a Malware family is more specific than a Grouping
@@ -370,8 +370,8 @@ def read_bundle(bundle: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ImportRep
                 if len(shas) == 1:
                     sha = shas[0].lower()
             ref = sha_file.get(sha) if sha else None
-            if ref is not None and cluster == oid:
-                cluster, cname = file_cluster.get(ref, (oid, name))
+            if ref is not None and (cluster == oid or cluster not in report.clusters and _unclustered(by_id.get(cluster, {}))):
+                cluster, cname = file_cluster.get(ref, (ref, None))
             for value in values:
                 add(SharedDigest(value, cluster, cname if isinstance(cname, str) else None, sha, ref, None, "pattern"))
     for d in report.digests:
@@ -388,6 +388,14 @@ def read_bundle(bundle: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ImportRep
             if info.get("size") is None:
                 info["size"] = len(sizes.get(cid, ()))
     return report
+
+
+def _unclustered(obj: dict) -> bool:
+    """Our Grouping of samples shared without a cluster: a container, not a cluster."""
+    from .export import UNCLUSTERED_LABEL
+
+    labels = obj.get("labels")
+    return isinstance(labels, list) and UNCLUSTERED_LABEL in labels
 
 
 def _spec_version_problem(sv: Any) -> str:
