@@ -73,6 +73,7 @@ class ImportReport:
     duplicates: list[str] = field(default_factory=list)  # ids that appear more than once
     producers: dict[str, str] = field(default_factory=dict)  # identity id -> name
     origin: str | None = None  # where the bundle was read from (a TAXII collection URL, a file)
+    file_hashes: dict[str, dict[str, str]] = field(default_factory=dict)  # File id -> {"md5", "sha1"} (valid hex only)
 
     @property
     def source(self) -> str:
@@ -280,6 +281,13 @@ def read_bundle(bundle: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ImportRep
         if obj["type"] != "file":
             continue
         hashes = obj.get("hashes") if isinstance(obj.get("hashes"), dict) else {}
+        other = {}
+        for key, name, width in (("MD5", "md5", 32), ("SHA-1", "sha1", 40), ("SHA1", "sha1", 40)):
+            v = hashes.get(key)
+            if isinstance(v, str) and len(v) == width and all(c in "0123456789abcdefABCDEF" for c in v):
+                other[name] = v.lower()
+        if other:
+            report.file_hashes[oid] = other
         sha = next((v for k, v in hashes.items() if isinstance(k, str) and k.upper() in ("SHA-256", "SHA256")), None)
         if sha is None:
             file_sha[oid] = None
@@ -542,6 +550,7 @@ def shared_results(report: ImportReport) -> list[dict]:
             "stix_bundle": report.bundle_id,
             "stix_cluster": d.cluster,
             "stix_origin": d.origin,
+            **(report.file_hashes.get(d.file_ref, {}) if d.file_ref else {}),
         }
         if report.origin:
             row["stix_from"] = report.origin
