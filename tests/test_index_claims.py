@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import hashlib
 
+import corpus
 import pytest
 import tlsh
-
-import corpus
-import telfhash_core as tc
-from telfhash_core.store.index import CLAIMED, Index
 from telfhash_plugins.stix import add_to_index, export_bundle, read_bundle, search_index
+
+from telfhash_core.store.index import CLAIMED, Index
 
 
 def _diff(a: str, b: str) -> int:
@@ -25,7 +24,12 @@ def _diff(a: str, b: str) -> int:
 def two_files():
     fs = [f for f in corpus.files() if f["reference"]["telfhash"].startswith("t1")]
     a = fs[0]
-    b = next(f for f in fs if f["reference"]["telfhash"] != a["reference"]["telfhash"] and _diff(a["reference"]["telfhash"], f["reference"]["telfhash"]) > 100)
+    b = next(
+        f
+        for f in fs
+        if f["reference"]["telfhash"] != a["reference"]["telfhash"]
+        and _diff(a["reference"]["telfhash"], f["reference"]["telfhash"]) > 100
+    )
     return a, b
 
 
@@ -34,7 +38,12 @@ def _poisoned_bundle(real, wrong_telfhash):
     data = open(real["abspath"], "rb").read()
     row = {"file": "elsewhere/sample", "telfhash": wrong_telfhash, "sha256": real["sha256"]}
     other = {"file": "elsewhere/other", "telfhash": wrong_telfhash, "sha256": hashlib.sha256(b"other").hexdigest()}
-    b = export_bundle([row, other], [{"members": ["elsewhere/sample", "elsewhere/other"]}], hash_files=False, timestamp="2026-11-27T00:00:00Z")
+    b = export_bundle(
+        [row, other],
+        [{"members": ["elsewhere/sample", "elsewhere/other"]}],
+        hash_files=False,
+        timestamp="2026-11-27T00:00:00Z",
+    )
     assert real["sha256"] == hashlib.sha256(data).hexdigest()
     return b
 
@@ -83,7 +92,11 @@ def test_an_add_is_atomic_all_or_nothing(tmp_path, two_files):
 
     def rows():
         for i in range(5000):
-            yield {"file": f"r{i}", "telfhash": real["reference"]["telfhash"], "sha256": hashlib.sha256(b"%d" % i).hexdigest()}
+            yield {
+                "file": f"r{i}",
+                "telfhash": real["reference"]["telfhash"],
+                "sha256": hashlib.sha256(b"%d" % i).hexdigest(),
+            }
             if i == 4000:
                 raise RuntimeError("interrupted")
 
@@ -100,8 +113,13 @@ def test_search_many_equals_one_search_per_digest(tmp_path):
     fs = [f for f in corpus.files() if f["reference"]["telfhash"].startswith("t1")][:300]
     db = tmp_path / "ix.sqlite"
     with Index(db) as ix:
-        ix.add_results([{"file": f["abspath"], "telfhash": f["reference"]["telfhash"], "sha256": f["sha256"]} for f in fs[:200]])
-        ix.add_results([{"file": f["abspath"], "telfhash": f["reference"]["telfhash"], "sha256": f["sha256"]} for f in fs[200:]], source="stix:b")
+        ix.add_results(
+            [{"file": f["abspath"], "telfhash": f["reference"]["telfhash"], "sha256": f["sha256"]} for f in fs[:200]]
+        )
+        ix.add_results(
+            [{"file": f["abspath"], "telfhash": f["reference"]["telfhash"], "sha256": f["sha256"]} for f in fs[200:]],
+            source="stix:b",
+        )
         queries = [f["reference"]["telfhash"] for f in fs[::3]] * 3 + [fs[0]["reference"]["telfhash"].upper()]
         for limit in (Index.MANY_DIRECT_LIMIT, 0):  # per distinct digest, and the all-pairs scan
             ix.MANY_DIRECT_LIMIT = limit
@@ -119,8 +137,13 @@ def test_import_searches_once_per_distinct_digest(tmp_path, monkeypatch, two_fil
     import telfhash_core.similarity.tlshdist as td
 
     n = 3000
-    rows = [{"file": f"s{i}", "telfhash": real["reference"]["telfhash"], "sha256": hashlib.sha256(b"s%d" % i).hexdigest()} for i in range(n)]
-    b = export_bundle(rows, [{"members": [r["file"] for r in rows]}], hash_files=False, timestamp="2026-11-27T00:00:00Z", yara=False)
+    rows = [
+        {"file": f"s{i}", "telfhash": real["reference"]["telfhash"], "sha256": hashlib.sha256(b"s%d" % i).hexdigest()}
+        for i in range(n)
+    ]
+    b = export_bundle(
+        rows, [{"members": [r["file"] for r in rows]}], hash_files=False, timestamp="2026-11-27T00:00:00Z", yara=False
+    )
     db = tmp_path / "ix.sqlite"
     with Index(db) as ix:
         ix.add_results([{"file": real["abspath"], "telfhash": real["reference"]["telfhash"], "sha256": real["sha256"]}])

@@ -16,17 +16,17 @@ import re
 import subprocess
 import sys
 
-import pytest
-
 import corpus
+import pytest
 
 pytest.importorskip("misp_stix_converter")
 pymisp = pytest.importorskip("pymisp")
 
-import telfhash_core as tc  # noqa: E402
 from telfhash_plugins.stix import BundleError, export_bundle, load_bundle, read_bundle  # noqa: E402
 from telfhash_plugins.stix.export import EXTENSION_ID, extension_schema  # noqa: E402
 from telfhash_plugins.stix.importer import extension_errors  # noqa: E402
+
+import telfhash_core as tc  # noqa: E402
 
 TS = "2026-11-27T00:00:00Z"
 
@@ -101,9 +101,11 @@ def test_misp_events_round_trip_through_pymisp_json(bundle, tmp_path):
         ev.load_file(str(f))
         again = pymisp.MISPEvent()
         again.from_json(ev.to_json())  # PyMISP accepts every value it wrote
-        assert sum(a.type == "telfhash" for o in again.objects for a in o.attributes) == sum(
-            a.type == "telfhash" for o in ev.objects for a in o.attributes
-        ) > 0
+        assert (
+            sum(a.type == "telfhash" for o in again.objects for a in o.attributes)
+            == sum(a.type == "telfhash" for o in ev.objects for a in o.attributes)
+            > 0
+        )
 
 
 def test_every_telfhash_spelling_is_read(sample_set):
@@ -115,13 +117,29 @@ def test_every_telfhash_spelling_is_read(sample_set):
             "type": "bundle",
             "id": "bundle--5c0d981b-1f1b-40b9-9e26-5e3f28f2c83c",
             "objects": [
-                {"type": "file", "spec_version": "2.1", "id": "file--5c0d981b-1f1b-50b9-9e26-5e3f28f2c83c",
-                 "hashes": {"SHA-256": e["sha256"]}, "x_misp_telfhash": v},
-                {"type": "file", "spec_version": "2.1", "id": "file--6c0d981b-1f1b-50b9-9e26-5e3f28f2c83c",
-                 "hashes": {"SHA-256": "ab" * 32, "TELFHASH": v}},
-                {"type": "indicator", "spec_version": "2.1", "id": "indicator--7c0d981b-1f1b-40b9-9e26-5e3f28f2c83c",
-                 "created": TS, "modified": TS, "valid_from": TS, "pattern_type": "stix",
-                 "pattern": f"[file:hashes.'SHA-256' = '{'cd' * 32}' AND file:hashes.TELFHASH = '{v}']"},
+                {
+                    "type": "file",
+                    "spec_version": "2.1",
+                    "id": "file--5c0d981b-1f1b-50b9-9e26-5e3f28f2c83c",
+                    "hashes": {"SHA-256": e["sha256"]},
+                    "x_misp_telfhash": v,
+                },
+                {
+                    "type": "file",
+                    "spec_version": "2.1",
+                    "id": "file--6c0d981b-1f1b-50b9-9e26-5e3f28f2c83c",
+                    "hashes": {"SHA-256": "ab" * 32, "TELFHASH": v},
+                },
+                {
+                    "type": "indicator",
+                    "spec_version": "2.1",
+                    "id": "indicator--7c0d981b-1f1b-40b9-9e26-5e3f28f2c83c",
+                    "created": TS,
+                    "modified": TS,
+                    "valid_from": TS,
+                    "pattern_type": "stix",
+                    "pattern": f"[file:hashes.'SHA-256' = '{'cd' * 32}' AND file:hashes.TELFHASH = '{v}']",
+                },
             ],
         }
         rep = read_bundle(b)
@@ -153,7 +171,7 @@ def test_invalid_sha256_and_numeric_spec_version_are_reported(bundle):
     rep = read_bundle(b)
     text = "\n".join(rep.problems)
     assert f"{f['id']}: SHA-256 'xyz' is not 64 hex characters" in text
-    assert f"{m['id']}: wrong spec_version: the number 2.1, where STIX 2.1 writes the text \"2.1\"" in text
+    assert f'{m["id"]}: wrong spec_version: the number 2.1, where STIX 2.1 writes the text "2.1"' in text
     with pytest.raises(BundleError, match=r"the number 2\.1"):
         read_bundle({"type": "bundle", "id": b["id"], "spec_version": 2.1, "objects": []})
 
@@ -174,13 +192,29 @@ def test_other_producers_extension_content_is_checked_against_the_schema_per_ite
     good = bundle["objects"][[o["type"] for o in bundle["objects"]].index("grouping")]["extensions"][EXTENSION_ID]
     variants = [good]
     for key, value in [
-        ("threshold", 10**40), ("threshold", -1), ("threshold", True), ("threshold", 2.5), ("size", 0), ("linkage", "x" * 65),
-        ("max_distance", 65536), ("max_distance_exact", "no"), ("representative_ref", "file--nope"),
-        ("representative_telfhash", "T1" + "A" * 70), ("architectures", ["x"] * 257), ("members", []), ("extra", 1),
+        ("threshold", 10**40),
+        ("threshold", -1),
+        ("threshold", True),
+        ("threshold", 2.5),
+        ("size", 0),
+        ("linkage", "x" * 65),
+        ("max_distance", 65536),
+        ("max_distance_exact", "no"),
+        ("representative_ref", "file--nope"),
+        ("representative_telfhash", "T1" + "A" * 70),
+        ("architectures", ["x"] * 257),
+        ("members", []),
+        ("extra", 1),
         ("extension_type", "new-sdo"),
     ]:
         variants.append(dict(good, **{key: value}))
-    for mkey, mval in [("file_ref", 3), ("telfhash", "t1" + "g" * 70), ("arch", "a" * 65), ("distance_to_representative", 10**6), ("x", 1)]:
+    for mkey, mval in [
+        ("file_ref", 3),
+        ("telfhash", "t1" + "g" * 70),
+        ("arch", "a" * 65),
+        ("distance_to_representative", 10**6),
+        ("x", 1),
+    ]:
         v = copy.deepcopy(good)
         v["members"][0][mkey] = mval
         variants.append(v)
@@ -202,10 +236,17 @@ def test_max_bytes_zero_means_no_limit(tmp_path, bundle):
         load_bundle(str(p), max_bytes=100)
     r = subprocess.run(
         [sys.executable, "-m", "telfhash_core.cli", "stix", "import", "--max-bytes", "0", str(p)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert r.returncode == 0 and "larger than the limit" not in r.stdout + r.stderr, r.stderr
-    r = subprocess.run([sys.executable, "-m", "telfhash_core.cli", "stix", "publish", "--help"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "telfhash_core.cli", "stix", "publish", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "--max-bytes" in r.stdout
 
 
@@ -215,7 +256,9 @@ def test_import_lists_matches_aligned_with_the_cluster_representative_and_size(t
     local = [e["abspath"] for e in sample_set["entries"][:3]]
     r = subprocess.run(
         [sys.executable, "-m", "telfhash_core.cli", "stix", "import", str(p), "--local", *local, "-t", "0"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
@@ -234,5 +277,10 @@ def test_import_lists_matches_aligned_with_the_cluster_representative_and_size(t
 def test_import_of_an_empty_bundle_warns_and_fails(tmp_path):
     p = tmp_path / "empty.json"
     p.write_text(json.dumps({"type": "bundle", "id": "bundle--5c0d981b-1f1b-40b9-9e26-5e3f28f2c83c", "objects": []}))
-    r = subprocess.run([sys.executable, "-m", "telfhash_core.cli", "stix", "import", str(p)], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "telfhash_core.cli", "stix", "import", str(p)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 1 and "warning: the bundle holds no objects; nothing to import" in r.stderr

@@ -8,7 +8,6 @@ Each server is started on a free 127.0.0.1 port and stopped by its PID.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import socket
@@ -56,7 +55,10 @@ def _start_serve(port: int):
     env = dict(os.environ, TELFHASH_TAXII_USER=USER, TELFHASH_TAXII_PASSWORD=PASSWORD)
     p = subprocess.Popen(
         [sys.executable, "-m", "telfhash_core.cli", "stix", "serve", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     line = p.stdout.readline()  # "ready: URL" once the server answers
     assert line.startswith("ready: "), line + p.stderr.read() if p.poll() is not None else line
@@ -114,7 +116,10 @@ def test_import_of_an_empty_collection_warns_and_fails(server, tmp_path):
     env = dict(os.environ, TELFHASH_TAXII_USER=USER, TELFHASH_TAXII_PASSWORD=PASSWORD, HOME=str(tmp_path))
     r = subprocess.run(
         [sys.executable, "-m", "telfhash_core.cli", "stix", "import", "--taxii", "--url", server],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert r.returncode == 1 and "warning: the collection holds no objects" in r.stderr, r.stderr
     assert server == collection_url("127.0.0.1", int(server.split(":")[2].split("/")[0]))
@@ -127,7 +132,10 @@ def _bundle(n_files: int, per_cluster: int = 20, linkage: str = "single", ts: st
         for i in range(n_files)
     ]
     clusters = [
-        {"members": [f"s{i}" for i in range(k, min(n_files, k + per_cluster))], "linkage": linkage if k == 0 else "single"}
+        {
+            "members": [f"s{i}" for i in range(k, min(n_files, k + per_cluster))],
+            "linkage": linkage if k == 0 else "single",
+        }
         for k in range(0, n_files, per_cluster)
     ]
     return export_bundle(rows, clusters, hash_files=False, timestamp=ts, yara=False, misp_layout=False)
@@ -160,13 +168,13 @@ def test_versions_follow_the_spec_across_exports(server):
     rep = publish(changed, _settings(server))
     assert rep.failure == 0 and rep.new_versions == 1
     col = _settings(server)
-    from taxii2client.v21 import Collection
-
-    from taxii2client.v21 import as_pages
+    from taxii2client.v21 import Collection, as_pages
 
     c = Collection(col.url, user=USER, password=PASSWORD)
     versions: dict[str, list[dict]] = {}
-    for page in as_pages(c.get_objects, per_request=1000, version="all", type=["grouping", "malware", "indicator", "relationship"]):
+    for page in as_pages(
+        c.get_objects, per_request=1000, version="all", type=["grouping", "malware", "indicator", "relationship"]
+    ):
         for o in page.get("objects", []):
             versions.setdefault(o["id"], []).append(o)
     assert versions
@@ -177,10 +185,22 @@ def test_versions_follow_the_spec_across_exports(server):
     assert sum(len(vs) > 1 for vs in versions.values()) == 1  # only the changed Grouping has two
     # and an export against the previous one keeps the unchanged objects' timestamps
     again = export_bundle(
-        [{"file": f"s{i}", "telfhash": "t1" + "579297300e9da0e22294ddabf313f175b9324c7a9df8357011127d46dee9e8a4c2e993"[:-4] + "%04x" % i,
-          "sha256": hashlib.sha256(b"%d" % i).hexdigest()} for i in range(60)],
+        [
+            {
+                "file": f"s{i}",
+                "telfhash": "t1"
+                + "579297300e9da0e22294ddabf313f175b9324c7a9df8357011127d46dee9e8a4c2e993"[:-4]
+                + "%04x" % i,
+                "sha256": hashlib.sha256(b"%d" % i).hexdigest(),
+            }
+            for i in range(60)
+        ],
         [{"members": [f"s{i}" for i in range(k, k + 20)]} for k in range(0, 60, 20)],
-        hash_files=False, timestamp="2026-11-29T00:00:00Z", yara=False, misp_layout=False, previous=first,
+        hash_files=False,
+        timestamp="2026-11-29T00:00:00Z",
+        yara=False,
+        misp_layout=False,
+        previous=first,
     )
     old = {o["id"]: o for o in first["objects"]}
     for o in again["objects"]:
@@ -194,7 +214,9 @@ def test_urls_with_credentials_are_refused_and_never_echoed():
             load_settings(url=url, environ={})
         assert PASSWORD not in str(exc.value) and "user name or password" in str(exc.value)
     env = dict(os.environ, TELFHASH_TAXII_URL=f"http://{USER}:{PASSWORD}@127.0.0.1:1/c/", HOME="/nonexistent")
-    r = subprocess.run([sys.executable, "-m", "telfhash_core.cli", "stix", "pull"], env=env, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "telfhash_core.cli", "stix", "pull"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 1 and PASSWORD not in r.stdout + r.stderr and "user name or password" in r.stderr
 
 
@@ -208,5 +230,3 @@ def test_a_refused_token_is_named_and_not_shown(server):
     with pytest.raises(TaxiiError) as exc:
         publish(_bundle(2), s)
     assert "401" in str(exc.value) and PASSWORD not in str(exc.value)
-
-

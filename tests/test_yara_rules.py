@@ -15,17 +15,17 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 import corpus
+import pytest
 
 yara = pytest.importorskip("yara", reason="yara-python is not installed (pip install 'telfhash-core[stix]')")
 yara_x = pytest.importorskip("yara_x", reason="yara-x is not installed (pip install 'telfhash-core[stix]')")
 
-from telfhash_core.similarity.cluster import cluster  # noqa: E402
 from telfhash_plugins.stix import export_bundle  # noqa: E402
 from telfhash_plugins.yara.cli import rules_of_bundle  # noqa: E402
 from telfhash_plugins.yara.rules import RuleMember, cluster_rule, rule_name, ruleset  # noqa: E402
+
+from telfhash_core.similarity.cluster import cluster  # noqa: E402
 
 THRESHOLD = 50
 
@@ -115,7 +115,9 @@ def test_stix_yara_indicator_and_telfhash_yara_write_the_same_rules(tmp_path):
     out = tmp_path / "c.yar"
     p = subprocess.run(
         [sys.executable, "-m", "telfhash_plugins.yara.cli", *paths, "-t", "300", "-o", str(out)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert p.returncode == 0, p.stderr
     text = out.read_text()

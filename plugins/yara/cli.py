@@ -28,10 +28,21 @@ def add_parser(subparsers) -> None:
         description="Cluster ELF files or results (as 'telfhash stix export' does) and write one YARA rule per "
         "cluster, the rules the STIX export carries as pattern_type 'yara' Indicators.",
     )
-    y.add_argument("inputs", nargs="+", metavar="INPUT", help="ELF files/folders (-r), or results from 'telfhash -f json|jsonl --sha256'")
+    y.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="ELF files/folders (-r), or results from 'telfhash -f json|jsonl --sha256'",
+    )
     y.add_argument("-r", "--recursive", action="store_true", help="walk folders given as INPUT")
-    y.add_argument("-t", "--threshold", type=non_negative_int, default=50, help="TLSH distance for clustering (default 50)")
-    y.add_argument("--clusters", metavar="FILE", help="use these clusters (JSON, as 'telfhash cluster' writes) instead of clustering")
+    y.add_argument(
+        "-t", "--threshold", type=non_negative_int, default=50, help="TLSH distance for clustering (default 50)"
+    )
+    y.add_argument(
+        "--clusters",
+        metavar="FILE",
+        help="use these clusters (JSON, as 'telfhash cluster' writes) instead of clustering",
+    )
     y.add_argument("-o", "--output", default="-", help=".yar file (default stdout)")
     y.set_defaults(func=cmd_yara)
 
@@ -55,7 +66,9 @@ def cmd_yara(args) -> int:
         report = ExportReport()
         try:
             clusters = read_clusters_file(args.clusters) if args.clusters else None
-            bundle = export_bundle(items, clusters, threshold=args.threshold, report=report, misp_layout=False, yara=True)
+            bundle = export_bundle(
+                items, clusters, threshold=args.threshold, report=report, misp_layout=False, yara=True
+            )
         except ExportError as exc:
             _err(str(exc))
             return 1

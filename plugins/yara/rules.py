@@ -57,7 +57,10 @@ def cluster_rule(
 ) -> str:
     """One rule (without imports) matching the members: by telfhash, and by SHA-256 (leave the
     latter out with ``by_sha256=False``, e.g. to measure what the telfhash alone matches)."""
-    ms = sorted({m.sha256.lower(): m for m in members if isinstance(m.sha256, str) and len(m.sha256) == 64}.values(), key=lambda m: m.sha256)
+    ms = sorted(
+        {m.sha256.lower(): m for m in members if isinstance(m.sha256, str) and len(m.sha256) == 64}.values(),
+        key=lambda m: m.sha256,
+    )
     if not ms:
         raise ValueError("a rule needs at least one member with a SHA-256")
     telfs = sorted({normalize(m.telfhash, "T1") for m in ms if isinstance(m.telfhash, str) and is_digest(m.telfhash)})
@@ -74,9 +77,7 @@ def cluster_rule(
     if not conds:
         conds = ["false"]
     body = " or\n        ".join(conds)
-    return (
-        f"rule {name}\n{{\n    meta:\n        " + "\n        ".join(meta) + f"\n    condition:\n        {body}\n}}\n"
-    )
+    return f"rule {name}\n{{\n    meta:\n        " + "\n        ".join(meta) + f"\n    condition:\n        {body}\n}}\n"
 
 
 def ruleset(rules: Iterable[str]) -> str:
