@@ -187,12 +187,13 @@ def misp_figures(rows, clusters, threshold) -> None:
     for layout in (True, False):
         b = export_bundle(rows, clusters, threshold=threshold, timestamp="2026-11-27T00:00:00Z", misp_layout=layout, hash_files=False)
         ext = "extension-definition--1e6507bc-d6fa-48a6-b047-009557ebe233"
+        sha_of = {f["id"]: f["hashes"]["SHA-256"] for f in b["objects"] if f["type"] == "file"}
         want = {
-            (rows_by_ref, m["telfhash"][2:])
-            for g in b["objects"] if g["type"] == "grouping"
+            (sha_of[m["file_ref"]], m["telfhash"][2:])
+            for g in b["objects"]
+            if g["type"] == "grouping" and ext in g.get("extensions", {})
             for m in g["extensions"][ext]["members"]
-            for rows_by_ref in [next(f["hashes"]["SHA-256"] for f in b["objects"] if f["id"] == m["file_ref"])]
-        } if len(b["objects"]) < 20000 else set()
+        }
         files = {f["hashes"]["SHA-256"] for f in b["objects"] if f["type"] == "file"}
         with tempfile.TemporaryDirectory() as d:
             path = Path(d, "b.json")
@@ -291,7 +292,11 @@ def import_figures(n, rows, rnd, hashlib) -> None:
         )
         k = min(2000, n)
         small = read_bundle(dumps(export_bundle(shared[:k], [{"members": [r["file"] for r in shared[:k]]}], hash_files=False, yara=False)))
-        with Index(db) as ix:
+        db2 = str(Path(d, "small.sqlite"))  # the local samples and the 2,000 shared ones only
+        with Index(db2) as ix:
+            ix.add_results([{"file": r["file"], "telfhash": r["telfhash"], "sha256": r["sha256"]} for r in rows])
+        add_to_index(small, db2)
+        with Index(db2) as ix:
             t = time.perf_counter()
             for dgt in small.digests:  # the old way: one search per shared digest, own rows filtered afterwards
                 [m for m in ix.search(dgt.telfhash, max_distance=50) if m.source != small.source]

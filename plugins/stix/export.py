@@ -532,7 +532,7 @@ def cluster_objects(
         malware["architecture_execution_envs"] = exec_envs
     malware["sample_refs"] = files
 
-    indicator = {
+    indicator: dict[str, Any] = {
         "type": "indicator",
         "spec_version": "2.1",
         "id": _sdo_id("indicator", key),
@@ -819,7 +819,7 @@ def carry_versions(objects: list, previous: dict[str, dict], *, drop_unchanged: 
     out: list = []
     unchanged = changed = 0
     for o in objects:
-        prev = previous.get(o.get("id")) if isinstance(o, dict) else None
+        prev = previous.get(o["id"]) if isinstance(o, dict) and isinstance(o.get("id"), str) else None
         if prev is None:
             out.append(o)
             continue

@@ -280,24 +280,24 @@ def read_bundle(bundle: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ImportRep
     for oid, obj in by_id.items():
         if obj["type"] != "file":
             continue
-        hashes = obj.get("hashes") if isinstance(obj.get("hashes"), dict) else {}
+        fhashes: dict = obj["hashes"] if isinstance(obj.get("hashes"), dict) else {}
         other = {}
-        for key, name, width in (("MD5", "md5", 32), ("SHA-1", "sha1", 40), ("SHA1", "sha1", 40)):
-            v = hashes.get(key)
+        for key, hname, width in (("MD5", "md5", 32), ("SHA-1", "sha1", 40), ("SHA1", "sha1", 40)):
+            v = fhashes.get(key)
             if isinstance(v, str) and len(v) == width and all(c in "0123456789abcdefABCDEF" for c in v):
-                other[name] = v.lower()
+                other[hname] = v.lower()
         if other:
             report.file_hashes[oid] = other
-        sha = next((v for k, v in hashes.items() if isinstance(k, str) and k.upper() in ("SHA-256", "SHA256")), None)
-        if sha is None:
+        sha_v = next((v for k, v in fhashes.items() if isinstance(k, str) and k.upper() in ("SHA-256", "SHA256")), None)
+        if sha_v is None:
             file_sha[oid] = None
-        elif isinstance(sha, str) and _SHA256_RE.fullmatch(sha.strip()):
-            file_sha[oid] = sha.strip().lower()
+        elif isinstance(sha_v, str) and _SHA256_RE.fullmatch(sha_v.strip()):
+            file_sha[oid] = sha_v.strip().lower()
         else:
             file_sha[oid] = None
-            report.problems.append(f"{oid}: SHA-256 {_short(sha)} is not 64 hex characters; the File is read without it")
+            report.problems.append(f"{oid}: SHA-256 {_short(sha_v)} is not 64 hex characters; the File is read without it")
 
-    sha_file = {sha: fid for fid, sha in file_sha.items() if sha}
+    sha_file = {v: fid for fid, v in file_sha.items() if v}
     seen: set[tuple[str, str, str | None]] = set()
 
     def add(d: SharedDigest) -> None:
@@ -371,16 +371,16 @@ def read_bundle(bundle: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ImportRep
             cluster = target if target in by_id else oid
             cluster = alias.get(cluster, alias.get(oid, cluster))
             cname = by_id[cluster].get("name") if cluster in by_id else name
-            values = pattern_telfhashes(pattern, report.problems, oid)
+            found = pattern_telfhashes(pattern, report.problems, oid)
             sha = None
-            if len(values) == 1 and " OR " not in pattern.upper():  # one sample: its hashes and telfhash
+            if len(found) == 1 and " OR " not in pattern.upper():  # one sample: its hashes and telfhash
                 shas = _PATTERN_SHA_RE.findall(pattern)
                 if len(shas) == 1:
                     sha = shas[0].lower()
             ref = sha_file.get(sha) if sha else None
             if ref is not None and (cluster == oid or cluster not in report.clusters and _unclustered(by_id.get(cluster, {}))):
                 cluster, cname = file_cluster.get(ref, (ref, None))
-            for value in values:
+            for value in found:
                 add(SharedDigest(value, cluster, cname if isinstance(cname, str) else None, sha, ref, None, "pattern"))
     for d in report.digests:
         if d.cluster not in report.clusters:

@@ -278,6 +278,16 @@ _NEW_CLAIM = f"excluded.method IS '{CLAIMED}'"
 _REPLACE = f"({_OLD_CLAIM} AND NOT {_NEW_CLAIM})"
 
 
+_FILL_REASON = (
+    "CASE WHEN entries.digest IS NULL AND excluded.digest IS NOT NULL THEN NULL "
+    "ELSE COALESCE(entries.reason, excluded.reason) END"
+)
+_FILL_TELFHASH_X = (
+    "CASE WHEN entries.digest_x IS NULL AND excluded.digest_x IS NOT NULL THEN excluded.telfhash_x "
+    "ELSE COALESCE(entries.telfhash_x, excluded.telfhash_x) END"
+)
+
+
 def _set(col: str, fill: str) -> str:
     return f"{col} = CASE WHEN {_REPLACE} THEN excluded.{col} ELSE {fill} END"
 
@@ -286,8 +296,8 @@ _UPSERT = f"""
 INSERT INTO entries ({", ".join(_COLUMNS)}) VALUES ({", ".join("?" * len(_COLUMNS))})
 ON CONFLICT(sha256) DO UPDATE SET
     {_set("digest", "COALESCE(entries.digest, excluded.digest)")},
-    {_set("reason", "CASE WHEN entries.digest IS NULL AND excluded.digest IS NOT NULL THEN NULL ELSE COALESCE(entries.reason, excluded.reason) END")},
-    {_set("telfhash_x", "CASE WHEN entries.digest_x IS NULL AND excluded.digest_x IS NOT NULL THEN excluded.telfhash_x ELSE COALESCE(entries.telfhash_x, excluded.telfhash_x) END")},
+    {_set("reason", _FILL_REASON)},
+    {_set("telfhash_x", _FILL_TELFHASH_X)},
     {_set("digest_x", "COALESCE(entries.digest_x, excluded.digest_x)")},
     {_set("arch", "COALESCE(entries.arch, excluded.arch)")},
     {_set("size", "COALESCE(entries.size, excluded.size)")},
@@ -954,7 +964,9 @@ class Index:
         else:
             # distinct digests of the index side, then every (query, digest) pair within range
             sub = np.ascontiguousarray(m.packed[rows])
-            uniq, first, inverse = np.unique(sub.view(f"V{sub.shape[1]}").ravel(), return_index=True, return_inverse=True)
+            uniq, first, inverse = np.unique(
+                sub.view(f"V{sub.shape[1]}").ravel(), return_index=True, return_inverse=True
+            )
             enc_u = m.enc[rows[first]]
             enc_q = encode(distinct)
             both = Encoded.concat([enc_q, enc_u])
@@ -967,7 +979,9 @@ class Index:
             for k in np.unique(i).tolist():
                 sel = i == k
                 members = [order[starts[u] : starts[u + 1]] for u in j[sel].tolist()]
-                dist = np.concatenate([np.full(len(mm), dd, dtype=np.int32) for mm, dd in zip(members, d[sel].tolist())])
+                dist = np.concatenate(
+                    [np.full(len(mm), dd, dtype=np.int32) for mm, dd in zip(members, d[sel].tolist())]
+                )
                 hits.append((k, rows[np.concatenate(members)], dist))
         out: dict[str, list[Match]] = {}
         for k, r, d in hits:
