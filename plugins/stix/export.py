@@ -731,7 +731,9 @@ def export_bundle(
             spec, created_by=created_by, timestamp=ts, pattern_key=pattern_key, misp_layout=misp_layout, yara=yara
         )
         if objs[0]["id"] in seen_groups:
-            report.warnings.append(f"a cluster of {len(spec.members)} samples is given twice; exported once ({objs[0]['id']})")
+            report.warnings.append(
+                f"a cluster of {len(spec.members)} samples is given twice; exported once ({objs[0]['id']})"
+            )
             continue
         seen_groups.add(objs[0]["id"])
         for o in objs:  # a sample Indicator is shared by every cluster the sample is in
@@ -746,7 +748,8 @@ def export_bundle(
             loose.setdefault(s.file_id, s)
     files.update(loose)
     if loose and misp_layout:
-        objects.extend(o for o in unclustered_objects(list(loose.values()), created_by, ts) if o["id"] not in seen_objects)
+        extra_objs = unclustered_objects(list(loose.values()), created_by, ts)
+        objects.extend(o for o in extra_objs if o["id"] not in seen_objects)
     for fid in sorted(files, key=lambda i: (files[i].sha256, i)):
         objects.append(file_object(files[fid], telfhash_key))
     if previous is not None:
@@ -772,7 +775,9 @@ def unclustered_objects(samples: list[Sample], created_by: str | None, timestamp
         "created": timestamp,
         "modified": timestamp,
         "name": "telfhash: samples outside clusters",
-        "description": f"{n} ELF sample{'s' if n != 1 else ''} shared without a cluster (alone at the threshold, or one content).",
+        "description": (
+            f"{n} ELF sample{'s' if n != 1 else ''} shared without a cluster (alone at the threshold, or one content)."
+        ),
         "context": "unspecified",
         "object_refs": [*(s.file_id for s in samples), *(i["id"] for i in inds)],
         "labels": [MISP_TOOL_LABEL, UNCLUSTERED_LABEL],

@@ -114,7 +114,9 @@ def load_bundle(source: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
         except OSError as exc:
             raise BundleError(f"{path}: cannot read ({exc.strerror or exc})") from None
         if limit is not None and size > limit:
-            raise BundleError(f"{path}: {size} bytes is larger than the limit of {limit} (raise it with --max-bytes, 0: no limit)")
+            raise BundleError(
+                f"{path}: {size} bytes is larger than the limit of {limit} (raise it with --max-bytes, 0: no limit)"
+            )
         try:
             with open(path, "rb") as fh:
                 data = fh.read(limit + 1) if limit is not None else fh.read()
@@ -129,7 +131,9 @@ def load_bundle(source: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
     if not isinstance(data, (bytes, bytearray)):
         raise BundleError(f"not a bundle: {type(source).__name__}")
     if limit is not None and len(data) > limit:
-        raise BundleError(f"the bundle is larger than the limit of {limit} bytes (raise it with --max-bytes, 0: no limit)")
+        raise BundleError(
+            f"the bundle is larger than the limit of {limit} bytes (raise it with --max-bytes, 0: no limit)"
+        )
     try:
         text = bytes(data).decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -207,13 +211,15 @@ def read_bundle(bundle: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ImportRep
             continue
         if oid in by_id:
             prev = by_id[oid]
-            new_v, old_v = str(obj.get("modified", obj.get("created", ""))), str(prev.get("modified", prev.get("created", "")))
+            new_v = str(obj.get("modified", obj.get("created", "")))
+            old_v = str(prev.get("modified", prev.get("created", "")))
             if oid not in dup_seen:
                 dup_seen.add(oid)
                 report.duplicates.append(oid)
             if new_v == old_v and obj != prev:
                 report.problems.append(
-                    f"{oid}: appears again with the same version ({new_v or 'no timestamp'}) and other content; the first is used"
+                    f"{oid}: appears again with the same version ({new_v or 'no timestamp'}) and other content; "
+                    "the first is used"
                 )
                 continue
             if new_v == old_v:
@@ -295,7 +301,9 @@ def read_bundle(bundle: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ImportRep
             file_sha[oid] = sha_v.strip().lower()
         else:
             file_sha[oid] = None
-            report.problems.append(f"{oid}: SHA-256 {_short(sha_v)} is not 64 hex characters; the File is read without it")
+            report.problems.append(
+                f"{oid}: SHA-256 {_short(sha_v)} is not 64 hex characters; the File is read without it"
+            )
 
     sha_file = {v: fid for fid, v in file_sha.items() if v}
     seen: set[tuple[str, str, str | None]] = set()
@@ -378,7 +386,8 @@ def read_bundle(bundle: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ImportRep
                 if len(shas) == 1:
                     sha = shas[0].lower()
             ref = sha_file.get(sha) if sha else None
-            if ref is not None and (cluster == oid or cluster not in report.clusters and _unclustered(by_id.get(cluster, {}))):
+            outside = cluster not in report.clusters and _unclustered(by_id.get(cluster, {}))
+            if ref is not None and (cluster == oid or outside):
                 cluster, cname = file_cluster.get(ref, (ref, None))
             for value in found:
                 add(SharedDigest(value, cluster, cname if isinstance(cname, str) else None, sha, ref, None, "pattern"))
@@ -589,7 +598,8 @@ def add_to_index(report: ImportReport, index_path: str | None) -> dict:
             for r in with_sha:
                 if r["sha256"] in local and local[r["sha256"]] != r["telfhash"]:
                     kept.append(
-                        f"{r['sha256']}: the bundle claims {r['telfhash']}, the file gave {local[r['sha256']] or 'no telfhash'} here; "
+                        f"{r['sha256']}: the bundle claims {r['telfhash']}, "
+                        f"the file gave {local[r['sha256']] or 'no telfhash'} here; "
                         "the local value is kept"
                     )
             stats = idx.add_results(with_sha, source=report.source, claim=True, atomic=True)
@@ -672,5 +682,7 @@ def search_index(report: ImportReport, index_path: str | None, threshold: int) -
                 key = (d.cluster, m.sha256)
                 cur = best.get(key)
                 if cur is None or m.distance < cur.distance:
-                    best[key] = LocalMatch(m.path or m.sha256, m.telfhash, d.cluster, cname, d.telfhash, d.sha256, int(m.distance))
+                    best[key] = LocalMatch(
+                        m.path or m.sha256, m.telfhash, d.cluster, cname, d.telfhash, d.sha256, int(m.distance)
+                    )
     return sorted(best.values(), key=lambda m: (m.cluster, m.distance, m.file))

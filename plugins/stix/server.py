@@ -175,7 +175,9 @@ def serve(port: int, user: str, password: str, host: str = "127.0.0.1") -> int:
         if not wait_ready(proc, host, port):
             code = proc.poll()
             stop(proc)
-            raise RuntimeError(f"the TAXII server did not start on {host}:{port} (exit status {code}; is the port in use?)")
+            raise RuntimeError(
+                f"the TAXII server did not start on {host}:{port} (exit status {code}; is the port in use?)"
+            )
         print(f"ready: {collection_url(host, port)}", flush=True)
         print("stop with Ctrl-C; the data lives in memory only", flush=True)
         return proc.wait()

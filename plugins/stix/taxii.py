@@ -272,7 +272,8 @@ def publish(
             ],
         )
     except Exception as exc:
-        raise TaxiiError(f"{_safe_url(settings.url)}: reading what the collection holds: {_explain(exc, settings)}") from None
+        where = _safe_url(settings.url)
+        raise TaxiiError(f"{where}: reading what the collection holds: {_explain(exc, settings)}") from None
     for o in objects:
         if not isinstance(o, dict):
             continue
@@ -289,7 +290,8 @@ def publish(
             status = col.add_objects(envelope, wait_for_completion=True, poll_interval=1, timeout=timeout)
         except Exception as exc:
             raise TaxiiError(
-                f"{_safe_url(settings.url)}: adding objects {start}-{start + len(envelope['objects']) - 1}: {_explain(exc, settings)}"
+                f"{_safe_url(settings.url)}: adding objects {start}-{start + len(envelope['objects']) - 1}: "
+                f"{_explain(exc, settings)}"
             ) from None
         report.status_ids.append(str(getattr(status, "id", "")))
         report.success += int(getattr(status, "success_count", 0) or 0)
