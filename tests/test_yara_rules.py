@@ -129,3 +129,23 @@ def test_stix_yara_indicator_and_telfhash_yara_write_the_same_rules(tmp_path):
         if o["type"] == "indicator" and o["pattern_type"] == "yara":
             yara.compile(source=o["pattern"])
             yara_x.compile(o["pattern"])
+
+
+def test_telfhash_yara_through_the_command_hook(tmp_path, capsys):
+    """The entry point registers telfhash_plugins.yara.cli; the core's CLI then has `telfhash yara`."""
+    import telfhash_core.cli as cli
+    import telfhash_plugins.yara.cli as ycli
+    from telfhash_core.plugins import get_plugin_manager, reset_plugin_manager
+
+    pm = get_plugin_manager()
+    if not pm.is_registered(ycli):
+        pm.register(ycli, name="yara-test")
+    try:
+        fx = corpus.REPO / "tests" / "fixtures" / "elf"
+        out = tmp_path / "r.yar"
+        assert cli.main(["yara", str(fx), "-r", "-t", "300", "-o", str(out)]) == 0
+        text = out.read_text()
+        assert text.startswith('import "elf"\nimport "hash"\n') and "rule telfhash_cluster_" in text
+        yara.compile(source=text)
+    finally:
+        reset_plugin_manager()

@@ -619,15 +619,22 @@ def add_to_index(report: ImportReport, index_path: str | None) -> dict:
 
 def match_local(report: ImportReport, local: Iterable[Any], threshold: int) -> list[LocalMatch]:
     """For each local sample (Result, result dict or path) and each shared cluster: the nearest
-    shared telfhash of that cluster when it is within ``threshold``.  Sorted by cluster,
-    distance, file."""
+    shared telfhash of that cluster when it is within ``threshold``.  One distance pass per
+    local sample over the bundle's distinct telfhashes.  Sorted by cluster, distance, file."""
+    import numpy as np
+
     from telfhash_core import hash_file
     from telfhash_core.similarity.tlshdist import encode, one_to_many
 
-    digests = report.digests
-    if not digests:
+    if not report.digests:
         return []
-    enc = encode([d.telfhash for d in digests])
+    per_digest: dict[str, dict[str, SharedDigest]] = {}
+    for d in report.digests:
+        per = per_digest.setdefault(d.telfhash, {})
+        if d.cluster not in per or (d.sha256 and not per[d.cluster].sha256):
+            per[d.cluster] = d
+    distinct = sorted(per_digest)
+    enc = encode(distinct)
     out: list[LocalMatch] = []
     for item in local:
         if isinstance(item, (str, os.PathLike)):
@@ -643,15 +650,15 @@ def match_local(report: ImportReport, local: Iterable[Any], threshold: int) -> l
         if not isinstance(item, Result) or not isinstance(item.telfhash, str) or not is_digest(item.telfhash):
             continue
         dists = one_to_many(enc, item.telfhash)
-        best: dict[str, tuple[int, int]] = {}
-        for k, dist in enumerate(dists.tolist()):
-            if dist <= threshold:
-                c = digests[k].cluster
+        best: dict[str, tuple[int, SharedDigest]] = {}
+        for k in np.flatnonzero(dists <= threshold).tolist():
+            dist = int(dists[k])
+            for c, d in per_digest[distinct[k]].items():
                 if c not in best or dist < best[c][0]:
-                    best[c] = (int(dist), k)
-        for c, (dist, k) in best.items():
-            d = digests[k]
-            out.append(LocalMatch(item.file, item.telfhash, c, report.clusters.get(c, {}).get("name"), d.telfhash, d.sha256, dist))
+                    best[c] = (dist, d)
+        for c, (dist, d) in best.items():
+            name = report.clusters.get(c, {}).get("name")
+            out.append(LocalMatch(item.file, item.telfhash, c, name, d.telfhash, d.sha256, dist))
     out.sort(key=lambda m: (m.cluster, m.distance, m.file))
     return out
 
