@@ -133,8 +133,9 @@ def test_stix_yara_indicator_and_telfhash_yara_write_the_same_rules(tmp_path):
 
 def test_telfhash_yara_through_the_command_hook(tmp_path, capsys):
     """The entry point registers telfhash_plugins.yara.cli; the core's CLI then has `telfhash yara`."""
-    import telfhash_core.cli as cli
     import telfhash_plugins.yara.cli as ycli
+
+    import telfhash_core.cli as cli
     from telfhash_core.plugins import get_plugin_manager, reset_plugin_manager
 
     pm = get_plugin_manager()
