@@ -4,9 +4,9 @@ says so itself): the data lives in memory and is gone when the server stops.
 
     TELFHASH_TAXII_USER=alice TELFHASH_TAXII_PASSWORD=... telfhash stix serve --port 8000
 
-The server is a child process: it stops when ``serve`` gets any stop signal, and the kernel stops
-it when ``serve`` is killed outright (PR_SET_PDEATHSIG on Linux).  Its configuration, password
-included, is passed through a pipe: nothing is written to disk.
+The server is a child process: it stops when ``serve`` gets any stop signal, and when ``serve`` is
+killed outright (a watchdog pipe on its stdin reaches end of file; PR_SET_PDEATHSIG on Linux
+too).  Its configuration, password included, is passed through a pipe: nothing is written to disk.
 """
 
 from __future__ import annotations
@@ -121,18 +121,37 @@ def start(port: int, user: str, password: str, host: str = "127.0.0.1", *, quiet
     config["backend"]["filename"] = f"/dev/fd/{data_fd}"
     config_fd = _pipe_with(json.dumps(config))
     out = subprocess.DEVNULL if quiet else None
+    cmd = [sys.executable, "-c", _WATCHDOG, "--host", host, "--port", str(port), f"/dev/fd/{config_fd}"]
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "medallion.scripts.run", "--host", host, "--port", str(port), f"/dev/fd/{config_fd}"],
-            stdin=subprocess.DEVNULL,
+            cmd,
+            stdin=subprocess.PIPE,  # the watchdog pipe: it closes when this process ends, however it ends
             stdout=out,
             stderr=out,
             pass_fds=(data_fd, config_fd),
-            preexec_fn=_die_with_parent(os.getpid()) if sys.platform.startswith("linux") else None,
+            preexec_fn=_die_with_parent(os.getpid()) if sys.platform.startswith("linux") else None,  # noqa: PLW1509
         )
     finally:
         os.close(data_fd)
         os.close(config_fd)
+
+
+# medallion's own entry point behind a watchdog: the server exits when its stdin -- a pipe whose
+# other end only the starting process holds -- reaches end of file, i.e. when that process is
+# gone (any signal, SIGKILL included, on any POSIX system); PR_SET_PDEATHSIG does the same on Linux.
+_WATCHDOG = """
+import os, sys, threading
+def _watch():
+    try:
+        while os.read(0, 4096):
+            pass
+    finally:
+        os._exit(0)
+threading.Thread(target=_watch, daemon=True).start()
+from medallion.scripts.run import main
+sys.argv[0] = "medallion"
+main()
+"""
 
 
 def wait_ready(proc: subprocess.Popen, host: str, port: int, timeout: float = 30.0) -> bool:
@@ -150,6 +169,11 @@ def wait_ready(proc: subprocess.Popen, host: str, port: int, timeout: float = 30
 
 
 def stop(proc: subprocess.Popen) -> None:
+    if proc.stdin is not None:
+        try:
+            proc.stdin.close()  # the watchdog sees end of file
+        except OSError:
+            pass
     if proc.poll() is None:
         proc.terminate()
         try:
