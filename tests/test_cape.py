@@ -1,15 +1,27 @@
-"""The CAPEv2 processing module, run the way CAPE runs processing modules.
+"""The CAPEv2 processing module, run by CAPE's own processing engine.
 
-A temporary folder shaped like a CAPE checkout gets a stand-in ``lib/cuckoo/common/abstracts.py``
-(the ``Processing`` base class as CAPE defines it: ``order = 1``, ``enabled = True``,
-``__init__(results=None)``, ``set_options``/``set_task``/``set_path``, ``run``), the module
-file and drop-in written by ``telfhash-cape install``, and a small "builder" module (order 1)
-that contributes the ``dropped`` list the way CAPE's own modules do before ours runs.  The
-harness below does what CAPE's ``RunProcessing`` does: imports every file of
-``modules/processing``, registers the ``Processing`` subclasses, sorts them by the class
-attribute ``order``, looks the options up in the section named after the module in which the
-class is defined, skips disabled ones, calls ``set_path``/``set_task``/``set_options``/``run``
-and merges ``{key: data}`` into the results.
+CAPE's real files, pinned unmodified as text fixtures (tests/fixtures/cape, origin and commit in
+ORIGIN.md), are laid out as a CAPE checkout in a temporary folder: the configuration reader
+(``lib/cuckoo/common/config.py`` and what it imports), ``path_utils.py``, ``conf/default``, and
+the three files the processing engine lives in -- ``lib/cuckoo/common/abstracts.py`` (the
+``Processing`` base class), ``lib/cuckoo/core/plugins.py`` (``import_package``,
+``load_plugins``, ``RunProcessing``) and ``lib/cuckoo/common/utils.py`` (``get_options``,
+``get_memdump_path``, ...).  Those three import much of CAPE (its SQLAlchemy database layer,
+MITRE data, DNS resolver, Pillow, requests) for parts that processing never touches, so they
+are loaded statement by statement from the real text: every top-level statement of
+``abstracts.py`` and ``plugins.py`` runs except the ones listed in ``ABSTRACTS_SKIPPED`` and
+``PLUGINS_SKIPPED`` (with the reason), and of ``utils.py`` the statements in ``UTILS_USED``.
+The code that runs is CAPE's text, compiled from the pinned file (tracebacks show its lines);
+the tests check that every listed statement is still in the file, so a refreshed fixture that
+moves things fails loudly.
+
+The module file and drop-in are written by ``telfhash-cape install``; a small "builder" module
+(order 1) contributes the ``dropped`` list the way CAPE's own modules do before ours runs.
+``run_processing`` does what ``utils/process.py`` does: results start as
+``{"statistics": {...}}``, ``import_package(modules.processing)``, then
+``RunProcessing(task, results).run()`` on ``storage/analyses/<id>`` of the tree.  What CAPE
+logs at WARNING or above (a module that raised, could not be imported, ...) is returned as the
+list of failures.
 
 Expected digests are the reference tool's (corpus manifest); expected groups and neighbour
 distances come from py-tlsh directly, pair by pair.
@@ -17,15 +29,17 @@ distances come from py-tlsh directly, pair by pair.
 
 from __future__ import annotations
 
-import configparser
+import ast
+import contextlib
 import copy
 import importlib
-import inspect
+import io
 import json
+import logging
 import os
-import pkgutil
 import shutil
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -35,154 +49,184 @@ import corpus
 from telfhash_plugins.cape import install as inst
 from telfhash_plugins.cape.cli import main as cape_main
 
-# ----------------------------------------------------------------------------- CAPE stand-ins
+FIX = Path(__file__).parent / "fixtures" / "cape"
 
-ABSTRACTS = '''"""Stand-in for CAPEv2's lib/cuckoo/common/abstracts.py: the Processing base class only."""
-import os
+# ----------------------------------------------------------------------------- CAPE's own code
+
+# Top-level statements of the real abstracts.py that are not run (first line -> why).  Nothing
+# that Processing, or the class statements themselves, use at definition time.
+ABSTRACTS_SKIPPED = {
+    "import PIL": "third-party (Pillow); screenshots of Machinery only",
+    "import requests": "third-party; Signature/Feed downloads only",
+    "from data.dnsbl import dnsbl_servers": "CAPE data list; Signature only",
+    "from lib.cuckoo.common.integrations.mitre import mitre_load": "CAPE's MITRE ATT&CK integration; signatures only",
+    "from lib.cuckoo.common.url_validate import url as url_validator": "Signature only",
+    "from lib.cuckoo.core.database import Database, _Database": "CAPE's database layer (SQLAlchemy ORM); Machinery only",
+    "from lib.cuckoo.core.data.task import Task": "SQLAlchemy ORM model; Machinery only",
+    "from lib.cuckoo.core.data.machines import Machine": "SQLAlchemy ORM model; Machinery only",
+    "mitre, HAVE_MITRE, _ = mitre_load(repconf.mitre.enabled)": "needs the MITRE loader above",
+    "myresolver = dns.resolver.Resolver()": "third-party (dnspython); Signature only",
+    "myresolver.timeout = 5.0": "dnspython resolver",
+    "myresolver.lifetime = 5.0": "dnspython resolver",
+    'myresolver.domain = dns.name.Name("google-public-dns-a.google.com")': "dnspython resolver",
+    'myresolver.nameserver = ["8.8.8.8"]': "dnspython resolver",
+}
+# The same for the real plugins.py: everything of the processing engine runs.
+PLUGINS_SKIPPED = {
+    "from lib.cuckoo.common.mapTTPs import mapTTP": "signatures only",
+    "from lib.cuckoo.common.scoring import calc_scoring": "signatures only",
+    "from lib.cuckoo.core.database import Database": "CAPE's database layer (SQLAlchemy ORM)",
+    "from utils.community_blocklist import blocklist": "community signatures' blocklist",
+    "db = Database()": "database connection; RunProcessing does not use it",
+    'if blocklist.get("signatures"):': "banned signatures; the list stays empty",
+}
+# Of the real utils.py (900 lines of helpers) only these statements run, besides its stdlib imports.
+UTILS_USED = {
+    "from data.family_detection_names import family_detection_names",
+    "from lib.cuckoo.common.config import Config",
+    "from lib.cuckoo.common.constants import CUCKOO_ROOT",
+    "from lib.cuckoo.common.exceptions import CuckooOperationalError",
+    "from lib.cuckoo.common.path_utils import path_exists, path_get_filename, path_is_dir, path_mkdir, path_read_file",
+    "try: import re2 as re",
+    "config = Config()",
+    "HAVE_TMPFS = False",
+    'if hasattr(config, "tmpfs"):',
+    "log = logging.getLogger(__name__)",
+    "CATEGORIES_NEEDING_VM: Final[Tuple[str]] = (\"file\", \"url\")",
+    "def load_categories",
+    "def get_memdump_path",
+    "def create_folder",
+    "def get_options",
+    "def option_enabled",
+    "def option_dict_enabled",
+    "def add_family_detection",
+}
 
 
-class Processing:
-    """Base class of processing modules (as in CAPEv2)."""
+def _key(node: ast.stmt, lines: list[str]) -> str:
+    if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+        return f"{'class' if isinstance(node, ast.ClassDef) else 'def'} {node.name}"
+    if isinstance(node, ast.Try):
+        return "try: " + lines[node.body[0].lineno - 1].strip()
+    return lines[node.lineno - 1].strip()
 
-    order = 1
-    enabled = True
 
-    def __init__(self, results=None):
-        self.analysis_path = ""
-        self.logs_path = ""
-        self.task = None
-        self.options = None
-        self.results = results
+def _stdlib_import(node: ast.stmt) -> bool:
+    if isinstance(node, ast.Import):
+        return all(a.name.split(".")[0] in sys.stdlib_module_names for a in node.names)
+    if isinstance(node, ast.ImportFrom):
+        return node.level == 0 and (node.module or "").split(".")[0] in sys.stdlib_module_names
+    return False
 
-    def set_options(self, options):
-        self.options = options
 
-    def set_task(self, task):
-        self.task = task
+def load_real(root: Path, name: str, *, skip: dict[str, str] | None = None, only: set[str] | None = None) -> types.ModuleType:
+    """Module ``name`` from the real CAPE file in ``root``: its top-level statements, run in order,
+    except those in ``skip`` (or only stdlib imports and those in ``only``)."""
+    path = root / (name.replace(".", "/") + ".py")
+    text = path.read_text()
+    lines = text.splitlines()
+    mod = types.ModuleType(name)
+    mod.__file__ = str(path)
+    mod.__package__ = name.rpartition(".")[0]
+    sys.modules[name] = mod
+    nodes = [(node, _key(node, lines)) for node in ast.parse(text, str(path)).body]
+    missing = set(skip or only or ()) - {key for _, key in nodes}
+    assert not missing, f"{path.name} (refreshed fixture?) no longer has: {sorted(missing)}"
+    for node, key in nodes:
+        if skip is not None and key in skip:
+            continue
+        if only is not None and not _stdlib_import(node) and key not in only:
+            continue
+        exec(compile(ast.Module(body=[node], type_ignores=[]), str(path), "exec"), mod.__dict__)
+    parent, _, child = name.rpartition(".")
+    setattr(importlib.import_module(parent), child, mod)
+    return mod
 
-    def set_path(self, analysis_path):
-        self.analysis_path = analysis_path
-        self.log_path = os.path.join(analysis_path, "analysis.log")
-        self.file_path = os.path.realpath(os.path.join(analysis_path, "binary"))
-        self.dropped_path = os.path.join(analysis_path, "files")
-        self.files_metadata = os.path.join(analysis_path, "files.json")
-        self.procdump_path = os.path.join(analysis_path, "procdump")
-        self.CAPE_path = os.path.join(analysis_path, "CAPE")
-        self.logs_path = os.path.join(analysis_path, "logs")
-        self.self_extracted = os.path.join(analysis_path, "selfextracted")
 
-    def run(self):
-        raise NotImplementedError
-'''
+def load_cape(root: Path) -> types.ModuleType:
+    """CAPE's processing engine (lib.cuckoo.core.plugins) from the real files in ``root``."""
+    load_real(root, "lib.cuckoo.common.utils", only=UTILS_USED)
+    load_real(root, "lib.cuckoo.common.abstracts", skip=ABSTRACTS_SKIPPED)
+    return load_real(root, "lib.cuckoo.core.plugins", skip=PLUGINS_SKIPPED)
 
-BUILDER = '''import json
+
+BUILDER = """import json
 import os
 
 from lib.cuckoo.common.abstracts import Processing
 
 
 class Builder(Processing):
-    """Contributes the dropped-file list, as CAPE's own (order 1) modules do."""
+    \"\"\"Contributes the dropped-file list, as CAPE's own (order 1) modules do.\"\"\"
 
     key = "dropped"
 
     def run(self):
         with open(os.path.join(self.analysis_path, "dropped.json")) as fh:
             return json.load(fh)
-'''
+"""
 
 
-class Dictionary(dict):
-    """CAPE's options object: a dict with attribute access."""
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-
-def _value(cp: configparser.ConfigParser, section: str, name: str):
-    # CAPE's Config: "0"/"1" stay integers, then booleans, integers, strings
-    raw = cp.get(section, name)
-    if raw not in ("0", "1"):
-        try:
-            return cp.getboolean(section, name)
-        except ValueError:
-            pass
-    try:
-        return cp.getint(section, name)
-    except ValueError:
-        return raw
-
-
-def cape_processing_config(root: Path) -> dict[str, Dictionary]:
-    files = [root / "conf" / "processing.conf", *sorted((root / "conf" / "processing.conf.d").glob("*.conf")),
-             root / "custom" / "conf" / "processing.conf",
-             *sorted((root / "custom" / "conf" / "processing.conf.d").glob("*.conf"))]
-    cp = configparser.ConfigParser()
-    cp.read([str(f) for f in files if f.is_file()])
-    return {s: Dictionary({k: _value(cp, s, k) for k, _ in cp.items(s)}) for s in cp.sections()}
-
-
-def make_cape_root(tmp: Path) -> Path:
+def make_cape_root(tmp: Path, abstracts_text: str | None = None) -> Path:
+    """A CAPE checkout of the pinned real files (``abstracts_text`` replaces abstracts.py's text)."""
     root = tmp / "CAPEv2"
-    for pkg in ("lib", "lib/cuckoo", "lib/cuckoo/common", "modules", "modules/processing"):
-        (root / pkg).mkdir(parents=True, exist_ok=True)
-        (root / pkg / "__init__.py").write_text("")
-    (root / "lib/cuckoo/common/abstracts.py").write_text(ABSTRACTS)
+    for src in FIX.rglob("*"):
+        rel = src.relative_to(FIX)
+        if src.is_file() and (src.suffix == ".txt" and rel.parts[0] in ("lib", "modules", "data")
+                              or rel.parts[:2] == ("conf", "default")):
+            dest = root / (str(rel)[: -len(".txt")] if src.suffix == ".txt" else rel)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest)
+    if abstracts_text is not None:
+        (root / "lib/cuckoo/common/abstracts.py").write_text(abstracts_text)
     (root / "modules/processing/builder.py").write_text(BUILDER)
-    (root / "conf").mkdir()
     (root / "conf/processing.conf").write_text("[builder]\nenabled = yes\n")
     return root
 
 
 def _purge() -> None:
     for name in list(sys.modules):
-        if name in ("lib", "modules") or name.startswith(("lib.", "modules.")):
+        if name in ("lib", "modules", "data") or name.startswith(("lib.", "modules.", "data.")):
             del sys.modules[name]
 
 
+class _Failures(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            msg += f" [{type(record.exc_info[1]).__name__}: {record.exc_info[1]}]"
+        self.messages.append(f"{record.name}: {msg}")
+
+
 def run_processing(root: Path, task: dict, results: dict, analysis_path: Path) -> list[str]:
-    """What CAPE's RunProcessing.run/process do; returns the failures it would log."""
-    failures: list[str] = []
-    cfg = cape_processing_config(root)
+    """What CAPE's utils/process.py does for a task; returns what CAPE logged at WARNING or above."""
+    where = root / "storage" / "analyses" / str(task["id"])  # RunProcessing's analysis path
+    where.parent.mkdir(parents=True, exist_ok=True)
+    if where.is_symlink():
+        where.unlink()
+    if not where.exists():
+        where.symlink_to(analysis_path)
+    results.setdefault("statistics", {"processing": [], "signatures": [], "reporting": []})
+    handler = _Failures()
+    engine = logging.getLogger("lib.cuckoo.core.plugins")  # where RunProcessing logs a module's failure
+    engine.addHandler(handler)
+    printed = io.StringIO()
     _purge()
     sys.path.insert(0, str(root))
     try:
-        abstracts = importlib.import_module("lib.cuckoo.common.abstracts")
-        package = importlib.import_module("modules.processing")
-        plugins = []
-        for _, name, ispkg in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
-            if ispkg:
-                continue
-            short = name.rsplit(".", 1)[1]
-            if short in cfg and cfg[short].get("enabled", False) is False:
-                continue  # CAPE does not even import disabled modules
-            module = importlib.import_module(name)
-            for _, value in inspect.getmembers(module, inspect.isclass):
-                if issubclass(value, abstracts.Processing) and value is not abstracts.Processing:
-                    plugins.append(value)
-        plugins.sort(key=lambda m: m.order)
-        for cls in plugins:
-            current = cls(results)
-            module_name = inspect.getmodule(current).__name__.rsplit(".", 1)[-1]
-            options = cfg.get(module_name)
-            if options is None or not options.enabled:
-                continue
-            current.set_path(str(analysis_path))
-            current.set_task(task)
-            current.set_options(options)
-            try:
-                data = current.run()
-            except Exception as exc:  # CAPE logs and goes on
-                failures.append(f"{cls.__name__}: {type(exc).__name__}: {exc}")
-                continue
-            results.update({current.key: data})
+        plugins = load_cape(root)
+        with contextlib.redirect_stdout(printed):  # import_plugin prints import errors
+            plugins.import_package(importlib.import_module("modules.processing"))
+        plugins.RunProcessing(task=task, results=results).run()
     finally:
         sys.path.remove(str(root))
+        engine.removeHandler(handler)
         _purge()
-    return failures
+    return handler.messages + [line for line in printed.getvalue().splitlines() if line.strip()]
 
 
 # ----------------------------------------------------------------------------- the analysis
@@ -352,6 +396,9 @@ def test_nothing_else_changes(cape_root, analysis, tmp_path):
     assert not any("telfhash" in fd or "telfhash_error" in fd for _, fd in _elf_dicts(disabled))
     summary = enabled.pop("telfhash")
     assert summary["elf_files"] >= 1
+    # CAPE's RunProcessing times every module it ran, in its order
+    assert [m["name"] for m in enabled.pop("statistics")["processing"]] == ["Builder", "Telfhash"]
+    assert [m["name"] for m in disabled.pop("statistics")["processing"]] == ["Builder"]
     assert _strip(enabled) == disabled
     # and the non-ELF dicts are untouched, None entries stay None
     assert enabled["dropped"][5] == {"name": "notes.txt", "path": str(analysis["dir"] / "files" / "notes.txt"), "size": 16,
@@ -418,7 +465,7 @@ def test_hostile_shapes_never_raise(cape_root, analysis, tmp_path):
     assert errs == {4: "no_path", 5: "directory", 6: "no_path", 7: "not_elf", 8: "no_path"}
     assert results["dropped"][7]["telfhash"] == "-"  # what the reference prints for a non-ELF file
     assert results["target"]["file"]["telfhash_error"] == "not_regular"
-    assert _strip({k: v for k, v in results.items() if k != "telfhash"}) == before
+    assert _strip({k: v for k, v in results.items() if k not in ("telfhash", "statistics")}) == before
 
 
 def test_known_neighbours_from_an_index(cape_root, analysis, tmp_path):
@@ -506,3 +553,66 @@ def test_groups_through_telfhash_core_cluster(analysis, monkeypatch):
     chosen = analysis["chosen"].values()
     digests = {f["sha256"]: f["reference"]["telfhash"] for f in chosen if f["reference"]["telfhash"].startswith("t1")}
     assert {frozenset(m["sha256"] for m in g["members"]) for g in s["groups"]} == _components(digests, 120)
+
+
+# ----------------------------------------------------------------------------- contract breaks
+
+
+def test_the_engine_is_capes_own_code(tmp_path):
+    """The base class and the engine that run the module are compiled from the pinned CAPE text."""
+    root = make_cape_root(tmp_path)
+    _purge()
+    sys.path.insert(0, str(root))
+    try:
+        plugins = load_cape(root)
+        abstracts = sys.modules["lib.cuckoo.common.abstracts"]
+        init = abstracts.Processing.__init__.__code__
+        assert init.co_filename == str(root / "lib/cuckoo/common/abstracts.py")
+        pinned = (FIX / "lib/cuckoo/common/abstracts.py.txt").read_text().splitlines()
+        assert pinned[init.co_firstlineno - 1].strip() == "def __init__(self, results=None):"
+        assert plugins.RunProcessing.process.__code__.co_filename == str(root / "lib/cuckoo/core/plugins.py")
+        assert plugins.Processing is abstracts.Processing
+    finally:
+        sys.path.remove(str(root))
+        _purge()
+
+
+def test_a_run_signature_cape_does_not_call_is_caught(tmp_path, analysis):
+    """CAPE calls ``run()`` without arguments: a module that wants one fails in CAPE's engine, and
+    the harness reports it (so every test using ``_run`` would fail)."""
+    root = make_cape_root(tmp_path)
+    assert cape_main(["install", "--cape-root", str(root)]) == 0
+    mod = root / inst.MODULE_REL
+    mod.write_text(mod.read_text().replace("    def run(self):", "    def run(self, results):"))
+    results = copy.deepcopy(analysis["results"])
+    failures = run_processing(root, {"id": 17}, results, analysis["dir"])
+    assert len(failures) == 1 and "Telfhash" in failures[0] and "TypeError" in failures[0], failures
+    assert "telfhash" not in results and "telfhash" not in results["target"]["file"]
+
+
+def test_a_base_class_without_results_is_caught(tmp_path, analysis):
+    """If CAPE's ``Processing`` stopped handing the results dict to modules (``self.results``), the
+    module could enrich nothing: the real base class is what makes the other tests pass."""
+    text = (FIX / "lib/cuckoo/common/abstracts.py.txt").read_text()
+    block = "        self.task = None\n        self.options = None\n        self.results = results\n"  # Processing.__init__
+    assert text.count(block) == 1
+    root = make_cape_root(tmp_path, text.replace(block, block.replace("= results", "= None")))
+    assert cape_main(["install", "--cape-root", str(root)]) == 0
+    results = copy.deepcopy(analysis["results"])
+    assert run_processing(root, {"id": 17}, results, analysis["dir"]) == []
+    assert results["telfhash"]["errors"] == ["no results dict to enrich"]
+    assert not any("telfhash" in fd for _, fd in _elf_dicts(results))
+
+
+def test_a_refreshed_fixture_that_moved_things_fails_loudly(tmp_path):
+    text = (FIX / "lib/cuckoo/core/plugins.py.txt").read_text()
+    root = make_cape_root(tmp_path)
+    (root / "lib/cuckoo/core/plugins.py").write_text(text.replace("db = Database()\n", "db = Database(lazy=True)\n"))
+    _purge()
+    sys.path.insert(0, str(root))
+    try:
+        with pytest.raises(AssertionError, match="db = Database"):
+            load_cape(root)
+    finally:
+        sys.path.remove(str(root))
+        _purge()

@@ -35,7 +35,7 @@ def cape_tree(tmp_path: Path) -> Path:
             dest = root / (str(rel)[: -len(".txt")] if src.suffix == ".txt" else rel)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dest)
-    (root / "modules" / "processing").mkdir(parents=True)
+    (root / "modules" / "processing").mkdir(parents=True, exist_ok=True)
     return root
 
 

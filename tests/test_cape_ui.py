@@ -41,7 +41,7 @@ def cape_tree(tmp_path: Path) -> Path:
             dest = root / (rel.removesuffix(".txt"))
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dest)
-    (root / "modules" / "processing").mkdir(parents=True)
+    (root / "modules" / "processing").mkdir(parents=True, exist_ok=True)
     (root / "custom").mkdir()
     (root / "custom" / "__init__.py").write_text("")  # as CAPE ships it
     return root
