@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -234,15 +235,18 @@ def main() -> int:
     w, wo = runs["with"][0], runs["without"][0]
     print(f"processing modules CAPE loaded (with): {', '.join(w['loaded'])}")
     print("processing statistics (with): " + ", ".join(f"{m['name']} {m['time']}s" for m in w["results"]["statistics"]["processing"]))
-    for line in w["log"]:
-        print(f"CAPE log (with): {line[:200]}")
+    for line in dict.fromkeys(w["log"]):
+        n = w["log"].count(line)
+        print(f"CAPE log (with): {line[:200]}{f' (x{n})' if n > 1 else ''}")
 
     # 4. every ELF dict against the reference
     res = w["results"]
     elf = list(walk({k: v for k, v in res.items() if k != "telfhash"}))
     paths = [fd.get("path") for _, fd in elf]
     existing = [p for p in paths if isinstance(p, str) and os.path.isfile(p)]
+    t0 = time.perf_counter()
     refs = dict(zip(existing, json.loads(run([ref_py, "-c", REF, *existing]).stdout))) if existing else {}
+    t_ref = time.perf_counter() - t0
     print(f"\n{'where':38} {'arch':9} {'ours == reference':18} telfhash")
     by_sha = {f["sha256"]: f for f in chosen}
     same = 0
@@ -301,6 +305,8 @@ def main() -> int:
     print(f"\nRunProcessing wall time, median of {repeat}: with {mw:.2f} s, without {mwo:.2f} s, "
           f"ratio {mw / mwo:.2f}; the Telfhash module alone {statistics.median(tel):.2f} s "
           f"({len(elf)} ELF dicts, {n_elf} files; worker start-up included)")
+    print(f"reference tool on the same files: {t_ref:.2f} s (one process, start-up included); "
+          f"module / reference: {statistics.median(tel) / t_ref:.2f}")
     print("RESULT:", "all checks passed" if ok else "FAILED")
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
