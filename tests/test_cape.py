@@ -42,10 +42,9 @@ import sys
 import types
 from pathlib import Path
 
+import corpus
 import pytest
 import tlsh
-
-import corpus
 from telfhash_plugins.cape import install as inst
 from telfhash_plugins.cape.cli import main as cape_main
 
