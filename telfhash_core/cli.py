@@ -14,25 +14,17 @@ import sys
 from typing import Iterable, Iterator, TextIO
 
 from . import __version__
-from .hashing.api import expand_paths, hash_paths
+from .commands.args import add_progress, add_threshold, non_negative_int
 from .formats import FormatContext, available_formats
+from .hashing.api import expand_paths, hash_paths
 from .plugins import get_plugin_manager
+from .progress import PROGRESS_MIN_FILES, Progress
 from .result import Result
 
 # Below this many files a process pool costs more than it saves.
 PARALLEL_MIN_FILES = 16
-PROGRESS_MIN_FILES = 50
 
-
-def non_negative_int(text: str) -> int:
-    """argparse type for thresholds, counts and jobs: a whole number, 0 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must not be negative")
-    return value
+__all__ = ["main", "hash_parser", "run_hash", "non_negative_int", "PROGRESS_MIN_FILES"]
 
 
 def _commands() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -53,7 +45,7 @@ def hash_parser(command_names: Iterable[str] = ()) -> argparse.ArgumentParser:
         epilog=epilog,
     )
     p.add_argument("-g", "--group", action="store_true", help="group the files whose telfhashes are within the threshold")
-    p.add_argument("-t", "--threshold", type=non_negative_int, default=50, help="TLSH distance for -g (default 50)")
+    add_threshold(p, "TLSH distance for -g")
     p.add_argument("-r", "--recursive", action="store_true", help="walk folders given as PATH")
     p.add_argument("-o", "--output", default=None, help="write the output to this file instead of stdout")
     p.add_argument(
@@ -70,8 +62,7 @@ def hash_parser(command_names: Iterable[str] = ()) -> argparse.ArgumentParser:
         metavar="NAME",
         help="add an opt-in per-file field from a plugin (json/jsonl), e.g. --field telfhash_x",
     )
-    p.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show a progress bar")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
+    add_progress(p)
     p.add_argument("-d", "--debug", action="store_true", help="print why files have no telfhash (stderr)")
     p.add_argument("-v", "--version", action="version", version=f"%(prog)s {__version__} (telfhash-core)")
     p.add_argument("files", nargs="+", metavar="PATH", help="ELF files (wildcards accepted) or, with -r, folders")
@@ -89,16 +80,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _progress(results: Iterator[Result], total: int, enabled: bool | None) -> Iterator[Result]:
-    if enabled is None:
-        enabled = total >= PROGRESS_MIN_FILES and sys.stderr.isatty()
-    if not enabled:
-        yield from results
-        return
-    from tqdm import tqdm
-
-    with tqdm(total=total, unit="file", file=sys.stderr, dynamic_ncols=True, leave=False) as bar:
+    with Progress(total, enabled=enabled) as bar:
         for r in results:
-            bar.update(1)
+            bar.update(1, r)
             yield r
 
 
@@ -111,13 +95,13 @@ def run_hash(args: argparse.Namespace) -> int:
     jobs = args.jobs or (os.cpu_count() or 1)
     if len(files) < PARALLEL_MIN_FILES:
         jobs = 1
-    hook = get_plugin_manager().hook
     collected: list[Result] = []
 
     def stream() -> Iterator[Result]:
-        results = hash_paths(files, jobs=jobs, ordered=fmt.ordered, sha256=args.sha256, fields=args.fields)
+        results = hash_paths(
+            files, jobs=jobs, ordered=fmt.ordered, sha256=args.sha256, fields=args.fields, options=vars(args)
+        )
         for r in _progress(results, len(files), args.progress):
-            hook.telfhash_result(result=r, options=vars(args))
             if args.debug and not r.ok:
                 print(f"{r.file}: {r.detail or r.msg}", file=sys.stderr)
             if args.group:

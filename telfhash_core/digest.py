@@ -36,7 +36,12 @@ EXCLUDED_PATTERNS = (r"^[_\.].*$", r"^.*64$", r"^str.*$", r"^mem.*$")
 _EXCLUDED_RE = re.compile("|".join(f"(?:{p})" for p in EXCLUDED_PATTERNS))
 
 TLSH_HEX_LEN = 70  # 35 bytes: 3 header bytes + 32 body bytes
+PACKED_LEN = TLSH_HEX_LEN // 2
 NULL_DIGEST = "tnull"
+
+# The TLSH distance at or under which two telfhashes are "similar": the reference's default for
+# grouping, and the default of every threshold in this package and its adapters.
+DEFAULT_THRESHOLD = 50
 
 
 def is_excluded(name: str) -> bool:
@@ -66,11 +71,13 @@ def tlsh_digest(items: list[str]) -> str:
 
 
 # ----------------------------------------------------------------------------- spellings
+# This section is the one place that knows how a digest is spelled, tagged and packed.
 
 _HEX = frozenset("0123456789abcdefABCDEF")
+FORMS = ("t1", "T1", "hex")
 
 
-def _body(digest: str) -> str | None:
+def hex_body(digest: object) -> str | None:
     """The 70 hex characters of a digest in any accepted spelling, upper case; None if invalid."""
     if not isinstance(digest, str):
         return None
@@ -82,9 +89,40 @@ def _body(digest: str) -> str | None:
     return d.upper()
 
 
+
+def split_tag(value: str) -> tuple[str, str]:
+    """``("tx1", "t1…")`` from a tagged value such as a companion hash (the digest follows the
+    last ``:``); ``("", value)`` when there is no tag."""
+    tag, _, digest = value.rpartition(":")
+    return tag, digest
+
+
+def tagged_body(value: object, tag: str | None = None) -> str | None:
+    """Like :func:`hex_body`, also for a tagged value ``tag:t1…`` (read after the last ``:``).
+
+    With ``tag``, only a value carrying exactly that tag is accepted."""
+    if not isinstance(value, str):
+        return None
+    found, digest = split_tag(value.strip())
+    if tag is not None and found != tag:
+        return None
+    return hex_body(digest)
+
+
+def spell(body: str, form: str = "t1") -> str:
+    """The 70 hex characters ``body`` (upper case) written as ``form`` (see :func:`normalize`)."""
+    if form == "t1":
+        return "t1" + body.lower()
+    if form == "T1":
+        return "T1" + body
+    if form == "hex":
+        return body
+    raise ValueError(f"unknown digest form {form!r}; use 't1', 'T1' or 'hex'")
+
+
 def is_digest(value: str) -> bool:
     """True for a usable telfhash in any spelling (``t1…``, ``T1…`` or 70 hex)."""
-    return _body(value) is not None
+    return hex_body(value) is not None
 
 
 def normalize(digest: str, form: str = "t1") -> str:
@@ -93,16 +131,20 @@ def normalize(digest: str, form: str = "t1") -> str:
 
     Raises ValueError for anything that is not a telfhash (``tnull``, ``-``, wrong length, ...).
     """
-    body = _body(digest)
+    body = hex_body(digest)
     if body is None:
         raise ValueError(f"not a telfhash digest: {digest!r}")
-    if form == "t1":
-        return "t1" + body.lower()
-    if form == "T1":
-        return "T1" + body
-    if form == "hex":
-        return body
-    raise ValueError(f"unknown digest form {form!r}; use 't1', 'T1' or 'hex'")
+    return spell(body, form)
+
+
+def pack(digest: str) -> bytes:
+    """The 35 bytes of a digest given in any spelling (ValueError if it is not one)."""
+    return bytes.fromhex(normalize(digest, "hex"))
+
+
+def unpack(blob: bytes) -> str:
+    """``t1`` + 70 hex (the reference's spelling) from 35 packed bytes."""
+    return "t1" + bytes(blob).hex()
 
 
 def to_tlsh(digest: str) -> "tlsh.Tlsh":

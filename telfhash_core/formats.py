@@ -90,21 +90,13 @@ def telfhash_output_formats():
 
 def available_formats() -> dict[str, OutputFormat]:
     """Every output format offered by the core and the installed plugins, by name."""
-    from .plugins import get_plugin_manager
+    from .plugins import by_name, get_plugin_manager
 
-    found: dict[str, OutputFormat] = {}
-    for group in get_plugin_manager().hook.telfhash_output_formats():
-        for fmt in group or []:
-            found.setdefault(fmt.name, fmt)
-    return found
+    return by_name(get_plugin_manager().hook.telfhash_output_formats(), "output format")
 
 
 def available_exporters() -> dict[str, Exporter]:
     """Every exporter offered by the installed plugins, by name."""
-    from .plugins import get_plugin_manager
+    from .plugins import by_name, get_plugin_manager
 
-    found: dict[str, Exporter] = {}
-    for group in get_plugin_manager().hook.telfhash_exporters():
-        for exp in group or []:
-            found.setdefault(exp.name, exp)
-    return found
+    return by_name(get_plugin_manager().hook.telfhash_exporters(), "exporter")

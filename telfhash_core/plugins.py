@@ -1,18 +1,27 @@
 """The plugin manager: built-in plugins first, then third-party ``telfhash`` entry points.
 
-Set ``TELFHASH_TRACE_HOOKS=1`` to print every hook call and its result to stderr.
-``TELFHASH_NO_ENTRY_POINTS=1`` loads the built-ins only.
+Each plugin is loaded on its own: one that fails to import is recorded in :data:`load_errors`
+(``telfhash plugins`` shows them) and the others load regardless.  A format, field or exporter
+name offered twice is refused with :class:`DuplicateNameError` rather than taken first-wins.
+
+Set ``TELFHASH_TRACE_HOOKS=1`` to log every hook call and its result (logger
+``telfhash_core.plugins``, level DEBUG, sent to stderr).  ``TELFHASH_NO_ENTRY_POINTS=1`` loads the
+built-ins only.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
-import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
 
 import pluggy
 
 from . import hookspecs
+
+log = logging.getLogger(__name__)
 
 # The core adds its own formats and commands through the same hooks third parties use.
 # Each module implements the hooks it needs; a module that is missing or whose optional
@@ -20,14 +29,52 @@ from . import hookspecs
 DEFAULT_PLUGINS = (
     "telfhash_core.formats",  # default, tsv, json, jsonl output
     "telfhash_core.hashing.filehashes",  # the md5 and sha1 fields
-    "telfhash_core.similarity.cluster",  # `telfhash cluster`
-    "telfhash_core.store.index",  # `telfhash index ...`
-    "telfhash_core.batch.run",  # `telfhash batch ...` (local / Dask)
+    "telfhash_core.commands.cluster",  # `telfhash cluster`
+    "telfhash_core.commands.index",  # `telfhash index ...`
+    "telfhash_core.commands.batch",  # `telfhash batch ...` (local / Dask)
+    "telfhash_core.commands.plugins",  # `telfhash plugins`, `telfhash export`
     "telfhash_core.companion",  # the opt-in companion hash
 )
+ENTRY_POINT_GROUP = "telfhash"
+
+
+@dataclass
+class PluginInfo:
+    """One plugin as ``telfhash plugins`` lists it."""
+
+    name: str
+    origin: str  # "built-in" or "entry point <name> (<distribution> <version>)"
+    where: str  # the module's file
+    hooks: list[str]
+    error: str | None = None
+
+
+class DuplicateNameError(ValueError):
+    """Two plugins offer a format, field or exporter of the same name."""
+
 
 _pm: pluggy.PluginManager | None = None
+_infos: list[PluginInfo] = []
 load_errors: list[str] = []
+
+
+def _info(name: str, origin: str, module: Any) -> PluginInfo:
+    specs = {n for n in dir(hookspecs) if n.startswith("telfhash_")}
+    hooks = sorted(n for n in dir(module) if n in specs and callable(getattr(module, n, None)))
+    return PluginInfo(name, origin, getattr(module, "__file__", None) or "?", hooks)
+
+
+def _failed(name: str, origin: str, where: str, exc: BaseException) -> None:
+    message = f"{name}: {type(exc).__name__}: {exc}"
+    load_errors.append(message)
+    _infos.append(PluginInfo(name, origin, where, [], error=f"{type(exc).__name__}: {exc}"))
+    log.warning("plugin %s not loaded: %s", name, exc)
+
+
+def _entry_points() -> Iterable[Any]:
+    from importlib.metadata import entry_points
+
+    return entry_points(group=ENTRY_POINT_GROUP)
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -37,20 +84,34 @@ def get_plugin_manager() -> pluggy.PluginManager:
         return _pm
     pm = pluggy.PluginManager("telfhash")
     pm.add_hookspecs(hookspecs)
+    _infos.clear()
+    load_errors.clear()
     for name in DEFAULT_PLUGINS:
         try:
             mod = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a built-in not present, or its optional dependency missing
-            load_errors.append(f"{name}: {exc}")
+        except ImportError as exc:  # a built-in whose optional dependency is missing
+            _failed(name, "built-in", name, exc)
             continue
         pm.register(mod, name=name)
+        _infos.append(_info(name, "built-in", mod))
     if not os.environ.get("TELFHASH_NO_ENTRY_POINTS"):
-        try:
-            pm.load_setuptools_entrypoints("telfhash")
-        except Exception as exc:  # a broken third-party plugin must not break hashing
-            load_errors.append(f"entry point: {exc!r}")
+        for ep in _entry_points():
+            dist = getattr(ep, "dist", None)
+            origin = f"entry point {ep.name}" + (f" ({dist.name} {dist.version})" if dist is not None else "")
+            if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+                continue
+            try:  # one by one: a broken plugin costs only itself
+                plugin = ep.load()
+                pm.register(plugin, name=ep.name)
+            except Exception as exc:
+                _failed(ep.name, origin, ep.value, exc)
+                continue
+            _infos.append(_info(ep.name, origin, plugin))
     if os.environ.get("TELFHASH_TRACE_HOOKS"):
-        pm.trace.root.setwriter(lambda msg: sys.stderr.write(msg))
+        if not log.handlers:
+            log.addHandler(logging.StreamHandler())
+        log.setLevel(logging.DEBUG)
+        pm.trace.root.setwriter(lambda msg: log.debug("%s", msg.rstrip("\n")))
         pm.enable_tracing()
     _pm = pm
     return pm
@@ -62,10 +123,40 @@ def reset_plugin_manager() -> None:
     _pm = None
 
 
+def plugin_infos() -> list[PluginInfo]:
+    """Every plugin tried, loaded or not, in load order."""
+    get_plugin_manager()
+    return list(_infos)
+
+
+def by_name(groups: Iterable[Iterable[Any] | None], what: str, name_of: Callable[[Any], str] = lambda x: x.name) -> dict:
+    """``{name: item}`` over the hook results ``groups``; a name offered twice is refused."""
+    found: dict[str, Any] = {}
+    for group in groups:
+        for item in group or []:
+            name = name_of(item)
+            if name in found:
+                raise DuplicateNameError(f"two plugins offer the {what} {name!r}; uninstall or disable one of them")
+            found[name] = item
+    return found
+
+
 def field_functions() -> dict:
     """``{name: compute(buf, result)}`` from every plugin's ``telfhash_fields`` hook."""
     found: dict = {}
     for group in get_plugin_manager().hook.telfhash_fields():
         for name, fn in (group or {}).items():
-            found.setdefault(name, fn)
+            if name in found:
+                raise DuplicateNameError(f"two plugins offer the field {name!r}; uninstall or disable one of them")
+            found[name] = fn
     return found
+
+
+def result_hook(options: dict[str, Any] | None = None) -> Callable[[Any], None]:
+    """A function that passes one result through every plugin's ``telfhash_result`` hook (a no-op
+    when no plugin implements it).  Every entry point that produces results calls it."""
+    hook = get_plugin_manager().hook.telfhash_result
+    if not hook.get_hookimpls():
+        return lambda result: None
+    opts = dict(options or {})
+    return lambda result: hook(result=result, options=opts)

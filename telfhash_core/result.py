@@ -45,6 +45,27 @@ _REFERENCE_MSG = {
 }
 
 
+# The reason of a result that carries none (a reference ``{"file", "telfhash", "msg"}`` dict,
+# a result written by another tool), from the reference's message.
+_FROM_REFERENCE_MSG = {
+    "No such file or directory": Reason.NOT_FOUND,
+    "Could not parse file as ELF": Reason.NOT_ELF,
+    "No symbols found": Reason.NO_SYMBOLS,
+    "Unknown error": Reason.MALFORMED,
+}
+
+
+def infer_reason(value: Any, msg: Any = None) -> Reason:
+    """Why a result without a digest and without a ``reason`` has none: ``tnull`` is
+    :attr:`Reason.TOO_FEW_SYMBOLS`; otherwise the reference's ``msg`` says, and without one
+    :attr:`Reason.NO_SYMBOLS` (what ``-`` most often means)."""
+    if value in ("tnull", "TNULL"):
+        return Reason.TOO_FEW_SYMBOLS
+    if isinstance(msg, str) and msg in _FROM_REFERENCE_MSG:
+        return _FROM_REFERENCE_MSG[msg]
+    return Reason.NO_SYMBOLS
+
+
 @dataclass
 class Result:
     """One file's outcome.
@@ -91,7 +112,7 @@ class Result:
 
     def to_dict(self) -> dict[str, Any]:
         """Everything, JSON-ready: the reference's three keys first, then ours."""
-        d = self.reference_dict()
+        d: dict[str, Any] = dict(self.reference_dict())
         d.update(
             {
                 "ok": self.ok,
@@ -113,12 +134,11 @@ class Result:
         """Rebuild a result from :meth:`to_dict` output or from a reference ``{"file", "telfhash",
         "msg"}`` dict (then ``reason`` is inferred from the printed value)."""
         value = d.get("telfhash")
-        reason = d.get("reason")
-        if reason is not None:
-            reason = Reason(reason)
-        telf = normalize(value, "t1") if is_digest(value) else None  # t1…, T1… or 70 hex
+        code = d.get("reason")
+        reason = Reason(code) if code is not None else None
+        telf = normalize(value, "t1") if isinstance(value, str) and is_digest(value) else None  # t1…, T1… or 70 hex
         if telf is None and reason is None:
-            reason = Reason.TOO_FEW_SYMBOLS if value in ("tnull", "TNULL") else Reason.NO_SYMBOLS
+            reason = infer_reason(value, d.get("msg"))
         known = {f for f in cls.__dataclass_fields__}
         extra = {k: v for k, v in d.items() if k not in known and k not in ("msg", "ok", "reason", "detail", "telfhash", "file")}
         return cls(
@@ -139,4 +159,4 @@ class Result:
         return f"Result({self.file!r}, {what})"
 
 
-__all__ = ["Reason", "Result", "asdict"]
+__all__ = ["Reason", "Result", "asdict", "infer_reason"]

@@ -10,7 +10,7 @@ import pytest
 import tlsh
 
 import corpus
-from telfhash_core.batch import run as batch
+from telfhash_core.commands import batch
 from telfhash_core.batch.partitioned import cluster_digests, plan, relabel
 
 

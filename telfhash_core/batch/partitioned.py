@@ -28,18 +28,32 @@ from typing import Sequence
 
 import numpy as np
 
-from ..similarity.tlshdist import HAVE_NUMBA, Encoded, _lterm, components_within, encode, max_length_code_diff, one_to_many
+from ..digest import DEFAULT_THRESHOLD, is_digest, normalize
+from ..similarity.tlshdist import (
+    HAVE_NUMBA,
+    Encoded,
+    _lterm,
+    _qterm,
+    components_within,
+    encode,
+    max_length_code_diff,
+    one_to_many,
+    py_find,
+    py_union,
+    relabel,
+)
+from .common import BatchError, close_client, dask_client, need
 
 if HAVE_NUMBA:
     import numba
 
     # the distance terms and the union-find are tlshdist's own compiled functions
-    from ..similarity.tlshdist import _find as _root
     from ..similarity.tlshdist import _body as _body_pair
-    from ..similarity.tlshdist import _header, _popcount
+    from ..similarity.tlshdist import _find as _root
+    from ..similarity.tlshdist import _header
     from ..similarity.tlshdist import _union as _join
 
-__all__ = ["plan", "cluster_task", "cluster_digests", "cluster_results", "single_machine_labels", "relabel"]
+__all__ = ["plan", "cluster_task", "cluster_digests", "cluster_results", "relabel"]
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -62,21 +76,6 @@ if HAVE_NUMBA:
     @numba.njit(nogil=True, cache=True, inline="always")
     def _dist(L, Q1, Q2, C, P, a, b):
         return _head(L, Q1, Q2, C, a, b) + _body(P, a, b)
-
-    @numba.njit(nogil=True, cache=True, inline="always")
-    def _head_s(la, q1a, q2a, ca, lb, q1b, q2b, cb):
-        return _header(la, lb, q1a, q1b, q2a, q2b, ca, cb)
-
-    @numba.njit(nogil=True, cache=True, inline="always")
-    def _body_s(p0, p1, p2, p3, p4, p5, P, b):
-        x0 = p0 ^ P[b, 0]
-        x1 = p1 ^ P[b, 1]
-        x2 = p2 ^ P[b, 2]
-        x3 = p3 ^ P[b, 3]
-        x4 = p4 ^ P[b, 4]
-        x5 = p5 ^ P[b, 5]
-        s = _popcount(x0) + _popcount(x1) + _popcount(x2) + _popcount(x3) + _popcount(x4) + _popcount(x5)
-        return s + 3 * (_popcount(x0 & x2 & x4) + _popcount(x1 & x3 & x5))
 
     @numba.njit(nogil=True, cache=True)
     def _scan_block(L, Q1, Q2, C, P, nhome, nfwd, lmax, threshold, parent):
@@ -160,19 +159,6 @@ if HAVE_NUMBA:
             parent[x] = _root(parent, x)
 
 
-def _py_root(parent: np.ndarray, x: int) -> int:
-    while parent[x] != x:
-        parent[x] = parent[parent[x]]
-        x = parent[x]
-    return x
-
-
-def _py_join(parent: np.ndarray, a: int, b: int) -> None:
-    ra, rb = _py_root(parent, a), _py_root(parent, b)
-    if ra != rb:
-        parent[max(ra, rb)] = min(ra, rb)
-
-
 def _scan_block_numpy(enc: Encoded, nhome: int, nfwd: int, lmax: int, threshold: int, parent: np.ndarray) -> None:
     L = enc.lvalue.astype(np.int64)
     n = len(enc)
@@ -185,7 +171,7 @@ def _scan_block_numpy(enc: Encoded, nhome: int, nfwd: int, lmax: int, threshold:
             continue
         d = one_to_many(enc, a, idx=rows)
         for b in rows[d <= threshold].tolist():
-            _py_join(parent, a, b)
+            py_union(parent, a, b)
 
 
 # ----------------------------------------------------------------------------- plan and tasks
@@ -217,11 +203,6 @@ def plan(lsorted: np.ndarray, threshold: int, ntasks: int) -> list[tuple[int, in
     return out
 
 
-def _qterm(d: int) -> int:
-    d = min(d % 16, 16 - d % 16)
-    return d if d <= 1 else 12 * (d - 1)
-
-
 def cell_offsets(threshold: int) -> np.ndarray:
     """``(dl, dq1, r)`` rows: from a row in cell (L, q1, q2), its partners within ``threshold`` can
     only be in cells (L + dl, q1 + dq1, q2 + dq2) (mod 256, 16, 16) with circular ``|dq2| <= r``,
@@ -230,7 +211,7 @@ def cell_offsets(threshold: int) -> np.ndarray:
     rows = []
     for dl in range(max(lmax, -1) + 1):
         for dq1 in range(16):
-            left = threshold - _lterm(dl) - _qterm(dq1)
+            left = threshold - _lterm(dl) - _qterm(min(dq1, 16 - dq1))  # circular difference of q1
             if left < 0:
                 continue
             r = max(d for d in range(9) if _qterm(d) <= left)  # qterm grows with |dq2|
@@ -286,23 +267,12 @@ def _roots(parent: np.ndarray) -> np.ndarray:
     if HAVE_NUMBA:
         _merge(parent, _EMPTY, _EMPTY)  # compresses every path
         return parent
-    return np.array([_py_root(parent, x) for x in range(parent.shape[0])], dtype=np.int64)
-
-
-def relabel(roots: np.ndarray) -> np.ndarray:
-    """Labels 0, 1, 2, ... in order of each group's first row (a canonical form of a partition)."""
-    roots = np.asarray(roots)
-    if roots.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    _, first, inverse = np.unique(roots, return_index=True, return_inverse=True)
-    rank = np.empty(first.size, dtype=np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
-    return rank[inverse.reshape(-1)]
+    return np.array([py_find(parent, x) for x in range(parent.shape[0])], dtype=np.int64)
 
 
 def cluster_digests(
     digests: Sequence[str],
-    threshold: int = 50,
+    threshold: int = DEFAULT_THRESHOLD,
     *,
     engine: str = "local",
     client=None,
@@ -368,7 +338,7 @@ def cluster_digests(
         _merge(parent, a, b)
     else:
         for x, y in zip(a.tolist(), b.tolist()):
-            _py_join(parent, x, y)
+            py_union(parent, x, y)
         parent = _roots(parent)
     # back to input rows: distinct row -> sorted position -> root
     pos_of_uniq = np.empty(m, dtype=np.int64)
@@ -380,20 +350,6 @@ def cluster_digests(
     return labels, info
 
 
-def single_machine_labels(digests: Sequence[str], threshold: int) -> np.ndarray:
-    """The single-machine grouping (``cluster.components`` where present, else
-    ``tlshdist.components_within``), relabelled canonically."""
-    try:
-        from ..similarity.cluster import components  # type: ignore[attr-defined]
-    except ImportError:
-        components = None
-    if components is not None:
-        return relabel(np.asarray(components(list(digests), threshold)))
-    from ..similarity.tlshdist import components_within
-
-    return relabel(components_within(encode(list(digests)), threshold))
-
-
 # ----------------------------------------------------------------------------- results files
 
 
@@ -401,7 +357,7 @@ def cluster_results(
     results: str,
     output: str,
     *,
-    threshold: int = 50,
+    threshold: int = DEFAULT_THRESHOLD,
     engine: str = "local",
     scheduler: str | None = None,
     jobs: int = 0,
@@ -410,8 +366,7 @@ def cluster_results(
 ) -> dict:
     """Group the files of a batch output; write one row per file with a telfhash:
     ``path, sha256, telfhash, cluster, cluster_size`` (clusters numbered by first appearance)."""
-    from .run import BatchError, _need, dask_client, read_rows
-    from ..digest import is_digest
+    from .run import read_rows
 
     rows = [r for r in read_rows(results) if isinstance(r.get("telfhash"), str) and is_digest(r["telfhash"])]
     own = None
@@ -420,25 +375,21 @@ def cluster_results(
             client = own = dask_client(scheduler, jobs)
         labels, info = cluster_digests([r["telfhash"] for r in rows], threshold, engine=engine, client=client, jobs=jobs)
     finally:
-        if own is not None:
-            cluster = getattr(own, "cluster", None)
-            own.close()
-            if cluster is not None and not scheduler:
-                cluster.close()
+        close_client(own)
     sizes = np.bincount(labels) if labels.size else _EMPTY
     out = [
         {
             "path": r.get("path") or r.get("file"),
             "sha256": r.get("sha256"),
-            "telfhash": r["telfhash"].lower() if r["telfhash"][:2] in ("t1", "T1") else "t1" + r["telfhash"].lower(),
+            "telfhash": normalize(r["telfhash"]),
             "cluster": int(k),
             "cluster_size": int(sizes[k]),
         }
         for r, k in zip(rows, labels.tolist())
     ]
     if fmt == "parquet":
-        pa = _need("pyarrow")
-        pq = _need("pyarrow.parquet")
+        pa = need("pyarrow")
+        pq = need("pyarrow.parquet")
         schema = pa.schema(
             [("path", pa.string()), ("sha256", pa.string()), ("telfhash", pa.string()), ("cluster", pa.int64()), ("cluster_size", pa.int64())]
         )

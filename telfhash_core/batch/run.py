@@ -14,7 +14,6 @@ when asked for.
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import hashlib
 import json
@@ -25,10 +24,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
-from ..hookspecs import hookimpl
-from ..cli import non_negative_int
+from ..hashing.api import walk_files
+from ..parallel import bounded, worker_init
+from ..progress import Progress
+from ..readers import Problem, iter_items
+from ..result import Reason
+from .common import EXTRA_HINT, BatchError, close_client, dask_client, is_url, log, need
 
-EXTRA_HINT = "install the optional dependencies with: pip install 'telfhash-core[dask]'"
 
 # One row per file, in this column order (also the Parquet schema, see parquet_schema()).
 COLUMNS = (
@@ -46,26 +48,13 @@ COLUMNS = (
 )
 
 DEFAULT_CHUNK = 32  # files per task sent to a worker
+MAX_UNREAD_SHOWN = 20  # inputs that could not be read, reported one by one (then only counted)
 FLUSH_SECONDS = 10.0
 
 
-class BatchError(Exception):
-    """A problem with the command as a whole (bad output, missing optional dependency, ...)."""
-
-
-def _need(module: str):
-    """Import an optional dependency or raise BatchError naming the extra to install."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise BatchError(f"{module} is not installed ({exc}); {EXTRA_HINT}") from None
-
-
-def is_url(text: str) -> bool:
-    head, sep, _ = text.partition("://")
-    return bool(sep) and head.replace("+", "").replace("-", "").isalnum() and len(head) > 1
+# Rows with these reasons are inputs that could not be read at all (counted apart; a run
+# where nothing could be read fails).
+UNREAD = frozenset({Reason.NOT_FOUND.value, Reason.UNREADABLE.value, Reason.DIRECTORY.value, Reason.NOT_REGULAR.value})
 
 
 # ----------------------------------------------------------------------------- one file -> one row
@@ -88,9 +77,9 @@ def _row(path: str, result, mtime_ns: int | None) -> dict[str, Any]:
     }
 
 
-def _error_row(path: str, reason: str, detail: str, size=None, mtime_ns=None) -> dict[str, Any]:
+def _error_row(path: str, reason: Reason, detail: str, size=None, mtime_ns=None) -> dict[str, Any]:
     row = dict.fromkeys(COLUMNS)
-    row.update(path=path, reason=reason, detail=detail, size=size, mtime_ns=mtime_ns, fallback=False, symbols=0)
+    row.update(path=path, reason=reason.value, detail=detail, size=size, mtime_ns=mtime_ns, fallback=False, symbols=0)
     return row
 
 
@@ -154,32 +143,32 @@ def hash_item(path: str, skip_sha256: frozenset | set | None = None) -> dict[str
                 return None
         return _row(path, hash_file(path, sha256=True, max_size=DEFAULT_MAX_SIZE), mtime)
     except Exception as exc:  # last line of defence: one bad file must not cost the batch
-        return _error_row(path, "internal", f"internal error: {exc!r}")
+        return _error_row(path, Reason.INTERNAL, f"internal error: {exc!r}")
 
 
 def _hash_url(url: str, skip_sha256) -> dict[str, Any] | None:
     from ..hashing.api import DEFAULT_MAX_SIZE, hash_bytes
 
-    fsspec = _need("fsspec")
+    fsspec = need("fsspec")
     try:
         fs, p = fsspec.core.url_to_fs(url)
         info = fs.info(p)
     except FileNotFoundError:
-        return _error_row(url, "not_found", "no such file or object")
+        return _error_row(url, Reason.NOT_FOUND, "no such file or object")
     except ImportError as exc:
-        return _error_row(url, "unreadable", f"no fsspec backend for this URL: {exc}")
+        return _error_row(url, Reason.UNREADABLE, f"no fsspec backend for this URL: {exc}")
     except Exception as exc:
-        return _error_row(url, "unreadable", f"cannot read: {type(exc).__name__}: {exc}")
+        return _error_row(url, Reason.UNREADABLE, f"cannot read: {type(exc).__name__}: {exc}")
     mtime = _mtime_from_info(info)
     size = info.get("size")
     if info.get("type") == "directory":
-        return _error_row(url, "directory", "is a directory", None, mtime)
+        return _error_row(url, Reason.DIRECTORY, "is a directory", None, mtime)
     if size is not None and size > DEFAULT_MAX_SIZE:
-        return _error_row(url, "too_large", f"object is {size} bytes, over the limit of {DEFAULT_MAX_SIZE}", size, mtime)
+        return _error_row(url, Reason.TOO_LARGE, f"object is {size} bytes, over the limit of {DEFAULT_MAX_SIZE}", size, mtime)
     try:
         data = fs.cat_file(p)
     except Exception as exc:
-        return _error_row(url, "unreadable", f"cannot read: {type(exc).__name__}: {exc}", size, mtime)
+        return _error_row(url, Reason.UNREADABLE, f"cannot read: {type(exc).__name__}: {exc}", size, mtime)
     if skip_sha256 and hashlib.sha256(data).hexdigest() in skip_sha256:
         return None
     return _row(url, hash_bytes(data, url, sha256=True), mtime)
@@ -213,15 +202,8 @@ def read_list(source: str) -> list[str]:
     return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
 
 
-def _walk(folder: str, on_error: Callable[[str], None]) -> Iterator[str]:
-    for top, dirs, names in os.walk(folder, onerror=lambda e: on_error(f"{e.filename}: {e.strerror}")):
-        dirs.sort()
-        for n in sorted(names):
-            yield os.path.join(top, n)
-
-
 def _expand_url(url: str, on_error: Callable[[str], None]) -> list[str]:
-    fsspec = _need("fsspec")
+    fsspec = need("fsspec")
     try:
         fs, p = fsspec.core.url_to_fs(url)
     except (ImportError, ValueError) as exc:
@@ -251,7 +233,7 @@ def expand_inputs(
     fsspec (folders and wildcards are expanded).  Other paths are kept as given, so that a
     missing file gets a row saying so.
     """
-    on_error = on_error or (lambda m: print(f"telfhash batch: {m}", file=sys.stderr))
+    report = on_error or log.warning
     out: list[str] = []
     seen: set[str] = set()
 
@@ -262,10 +244,10 @@ def expand_inputs(
 
     def one(arg: str) -> None:
         if is_url(arg):
-            for p in _expand_url(arg, on_error):
+            for p in _expand_url(arg, report):
                 add(p)
         elif os.path.isdir(arg):
-            for p in _walk(arg, on_error):
+            for p in walk_files(arg, report):
                 add(p)
         else:
             add(arg)
@@ -286,7 +268,7 @@ def _stat_key(path: str) -> tuple:
     """``(size, mtime_ns)`` as a worker would record it (``(None, None)`` when it cannot be examined)."""
     if is_url(path):
         try:
-            fsspec = _need("fsspec")
+            fsspec = need("fsspec")
             fs, p = fsspec.core.url_to_fs(path)
             info = fs.info(p)
             if info.get("type") == "directory":
@@ -437,7 +419,7 @@ class JsonlSink(_Sink):
 
 def parquet_schema():
     """The pyarrow schema of batch rows (Parquet output)."""
-    pa = _need("pyarrow")
+    pa = need("pyarrow")
     return pa.schema(
         [
             ("path", pa.string()),
@@ -464,8 +446,8 @@ class ParquetSink(_Sink):
     """
 
     def __init__(self, path: str):
-        self.pa = _need("pyarrow")
-        self.pq = _need("pyarrow.parquet")
+        self.pa = need("pyarrow")
+        self.pq = need("pyarrow.parquet")
         self.path = path
         if os.path.exists(path) and not os.path.isdir(path):
             raise BatchError(f"{path} is a file; Parquet output is a folder of part files")
@@ -497,7 +479,7 @@ class ParquetSink(_Sink):
         return rows
 
     def drop_paths(self, paths: set[str]) -> None:
-        pc = _need("pyarrow.compute")
+        pc = need("pyarrow.compute")
         value_set = self.pa.array(sorted(paths), type=self.pa.string())
         for part in self._parts():
             table = self.pq.read_table(part, schema=self.schema)
@@ -541,7 +523,7 @@ def open_sink(path: str, fmt: str) -> _Sink:
 def read_rows(path: str) -> list[dict]:
     """Every row of a batch output (JSONL file or Parquet folder/file); also reads ``telfhash -f jsonl``."""
     if os.path.isdir(path) or path.endswith(".parquet"):
-        pq = _need("pyarrow.parquet")
+        pq = need("pyarrow.parquet")
         try:
             return pq.read_table(path).to_pylist()
         except Exception as exc:
@@ -552,21 +534,12 @@ def read_rows(path: str) -> list[dict]:
     except OSError as exc:
         raise BatchError(f"cannot read {path}: {exc.strerror or exc}") from None
     with fh:
-        head = fh.read(1)
-        fh.seek(0)
-        if head == b"[":  # telfhash -f json
-            data = json.load(fh)
-            rows = list(data if isinstance(data, list) else data.get("files", []))
-        else:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except ValueError:
-                    if not line.endswith(b"\n"):  # a line cut short by a kill
-                        break
-                    raise BatchError(f"{path} line {n} is not JSON") from None
+        for item in iter_items(fh):
+            if isinstance(item, Problem):
+                if item.cut:  # a line cut short by a kill
+                    break
+                raise BatchError(f"{item.at(path)}: not a telfhash output?")
+            rows.append(item)
     for r in rows:
         if "path" not in r and "file" in r:
             r["path"] = r["file"]
@@ -580,89 +553,49 @@ def _chunks(items: list[str], size: int) -> list[list[str]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _local_engine(chunks: list[list[str]], jobs: int, skip) -> Iterator[tuple[list[str], list[dict] | BaseException]]:
+Work = Iterator[tuple[list[str], "list[dict] | BaseException"]]
+
+
+def _outcomes(finished: Iterator[tuple[list[str], Any]]) -> Work:
+    for c, fut in finished:
+        try:
+            yield c, fut.result()
+        except Exception as exc:  # a worker died (e.g. out of memory) or was lost: retried on rerun
+            yield c, exc
+
+
+def _local_engine(chunks: list[list[str]], jobs: int, skip) -> Work:
     if jobs <= 1:
         for c in chunks:
             yield c, hash_chunk(c, skip)
         return
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import Future, ProcessPoolExecutor
 
-    from ..hashing.api import _worker_init
+    with ProcessPoolExecutor(max_workers=jobs, initializer=worker_init) as pool:
 
-    with ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init) as pool:
-        it = iter(chunks)
-        pending: dict = {}
-        for c in it:
-            pending[pool.submit(hash_chunk, c, skip)] = c
-            if len(pending) >= jobs * 4:
-                break
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                c = pending.pop(fut)
-                try:
-                    yield c, fut.result()
-                except Exception as exc:  # a worker died (e.g. out of memory): the chunk is retried on rerun
-                    yield c, exc
-                nxt = next(it, None)
-                if nxt is not None:
-                    try:
-                        pending[pool.submit(hash_chunk, nxt, skip)] = nxt
-                    except Exception as exc:  # the pool is broken
-                        yield nxt, exc
-                        for rest in it:
-                            yield rest, exc
+        def submit(c: list[str]) -> Future:
+            try:
+                return pool.submit(hash_chunk, c, skip)
+            except Exception as exc:  # the pool is broken: this chunk fails, the run goes on
+                failed: Future = Future()
+                failed.set_exception(exc)
+                return failed
+
+        yield from _outcomes(bounded(chunks, submit, jobs * 4))
 
 
-def dask_client(scheduler: str | None, jobs: int = 0, *, quiet: bool = False):
-    """A ``dask.distributed.Client``: to ``scheduler`` (``tcp://host:8786``, a scheduler file path
-    ending in ``.json``), or to a new local cluster of ``jobs`` worker processes."""
-    distributed = _need("distributed")
-    _need("dask")
-    if scheduler:
-        try:
-            if scheduler.endswith(".json") and os.path.isfile(scheduler):
-                client = distributed.Client(scheduler_file=scheduler, timeout="30s")
-            else:
-                client = distributed.Client(scheduler, timeout="30s")
-        except Exception as exc:
-            raise BatchError(f"cannot connect to the Dask scheduler {scheduler}: {exc}") from None
-    else:
-        n = jobs or (os.cpu_count() or 1)
-        cluster = distributed.LocalCluster(
-            n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0"
-        )
-        client = distributed.Client(cluster)
-    if not quiet:
-        link = getattr(client, "dashboard_link", None)
-        print(f"telfhash batch: Dask scheduler {client.scheduler.address}; dashboard: {link}", file=sys.stderr)
-    return client
-
-
-def _dask_engine(chunks: list[list[str]], client, skip) -> Iterator[tuple[list[str], list[dict] | BaseException]]:
-    distributed = _need("distributed")
+def _dask_engine(chunks: list[list[str]], client, skip) -> Work:
+    distributed = need("distributed")
     skip_f = client.scatter(skip, broadcast=True) if skip else None
     nworkers = max(1, len(client.scheduler_info().get("workers", {})))
-    window = max(8, nworkers * 8)
-    it = iter(chunks)
-    futs = {}
-    for c in it:
-        futs[client.submit(hash_chunk, c, skip_f, pure=False)] = c
-        if len(futs) >= window:
-            break
-    ac = distributed.as_completed(list(futs))
-    for fut in ac:
-        c = futs.pop(fut)
-        try:
-            yield c, fut.result()
-        except Exception as exc:  # a task failed (e.g. workers lost): retried on rerun
-            yield c, exc
-        fut.release()
-        nxt = next(it, None)
-        if nxt is not None:
-            f = client.submit(hash_chunk, nxt, skip_f, pure=False)
-            futs[f] = nxt
-            ac.add(f)
+
+    def wait_any(pending: set) -> set:
+        return set(distributed.wait(list(pending), return_when="FIRST_COMPLETED").done)
+
+    for c, outcome in _outcomes(
+        bounded(chunks, lambda c: client.submit(hash_chunk, c, skip_f, pure=False), max(8, nworkers * 8), wait_any=wait_any)
+    ):
+        yield c, outcome
 
 
 # ----------------------------------------------------------------------------- the run
@@ -675,19 +608,22 @@ class BatchSummary:
     skipped: int = 0  # already in the output
     written: int = 0  # rows written by this run
     with_digest: int = 0
+    unread: int = 0  # rows of inputs that could not be read (missing, unreadable, not a file)
     failed_chunks: int = 0  # work units lost (worker crash): rerun to retry them
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
-def _progress_bar(total: int, enabled: bool | None):
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled or total == 0:
-        return None
-    from tqdm import tqdm
+def _fire(fire: Callable[[Any], None], row: dict, fmt: str) -> None:
+    """The ``telfhash_result`` hook for one row; in JSONL output what a plugin adds to
+    ``result.extra`` becomes columns of the row (never replacing ours)."""
+    from ..result import Result
 
-    return tqdm(total=total, unit="file", file=sys.stderr, dynamic_ncols=True, smoothing=0.1, desc="telfhash batch")
+    r = Result.from_dict({**row, "file": row.get("path")})
+    fire(r)
+    if fmt == "jsonl":
+        for k, v in r.extra.items():
+            row.setdefault(k, v)
 
 
 def run_batch(
@@ -718,14 +654,14 @@ def run_batch(
     if engine not in ("local", "dask"):
         raise BatchError(f"unknown engine {engine!r} (local or dask)")
     errors: list[str] = []
-    report = on_error or (lambda m: print(f"telfhash batch: {m}", file=sys.stderr))
+    report = on_error or log.warning
 
     def note(m: str) -> None:
         errors.append(m)
         report(m)
 
     if engine == "dask" and client is None:  # fail early, before any work, when dask is missing
-        _need("distributed")
+        need("distributed")
     sink = open_sink(output, fmt)
     summary = BatchSummary(output=output)
     own_client = None
@@ -772,15 +708,20 @@ def run_batch(
                 client = own_client = dask_client(scheduler, jobs)
             work = _dask_engine(_chunks(todo, chunk), client, frozenset(skip_sha) or None)
         flush_rows = flush_rows or (1000 if fmt == "jsonl" else 20000)
-        bar = _progress_bar(len(todo), progress)
+        bar = Progress(len(todo), enabled=progress, min_total=1, desc="telfhash batch", prog="telfhash batch")
+        from ..plugins import result_hook
+
+        fire = result_hook({"command": "batch", "output": output, "format": fmt})
         buffer: list[dict] = []
         last_flush = time.monotonic()
+        unread_shown = 0
 
         def flush() -> None:
             nonlocal last_flush
             sink.write(buffer)
             summary.written += len(buffer)
             summary.with_digest += sum(1 for r in buffer if r.get("telfhash"))
+            summary.unread += sum(1 for r in buffer if r.get("reason") in UNREAD)
             buffer.clear()
             last_flush = time.monotonic()
 
@@ -789,8 +730,10 @@ def run_batch(
                 if isinstance(rows, BaseException):
                     summary.failed_chunks += 1
                     note(f"{len(paths)} files not hashed ({type(rows).__name__}: {rows}); rerun to retry them")
+                    bar.update(len(paths))
                 else:
                     for r in rows:
+                        bar.update(1, None if r.get("skipped") else r)
                         if r.get("skipped"):
                             summary.skipped += 1
                             continue
@@ -799,145 +742,20 @@ def run_batch(
                                 summary.skipped += 1
                                 continue
                             skip_sha.add(r["sha256"])
+                        if r.get("reason") in UNREAD:
+                            unread_shown += 1
+                            if unread_shown <= MAX_UNREAD_SHOWN:
+                                note(f"{r.get('path')}: not read ({r.get('reason')}: {r.get('detail')})")
+                        _fire(fire, r, fmt)
                         buffer.append(clean_row(r))
-                if bar is not None:
-                    bar.update(len(paths))
                 if len(buffer) >= flush_rows or (buffer and time.monotonic() - last_flush >= FLUSH_SECONDS):
                     flush()
         finally:
             flush()  # also on Ctrl-C: what was received is kept
-            if bar is not None:
-                bar.close()
+            bar.close(summary=False)  # the caller prints the summary
     finally:
         sink.close()
-        if own_client is not None:
-            cluster = getattr(own_client, "cluster", None)
-            own_client.close()
-            if cluster is not None and not scheduler:
-                cluster.close()
+        close_client(own_client)
     summary.errors = errors
     summary.seconds = time.perf_counter() - t0
     return summary
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def batch_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="telfhash batch",
-        description="Hash a corpus into a resumable JSONL file or Parquet folder, locally or on a Dask cluster. "
-        "Rerun the same command to resume. 'telfhash batch cluster --help' groups the results.",
-    )
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="folders (recursive), files, @LIST files, - (list on stdin), URLs")
-    p.add_argument("--from-list", action="append", default=[], metavar="FILE", help="file listing one path or URL per line (- = stdin)")
-    p.add_argument("-o", "--output", required=True, help="output: a JSONL file, or a folder for --format parquet")
-    p.add_argument("--format", choices=("jsonl", "parquet"), default=None, help="default: parquet when OUT ends in .parquet, else jsonl")
-    p.add_argument("--engine", choices=("local", "dask"), default="local", help="local process pool (default) or Dask")
-    p.add_argument("--scheduler", default=None, metavar="ADDR", help="Dask scheduler address (tcp://host:8786) or scheduler file; default: a new local cluster")
-    p.add_argument("-j", "--jobs", type=non_negative_int, default=0, help="local processes, or workers of a new local Dask cluster (default: all cores)")
-    p.add_argument("--resume-key", choices=("path", "sha256"), default="path", help="skip files already written by path+size+mtime (default) or by content")
-    p.add_argument("--chunk", type=non_negative_int, default=DEFAULT_CHUNK, help=f"files per task (default {DEFAULT_CHUNK})")
-    p.add_argument("--flush-rows", type=non_negative_int, default=None, help="rows per durable write (default 1000 for JSONL, 20000 for Parquet)")
-    p.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show a progress bar")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
-    p.add_argument("-q", "--quiet", action="store_true", help="no summary line")
-    return p
-
-
-def cluster_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="telfhash batch cluster",
-        description="Group the digests of a batch output (files within the TLSH distance threshold, "
-        "transitively), comparing only pairs whose length codes allow it.",
-    )
-    p.add_argument("results", metavar="RESULTS", help="a batch output (JSONL file or Parquet folder) or telfhash -f jsonl output")
-    p.add_argument("-o", "--output", required=True, help="clusters: JSONL file, or Parquet with --format parquet / a .parquet name")
-    p.add_argument("--format", choices=("jsonl", "parquet"), default=None)
-    p.add_argument("-t", "--threshold", type=non_negative_int, default=50, help="TLSH distance (default 50, inclusive)")
-    p.add_argument("--engine", choices=("local", "dask"), default="local")
-    p.add_argument("--scheduler", default=None, metavar="ADDR")
-    p.add_argument("-j", "--jobs", type=non_negative_int, default=0, help="threads (local) or workers of a new local Dask cluster")
-    p.add_argument("-q", "--quiet", action="store_true")
-    return p
-
-
-def _fmt_for(path: str, fmt: str | None) -> str:
-    return fmt or ("parquet" if path.rstrip("/").endswith(".parquet") else "jsonl")
-
-
-def main(argv: list[str]) -> int:
-    """``telfhash batch ...`` (and ``telfhash batch cluster ...``)."""
-    try:
-        if argv and argv[0] == "cluster" and not os.path.exists("cluster"):
-            return _cluster_main(cluster_parser().parse_args(argv[1:]))
-        args = batch_parser().parse_args(argv)
-        if not args.inputs and not args.from_list:
-            batch_parser().error("no INPUT given (folders, files, @LIST, - or URLs)")
-        summary = run_batch(
-            args.inputs,
-            args.output,
-            fmt=_fmt_for(args.output, args.format),
-            engine=args.engine,
-            scheduler=args.scheduler,
-            jobs=args.jobs,
-            resume_key=args.resume_key,
-            from_lists=args.from_list,
-            chunk=args.chunk or DEFAULT_CHUNK,
-            flush_rows=args.flush_rows,
-            progress=args.progress,
-        )
-    except BatchError as exc:
-        print(f"telfhash batch: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("telfhash batch: interrupted; what was written is kept: rerun the same command to resume", file=sys.stderr)
-        return 130
-    except Exception as exc:  # e.g. the Dask scheduler went away: rows received so far are kept
-        print(f"telfhash batch: error: {type(exc).__name__}: {exc}; what was written is kept: rerun to resume", file=sys.stderr)
-        return 1
-    if not args.quiet:
-        rate = summary.written / summary.seconds if summary.seconds else 0.0
-        print(
-            f"telfhash batch: {summary.inputs} files: {summary.written} written ({summary.with_digest} with a telfhash), "
-            f"{summary.skipped} already in {summary.output}; {summary.seconds:.1f} s ({rate:.0f} files/s)",
-            file=sys.stderr,
-        )
-    if summary.failed_chunks:
-        return 1
-    return 0
-
-
-def _cluster_main(args: argparse.Namespace) -> int:
-    from .partitioned import cluster_results
-
-    t0 = time.perf_counter()
-    info = cluster_results(
-        args.results,
-        args.output,
-        threshold=args.threshold,
-        engine=args.engine,
-        scheduler=args.scheduler,
-        jobs=args.jobs,
-        fmt=_fmt_for(args.output, args.format),
-    )
-    if not args.quiet:
-        print(
-            f"telfhash batch cluster: {info['files']} files with a telfhash ({info['distinct']} distinct) in "
-            f"{info['clusters']} clusters ({info['multi']} with 2+ files) at threshold {args.threshold}; "
-            f"{info['tasks']} partitions; {time.perf_counter() - t0:.1f} s -> {args.output}",
-            file=sys.stderr,
-        )
-    return 0
-
-
-@hookimpl
-def telfhash_commands(subparsers):
-    p = subparsers.add_parser(
-        "batch",
-        help="hash a corpus to resumable JSONL/Parquet, locally or on Dask; 'batch cluster' groups the results",
-        add_help=False,
-        prefix_chars="\x00",  # every argument goes to batch's own parser
-    )
-    p.add_argument("batch_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=lambda args: main(list(args.batch_args)))

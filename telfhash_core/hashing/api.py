@@ -7,11 +7,11 @@ import hashlib
 import mmap
 import os
 import stat
-from concurrent.futures import ProcessPoolExecutor
-from typing import IO, Callable, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
 
-from .elf import hash_buffer
+from ..parallel import bounded, worker_init
 from ..result import Reason, Result
+from .elf import hash_buffer
 
 # Files larger than this are not read (a per-file error, not a crash).  Memory-mapped, so a
 # large limit costs nothing; the limit exists for fileobj input, which is read into memory.
@@ -150,10 +150,7 @@ def expand_paths(
     for arg in paths:
         arg = os.fspath(arg)
         if recursive and os.path.isdir(arg):
-            for top, dirs, names in os.walk(arg, onerror=(lambda e: on_error(str(e))) if on_error else None):
-                dirs.sort()
-                for n in sorted(names):
-                    files.append(os.path.join(top, n))
+            files.extend(walk_files(arg, on_error))
             continue
         matches = sorted(glob.glob(arg)) if glob.has_magic(arg) else [arg]
         if reference:
@@ -169,7 +166,21 @@ def expand_paths(
     return files
 
 
-def _hash_one(args: tuple[str, bool, tuple[str, ...]]) -> Result:
+def walk_files(folder: str, on_error: Callable[[str], None] | None = None) -> Iterator[str]:
+    """Every file below ``folder``, in sorted order, folder by folder (the one walker of the
+    package).  Links to folders are not followed, so a link cycle cannot loop; a folder that
+    cannot be listed is reported to ``on_error`` as ``"PATH: why"`` and passed over."""
+    report = (lambda e: on_error(f"{e.filename}: {e.strerror}")) if on_error else None
+    for top, dirs, names in os.walk(folder, onerror=report):
+        dirs.sort()
+        for n in sorted(names):
+            yield os.path.join(top, n)
+
+
+_Work = tuple[str, bool, tuple[str, ...]]
+
+
+def _hash_one(args: _Work) -> Result:
     path, sha, fields = args
     try:
         return hash_file(path, sha256=sha, fields=fields)
@@ -185,59 +196,49 @@ def hash_paths(
     sha256: bool = False,
     fields: Iterable[str] = (),
     chunksize: int | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Iterator[Result]:
     """Hash many files and yield one :class:`Result` per path.
 
     ``jobs``: processes to use (``None`` or 0 = all cores; 1 = this process).  ``ordered=False``
     yields results as they finish.  ``fields``: opt-in extra fields (see ``telfhash_fields``).
-    Paths are used as given; see :func:`expand_paths`.
+    Paths are used as given; see :func:`expand_paths`.  Every result goes through the plugins'
+    ``telfhash_result`` hook (with ``options``) in this process before it is yielded.
     """
-    paths = list(paths)
+    from ..plugins import result_hook
+
+    fire = result_hook(options)
+    for r in _hash_paths(list(paths), jobs, ordered, sha256, tuple(fields), chunksize):
+        fire(r)
+        yield r
+
+
+def _hash_paths(
+    paths: list[str], jobs: int | None, ordered: bool, sha256: bool, fields: tuple[str, ...], chunksize: int | None
+) -> Iterator[Result]:
+    from concurrent.futures import ProcessPoolExecutor
+
     jobs = (os.cpu_count() or 1) if not jobs else jobs
     jobs = max(1, min(jobs, len(paths) or 1))
-    work = [(p, sha256, tuple(fields)) for p in paths]
+    work = [(p, sha256, fields) for p in paths]
     if jobs == 1:
         for w in work:
             yield _hash_one(w)
         return
     if chunksize is None:
         chunksize = max(1, min(16, len(work) // (jobs * 8) or 1))  # small: one big file must not hold back a long chunk
-    with ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, initializer=worker_init) as pool:
         if ordered:
             yield from pool.map(_hash_one, work, chunksize=chunksize)
         else:
-            yield from _unordered(pool, work, chunksize)
+            chunks = [work[i : i + chunksize] for i in range(0, len(work), chunksize)]
+            for _, fut in bounded(chunks, lambda c: pool.submit(_hash_chunk, c), jobs * 4):
+                yield from fut.result()
 
 
-def _worker_init() -> None:
-    # Workers should not print tracebacks for Ctrl-C; the parent reports.
-    import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _hash_chunk(chunk: list[tuple[str, bool]]) -> list[Result]:
+def _hash_chunk(chunk: list[_Work]) -> list[Result]:
     return [_hash_one(w) for w in chunk]
-
-
-def _unordered(pool: ProcessPoolExecutor, work: list, chunksize: int) -> Iterator[Result]:
-    from concurrent.futures import FIRST_COMPLETED, wait
-
-    chunks = [work[i : i + chunksize] for i in range(0, len(work), chunksize)]
-    pending = set()
-    it = iter(chunks)
-    limit = pool._max_workers * 4  # bounded number of chunks in flight
-    for c in it:
-        pending.add(pool.submit(_hash_chunk, c))
-        if len(pending) >= limit:
-            break
-    while pending:
-        done, pending = wait(pending, return_when=FIRST_COMPLETED)
-        for fut in done:
-            yield from fut.result()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.add(pool.submit(_hash_chunk, nxt))
 
 
 def telfhash(*paths: str, recursive: bool = False, **_ignored) -> list[dict[str, str]]:

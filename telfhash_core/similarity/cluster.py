@@ -18,18 +18,16 @@ results computed earlier (JSON / JSONL / text).  See ``docs/clustering.md``.
 
 from __future__ import annotations
 
-import argparse
 import html
-import json
 import math
 import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence, TextIO
 
-from ..hookspecs import hookimpl
+from ..digest import DEFAULT_THRESHOLD, spell, tagged_body
+from ..readers import read_items
 from ..result import Result
-from ..cli import non_negative_int
 
 # Statistics (representative, largest internal distance) need every pair inside a cluster.
 # Above this many distinct digests in one cluster they are computed for a sample of candidate
@@ -52,14 +50,7 @@ class Item:
     arch: str | None = None
 
 
-def _digest_part(value: Any) -> str | None:
-    """The 70 hex of a digest value in any spelling, also ``tag:t1…`` (text after the last ``:``)."""
-    from .tlshdist import _body70
-
-    if not isinstance(value, str):
-        return None
-    body = _body70(value.rsplit(":", 1)[-1])
-    return body.upper() if body is not None else None
+_digest_part = tagged_body  # the 70 hex of a digest in any spelling, also ``tag:t1…``
 
 
 def _field(obj: Any, key: str) -> Any:
@@ -114,7 +105,7 @@ def _unique(bodies: Sequence[str | None]) -> tuple[list[str], list[int]]:
     return list(index), inverse
 
 
-def components(digests: Iterable[Any], threshold: int = 50, *, threads: int | None = None):
+def components(digests: Iterable[Any], threshold: int = DEFAULT_THRESHOLD, *, threads: int | None = None):
     """Connected components of "distance <= threshold" (py-tlsh ``diff``, length term included).
 
     ``digests``: strings in any spelling (``t1…``, ``T1…``, 70 hex, or ``tag:t1…``).  Returns a
@@ -184,7 +175,7 @@ class Cluster:
 
 
 def cluster(
-    items: Iterable[Any], threshold: int = 50, key: str = "telfhash", *, threads: int | None = None
+    items: Iterable[Any], threshold: int = DEFAULT_THRESHOLD, key: str = "telfhash", *, threads: int | None = None
 ) -> tuple[list[Cluster], list[str]]:
     """Group ``items`` (Results, result dicts, or digest strings) into clusters.
 
@@ -241,12 +232,13 @@ def cluster(
             rank = (int(maxd[u]), int(sumd[u]), pos)
             if best is None or rank < best:
                 best = rank
+        assert best is not None  # every component has a candidate (sampled ones include members)
         us = {inverse[p] for p in positions}
         mx = max(int(maxd[u]) for u in us if maxd[u] >= 0) if len(us) > 1 else 0
         clusters.append(
             Cluster(
                 members=[usable[p].name for p in positions],
-                digests=["t1" + usable[p].digest.lower() for p in positions],
+                digests=[spell(str(usable[p].digest)) for p in positions],
                 representative=usable[best[2]].name,
                 max_distance=mx,
                 arches=[usable[p].arch for p in positions],
@@ -268,7 +260,7 @@ def _reference_items(results: Iterable[Any]) -> list[Item]:
     return [it for it in by_name.values() if it.digest is not None]
 
 
-def group(results: Iterable[Any], threshold: int = 50) -> dict[str, Any]:
+def group(results: Iterable[Any], threshold: int = DEFAULT_THRESHOLD) -> dict[str, Any]:
     """The reference's ``group()`` return shape: ``{"grouped": tuple of sorted tuples of file
     names, "nogroup": [file names]}``.
 
@@ -289,7 +281,7 @@ def group(results: Iterable[Any], threshold: int = 50) -> dict[str, Any]:
     return {"grouped": tuple(grouped), "nogroup": nogroup}
 
 
-def print_groups(results: Iterable[Any], threshold: int = 50, out: TextIO | None = None) -> None:
+def print_groups(results: Iterable[Any], threshold: int = DEFAULT_THRESHOLD, out: TextIO | None = None) -> None:
     """What ``telfhash -g`` prints after the hashes, in the reference's layout: an empty line,
     ``Group N:`` headers with members indented by four spaces, then ``Ungrouped:``."""
     out = sys.stdout if out is None else out
@@ -303,59 +295,6 @@ def print_groups(results: Iterable[Any], threshold: int = 50, out: TextIO | None
         out.write("Ungrouped:\n")
         for m in groups["nogroup"]:
             out.write(f"    {m}\n")
-
-
-# ----------------------------------------------------------------------------- reading input
-
-
-def _parse_text_line(line: str) -> Any:
-    """A digest alone, ``file<TAB>digest`` (``-f tsv``) or ``file  digest`` (default output)."""
-    if "\t" in line:
-        name, _, value = line.rpartition("\t")
-        return {"file": name, "telfhash": value.strip()}
-    parts = line.rsplit(None, 1)
-    if len(parts) == 2:
-        return {"file": parts[0].rstrip(), "telfhash": parts[1]}
-    return parts[0]
-
-
-def read_items(text: str, source: str = "<input>", errors: list[str] | None = None) -> list[Any]:
-    """Parse what ``telfhash`` wrote: one JSON list (``-f json``, of result dicts or of digest
-    strings), JSON lines (``-f jsonl``), ``-f tsv`` / default output, or one digest per line.
-    Lines that cannot be read are reported in ``errors`` and skipped."""
-    errors = [] if errors is None else errors
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            data = json.loads(stripped)
-        except json.JSONDecodeError as exc:
-            errors.append(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})")
-            return []
-        if not isinstance(data, list):
-            errors.append(f"{source}: expected a JSON list")
-            return []
-        good = [d for d in data if isinstance(d, (dict, str))]
-        if len(good) != len(data):
-            errors.append(f"{source}: {len(data) - len(good)} list entries are neither objects nor strings")
-        return good
-    items: list[Any] = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("{"):
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                errors.append(f"{source}:{lineno}: not valid JSON ({exc.msg})")
-                continue
-            if isinstance(obj, dict):
-                items.append(obj)
-            else:
-                errors.append(f"{source}:{lineno}: not a JSON object")
-            continue
-        items.append(_parse_text_line(line))
-    return items
 
 
 # ----------------------------------------------------------------------------- pictures
@@ -432,7 +371,7 @@ def _plot_edges(clusters: list[Cluster], threshold: int, max_edges: int):
 
 
 def plot(
-    clusters: list[Cluster], path: str, threshold: int = 50, *, max_nodes: int = 3000, max_edges: int = 30000
+    clusters: list[Cluster], path: str, threshold: int = DEFAULT_THRESHOLD, *, max_nodes: int = 3000, max_edges: int = 30000
 ) -> str:
     """Draw clusters to ``path``: ``.png`` (matplotlib) or ``.html`` (self-contained SVG).
 
@@ -577,88 +516,3 @@ def _plot_html(shown, edges, positions, colour, path, threshold, summary) -> Non
     )
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(doc)
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-
-
-def run_cluster(args: argparse.Namespace) -> int:
-    errors: list[str] = []
-    items: list[Any] = []
-    for src in args.inputs:
-        try:
-            if src == "-":
-                text = sys.stdin.read()
-            else:
-                with open(src, encoding="utf-8", errors="replace") as fh:
-                    text = fh.read()
-        except OSError as exc:
-            errors.append(f"{src}: {exc.strerror or exc}")
-            continue
-        items.extend(read_items(text, src, errors))
-    for e in errors[:20]:
-        print(f"telfhash cluster: {e}", file=sys.stderr)
-    if len(errors) > 20:
-        print(f"telfhash cluster: ... and {len(errors) - 20} more problems", file=sys.stderr)
-    if not items:
-        print("telfhash cluster: no input items", file=sys.stderr)
-        return 1
-    clusters, ungroupable = cluster(items, args.threshold, key=args.key)
-    groups = [c for c in clusters if c.size > 1]
-    singles = [c.members[0] for c in clusters if c.size == 1]
-    doc = {
-        "threshold": args.threshold,
-        "key": args.key,
-        "items": len(items),
-        "clusters": [c.to_dict() for c in groups],
-        "singletons": singles,
-        "ungroupable": ungroupable,
-    }
-    text = json.dumps(doc, indent=1) + "\n"
-    if args.output in (None, "-"):
-        sys.stdout.write(text)
-    else:
-        try:
-            with open(args.output, "w", encoding="utf-8") as fh:
-                fh.write(text)
-        except OSError as exc:
-            print(f"telfhash cluster: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
-            return 1
-    print(
-        f"telfhash cluster: {len(items)} items: {len(groups)} groups "
-        f"({sum(c.size for c in groups)} members), {len(singles)} singletons, {len(ungroupable)} without a digest",
-        file=sys.stderr,
-    )
-    if args.plot:
-        try:
-            summary = plot(groups or clusters, args.plot, args.threshold, max_nodes=args.plot_max_nodes)
-        except ImportError as exc:
-            print(f"telfhash cluster: --plot {args.plot}: {exc} (install telfhash-core[plot])", file=sys.stderr)
-            return 1
-        except (ValueError, OSError) as exc:
-            print(f"telfhash cluster: --plot: {exc}", file=sys.stderr)
-            return 1
-        print(f"telfhash cluster: plot written to {args.plot}: {summary}", file=sys.stderr)
-    return 0
-
-
-@hookimpl
-def telfhash_commands(subparsers):
-    p = subparsers.add_parser(
-        "cluster",
-        help="group telfhash results computed earlier (JSON, JSONL, TSV or digest lists)",
-        description=(
-            "Group results written by 'telfhash -f json|jsonl|tsv' (or a list of digests, one per "
-            "line) into the connected components of 'TLSH distance <= THRESHOLD', and write them "
-            "as JSON: members, a representative and the largest internal distance per group."
-        ),
-    )
-    p.add_argument("-t", "--threshold", type=non_negative_int, default=50, help="TLSH distance (default 50)")
-    p.add_argument("--key", default="telfhash", help="field holding the digest (default telfhash; e.g. telfhash_x)")
-    p.add_argument("-o", "--output", default=None, help="write the clusters JSON here (default stdout)")
-    p.add_argument("--plot", metavar="FILE", help="also draw the groups: FILE.png (matplotlib) or FILE.html")
-    p.add_argument("--plot-max-nodes", type=non_negative_int, default=3000, help="draw at most this many samples (default 3000)")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files written by telfhash ('-' for stdin)")
-    p.set_defaults(func=run_cluster)

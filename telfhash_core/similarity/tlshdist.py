@@ -36,6 +36,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from ..digest import TLSH_HEX_LEN as DIGEST_HEX
+from ..digest import hex_body, spell
+
 try:  # the compiled kernels are optional: the NumPy path gives identical results
     import numba
     from llvmlite import ir as _llvm_ir
@@ -54,11 +57,10 @@ __all__ = [
     "components_within",
     "max_length_code_diff",
     "group_stats",
+    "relabel",
     "HAVE_NUMBA",
 ]
 
-DIGEST_HEX = 70
-_HEXCHARS = frozenset("0123456789abcdefABCDEF")
 
 # ----------------------------------------------------------------------------- tables
 
@@ -131,8 +133,7 @@ class Encoded:
 
     def digest(self, row: int, form: str = "t1") -> str:
         """The digest of one row as ``t1…`` (default), ``T1…`` or ``hex``."""
-        h = self.hex[row].decode()
-        return "t1" + h.lower() if form == "t1" else "T1" + h if form == "T1" else h
+        return spell(self.hex[row].decode(), form)
 
     def digests(self, form: str = "t1") -> list[str]:
         return [self.digest(i, form) for i in range(len(self))]
@@ -146,17 +147,6 @@ class Encoded:
 _FIELDS = ("hex", "checksum", "lvalue", "q1", "q2", "body", "planes")
 
 
-def _body70(d) -> str | None:
-    if not isinstance(d, str):
-        return None
-    d = d.strip()
-    if len(d) == DIGEST_HEX + 2 and d[:2] in ("t1", "T1"):
-        d = d[2:]
-    if len(d) != DIGEST_HEX or not _HEXCHARS.issuperset(d):
-        return None
-    return d
-
-
 def encode(digests: Iterable[str]) -> Encoded:
     """Pack digests (any spelling: ``t1…``, ``T1…`` or 70 hex) for bulk distances.
 
@@ -164,7 +154,7 @@ def encode(digests: Iterable[str]) -> Encoded:
     """
     bodies = []
     for k, d in enumerate(digests):
-        b = _body70(d)
+        b = hex_body(d)
         if b is None:
             raise ValueError(f"not a telfhash digest (item {k}): {d!r}")
         bodies.append(b)
@@ -635,27 +625,36 @@ def components_within(enc: Encoded, threshold: int, *, threads: int | None = Non
     else:
         i, j, _ = _np_pairs_within(enc, threshold)
         roots = _np_components(n, i, j)
-    return _relabel(roots)
+    return relabel(roots)
+
+
+def py_find(parent: np.ndarray, x: int) -> int:
+    """The root of ``x`` in a union-find forest (path halving); the NumPy path's ``_find``."""
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x
+
+
+def py_union(parent: np.ndarray, a: int, b: int) -> None:
+    """Join the trees of ``a`` and ``b``; the smaller root becomes the root."""
+    ra, rb = py_find(parent, a), py_find(parent, b)
+    if ra != rb:
+        parent[max(ra, rb)] = min(ra, rb)
 
 
 def _np_components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     parent = np.arange(n, dtype=np.int64)
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
     for a, b in zip(i.tolist(), j.tolist()):
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return np.array([find(x) for x in range(n)], dtype=np.int64)
+        py_union(parent, a, b)
+    return np.array([py_find(parent, x) for x in range(n)], dtype=np.int64)
 
 
-def _relabel(roots: np.ndarray) -> np.ndarray:
-    """Labels 0..k-1 in order of first appearance of each root."""
+def relabel(roots: np.ndarray) -> np.ndarray:
+    """Labels 0..k-1 in order of first appearance of each root (a canonical form of a partition)."""
+    roots = np.asarray(roots)
+    if roots.size == 0:
+        return np.zeros(0, dtype=np.int64)
     _, first, inverse = np.unique(roots, return_index=True, return_inverse=True)
     rank = np.empty(first.size, dtype=np.int64)
     rank[np.argsort(first, kind="stable")] = np.arange(first.size)

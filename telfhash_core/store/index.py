@@ -24,13 +24,11 @@ and never match a search.  Results without a SHA-256 are not recorded (hash with
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import os
 import re
 import sqlite3
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,11 +36,10 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..digest import is_digest, normalize
-from ..hookspecs import hookimpl
+from ..digest import DEFAULT_THRESHOLD, PACKED_LEN, TLSH_HEX_LEN, is_digest, normalize, pack, spell, tagged_body, unpack
 from ..hashing.filehashes import FILE_HASH_FIELDS
-from ..result import Reason, Result
-from ..cli import non_negative_int
+from ..readers import iter_items
+from ..result import Reason, Result, infer_reason
 
 if TYPE_CHECKING:  # tlshdist (NumPy kernels, numba) is imported on first search, not with the CLI
     from ..similarity.tlshdist import Encoded
@@ -56,7 +53,7 @@ SNAPSHOT_MIN_ROWS = 20_000  # store the digest matrix when this many entries are
 SNAPSHOT_PART_ROWS = 1_000_000  # rows per stored blob (SQLite limits a blob to 1 GB)
 COMMIT_SECONDS = 2.0  # ... or at least this often while hashing files
 COMPANION_TAG = "tx1"
-DIGEST_HEX = 70  # hex characters of a digest without its "t1"; packed: 35 bytes
+DIGEST_HEX = TLSH_HEX_LEN  # hex characters of a digest without its "t1"; packed: PACKED_LEN bytes
 
 _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 _HEX_RE = {32: re.compile(r"^[0-9a-fA-F]{32}$"), 40: re.compile(r"^[0-9a-fA-F]{40}$"), 64: _SHA256_RE}
@@ -117,24 +114,10 @@ def _utcnow() -> str:
 # ----------------------------------------------------------------------------- packing
 
 
-def pack(digest: str) -> bytes:
-    """The 35 bytes of a digest given in any spelling (ValueError if it is not one)."""
-    return bytes.fromhex(normalize(digest, "hex"))
-
-
-def unpack(blob: bytes) -> str:
-    """``t1`` + 70 hex (the reference's spelling) from 35 packed bytes."""
-    return "t1" + bytes(blob).hex()
-
-
 def _companion_digest(value: Any) -> bytes | None:
     """The packed digest inside a companion value ``"tx1:t1…"``, or None."""
-    if not isinstance(value, str):
-        return None
-    tag, sep, digest = value.strip().rpartition(":")
-    if not sep or tag != COMPANION_TAG or not is_digest(digest):
-        return None
-    return pack(digest)
+    body = tagged_body(value, COMPANION_TAG)
+    return bytes.fromhex(body) if body is not None else None
 
 
 _EVEN = np.uint64(0x5555555555555555)
@@ -183,7 +166,7 @@ def encode_packed(mat: np.ndarray, planes: np.ndarray | None = None, *, hex: boo
     """
     from ..similarity.tlshdist import Encoded
 
-    width = DIGEST_HEX // 2
+    width = PACKED_LEN
     byts = np.ascontiguousarray(mat, dtype=np.uint8).reshape(-1, width)
     n = byts.shape[0]
     if hex:
@@ -370,10 +353,10 @@ def _row(item: Any, source: str, added: str) -> tuple | str:
     digest = pack(telf) if isinstance(telf, str) and is_digest(telf) else None
     reason = None
     if digest is None:
-        reason = d.get("reason")
-        if not isinstance(reason, str) or not reason:
-            reason = Reason.TOO_FEW_SYMBOLS.value if telf in ("tnull", "TNULL") else "no_digest"
-        reason = reason[:64]
+        try:
+            reason = Reason(d.get("reason")).value
+        except (ValueError, TypeError):  # none given, or not a Reason code
+            reason = infer_reason(telf, d.get("msg")).value
     tx = d.get("telfhash_x")
     digest_x = _companion_digest(tx)
     known = {
@@ -648,9 +631,11 @@ class Index:
         are recorded with their reason; paths that cannot be read are counted as skipped.
         """
         from ..hashing.api import expand_paths, hash_paths
+        from ..progress import Progress
 
         errors: list[str] = []
-        files = expand_paths([os.fspath(p) for p in paths], recursive, on_error=errors.append)
+        # stored absolute, so that an entry says where the sample is whatever the working folder
+        files = [os.path.abspath(f) for f in expand_paths([os.fspath(p) for p in paths], recursive, on_error=errors.append)]
         stats = AddStats()
         for e in errors:
             stats.error(e)
@@ -659,24 +644,20 @@ class Index:
         total = len(files)
         if not total:
             return stats
-        callback: Callable[[Any], None] | None = None
-        bar = None
-        if callable(progress):
-            done = [0]
+        bar = Progress(total, enabled=None if progress is None else bool(progress) and not callable(progress),
+                       prog="telfhash index add")
+        done = [0]
 
-            def callback(_item, _fn=progress):
+        def callback(item: Any) -> None:
+            bar.update(1, item if isinstance(item, Result) else None)
+            if callable(progress):
                 done[0] += 1
-                _fn(done[0], total)
+                progress(done[0], total)
 
-        elif progress or (progress is None and total >= 50 and sys.stderr.isatty()):
-            from tqdm import tqdm
-
-            bar = tqdm(total=total, unit="file", file=sys.stderr, dynamic_ncols=True, leave=False)
-            callback = lambda _item: bar.update(1)  # noqa: E731
         jobs = jobs or (os.cpu_count() or 1)
         if total < 16:
             jobs = 1
-        try:
+        with bar:
             wanted = tuple(dict.fromkeys((*FILE_HASH_FIELDS, *fields)))  # md5/sha1 name samples for look-ups
             results = hash_paths(files, jobs=jobs, ordered=False, sha256=True, fields=wanted)
             self._add(
@@ -687,9 +668,6 @@ class Index:
                 stats=stats,
                 on_item=callback,
             )
-        finally:
-            if bar is not None:
-                bar.close()
         return stats
 
     def _unknown_paths(self, files: list[str], stats: AddStats) -> list[str]:
@@ -724,7 +702,7 @@ class Index:
                 return self.add_jsonl(fh, source or f"jsonl:{os.path.basename(name)}", batch_size=batch_size)
         fh = path_or_file
         source = source or f"jsonl:{getattr(fh, 'name', 'stream')}"
-        return self._add(_read_json_items(fh), source, batch_size=batch_size)
+        return self._add(iter_items(fh), source, batch_size=batch_size)
 
     # -- searching
 
@@ -754,7 +732,7 @@ class Index:
             max_id = c.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0]
         finally:
             c.execute("COMMIT")
-        width = DIGEST_HEX // 2
+        width = PACKED_LEN
         blobs = [r[1] for r in rows if isinstance(r[1], bytes) and len(r[1]) == width]
         if len(blobs) == len(rows):
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
@@ -783,7 +761,7 @@ class Index:
             if len(parts) != info.get("parts"):
                 return None, 0
             ids = [np.frombuffer(p[0], dtype="<i8") for p in parts]
-            packed = [np.frombuffer(p[1], dtype=np.uint8).reshape(-1, DIGEST_HEX // 2) for p in parts]
+            packed = [np.frombuffer(p[1], dtype=np.uint8).reshape(-1, PACKED_LEN) for p in parts]
             planes = [np.frombuffer(p[2], dtype="<u8").reshape(-1, 6) for p in parts]
             if any(len(a) != len(b) or len(a) != len(c_) for a, b, c_ in zip(ids, packed, planes)):
                 return None, 0
@@ -853,8 +831,8 @@ class Index:
         if isinstance(query, Result):
             value = query.telfhash if key == "telfhash" else query.extra.get("telfhash_x")
             if key == "telfhash_x":
-                value = value if _companion_digest(value) else None
-                value = value.rpartition(":")[2] if value else None
+                body = tagged_body(value, COMPANION_TAG)
+                value = spell(body) if body else None
             if not value:
                 raise ValueError(f"{query.file}: the result has no {key} to search with")
             return normalize(value)
@@ -870,8 +848,9 @@ class Index:
         text = query.strip()
         if is_digest(text):
             return normalize(text)
-        if key == "telfhash_x" and _companion_digest(text):
-            return normalize(text.rpartition(":")[2])
+        body = tagged_body(text, COMPANION_TAG) if key == "telfhash_x" else None
+        if body is not None:
+            return spell(body)
         if "\x00" not in query and len(query) < 4096 and os.path.isfile(query):
             from ..hashing.api import hash_file
 
@@ -884,7 +863,7 @@ class Index:
             raise ValueError(f"{shown!r} is not a regular file")
         raise ValueError(f"{shown!r} is neither a telfhash digest (t1/T1 + 70 hex, or 70 hex) nor an existing file")
 
-    def search(self, query: Any, max_distance: int = 50, limit: int | None = None, key: str = "telfhash") -> list[Match]:
+    def search(self, query: Any, max_distance: int = DEFAULT_THRESHOLD, limit: int | None = None, key: str = "telfhash") -> list[Match]:
         """Every entry within ``max_distance`` (py-tlsh ``diff``, length term included) of the
         query, nearest first (ties in the order entries were added).
 
@@ -1005,9 +984,8 @@ class Index:
         for k, (i, dd) in enumerate(zip(id_list, dist.tolist())):
             r = rows.get(i)
             if r is not None:
-                out.append(
-                    Match(r[1], r[2], "t1" + hexes[70 * k : 70 * k + 70], r[3], r[4], r[5], r[6], dd, r[7], r[8], r[9], r[10])
-                )
+                digest = "t1" + hexes[DIGEST_HEX * k : DIGEST_HEX * (k + 1)]
+                out.append(Match(r[1], r[2], digest, r[3], r[4], r[5], r[6], dd, r[7], r[8], r[9], r[10]))
         return out
 
     # -- listing
@@ -1060,7 +1038,7 @@ class Index:
         for row in cur:
             yield _entry_dict(row)
 
-    def clusters(self, threshold: int = 50, *, key: str = "telfhash", min_size: int = 2) -> list[dict]:
+    def clusters(self, threshold: int = DEFAULT_THRESHOLD, *, key: str = "telfhash", min_size: int = 2) -> list[dict]:
         """Groups of entries: connected components of "distance <= threshold" (exact and
         transitive, as :func:`telfhash_core.cluster.cluster` computes them).
 
@@ -1159,250 +1137,3 @@ def _entry_dict(row: tuple) -> dict:
     except ValueError:
         d["extra"] = {}
     return d
-
-
-MAX_LINE = 16 << 20  # a JSONL line longer than this is not a result: stop reading there
-MAX_JSON_LIST = 1 << 30  # a JSON list file larger than this is refused
-
-
-def _read_json_items(fh: IO) -> Iterator[Any]:
-    """Items of a JSONL stream (or of one JSON list); a bad line yields a string saying why.
-
-    Memory stays bounded whatever the input (a line over ``MAX_LINE`` stops the reading with a
-    message, e.g. for ``/dev/zero``)."""
-    first = True
-    lineno = 0
-    while True:
-        raw = fh.readline(MAX_LINE + 1)
-        if not raw:
-            return
-        lineno += 1
-        if len(raw) > MAX_LINE:
-            yield f"line {lineno}: longer than {MAX_LINE:,} bytes, not a result; stopped reading"
-            return
-        line = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        stripped = line.strip()
-        if not stripped:
-            continue
-        if first and stripped.startswith("["):
-            rest = fh.read(MAX_JSON_LIST)
-            if fh.read(1):
-                yield f"line {lineno}: a JSON list over {MAX_JSON_LIST >> 30} GB; write JSONL instead"
-                return
-            rest = rest.decode("utf-8", "replace") if isinstance(rest, bytes) else rest
-            try:
-                items = json.loads(line + rest)
-            except (ValueError, RecursionError) as exc:
-                yield f"line {lineno}: not valid JSON ({type(exc).__name__}: {str(exc)[:200]})"
-                return
-            if not isinstance(items, list):
-                yield f"line {lineno}: expected a JSON list or one object per line"
-                return
-            for k, it in enumerate(items):
-                yield it if isinstance(it, dict) else f"item {k}: not a JSON object"
-            return
-        first = False
-        try:
-            item = json.loads(stripped)
-        except ValueError as exc:
-            yield f"line {lineno}: not valid JSON ({getattr(exc, 'msg', str(exc))[:200]})"
-            continue
-        except RecursionError:
-            yield f"line {lineno}: JSON nested too deeply"
-            continue
-        yield item if isinstance(item, dict) else f"line {lineno}: not a JSON object"
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-
-
-@hookimpl
-def telfhash_commands(subparsers):
-    p = subparsers.add_parser(
-        "index",
-        help="a local similarity index (SQLite): add, search, clusters, stats",
-        description="A local similarity index of telfhashes in one SQLite file "
-        "(default $TELFHASH_INDEX or ~/.local/share/telfhash-core/index.sqlite).",
-    )
-    db_help = "the index file (default: $TELFHASH_INDEX or ~/.local/share/telfhash-core/index.sqlite)"
-    p.add_argument("--db", default=None, metavar="FILE", help=db_help)
-    p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1])
-    actions = p.add_subparsers(dest="action", metavar="ACTION")
-
-    def common(sp):
-        sp.add_argument("--db", default=argparse.SUPPRESS, metavar="FILE", help=db_help)
-
-    a = actions.add_parser("add", help="hash files (or read earlier results) and add them")
-    common(a)
-    a.add_argument("paths", nargs="*", metavar="PATH", help="ELF files (wildcards accepted) or, with -r, folders")
-    a.add_argument("--jsonl", action="append", default=[], metavar="FILE", help="add results from `telfhash -f jsonl --sha256` ('-' = stdin)")
-    a.add_argument("-r", "--recursive", action="store_true", help="walk folders")
-    a.add_argument("-j", "--jobs", type=non_negative_int, default=0, help="processes for hashing (default: all cores)")
-    a.add_argument("--source", default=None, help='where the samples come from (default "local", or "jsonl:<name>")')
-    a.add_argument("--batch-size", type=non_negative_int, default=None, help="results per committed transaction")
-    a.add_argument(
-        "--field", dest="fields", action="append", default=[], metavar="NAME",
-        help="also compute and keep an opt-in field, e.g. --field telfhash_x (searchable with --key telfhash_x)",
-    )
-    a.add_argument("--skip-known-paths", action="store_true", help="do not hash again paths already indexed with the same size")
-    a.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show a progress bar")
-    a.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
-    a.add_argument("-f", "--format", choices=("table", "json"), default="table", help="summary format")
-    a.set_defaults(func=_cmd_add)
-
-    s = actions.add_parser("search", help="entries within a distance of a digest or a file, nearest first")
-    common(s)
-    s.add_argument("query", metavar="DIGEST|FILE", help="a telfhash (t1…, T1… or 70 hex) or an ELF file to hash")
-    s.add_argument("-t", "--threshold", type=non_negative_int, default=50, help="largest TLSH distance (default 50)")
-    s.add_argument("--limit", type=non_negative_int, default=None, metavar="K", help="at most K matches")
-    s.add_argument("--key", choices=sorted(_KEYS), default="telfhash", help="search telfhash (default) or the companion telfhash_x")
-    s.add_argument("-f", "--format", choices=("table", "json"), default="table")
-    s.set_defaults(func=_cmd_search)
-
-    c = actions.add_parser("clusters", help="groups of entries within the threshold (connected components)")
-    common(c)
-    c.add_argument("-t", "--threshold", type=non_negative_int, default=50, help="TLSH distance (default 50)")
-    c.add_argument("--min-size", type=non_negative_int, default=2, help="smallest cluster listed (default 2)")
-    c.add_argument("--key", choices=sorted(_KEYS), default="telfhash")
-    c.add_argument("-f", "--format", choices=("table", "json"), default="table")
-    c.set_defaults(func=_cmd_clusters)
-
-    lb = actions.add_parser("label", help="set (or --clear) the family label of a known sample")
-    common(lb)
-    lb.add_argument("sha256", metavar="SHA256", help="the sample, by its SHA-256")
-    lb.add_argument("label", nargs="?", default=None, metavar="LABEL", help="family label, e.g. mirai")
-    lb.add_argument("--clear", action="store_true", help="remove the label")
-    lb.set_defaults(func=_cmd_label)
-
-    st = actions.add_parser("stats", help="what the index holds")
-    common(st)
-    st.add_argument("-f", "--format", choices=("table", "json"), default="table")
-    st.set_defaults(func=_cmd_stats)
-
-
-def _fail(message: str) -> int:
-    print(f"telfhash index: error: {message}", file=sys.stderr)
-    return 2
-
-
-def _open(args, create: bool) -> Index:
-    return Index(args.db, create=create)
-
-
-def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return fn(args)
-        except KeyboardInterrupt:
-            print("telfhash index: interrupted (committed batches are kept)", file=sys.stderr)
-            return 130
-        except BrokenPipeError:
-            try:
-                sys.stdout = open(os.devnull, "w")
-            except OSError:
-                pass
-            return 0
-        except (ValueError, OSError, sqlite3.Error) as exc:
-            return _fail(str(exc) or type(exc).__name__)
-
-    return run
-
-
-@_guard
-def _cmd_add(args) -> int:
-    if not args.paths and not args.jsonl:
-        return _fail("give PATH... to hash or --jsonl FILE")
-    kw = {"batch_size": args.batch_size} if args.batch_size else {}
-    with _open(args, create=True) as ix:
-        total = AddStats()
-        for name in args.jsonl:
-            if name == "-":
-                st = ix.add_jsonl(sys.stdin.buffer, source=args.source or "jsonl:stdin", **kw)
-            else:
-                st = ix.add_jsonl(name, source=args.source, **kw)
-            _merge(total, st)
-        if args.paths:
-            st = ix.add_files(args.paths, args.recursive, args.jobs, args.progress, source=args.source or "local", skip_known_paths=args.skip_known_paths, fields=args.fields, **kw)
-            _merge(total, st)
-        for e in total.errors:
-            print(f"telfhash index: skipped {e}", file=sys.stderr)
-        if total.skipped > len(total.errors):
-            print(f"telfhash index: ... and {total.skipped - len(total.errors)} more skipped", file=sys.stderr)
-        if args.format == "json":
-            print(json.dumps(total.to_dict()))
-        else:
-            print(f"{total} -> {ix.path} ({len(ix)} entries)")
-    return 0
-
-
-def _merge(into: AddStats, st: AddStats) -> None:
-    for f in ("seen", "added", "updated", "unchanged", "skipped", "with_digest", "without_digest", "seconds"):
-        setattr(into, f, getattr(into, f) + getattr(st, f))
-    into.errors.extend(st.errors[: AddStats.MAX_ERRORS - len(into.errors)])
-
-
-@_guard
-def _cmd_search(args) -> int:
-    with _open(args, create=False) as ix:
-        matches = ix.search(args.query, max_distance=args.threshold, limit=args.limit, key=args.key)
-    if args.format == "json":
-        print(json.dumps([m.to_dict() for m in matches]))
-    else:
-        for m in matches:
-            value = m.telfhash if args.key == "telfhash" else (m.telfhash_x or "")
-            print(f"{m.distance:>4}  {m.sha256}  {m.arch or '-':<14}  {value}  {m.path or ''}")
-        if not matches:
-            print(f"no entry within {args.threshold}", file=sys.stderr)
-    return 0 if matches else 1
-
-
-@_guard
-def _cmd_clusters(args) -> int:
-    with _open(args, create=False) as ix:
-        groups = ix.clusters(args.threshold, key=args.key, min_size=args.min_size)
-    if args.format == "json":
-        print(json.dumps(groups))
-        return 0
-    for k, g in enumerate(groups, 1):
-        archs = ", ".join(f"{a} {n}" for a, n in g["archs"].items())
-        maxd = g["max_distance"] if g["exact"] else f">= {g['max_distance']}"
-        print(f"Cluster {k}: {g['size']} samples, {g['digests']} digests, max distance {maxd} ({archs})")
-        for mbr in g["members"]:
-            star = "*" if mbr is g["representative"] else " "
-            print(f"  {star} {mbr['sha256']}  {mbr['arch'] or '-':<14}  {mbr['path'] or ''}")
-    if not groups:
-        print(f"no cluster of {args.min_size} or more entries at threshold {args.threshold}", file=sys.stderr)
-    return 0
-
-
-@_guard
-def _cmd_label(args) -> int:
-    if args.clear == (args.label is not None):
-        return _fail("give either LABEL or --clear")
-    with _open(args, create=False) as ix:
-        if not ix.set_label(args.sha256, None if args.clear else args.label):
-            return _fail(f"no entry with SHA-256 {args.sha256}")
-    print(f"{args.sha256.lower()}: " + ("label cleared" if args.clear else f"labelled {args.label.strip()!r}"))
-    return 0
-
-
-@_guard
-def _cmd_stats(args) -> int:
-    with _open(args, create=False) as ix:
-        s = ix.stats()
-    if args.format == "json":
-        print(json.dumps(s))
-        return 0
-    print(f"index:        {s['path']} ({s['bytes'] / 1e6:.1f} MB)")
-    print(f"entries:      {s['entries']} ({s['with_telfhash']} with a telfhash, {s['distinct_telfhashes']} distinct)")
-    if s["with_telfhash_x"]:
-        print(f"telfhash_x:   {s['with_telfhash_x']}")
-    if s["reasons"]:
-        print("no telfhash:  " + ", ".join(f"{k} {v}" for k, v in s["reasons"].items()))
-    print("archs:        " + ", ".join(f"{k} {v}" for k, v in s["archs"].items()))
-    print("sources:      " + ", ".join(f"{k} {v}" for k, v in s["sources"].items()))
-    if s["entries"]:
-        print(f"added:        {s['first_added']} .. {s['last_added']}")
-    return 0
