@@ -38,6 +38,9 @@ class Problem(str):
         obj.lineno, obj.why, obj.cut, obj.where = lineno, why, cut, where
         return obj
 
+    def __reduce__(self):  # copied or pickled: a plain string
+        return (str, (str(self),))
+
     def at(self, source: str) -> str:
         """``"SOURCE:LINE: why"``, as compilers report (``"SOURCE: item K: why"`` in a JSON list)."""
         if self.where == "line":

@@ -304,7 +304,7 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path, capsys):
 
 def test_missing_optional_dependency_names_the_extra():
     with pytest.raises(batch.BatchError, match=r"telfhash-core\[dask\]"):
-        batch._need("telfhash_no_such_module")
+        batch.need("telfhash_no_such_module")
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])

@@ -434,7 +434,9 @@ def test_cli_add_search_stats_clusters(tmp_path, capsys):
     entries = unique_by_sha([{"sha256": f["sha256"], "telfhash": f["reference"]["telfhash"]} for f in files])
     assert sorted((m["distance"], m["sha256"]) for m in got) == brute_force(q["reference"]["telfhash"], entries, 60)
     cp = cli(capsys, "index", "--db", db, "search", q["abspath"], "-t", "400", "--limit", "2")
-    assert cp.returncode == 0 and len(cp.stdout.splitlines()) == 2 and q["sha256"] in cp.stdout
+    lines = cp.stdout.splitlines()  # a header row, then the two matches
+    assert cp.returncode == 0 and len(lines) == 3 and q["sha256"] in cp.stdout
+    assert lines[0].split() == ["DIST", "SHA256", "ARCH", "TELFHASH", "PATH"]
     cp = cli(capsys, "index", "--db", db, "stats", "-f", "json")
     assert json.loads(cp.stdout)["entries"] == len(entries)
     cp = cli(capsys, "index", "--db", db, "stats")
@@ -566,10 +568,10 @@ def test_skip_known_paths_does_not_add_again(tmp_path):
 
 
 def test_hostile_jsonl_sizes_and_nesting(tmp_path, rows, monkeypatch):
-    import telfhash_core.store.index as index_mod
+    import telfhash_core.readers as readers_mod  # the one reader of telfhash output
 
     good = next(r for r in rows if r["telfhash"].startswith("t1"))
-    monkeypatch.setattr(index_mod, "MAX_LINE", 1000)
+    monkeypatch.setattr(readers_mod, "MAX_LINE", 1000)
     p = tmp_path / "big.jsonl"
     p.write_text(json.dumps(good) + "\n" + "x" * 5000 + "\n" + json.dumps(dict(good, sha256="1" * 64)) + "\n")
     with Index(tmp_path / "b.sqlite") as ix:
@@ -578,7 +580,7 @@ def test_hostile_jsonl_sizes_and_nesting(tmp_path, rows, monkeypatch):
     assert st.added == 1 and st.skipped == 1 and "stopped reading" in st.errors[-1]
     p2 = tmp_path / "nest.jsonl"
     p2.write_text("[" * 500 + "\n" + json.dumps(good) + "\n")
-    monkeypatch.setattr(index_mod, "MAX_LINE", 16 << 20)
+    monkeypatch.setattr(readers_mod, "MAX_LINE", 16 << 20)
     with Index(tmp_path / "n.sqlite") as ix:
         st = ix.add_jsonl(p2)
         assert st.added == 0 and st.skipped == 1

@@ -21,14 +21,26 @@ from .args import add_threshold, non_negative_int
 PROG = "telfhash batch"
 
 
-class _DefaultSubcommand(argparse._SubParsersAction):
-    """Subcommands where a first word that names none runs ``default`` with every word."""
+class _AnyWord(dict):
+    """The subcommand names, where every word is acceptable (see :class:`_DefaultSubcommand`)."""
 
-    default = "hash"
+    def __contains__(self, word: object) -> bool:
+        return True
+
+
+class _DefaultSubcommand(argparse._SubParsersAction):
+    """Subcommands where a first word that names none runs ``default_name`` with every word."""
+
+    default_name = "hash"
+
+    def add_parser(self, name, **kwargs):  # type: ignore[override]
+        parser = super().add_parser(name, **kwargs)
+        self.choices = _AnyWord(self._name_parser_map)  # argparse checks the first word against these
+        return parser
 
     def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
         if values and values[0] not in self._name_parser_map:
-            values = [self.default, *values]
+            values = [self.default_name, *values]
         super().__call__(parser, namespace, values, option_string)
 
 
