@@ -24,21 +24,36 @@ from pathlib import Path
 import numpy as np
 
 from ..digest import tlsh_digest
-from ..hashing.elf import _SYM_DTYPE, Header, NotELF, SymbolTable, read_header
+from ..hashing.elf import Header, NotELF, SymbolTable, read_header
+from ..hashing.elfconst import (
+    DF_1_PIE,
+    DT_FLAGS_1,
+    DT_NULL,
+    DT_SONAME,
+    ET_DYN,
+    ET_EXEC,
+    PF_X,
+    PT_DYNAMIC,
+    PT_INTERP,
+    PT_LOAD,
+    SHN_UNDEF,
+    SHT_DYNSYM,
+    SHT_NOBITS,
+    SHT_PROGBITS,
+    SHT_STRTAB,
+    SHT_SYMTAB,
+    STB_GLOBAL,
+    STB_WEAK,
+    STT_FUNC,
+    STT_GNU_IFUNC,
+    STV_DEFAULT,
+    STV_PROTECTED,
+)
+from ..hashing.elfconst import SYM_DTYPE as _SYM_DTYPE
 from ..hookspecs import hookimpl
 
 VERSION = "tx1"
 FIELD = "telfhash_x"
-
-ET_EXEC, ET_DYN = 2, 3
-PT_LOAD, PT_DYNAMIC, PT_INTERP = 1, 2, 3
-SHT_SYMTAB, SHT_STRTAB, SHT_DYNSYM, SHT_NOBITS = 2, 3, 11, 8
-DT_NULL, DT_SONAME, DT_FLAGS_1 = 0, 14, 0x6FFFFFFB
-DF_1_PIE = 0x08000000
-SHN_UNDEF = 0
-STT_FUNC, STT_GNU_IFUNC = 2, 10
-STB_GLOBAL, STB_WEAK = 1, 2
-STV_DEFAULT, STV_PROTECTED = 0, 3
 
 MAX_NAME = 4096  # longer symbol names are cut here
 MAX_SECTIONS = 1 << 16
@@ -291,8 +306,6 @@ def symbol_names(syms: Symbols, library: bool) -> list[str]:
 # ----------------------------------------------------------------------------- no symbols: strings
 
 SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 1, 2, 4
-SHT_PROGBITS = 1
-PF_X = 1
 MIN_STRING = 6
 MAX_STRING_BYTES = 64 << 20
 _STRING_RE = re.compile(rb"[\x20-\x7e\t\n\r]{%d,}" % MIN_STRING)

@@ -17,7 +17,6 @@ rather than one by one, with the reference's semantics for every field and strin
 from __future__ import annotations
 
 import functools
-import os
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -30,24 +29,37 @@ from elftools.elf.structs import ELFStructs
 
 from ..digest import select_symbols, tlsh_digest
 from ..result import Reason, Result
-
-# Section types (numeric) ---------------------------------------------------------------
-SHT_NULL, SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB, SHT_RELA, SHT_HASH, SHT_DYNAMIC = 0, 1, 2, 3, 4, 5, 6
-SHT_NOBITS, SHT_REL, SHT_DYNSYM, SHT_SYMTAB_SHNDX, SHT_RELR = 8, 9, 11, 18, 19
-SHT_GNU_HASH, SHT_SUNW_LDYNSYM, SHT_SUNW_SYMINFO = 0x6FFFFFF6, 0x6FFFFFF3, 0x6FFFFFFC
-SHT_GNU_VERDEF, SHT_GNU_VERNEED, SHT_GNU_VERSYM = 0x6FFFFFFD, 0x6FFFFFFE, 0x6FFFFFFF
-SHT_LOPROC_3 = 0x70000003  # SHT_ARM_ATTRIBUTES / SHT_RISCV_ATTRIBUTES
-SHF_COMPRESSED = 0x800
-EM_ARM, EM_RISCV = 40, 243
-
-STT_FUNC, STB_GLOBAL = 2, 1
-
-_SYM_DTYPE = {
-    (32, "<"): np.dtype([("name", "<u4"), ("value", "<u4"), ("size", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2")]),
-    (32, ">"): np.dtype([("name", ">u4"), ("value", ">u4"), ("size", ">u4"), ("info", "u1"), ("other", "u1"), ("shndx", ">u2")]),
-    (64, "<"): np.dtype([("name", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2"), ("value", "<u8"), ("size", "<u8")]),
-    (64, ">"): np.dtype([("name", ">u4"), ("info", "u1"), ("other", "u1"), ("shndx", ">u2"), ("value", ">u8"), ("size", ">u8")]),
-}
+from .elfconst import (  # noqa: F401  (re-exported: the former home of these names)
+    EM_ARM,
+    EM_RISCV,
+    MAX_FILE_OFFSET,
+    MEMORY_LIMIT,
+    SHF_COMPRESSED,
+    SHT_DYNAMIC,
+    SHT_DYNSYM,
+    SHT_GNU_HASH,
+    SHT_GNU_VERDEF,
+    SHT_GNU_VERNEED,
+    SHT_GNU_VERSYM,
+    SHT_HASH,
+    SHT_LOPROC_3,
+    SHT_NOBITS,
+    SHT_NULL,
+    SHT_PROGBITS,
+    SHT_REL,
+    SHT_RELA,
+    SHT_RELR,
+    SHT_STRTAB,
+    SHT_SUNW_LDYNSYM,
+    SHT_SUNW_SYMINFO,
+    SHT_SYMTAB,
+    SHT_SYMTAB_SHNDX,
+    STB_GLOBAL,
+    STT_FUNC,
+    SYM_DTYPE,
+    check_read,
+    check_seek,
+)
 
 _MACHINE_NAMES = {v: k for k, v in ENUM_E_MACHINE.items() if isinstance(v, int)}
 
@@ -84,36 +96,6 @@ class Header:
     shentsize: int
     shnum: int
     shstrndx: int
-
-
-# How a real file fails when pyelftools seeks or reads at crafted offsets and sizes: the
-# reference reads a file object, so these failures decide its answer ("Unknown error") on
-# crafted files.  Seeking past the largest file offset the filesystem allows fails with
-# EINVAL (ext4 with 4 KiB blocks, the usual Linux filesystem: 16 TiB - 4 KiB), an offset of
-# 2**63 or more cannot be passed at all, and a read of more bytes than the machine's memory
-# fails before reading (Python allocates the buffer first).
-MAX_FILE_OFFSET = 0xFFFFFFFF000
-_OFFSET_LIMIT = 1 << 63
-try:
-    MEMORY_LIMIT = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-except (ValueError, OSError, AttributeError):  # pragma: no cover - not Linux
-    MEMORY_LIMIT = 1 << 36
-
-
-def check_seek(pos: int) -> None:
-    """Raise what seeking a real file to ``pos`` raises."""
-    if pos >= _OFFSET_LIMIT:
-        raise ValueError("cannot fit 'int' into an offset-sized integer")
-    if pos > MAX_FILE_OFFSET:
-        raise OSError(22, "Invalid argument")
-
-
-def check_read(n: int) -> None:
-    """Raise what reading ``n`` bytes from a real file raises before reading."""
-    if n >= _OFFSET_LIMIT:
-        raise OverflowError("cannot fit 'int' into an index-sized integer")
-    if n > MEMORY_LIMIT:
-        raise MemoryError(f"read of {n} bytes")
 
 
 class MemStream:
@@ -389,7 +371,7 @@ def read_function_names(buf, h: Header, table: SymbolTable) -> list[str]:
     order, from a file, so the first entry that runs past the end of the file
     (``ELFParseError``) or whose entry or name lies at an offset a file cannot seek to decides.
     """
-    dtype = _SYM_DTYPE[(h.bits, h.endian)]
+    dtype = SYM_DTYPE[(h.bits, h.endian)]
     count = table.size // table.entsize
     n = len(buf)
     # entries whose bytes are all in the file: offset + (i * entsize) + itemsize <= n

@@ -32,7 +32,7 @@ from elftools.common.exceptions import ELFCompressionError, ELFError, ELFParseEr
 from elftools.elf.elffile import ELFFile
 from elftools.elf.segments import Segment
 
-from .elf import check_read, check_seek
+from .elfconst import check_read, check_seek
 from ..result import Reason
 
 # pyelftools machine name -> capstone engine, as the reference chooses them (note: MIPS is
