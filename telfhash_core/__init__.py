@@ -6,14 +6,15 @@
     >>> distance("t1…", "T1…")                   # TLSH distance; t1…, T1… or bare 70-hex accepted
 """
 
+from .digest import DEFAULT_THRESHOLD, distance, is_digest, normalize
 from .hashing.api import expand_paths, hash_bytes, hash_file, hash_fileobj, hash_paths, telfhash
-from .digest import distance, is_digest, normalize
+from .hookspecs import hookimpl
 from .result import Reason, Result
 
 __version__ = "0.1.0"
 
 
-def group(results, threshold: int = 50):
+def group(results, threshold: int = DEFAULT_THRESHOLD):
     """Group results by TLSH distance ≤ ``threshold``; the reference's ``group()`` return shape."""
     from .similarity.cluster import group as _group
 
@@ -21,6 +22,7 @@ def group(results, threshold: int = 50):
 
 
 __all__ = [
+    "DEFAULT_THRESHOLD",
     "Reason",
     "Result",
     "distance",
@@ -30,6 +32,7 @@ __all__ = [
     "hash_file",
     "hash_fileobj",
     "hash_paths",
+    "hookimpl",
     "is_digest",
     "normalize",
     "telfhash",

@@ -126,7 +126,8 @@ class Result:
         )
         if self.sha256 is not None:
             d["sha256"] = self.sha256
-        d.update(self.extra)
+        for k, v in self.extra.items():  # a plugin's field never replaces one of ours
+            d.setdefault(k, v)
         return d
 
     @classmethod

@@ -26,6 +26,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
+from telfhash_core import DEFAULT_THRESHOLD
+
 log = logging.getLogger(__name__)
 
 KEY = "telfhash"
@@ -71,7 +73,7 @@ class Settings:
     enabled: bool = True
     max_file_size: int = 64 << 20  # bytes; larger ELF files get telfhash_error "too_large"
     timeout: float = 30.0  # seconds per file (worker process); 0: hash in-process, size cap only
-    threshold: int = 50  # TLSH distance for groups and for known neighbours
+    threshold: int = DEFAULT_THRESHOLD  # TLSH distance for groups and for known neighbours
     index: str = ""  # path to a telfhash-core index (telfhash index add ...); empty: none
     max_neighbours: int = 10  # nearest known samples listed per file
     index_add: bool = False  # also record this analysis' ELF files in the index

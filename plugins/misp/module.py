@@ -69,7 +69,7 @@ CONFIG_HOVER = ["index_path", "max_distance", "max_results", "max_sample_mb", "t
 @dataclass(frozen=True)
 class Settings:
     index_path: str | None = None
-    max_distance: int = 50
+    max_distance: int = tc.DEFAULT_THRESHOLD
     max_results: int = 20
     max_sample_bytes: int = 256 << 20
     timeout: float | None = None  # hover: answer before MISP's 5 s budget runs out

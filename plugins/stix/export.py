@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from telfhash_core.digest import distance, is_digest, normalize
+from telfhash_core.digest import DEFAULT_THRESHOLD, distance, is_digest, normalize
 from telfhash_core.result import Result
 
 # Our namespace for the ids of the objects we produce (SDOs, SROs, bundles).
@@ -650,7 +650,7 @@ def export_bundle(
     results: Iterable[Any] | None = None,
     clusters: Iterable[Any] | None = None,
     *,
-    threshold: int = 50,
+    threshold: int = DEFAULT_THRESHOLD,
     linkage: str | None = "single",
     telfhash_key: str | None = None,
     identity_name: str | None = None,

@@ -10,7 +10,8 @@ import os
 import sys
 from typing import Any, Iterable
 
-from telfhash_core.cli import non_negative_int
+from telfhash_core import DEFAULT_THRESHOLD
+from telfhash_core.commands.args import non_negative_int
 from telfhash_core.hookspecs import hookimpl
 
 from .export import TELFHASH_KEYS, ExportError, ExportReport, dumps, export_bundle
@@ -26,7 +27,7 @@ def _exporter(results, clusters, out, options: dict | None = None) -> None:
     bundle = export_bundle(
         results,
         clusters,
-        threshold=o.get("threshold", 50),
+        threshold=o.get("threshold", DEFAULT_THRESHOLD),
         linkage=o.get("linkage", "single"),
         telfhash_key=o.get("telfhash_key"),
         identity_name=o.get("identity"),
@@ -75,7 +76,7 @@ def telfhash_commands(subparsers):
     e = sub.add_parser("export", help="cluster ELF files or results and write a STIX 2.1 bundle")
     e.add_argument("inputs", nargs="+", metavar="INPUT", help="ELF files/folders (-r), or results from 'telfhash -f json|jsonl --sha256'")
     e.add_argument("-r", "--recursive", action="store_true", help="walk folders given as INPUT")
-    e.add_argument("-t", "--threshold", type=non_negative_int, default=50, help="TLSH distance for clustering (default 50)")
+    e.add_argument("-t", "--threshold", type=non_negative_int, default=DEFAULT_THRESHOLD, help=f"TLSH distance for clustering (default {DEFAULT_THRESHOLD})")
     e.add_argument("--clusters", metavar="FILE", help="use these clusters (JSON list of Cluster.to_dict()) instead of clustering")
     e.add_argument("--linkage", default="single", help="linkage recorded in the extension (default: single, as the core's clustering)")
     e.add_argument(
@@ -142,7 +143,7 @@ def telfhash_commands(subparsers):
     im.add_argument("--index", metavar="PATH", help="local index: add the shared telfhashes and search it")
     im.add_argument("--local", nargs="+", default=[], metavar="PATH", help="local ELF files/folders to compare")
     im.add_argument("-r", "--recursive", action="store_true", help="walk folders given to --local")
-    im.add_argument("-t", "--threshold", type=non_negative_int, default=50, help="report local samples within this distance (default 50)")
+    im.add_argument("-t", "--threshold", type=non_negative_int, default=DEFAULT_THRESHOLD, help=f"report local samples within this distance (default {DEFAULT_THRESHOLD})")
     im.add_argument("-f", "--format", choices=("text", "json"), default="text")
     im.add_argument("--max-bytes", type=non_negative_int, default=DEFAULT_MAX_BYTES, help="refuse larger bundles (0: no limit)")
     im.set_defaults(func=_guarded(cmd_import))
