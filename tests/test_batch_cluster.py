@@ -22,7 +22,7 @@ def synthetic(n: int, centres: int, seed: int) -> list[str]:
     cent[:4, 1] = [0xF0, 0xF0, 0x00, 0x10]  # length codes 15, 15, 0 and 1 (nibble-swapped)
     cent[4:8, 1] = [0xEF, 0xFF, 0xEF, 0xFF]  # 254, 255, ...
     b = cent[rng.integers(0, centres, size=n)].copy()
-    for t in range(3):
+    for _ in range(3):
         rows = np.flatnonzero(rng.random(n) < 0.6)
         b[rows, rng.integers(3, 35, size=rows.size)] = rng.integers(0, 256, size=rows.size, dtype=np.uint8)
     lv = (((b[:, 1] & 15).astype(int) << 4) | (b[:, 1] >> 4)) + rng.integers(-3, 4, size=n)

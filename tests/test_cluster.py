@@ -168,7 +168,7 @@ def test_cluster_statistics_equal_brute_force(synthetic):
 
 
 def test_cluster_accepts_results_strings_and_a_companion_key(real):
-    (n0, d0, a0), (n1, d1, a1) = real[0], real[1]
+    (n0, d0, a0), (n1, d1, _a1) = real[0], real[1]
     results = [tc.Result(file=n0, telfhash=d0, arch=a0), tc.Result(file=n1, telfhash=None, reason=tc.Reason.NO_SYMBOLS)]
     clusters, bad = cluster(results)
     assert [c.members for c in clusters] == [[n0]] and bad == [n1]

@@ -151,7 +151,7 @@ def test_components_within_equals_brute_force(mixed):
         labels = td.components_within(td.encode(mixed), threshold)
         parent = list(range(len(mixed)))
 
-        def find(x):
+        def find(x, parent=parent):
             while parent[x] != x:
                 x = parent[x]
             return x

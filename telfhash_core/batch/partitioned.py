@@ -328,10 +328,10 @@ def cluster_digests(
 
         nthreads = jobs or (os.cpu_count() or 1)
         if nthreads == 1 or len(tasks) == 1:
-            pieces = [cluster_task(sorted_enc, *t, threshold, kernel) for t in tasks]
+            pieces = [cluster_task(sorted_enc, lo, hi, fe, we, threshold, kernel) for lo, hi, fe, we in tasks]
         else:
             with ThreadPoolExecutor(nthreads) as ex:
-                pieces = list(ex.map(lambda t: cluster_task(sorted_enc, *t, threshold, kernel), tasks))
+                pieces = list(ex.map(lambda t: cluster_task(sorted_enc, t[0], t[1], t[2], t[3], threshold, kernel), tasks))
     a = np.concatenate([p[0] for p in pieces]) if pieces else _EMPTY
     b = np.concatenate([p[1] for p in pieces]) if pieces else _EMPTY
     if HAVE_NUMBA:

@@ -29,7 +29,7 @@ from ..parallel import bounded, worker_init
 from ..progress import Progress
 from ..readers import Problem, iter_items
 from ..result import Reason
-from .common import EXTRA_HINT, BatchError, close_client, dask_client, is_url, log, need
+from .common import EXTRA_HINT, BatchError, close_client, dask_client, is_url, log, need  # noqa: F401  (EXTRA_HINT: re-exported)
 
 
 # One row per file, in this column order (also the Parquet schema, see parquet_schema()).

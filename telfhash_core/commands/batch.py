@@ -33,12 +33,12 @@ class _DefaultSubcommand(argparse._SubParsersAction):
 
     default_name = "hash"
 
-    def add_parser(self, name, **kwargs):  # type: ignore[override]
+    def add_parser(self, name, **kwargs):
         parser = super().add_parser(name, **kwargs)
         self.choices = _AnyWord(self._name_parser_map)  # argparse checks the first word against these
         return parser
 
-    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
+    def __call__(self, parser, namespace, values, option_string=None):
         if values and values[0] not in self._name_parser_map:
             values = [self.default_name, *values]
         super().__call__(parser, namespace, values, option_string)

@@ -31,14 +31,12 @@ from ..hashing.elfconst import (
     DT_NULL,
     DT_SONAME,
     ET_DYN,
-    ET_EXEC,
     PF_X,
     PT_DYNAMIC,
     PT_INTERP,
     PT_LOAD,
     SHN_UNDEF,
     SHT_DYNSYM,
-    SHT_NOBITS,
     SHT_PROGBITS,
     SHT_STRTAB,
     SHT_SYMTAB,
@@ -581,9 +579,9 @@ def derive_helpers(builds) -> dict:
     """
     per_label: dict[str, dict[str, set[str]]] = {}
     reserved: set[str] = set()
-    for label, arch, names in builds:
-        folded = {fold_name(n) for n in names if n} - {""}
-        reserved.update(fold_name(n) for n in names if n.startswith("_"))
+    for label, arch, build_names in builds:
+        folded = {fold_name(n) for n in build_names if n} - {""}
+        reserved.update(fold_name(n) for n in build_names if n.startswith("_"))
         if folded:
             per_label.setdefault(label, {})[arch] = folded
     against: dict[tuple[str, str], int] = {}

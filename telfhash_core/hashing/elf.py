@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import struct
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -356,7 +357,8 @@ def find_symbol_table_exact(elf: ELFFile) -> SymbolTable | None:
             continue
         if s["sh_type"] in ("SHT_DYNSYM", "SHT_SYMTAB"):
             kind = "dynsym" if s["sh_type"] == "SHT_DYNSYM" else "symtab"
-            return SymbolTable(kind, s["sh_offset"], s["sh_size"], s["sh_entsize"], s.stringtable["sh_offset"])
+            strtab = typing.cast(typing.Any, s).stringtable  # a SymbolTableSection for these types
+            return SymbolTable(kind, s["sh_offset"], s["sh_size"], s["sh_entsize"], strtab["sh_offset"])
     return None
 
 

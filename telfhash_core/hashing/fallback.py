@@ -120,7 +120,10 @@ def _quiet_engine(arch: str) -> capstone.Cs | None:
         if not libc.dladdr(ctypes.c_void_p(head[1]), ctypes.byref(info)) or b"capstone" not in (info.fname or b""):
             return None
         # getpagesize() takes no argument, touches no memory and has no effect: a printer that prints nothing
-        head[1] = ctypes.cast(libc.getpagesize, ctypes.c_void_p).value
+        printer = ctypes.cast(libc.getpagesize, ctypes.c_void_p).value
+        if not printer:
+            return None
+        head[1] = printer
         return md
     except (OSError, AttributeError, ValueError):  # pragma: no cover - unusual platforms
         return None

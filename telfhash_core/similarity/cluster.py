@@ -356,7 +356,7 @@ def _plot_edges(clusters: list[Cluster], threshold: int, max_edges: int):
     """Edges (member a, member b, distance <= T) inside each cluster, shortest kept first."""
     from .tlshdist import encode, pairs_within
 
-    result = []
+    result: list[list[tuple[int, int, int]]] = []
     budget = max_edges
     for c in clusters:
         if c.size < 2:

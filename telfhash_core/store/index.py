@@ -700,9 +700,8 @@ class Index:
             name = os.fspath(path_or_file)
             with open(name, "rb") as fh:
                 return self.add_jsonl(fh, source or f"jsonl:{os.path.basename(name)}", batch_size=batch_size)
-        fh = path_or_file
-        source = source or f"jsonl:{getattr(fh, 'name', 'stream')}"
-        return self._add(iter_items(fh), source, batch_size=batch_size)
+        source = source or f"jsonl:{getattr(path_or_file, 'name', 'stream')}"
+        return self._add(iter_items(path_or_file), source, batch_size=batch_size)
 
     # -- searching
 
@@ -1071,7 +1070,9 @@ class Index:
                 meta[r[0]] = r
         out = []
         for g in groups:
-            members, archs, rep = [], {}, None
+            members: list[dict] = []
+            archs: dict[str, int] = {}
+            rep = None
             for name, digest in zip(g.members, g.digests):
                 e = meta.get(int(name))
                 if e is None:
