@@ -77,29 +77,28 @@ if HAVE_NUMBA:
     def _dist(L, Q1, Q2, C, P, a, b):
         return _head(L, Q1, Q2, C, a, b) + _body(P, a, b)
 
+    @numba.njit(nogil=True, cache=True, inline="always")
+    def _link_within(L, Q1, Q2, C, P, a, b, threshold, parent):
+        """Union a and b when within threshold: header first, the body only when the header fits."""
+        h = _head(L, Q1, Q2, C, a, b)
+        if h <= threshold and h + _body(P, a, b) <= threshold:
+            _join(parent, a, b)
+
     @numba.njit(nogil=True, cache=True)
     def _scan_block(L, Q1, Q2, C, P, nhome, nfwd, lmax, threshold, parent):
         """Rows [0, nhome) against the later rows [.., nfwd) whose code is at most L + lmax and the
-        wrap rows [nfwd, n) whose code + 256 is at most L + lmax; header first, body when it fits."""
+        wrap rows [nfwd, n) whose code + 256 is at most L + lmax."""
         n = L.shape[0]
         for a in range(nhome):
             top = np.int64(L[a]) + lmax
             for b in range(a + 1, nfwd):
                 if np.int64(L[b]) > top:
                     break
-                h = _head(L, Q1, Q2, C, a, b)
-                if h > threshold:
-                    continue
-                if h + _body(P, a, b) <= threshold:
-                    _join(parent, a, b)
+                _link_within(L, Q1, Q2, C, P, a, b, threshold, parent)
             for b in range(nfwd, n):  # rows across the 255 -> 0 wrap
                 if np.int64(L[b]) + 256 > top:
                     break
-                h = _head(L, Q1, Q2, C, a, b)
-                if h > threshold:
-                    continue
-                if h + _body(P, a, b) <= threshold:
-                    _join(parent, a, b)
+                _link_within(L, Q1, Q2, C, P, a, b, threshold, parent)
 
     @numba.njit(nogil=True, cache=True)
     def _scan_cells(L, Q1, Q2, C, P, nhome, fstarts, nfwd, wstarts, offsets, threshold, parent):

@@ -225,6 +225,15 @@ if HAVE_NUMBA:
     _jit = _njit(nogil=True)
 
     @_njit(nogil=True, inline="always")
+    def _nb_qterm(qa, qb):
+        d = qa - qb
+        if d < 0:
+            d = -d
+        if d > 8:
+            d = 16 - d
+        return d if d <= 1 else 12 * (d - 1)
+
+    @_njit(nogil=True, inline="always")
     def _header(la, lb, q1a, q1b, q2a, q2b, ca, cb):
         d = la - lb
         if d < 0:
@@ -232,18 +241,7 @@ if HAVE_NUMBA:
         if d > 128:
             d = 256 - d
         h = d if d <= 1 else 12 * d
-        d = q1a - q1b
-        if d < 0:
-            d = -d
-        if d > 8:
-            d = 16 - d
-        h += d if d <= 1 else 12 * (d - 1)
-        d = q2a - q2b
-        if d < 0:
-            d = -d
-        if d > 8:
-            d = 16 - d
-        h += d if d <= 1 else 12 * (d - 1)
+        h += _nb_qterm(q1a, q1b) + _nb_qterm(q2a, q2b)
         if ca != cb:
             h += 1
         return h
@@ -330,12 +328,7 @@ if HAVE_NUMBA:
         for pk in range(positions.shape[0]):
             a = positions[pk]
             A = cls_of[a]
-            a0 = W0[a]
-            a1 = W1[a]
-            a2 = W2[a]
-            a3 = W3[a]
-            a4 = W4[a]
-            a5 = W5[a]
+            a0, a1, a2, a3, a4, a5 = W0[a], W1[a], W2[a], W3[a], W4[a], W5[a]  # the row's planes, held
             ca = C[a]
             for e in range(indptr[A], indptr[A + 1]):
                 B = cand[e]
@@ -456,12 +449,7 @@ if HAVE_NUMBA:
             q1a = np.int64(Q1[a])
             q2a = np.int64(Q2[a])
             ca = C[a]
-            a0 = W0[a]
-            a1 = W1[a]
-            a2 = W2[a]
-            a3 = W3[a]
-            a4 = W4[a]
-            a5 = W5[a]
+            a0, a1, a2, a3, a4, a5 = W0[a], W1[a], W2[a], W3[a], W4[a], W5[a]  # the row's planes, held
             wa = weights[a]
             mx = maxd[a]
             sm = sumd[a]
