@@ -79,16 +79,22 @@ def main(argv: list[str] | None = None) -> int:
     return run_hash(args)
 
 
-def _progress(results: Iterator[Result], total: int, enabled: bool | None) -> Iterator[Result]:
-    with Progress(total, enabled=enabled) as bar:
+def _progress(results: Iterator[Result], bar: Progress) -> Iterator[Result]:
+    with bar:
         for r in results:
             bar.update(1, r)
             yield r
 
 
 def run_hash(args: argparse.Namespace) -> int:
-    files = expand_paths(args.files, args.recursive, on_error=lambda m: print(f"telfhash: {m}", file=sys.stderr))
+    # the walk is counted first (a counter on a terminal), then the bar has its total
+    bar = Progress(None, enabled=args.progress)
+    files = expand_paths(
+        args.files, args.recursive, on_error=lambda m: bar.write(f"telfhash: {m}"), on_file=bar.found
+    )
+    bar.set_total(len(files))
     if not files:
+        bar.close(summary=False)
         print("No files found", file=sys.stderr)
         return 1
     fmt = available_formats()[args.format or "default"]
@@ -101,7 +107,7 @@ def run_hash(args: argparse.Namespace) -> int:
         results = hash_paths(
             files, jobs=jobs, ordered=fmt.ordered, sha256=args.sha256, fields=args.fields, options=vars(args)
         )
-        for r in _progress(results, len(files), args.progress):
+        for r in _progress(results, bar):
             if args.debug and not r.ok:
                 print(f"{r.file}: {r.detail or r.msg}", file=sys.stderr)
             if args.group:

@@ -69,13 +69,15 @@ class Progress:
     """A progress bar on stderr with a summary line when it closes.
 
     ``enabled``: True (always), False (never) or None (when stderr is a terminal and there are
-    at least ``min_total`` items).  ``update(n, item=...)`` counts an outcome (a Result or a row
-    dict) for the summary; ``update(n)`` only advances the bar.  Use as a context manager.
+    at least ``min_total`` items; tqdm is not even imported for fewer).  With ``total=None`` the
+    bar counts the files a walk finds (:meth:`found`) until :meth:`set_total` makes it a bar.
+    ``update(n, item)`` counts an outcome (a Result or a row dict) for the summary; ``update(n)``
+    only advances the bar.  Use as a context manager.
     """
 
     def __init__(
         self,
-        total: int | None,
+        total: int | None = None,
         *,
         enabled: bool | None = None,
         desc: str | None = None,
@@ -85,35 +87,72 @@ class Progress:
     ) -> None:
         self.stream = stream or sys.stderr
         self.prog = prog
+        self.desc = desc
+        self.min_total = min_total
         self.total = total
+        self.seen = 0  # files found by the walk so far (before the total is known)
         self.done = 0
         self.hashed = 0
         self.reasons: Counter = Counter()
         self.t0 = time.perf_counter()
-        if enabled is None:
-            enabled = (total is None or total >= min_total) and _isatty(self.stream)
-        self.enabled = bool(enabled) and total != 0
-        self._bar = None
-        if self.enabled:
-            from tqdm import tqdm
+        self._auto = enabled is None
+        self._allowed = _isatty(self.stream) if enabled is None else bool(enabled)
+        self._bar: Any = None
+        self._shown = False
+        self._start()
 
-            self._bar = tqdm(
-                total=total,
-                unit="file",
-                file=self.stream,
-                dynamic_ncols=True,
-                leave=False,
-                smoothing=0,  # the average rate of the whole run: a steady ETA
-                mininterval=0.25,
-                desc=desc,
-            )
+    def _start(self) -> None:
+        if self._bar is not None or not self._allowed or self.total == 0:
+            return
+        count = self.total if self.total is not None else self.seen
+        if self._auto and count < self.min_total:
+            return
+        from tqdm import tqdm
+
+        self._bar = tqdm(
+            total=self.total,
+            initial=self.seen if self.total is None else self.done,
+            unit="file",
+            file=self.stream,
+            dynamic_ncols=True,
+            leave=False,
+            smoothing=0,  # the average rate of the whole run: a steady ETA
+            mininterval=0.25,
+            desc=self.desc if self.total is not None else "finding files",
+        )
+        self._shown = True
+
+    @property
+    def enabled(self) -> bool:
+        """A bar is on the screen."""
+        return self._bar is not None
+
+    def found(self, _path: object = None) -> None:
+        """The walk found one more file (the total is not known yet): a counter, not a bar."""
+        self.seen += 1
+        if self._bar is None:
+            if self.seen >= self.min_total:
+                self._start()
+        else:
+            self._bar.update(1)
 
     def set_total(self, total: int) -> None:
-        """The total became known (the walk is counted)."""
+        """The walk is counted: from here on a bar of ``total`` files."""
         self.total = total
         if self._bar is not None:
-            self._bar.total = total
-            self._bar.refresh()
+            self._bar.set_description_str(self.desc or "", refresh=False)
+            self._bar.reset(total=total)
+            if total == 0:
+                self.close(summary=False)
+        else:
+            self._start()
+
+    def write(self, message: str) -> None:
+        """A line on the stream, above the bar when one is shown."""
+        if self._bar is not None:
+            self._bar.write(message, file=self.stream)
+        else:
+            print(message, file=self.stream)
 
     def update(self, n: int = 1, item: Any = None) -> None:
         self.done += n
@@ -131,12 +170,13 @@ class Progress:
 
     def close(self, *, summary: bool = True) -> None:
         """Remove the bar; when one was shown, leave the summary line in its place."""
-        if self._bar is None:
-            return
-        self._bar.close()
-        self._bar = None
-        if summary:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self._shown and summary:
             print(self.summary(), file=self.stream, flush=True)
+        self._shown = False
+        self._allowed = False
 
     def __enter__(self) -> "Progress":
         return self

@@ -135,7 +135,12 @@ def hash_fileobj(
 
 
 def expand_paths(
-    paths: Iterable[str], recursive: bool = False, *, reference: bool = False, on_error: Callable[[str], None] | None = None
+    paths: Iterable[str],
+    recursive: bool = False,
+    *,
+    reference: bool = False,
+    on_error: Callable[[str], None] | None = None,
+    on_file: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Turn command-line arguments into the list of files to hash.
 
@@ -144,26 +149,36 @@ def expand_paths(
     ``reference=True`` is the reference's rule exactly: without ``recursive`` only regular
     files are kept, and paths that do not exist are dropped silently.  Otherwise a path that
     does not exist or a directory given without ``recursive`` is kept, so that it gets a
-    per-file result saying why it was not hashed.
+    per-file result saying why it was not hashed.  ``on_file(path)`` is called for each file
+    found, as the walk goes (a progress counter).
     """
     files: list[str] = []
+    for f in _iter_paths(paths, recursive, reference, on_error):
+        files.append(f)
+        if on_file is not None:
+            on_file(f)
+    return files
+
+
+def _iter_paths(
+    paths: Iterable[str], recursive: bool, reference: bool, on_error: Callable[[str], None] | None
+) -> Iterator[str]:
     for arg in paths:
         arg = os.fspath(arg)
         if recursive and os.path.isdir(arg):
-            files.extend(walk_files(arg, on_error))
+            yield from walk_files(arg, on_error)
             continue
         matches = sorted(glob.glob(arg)) if glob.has_magic(arg) else [arg]
         if reference:
-            files.extend(m for m in matches if os.path.isfile(m))
+            yield from (m for m in matches if os.path.isfile(m))
             continue
         if not matches:  # a wildcard that matched nothing
-            files.append(arg)
+            yield arg
         for m in matches:
             if recursive and os.path.isdir(m):
-                files.extend(expand_paths([m], True))
+                yield from walk_files(m, on_error)
             else:
-                files.append(m)
-    return files
+                yield m
 
 
 def walk_files(folder: str, on_error: Callable[[str], None] | None = None) -> Iterator[str]:

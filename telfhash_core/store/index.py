@@ -634,18 +634,21 @@ class Index:
         from ..progress import Progress
 
         errors: list[str] = []
+        bar = Progress(None, enabled=None if progress is None else bool(progress) and not callable(progress),
+                       prog="telfhash index add")
         # stored absolute, so that an entry says where the sample is whatever the working folder
-        files = [os.path.abspath(f) for f in expand_paths([os.fspath(p) for p in paths], recursive, on_error=errors.append)]
+        found = expand_paths([os.fspath(p) for p in paths], recursive, on_error=errors.append, on_file=bar.found)
+        files = [os.path.abspath(f) for f in found]
         stats = AddStats()
         for e in errors:
             stats.error(e)
         if skip_known_paths and files:
             files = self._unknown_paths(files, stats)
         total = len(files)
+        bar.set_total(total)
         if not total:
+            bar.close(summary=False)
             return stats
-        bar = Progress(total, enabled=None if progress is None else bool(progress) and not callable(progress),
-                       prog="telfhash index add")
         done = [0]
 
         def callback(item: Any) -> None:
