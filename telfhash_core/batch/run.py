@@ -379,13 +379,10 @@ class JsonlSink(_Sink):
     def existing(self) -> list[dict]:
         rows = []
         with open(self.path, "rb") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except ValueError:
-                    raise BatchError(f"{self.path} line {n} is not JSON: not a telfhash batch output?") from None
+            for item in iter_items(fh):
+                if isinstance(item, Problem):
+                    raise BatchError(f"{item.at(self.path)}: not a telfhash batch output?")
+                rows.append(item)
         return rows
 
     def drop_paths(self, paths: set[str]) -> None:
