@@ -7,11 +7,14 @@ import json
 import os
 import sqlite3
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..hookspecs import hookimpl
 from ..progress import plural
-from ..store.index import _KEYS, AddStats, Index
+from ..store import SEARCH_KEYS
+
+if TYPE_CHECKING:  # the index (NumPy, SQLite) is loaded when a command runs, not when it is registered
+    from ..store.index import AddStats, Index
 from .args import add_progress, add_threshold, non_negative_int
 
 @hookimpl
@@ -52,7 +55,7 @@ def telfhash_commands(subparsers):
     s.add_argument("query", metavar="DIGEST|FILE", help="a telfhash (t1…, T1… or 70 hex) or an ELF file to hash")
     add_threshold(s, "largest TLSH distance")
     s.add_argument("--limit", type=non_negative_int, default=None, metavar="K", help="at most K matches")
-    s.add_argument("--key", choices=sorted(_KEYS), default="telfhash", help="search telfhash (default) or the companion telfhash_x")
+    s.add_argument("--key", choices=sorted(SEARCH_KEYS), default="telfhash", help="search telfhash (default) or the companion telfhash_x")
     s.add_argument("-f", "--format", choices=("table", "json"), default="table")
     s.set_defaults(func=_cmd_search)
 
@@ -60,7 +63,7 @@ def telfhash_commands(subparsers):
     common(c)
     add_threshold(c)
     c.add_argument("--min-size", type=non_negative_int, default=2, help="smallest cluster listed (default 2)")
-    c.add_argument("--key", choices=sorted(_KEYS), default="telfhash")
+    c.add_argument("--key", choices=sorted(SEARCH_KEYS), default="telfhash")
     c.add_argument("-f", "--format", choices=("table", "json"), default="table")
     c.set_defaults(func=_cmd_clusters)
 
@@ -83,6 +86,8 @@ def _fail(message: str) -> int:
 
 
 def _open(args, create: bool) -> Index:
+    from ..store.index import Index
+
     return Index(args.db, create=create)
 
 
@@ -111,6 +116,8 @@ def _cmd_add(args) -> int:
         return _fail("give PATH... to hash or --jsonl FILE")
     kw = {"batch_size": args.batch_size} if args.batch_size else {}
     with _open(args, create=True) as ix:
+        from ..store.index import AddStats
+
         total = AddStats()
         for name in args.jsonl:
             if name == "-":
@@ -135,7 +142,7 @@ def _cmd_add(args) -> int:
 def _merge(into: AddStats, st: AddStats) -> None:
     for f in ("seen", "added", "updated", "unchanged", "skipped", "with_digest", "without_digest", "seconds"):
         setattr(into, f, getattr(into, f) + getattr(st, f))
-    into.errors.extend(st.errors[: AddStats.MAX_ERRORS - len(into.errors)])
+    into.errors.extend(st.errors[: st.MAX_ERRORS - len(into.errors)])
 
 
 @_guard

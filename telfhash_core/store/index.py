@@ -39,6 +39,7 @@ import numpy as np
 from ..digest import DEFAULT_THRESHOLD, PACKED_LEN, TLSH_HEX_LEN, is_digest, normalize, pack, spell, tagged_body, unpack
 from ..hashing.filehashes import FILE_HASH_FIELDS
 from ..readers import iter_items
+from . import SEARCH_KEYS
 from ..result import Reason, Result, infer_reason
 
 if TYPE_CHECKING:  # tlshdist (NumPy kernels, numba) is imported on first search, not with the CLI
@@ -65,7 +66,7 @@ _LOOKUP_INDEXES = (
 )
 MAX_LABEL = 256  # characters of a family label
 # search keys: name -> (packed digest column, text column)
-_KEYS = {"telfhash": "digest", "telfhash_x": "digest_x"}
+_KEYS = SEARCH_KEYS
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
