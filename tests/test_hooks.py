@@ -200,3 +200,25 @@ def test_a_broken_entry_point_costs_only_itself(monkeypatch, capsys, tmp_path):
 def test_hookimpl_is_exported_from_the_package():
     assert tc.hookimpl is hookspecs.hookimpl
     assert tc.DEFAULT_THRESHOLD == 50
+
+
+def test_the_stix_exporter_through_telfhash_export(tmp_path, capsys, monkeypatch):
+    """The real exporter of the STIX adapter (entry point `stix`), reached from the command line."""
+    stix2validator = pytest.importorskip("stix2validator")  # the 'stix' extra
+    from telfhash_core.cli import main
+
+    monkeypatch.delenv("TELFHASH_NO_ENTRY_POINTS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    reset_plugin_manager()
+    try:
+        results = tmp_path / "r.jsonl"
+        results.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in tc.hash_paths(PATHS, sha256=True)))
+        assert main(["export", "stix", str(results), "-o", "bundle.json"]) == 0, capsys.readouterr().err
+        bundle = json.loads((tmp_path / "bundle.json").read_text())
+        assert bundle["type"] == "bundle"
+        assert stix2validator.validate_instance(bundle).is_valid
+        hashed = {r.sha256 for r in tc.hash_paths(PATHS, sha256=True) if r.ok}
+        files = {o["hashes"]["SHA-256"].lower() for o in bundle["objects"] if o["type"] == "file"}
+        assert files and files <= hashed
+    finally:
+        reset_plugin_manager()

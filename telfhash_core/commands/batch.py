@@ -76,10 +76,22 @@ def _fmt_for(path: str, fmt: str | None) -> str:
     return fmt or ("parquet" if path.rstrip("/").endswith(".parquet") else "jsonl")
 
 
+class _AboveTheBar(logging.Handler):
+    """Log lines on stderr, written above the progress bar rather than through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
 def _logging(quiet: bool) -> None:
     """Messages of the batch modules (logger ``telfhash_core.batch``) as ``telfhash batch: ...``."""
     if not log.handlers:
-        h = logging.StreamHandler(sys.stderr)
+        h = _AboveTheBar()
         h.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
         log.addHandler(h)
         log.propagate = False
