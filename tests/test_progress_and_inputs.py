@@ -87,7 +87,9 @@ def test_batch_reports_inputs_that_cannot_be_read(tmp_path, capsys):
     out2 = tmp_path / "o2.jsonl"  # options before the inputs, one good input and one missing
     code, err = _batch(["-o", str(out2), "--no-progress", PATHS[0], str(tmp_path / "missing")], capsys)
     assert code == 0, err
-    assert "2 files: 2 written (1 with a telfhash, 1 could not be read)" in err
+    assert "2 files: 2 written (1 with a telfhash, 1 could not be read" in err
+    assert "without telfhash: 1 not found" in err
+    assert "%|" not in err  # --no-progress before the inputs holds (no bar)
 
 
 def test_batch_url_without_its_backend_is_reported(tmp_path, capsys):

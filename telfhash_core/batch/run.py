@@ -606,6 +606,7 @@ class BatchSummary:
     written: int = 0  # rows written by this run
     with_digest: int = 0
     unread: int = 0  # rows of inputs that could not be read (missing, unreadable, not a file)
+    reasons: dict[str, int] = field(default_factory=dict)  # rows written without a telfhash, by Reason code
     failed_chunks: int = 0  # work units lost (worker crash): rerun to retry them
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -750,6 +751,7 @@ def run_batch(
         finally:
             flush()  # also on Ctrl-C: what was received is kept
             bar.close(summary=False)  # the caller prints the summary
+            summary.reasons = dict(bar.reasons.most_common())
     finally:
         sink.close()
         close_client(own_client)

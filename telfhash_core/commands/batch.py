@@ -15,7 +15,7 @@ import time
 from ..batch.common import BatchError, log
 from ..batch.run import DEFAULT_CHUNK, run_batch
 from ..hookspecs import hookimpl
-from ..progress import plural
+from ..progress import plural, reason_words
 from .args import add_threshold, non_negative_int
 
 PROG = "telfhash batch"
@@ -68,7 +68,8 @@ def _hash_options(p: argparse.ArgumentParser, top: bool) -> None:
     p.add_argument("--flush-rows", type=non_negative_int, default=d(None),
                    help="rows per durable write (default 1000 for JSONL, 20000 for Parquet)")
     p.add_argument("--progress", dest="progress", action="store_true", default=d(None), help="always show a progress bar")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=d(None),
+                   help="never show a progress bar")
     p.add_argument("-q", "--quiet", action="store_true", default=d(False), help="no summary line")
 
 
@@ -134,6 +135,8 @@ def run_hash(args: argparse.Namespace) -> int:
     if not args.quiet or nothing_read or summary.unread:
         rate = summary.written / summary.seconds if summary.seconds else 0.0
         unread = f", {summary.unread:,} could not be read" if summary.unread else ""
+        if summary.reasons:
+            unread += "; without telfhash: " + ", ".join(f"{n:,} {reason_words(k)}" for k, n in summary.reasons.items())
         print(
             f"{PROG}: {plural(summary.inputs, 'file')}: {summary.written:,} written "
             f"({summary.with_digest:,} with a telfhash{unread}), "
