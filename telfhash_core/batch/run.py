@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from ..hashing.api import walk_files
 from ..parallel import bounded, worker_init
-from ..progress import Progress
+from ..progress import Progress, plural
 from ..readers import Problem, iter_items
 from ..result import Reason
 from .common import EXTRA_HINT, BatchError, close_client, dask_client, is_url, log, need  # noqa: F401  (EXTRA_HINT: re-exported)
@@ -727,7 +727,7 @@ def run_batch(
             for paths, rows in work:
                 if isinstance(rows, BaseException):
                     summary.failed_chunks += 1
-                    note(f"{len(paths)} files not hashed ({type(rows).__name__}: {rows}); rerun to retry them")
+                    note(f"{plural(len(paths), 'file')} not hashed ({type(rows).__name__}: {rows}); rerun to retry them")
                     bar.update(len(paths))
                 else:
                     for r in rows:

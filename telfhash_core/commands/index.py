@@ -135,7 +135,7 @@ def _cmd_add(args) -> int:
         if args.format == "json":
             print(json.dumps(total.to_dict()))
         else:
-            print(f"{total} -> {ix.path} ({len(ix)} entries)")
+            print(f"{total} -> {ix.path} ({plural(len(ix), 'entry', 'entries')})")
     return 0
 
 

@@ -8,6 +8,7 @@ import json
 import sys
 
 from ..hookspecs import hookimpl
+from ..progress import plural
 from ..readers import Problem, iter_items
 from .args import add_threshold
 
@@ -91,7 +92,7 @@ def run_export(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"telfhash export: {args.name}: {exc}", file=sys.stderr)
         return 1
-    print(f"telfhash export: {len(results)} results exported with {args.name}", file=sys.stderr)
+    print(f"telfhash export: {plural(len(results), 'result')} exported with {args.name}", file=sys.stderr)
     return 1 if bad else 0
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence, TextIO
 
 from ..digest import DEFAULT_THRESHOLD, spell, tagged_body
+from ..progress import plural
 from ..readers import read_items
 from ..result import Result
 
@@ -390,7 +391,8 @@ def plot(
     colour = {a: _PALETTE[k % len(_PALETTE)] for k, a in enumerate(arches)}
     nedges = sum(len(e) for e in edges)
     summary = (
-        f"{nodes} samples in {len(shown)} of {len(clusters)} groups drawn, {nedges} edges (distance <= {threshold})"
+        f"{plural(nodes, 'sample')} in {len(shown):,} of {plural(len(clusters), 'group')} drawn, "
+        f"{plural(nedges, 'edge')} (distance <= {threshold})"
     )
     if path.lower().endswith((".html", ".htm")):
         _plot_html(shown, edges, positions, colour, path, threshold, summary)
