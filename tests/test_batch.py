@@ -100,6 +100,7 @@ def dask_client():
         cluster.close()
 
 
+@pytest.mark.dask
 def test_dask_engine_equals_local_and_reference(tmp_path, subset, local_rows, dask_client):
     subset = subset[::2]  # every architecture still, in half the time
     paths = [f["abspath"] for f in subset]
@@ -116,6 +117,7 @@ def test_dask_engine_equals_local_and_reference(tmp_path, subset, local_rows, da
     check_against_manifest(dask_rows, subset)
 
 
+@pytest.mark.dask
 def test_dask_workers_read_fsspec_urls(tmp_path, dask_client):
     pytest.importorskip("fsspec")
     entries = [f for f in corpus.files() if f["pkg"] == "busybox-static"]  # one folder per architecture
@@ -130,6 +132,7 @@ def test_dask_workers_read_fsspec_urls(tmp_path, dask_client):
         assert reference_value(r) == e["reference"]["telfhash"] and r["sha256"] == e["sha256"]
 
 
+@pytest.mark.dask
 def test_dask_clustering_equals_single_machine_on_corpus(tmp_path, dask_client):
     from telfhash_core.batch.partitioned import cluster_digests, relabel
 
@@ -326,6 +329,7 @@ def test_names_that_are_not_utf8_are_written_and_resumed(tmp_path, subset, fmt):
     assert (s2.written, s2.skipped) == (0, 2)
 
 
+@pytest.mark.dask
 def test_sha256_key_on_dask_workers(tmp_path, subset, dask_client):
     src = [f for f in subset if f["reference"]["telfhash"].startswith("t1")][:3]
     folder = tmp_path / "in"
