@@ -365,7 +365,7 @@ def cluster_results(
 ) -> dict:
     """Group the files of a batch output; write one row per file with a telfhash:
     ``path, sha256, telfhash, cluster, cluster_size`` (clusters numbered by first appearance)."""
-    from .run import read_rows
+    from .sinks import read_rows
 
     rows = [r for r in read_rows(results) if isinstance(r.get("telfhash"), str) and is_digest(r["telfhash"])]
     own = None
