@@ -11,7 +11,7 @@ import tlsh
 
 import corpus
 from telfhash_core.commands import batch
-from telfhash_core.batch.partitioned import cluster_digests, plan, relabel
+from telfhash_core.similarity.partitioned import cluster_digests, plan, relabel
 
 
 def synthetic(n: int, centres: int, seed: int) -> list[str]:
@@ -162,7 +162,7 @@ def test_header_terms_are_a_lower_bound_of_tlsh_diff():
 
 @pytest.mark.parametrize("threshold", [0, 1, 11, 12, 23, 24, 35, 50, 100, 200])
 def test_cells_cover_every_header_offset_within_t(threshold):
-    from telfhash_core.batch.partitioned import cell_offsets
+    from telfhash_core.similarity.partitioned import cell_offsets
 
     visited = set()
     for dl, dq1, r in cell_offsets(threshold).tolist():
@@ -183,7 +183,7 @@ def test_numpy_path_without_numba_gives_the_same_groups(tmp_path):
     src = tmp_path / "d.json"
     src.write_text(json.dumps(digests))
     code = (
-        "import json,sys; from telfhash_core.batch import partitioned as bc; assert not bc.HAVE_NUMBA;"
+        "import json,sys; from telfhash_core.similarity import partitioned as bc; assert not bc.HAVE_NUMBA;"
         f"l,_=bc.cluster_digests(json.load(open({str(src)!r})), 50, ntasks=4, jobs=2); print(json.dumps(l.tolist()))"
     )
     import os
