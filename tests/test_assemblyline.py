@@ -599,7 +599,7 @@ def corpus_sample(per_arch: int) -> list[dict]:
     for f in corpus.files():
         by_arch.setdefault(f["arch"], []).append(f)
     out = []
-    for arch, items in sorted(by_arch.items()):
+    for _arch, items in sorted(by_arch.items()):
         step = max(1, len(items) // per_arch)
         out.extend(items[::step][:per_arch])
     return out

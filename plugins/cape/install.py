@@ -76,7 +76,9 @@ def _ini_value(value: object) -> str:
 
 def config_text(settings: Settings | None = None) -> str:
     s = settings or Settings()
-    yn = lambda b: "yes" if b else "no"
+    def yn(b: bool) -> str:
+        return "yes" if b else "no"
+
     return f"""{MARKER} (written by "telfhash-cape install"; edit the values freely: re-install
 # keeps this file; "telfhash-cape uninstall" removes it).
 [telfhash]
