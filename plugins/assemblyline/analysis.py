@@ -51,7 +51,7 @@ class Settings:
     and replaced by their defaults (shown to the analyst, never raised)."""
 
     index_path: str = ""
-    threshold: int = 50
+    threshold: int = tc.DEFAULT_THRESHOLD
     max_neighbours: int = 10
     max_file_size: int = 100 * 1024 * 1024
     time_budget: float = 20.0
