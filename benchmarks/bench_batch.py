@@ -56,7 +56,7 @@ def corpus_files(folder: str | None) -> list[str]:
 
 def reference_python(arg: str | None) -> str | None:
     """A Python with the reference ``telfhash`` importable, or None."""
-    candidates = [arg] if arg else [sys.executable, "/work/refvenv/bin/python"]
+    candidates = [arg] if arg else [c for c in (sys.executable, os.environ.get("TELFHASH_REFERENCE_PYTHON")) if c]
     for py in candidates:
         if py and os.path.exists(py):
             ok = subprocess.run([py, "-c", "import telfhash"], capture_output=True).returncode == 0

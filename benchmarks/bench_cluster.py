@@ -14,7 +14,7 @@
     python benchmarks/bench_cluster.py [--sizes 10000,100000,1000000] [--threshold 50]
                                        [--reference-python PATH] [--reference-n 800]
 
-The reference runs in its own interpreter; by default ``/work/refvenv/bin/python`` when it
+The reference runs in its own interpreter; by default ``$TELFHASH_REFERENCE_PYTHON`` when it
 exists, else the current one if ``import telfhash`` works there.  Without it that part is
 skipped, saying so.
 """
@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-DEFAULT_REFERENCE = "/work/refvenv/bin/python"
+DEFAULT_REFERENCE = os.environ.get("TELFHASH_REFERENCE_PYTHON", "")
 
 
 # ----------------------------------------------------------------------------- data
@@ -134,7 +134,7 @@ print(json.dumps({"seconds": el, "grouped": [list(g) for g in r["grouped"]], "no
 
 
 def reference_python(arg: str | None) -> str | None:
-    candidates = [arg] if arg else [DEFAULT_REFERENCE, sys.executable]
+    candidates = [arg] if arg else [c for c in (DEFAULT_REFERENCE, sys.executable) if c]
     for py in candidates:
         if py and Path(py).exists():
             ok = subprocess.run([py, "-c", "import telfhash"], capture_output=True).returncode == 0
@@ -208,7 +208,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="10000,100000", help="comma-separated digest counts (default 10000,100000)")
     ap.add_argument("--threshold", type=int, default=50)
-    ap.add_argument("--reference-python", default=None, help=f"interpreter with telfhash 0.9.8 (default {DEFAULT_REFERENCE})")
+    ap.add_argument("--reference-python", default=None, help="interpreter with telfhash 0.9.8 (default $TELFHASH_REFERENCE_PYTHON)")
     ap.add_argument("--reference-n", type=int, default=800, help="digests for the side-by-side run (default 800)")
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--cluster-max", type=int, default=200_000, help="run cluster() up to this size (default 200000)")
