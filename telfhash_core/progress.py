@@ -51,7 +51,9 @@ def summary_line(files: int, hashed: int, reasons: Counter | dict, seconds: floa
     without = files - hashed
     text = f"{prog}: {plural(files, 'file')}, {hashed:,} hashed"
     if without:
-        parts = ", ".join(f"{n:,} {reason_words(k)}" for k, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+        parts = ", ".join(
+            f"{n:,} {reason_words(k)}" for k, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+        )
         text += f", {without:,} without telfhash" + (f" ({parts})" if parts else "")
     return text + f" in {seconds:.1f} s"
 

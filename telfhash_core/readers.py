@@ -95,7 +95,9 @@ def iter_items(fh: IO, *, text: bool = False, strings: bool = False) -> Iterator
         try:
             item = json.loads(stripped)
         except ValueError as exc:
-            yield Problem(lineno, f"not valid JSON ({getattr(exc, 'msg', str(exc))[:200]})", cut=not line.endswith("\n"))
+            yield Problem(
+                lineno, f"not valid JSON ({getattr(exc, 'msg', str(exc))[:200]})", cut=not line.endswith("\n")
+            )
             continue
         except RecursionError:
             yield Problem(lineno, "JSON nested too deeply")

@@ -79,8 +79,17 @@ def _layer(module: str) -> str:
 
 
 def test_the_packages_are_there():
-    for sub in ("hashing.api", "hashing.elfconst", "similarity.tlshdist", "store.index", "batch.run", "commands.batch",
-                "readers", "progress", "parallel"):
+    for sub in (
+        "hashing.api",
+        "hashing.elfconst",
+        "similarity.tlshdist",
+        "store.index",
+        "batch.run",
+        "commands.batch",
+        "readers",
+        "progress",
+        "parallel",
+    ):
         assert f"telfhash_core.{sub}" in MODULES
 
 

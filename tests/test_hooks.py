@@ -33,8 +33,13 @@ def fresh_plugins(monkeypatch):
 
 
 def test_hookspecs_are_found():
-    assert set(HOOKS) >= {"telfhash_result", "telfhash_fields", "telfhash_output_formats", "telfhash_exporters",
-                          "telfhash_commands"}
+    assert set(HOOKS) >= {
+        "telfhash_result",
+        "telfhash_fields",
+        "telfhash_output_formats",
+        "telfhash_exporters",
+        "telfhash_commands",
+    }
 
 
 @pytest.mark.parametrize("hook", HOOKS)
@@ -164,6 +169,7 @@ def test_duplicate_names_are_refused(fresh_plugins):
 
 def test_a_broken_entry_point_costs_only_itself(monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)  # the repository's plugins/ folder would be taken for a path to hash
+
     class EP:
         def __init__(self, name, value, load):
             self.name, self.value, self._load = name, value, load
@@ -177,7 +183,9 @@ def test_a_broken_entry_point_costs_only_itself(monkeypatch, capsys, tmp_path):
 
     good = SimpleNamespace(telfhash_output_formats=tc.hookimpl(lambda: [OutputFormat("good", "g", lambda *a: None)]))
     monkeypatch.delenv("TELFHASH_NO_ENTRY_POINTS", raising=False)
-    monkeypatch.setattr(plugins_mod, "_entry_points", lambda: [EP("broken", "bad.mod", broken), EP("good", "good.mod", lambda: good)])
+    monkeypatch.setattr(
+        plugins_mod, "_entry_points", lambda: [EP("broken", "bad.mod", broken), EP("good", "good.mod", lambda: good)]
+    )
     reset_plugin_manager()
     try:
         from telfhash_core.cli import main

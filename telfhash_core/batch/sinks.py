@@ -202,7 +202,11 @@ class ParquetSink(_Sink):
         self.schema = parquet_schema()
 
     def _parts(self) -> list[str]:
-        return sorted(os.path.join(self.path, n) for n in os.listdir(self.path) if n.endswith(".parquet") and not n.startswith((".", "_")))
+        return sorted(
+            os.path.join(self.path, n)
+            for n in os.listdir(self.path)
+            if n.endswith(".parquet") and not n.startswith((".", "_"))
+        )
 
     def existing(self) -> list[dict]:
         rows = []

@@ -51,25 +51,57 @@ def _hash_options(p: argparse.ArgumentParser, top: bool) -> None:
     def d(value):
         return value if top else argparse.SUPPRESS
 
-    p.add_argument("--from-list", action="append", default=d([]), metavar="FILE",
-                   help="file listing one path or URL per line (- = stdin)")
+    p.add_argument(
+        "--from-list",
+        action="append",
+        default=d([]),
+        metavar="FILE",
+        help="file listing one path or URL per line (- = stdin)",
+    )
     p.add_argument("-o", "--output", default=d(None), help="output: a JSONL file, or a folder for --format parquet")
-    p.add_argument("--format", choices=("jsonl", "parquet"), default=d(None),
-                   help="default: parquet when OUT ends in .parquet, else jsonl")
-    p.add_argument("--engine", choices=("local", "dask"), default=d("local"), help="local process pool (default) or Dask")
-    p.add_argument("--scheduler", default=d(None), metavar="ADDR",
-                   help="Dask scheduler address (tcp://host:8786) or scheduler file; default: a new local cluster")
-    p.add_argument("-j", "--jobs", type=non_negative_int, default=d(0),
-                   help="local processes, or workers of a new local Dask cluster (default: all cores)")
-    p.add_argument("--resume-key", choices=("path", "sha256"), default=d("path"),
-                   help="skip files already written by path+size+mtime (default) or by content")
-    p.add_argument("--chunk", type=non_negative_int, default=d(DEFAULT_CHUNK),
-                   help=f"files per task (default {DEFAULT_CHUNK})")
-    p.add_argument("--flush-rows", type=non_negative_int, default=d(None),
-                   help="rows per durable write (default 1000 for JSONL, 20000 for Parquet)")
-    p.add_argument("--progress", dest="progress", action="store_true", default=d(None), help="always show a progress bar")
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=d(None),
-                   help="never show a progress bar")
+    p.add_argument(
+        "--format",
+        choices=("jsonl", "parquet"),
+        default=d(None),
+        help="default: parquet when OUT ends in .parquet, else jsonl",
+    )
+    p.add_argument(
+        "--engine", choices=("local", "dask"), default=d("local"), help="local process pool (default) or Dask"
+    )
+    p.add_argument(
+        "--scheduler",
+        default=d(None),
+        metavar="ADDR",
+        help="Dask scheduler address (tcp://host:8786) or scheduler file; default: a new local cluster",
+    )
+    p.add_argument(
+        "-j",
+        "--jobs",
+        type=non_negative_int,
+        default=d(0),
+        help="local processes, or workers of a new local Dask cluster (default: all cores)",
+    )
+    p.add_argument(
+        "--resume-key",
+        choices=("path", "sha256"),
+        default=d("path"),
+        help="skip files already written by path+size+mtime (default) or by content",
+    )
+    p.add_argument(
+        "--chunk", type=non_negative_int, default=d(DEFAULT_CHUNK), help=f"files per task (default {DEFAULT_CHUNK})"
+    )
+    p.add_argument(
+        "--flush-rows",
+        type=non_negative_int,
+        default=d(None),
+        help="rows per durable write (default 1000 for JSONL, 20000 for Parquet)",
+    )
+    p.add_argument(
+        "--progress", dest="progress", action="store_true", default=d(None), help="always show a progress bar"
+    )
+    p.add_argument(
+        "--no-progress", dest="progress", action="store_false", default=d(None), help="never show a progress bar"
+    )
     p.add_argument("-q", "--quiet", action="store_true", default=d(False), help="no summary line")
 
 
@@ -192,8 +224,9 @@ def add_batch_parser(subparsers) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="batch_command", metavar="ACTION", action=_DefaultSubcommand)
 
     h = sub.add_parser("hash", help="hash INPUT... (the default: 'telfhash batch INPUT...')", prog="telfhash batch")
-    h.add_argument("inputs", nargs="*", metavar="INPUT",
-                   help="folders (recursive), files, @LIST files, - (list on stdin), URLs")
+    h.add_argument(
+        "inputs", nargs="*", metavar="INPUT", help="folders (recursive), files, @LIST files, - (list on stdin), URLs"
+    )
     _hash_options(h, top=False)
     h.set_defaults(func=run_hash)
 
@@ -204,13 +237,19 @@ def add_batch_parser(subparsers) -> argparse.ArgumentParser:
         description="Group the digests of a batch output (files within the TLSH distance threshold, "
         "transitively), comparing only pairs whose length codes allow it.",
     )
-    c.add_argument("results", metavar="RESULTS", help="a batch output (JSONL file or Parquet folder) or telfhash -f jsonl output")
-    c.add_argument("-o", "--output", required=True, help="clusters: JSONL file, or Parquet with --format parquet / a .parquet name")
+    c.add_argument(
+        "results", metavar="RESULTS", help="a batch output (JSONL file or Parquet folder) or telfhash -f jsonl output"
+    )
+    c.add_argument(
+        "-o", "--output", required=True, help="clusters: JSONL file, or Parquet with --format parquet / a .parquet name"
+    )
     c.add_argument("--format", choices=("jsonl", "parquet"), default=None)
     add_threshold(c)
     c.add_argument("--engine", choices=("local", "dask"), default="local")
     c.add_argument("--scheduler", default=None, metavar="ADDR")
-    c.add_argument("-j", "--jobs", type=non_negative_int, default=0, help="threads (local) or workers of a new local Dask cluster")
+    c.add_argument(
+        "-j", "--jobs", type=non_negative_int, default=0, help="threads (local) or workers of a new local Dask cluster"
+    )
     c.add_argument("-q", "--quiet", action="store_true")
     c.set_defaults(func=run_cluster)
     return p

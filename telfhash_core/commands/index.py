@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # the index (NumPy, SQLite) is loaded when a command runs, no
     from ..store.index import AddStats, Index
 from .args import add_progress, add_threshold, non_negative_int
 
+
 @hookimpl
 def telfhash_commands(subparsers):
     p = subparsers.add_parser(
@@ -36,16 +37,28 @@ def telfhash_commands(subparsers):
     a = actions.add_parser("add", help="hash files (or read earlier results) and add them")
     common(a)
     a.add_argument("paths", nargs="*", metavar="PATH", help="ELF files (wildcards accepted) or, with -r, folders")
-    a.add_argument("--jsonl", action="append", default=[], metavar="FILE", help="add results from `telfhash -f jsonl --sha256` ('-' = stdin)")
+    a.add_argument(
+        "--jsonl",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="add results from `telfhash -f jsonl --sha256` ('-' = stdin)",
+    )
     a.add_argument("-r", "--recursive", action="store_true", help="walk folders")
     a.add_argument("-j", "--jobs", type=non_negative_int, default=0, help="processes for hashing (default: all cores)")
     a.add_argument("--source", default=None, help='where the samples come from (default "local", or "jsonl:<name>")')
     a.add_argument("--batch-size", type=non_negative_int, default=None, help="results per committed transaction")
     a.add_argument(
-        "--field", dest="fields", action="append", default=[], metavar="NAME",
+        "--field",
+        dest="fields",
+        action="append",
+        default=[],
+        metavar="NAME",
         help="also compute and keep an opt-in field, e.g. --field telfhash_x (searchable with --key telfhash_x)",
     )
-    a.add_argument("--skip-known-paths", action="store_true", help="do not hash again paths already indexed with the same size")
+    a.add_argument(
+        "--skip-known-paths", action="store_true", help="do not hash again paths already indexed with the same size"
+    )
     add_progress(a)
     a.add_argument("-f", "--format", choices=("table", "json"), default="table", help="summary format")
     a.set_defaults(func=_cmd_add)
@@ -55,7 +68,12 @@ def telfhash_commands(subparsers):
     s.add_argument("query", metavar="DIGEST|FILE", help="a telfhash (t1…, T1… or 70 hex) or an ELF file to hash")
     add_threshold(s, "largest TLSH distance")
     s.add_argument("--limit", type=non_negative_int, default=None, metavar="K", help="at most K matches")
-    s.add_argument("--key", choices=sorted(SEARCH_KEYS), default="telfhash", help="search telfhash (default) or the companion telfhash_x")
+    s.add_argument(
+        "--key",
+        choices=sorted(SEARCH_KEYS),
+        default="telfhash",
+        help="search telfhash (default) or the companion telfhash_x",
+    )
     s.add_argument("-f", "--format", choices=("table", "json"), default="table")
     s.set_defaults(func=_cmd_search)
 
@@ -126,7 +144,16 @@ def _cmd_add(args) -> int:
                 st = ix.add_jsonl(name, source=args.source, **kw)
             _merge(total, st)
         if args.paths:
-            st = ix.add_files(args.paths, args.recursive, args.jobs, args.progress, source=args.source or "local", skip_known_paths=args.skip_known_paths, fields=args.fields, **kw)
+            st = ix.add_files(
+                args.paths,
+                args.recursive,
+                args.jobs,
+                args.progress,
+                source=args.source or "local",
+                skip_known_paths=args.skip_known_paths,
+                fields=args.fields,
+                **kw,
+            )
             _merge(total, st)
         for e in total.errors:
             print(f"telfhash index: skipped {e}", file=sys.stderr)

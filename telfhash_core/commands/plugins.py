@@ -115,7 +115,5 @@ def telfhash_commands(subparsers):
     e.add_argument("inputs", nargs="+", metavar="RESULTS", help="telfhash -f json|jsonl output ('-' for stdin)")
     e.add_argument("-o", "--output", default=None, help="write here (default stdout)")
     add_threshold(e)
-    e.add_argument(
-        "--option", action="append", default=[], metavar="KEY=VALUE", help="an exporter option (repeatable)"
-    )
+    e.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="an exporter option (repeatable)")
     e.set_defaults(func=run_export)

@@ -24,10 +24,18 @@ STT_FUNC, STB_GLOBAL = 2, 1
 
 # Symbol table entries by (ELF class, byte order), for decoding a whole table at once.
 SYM_DTYPE = {
-    (32, "<"): np.dtype([("name", "<u4"), ("value", "<u4"), ("size", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2")]),
-    (32, ">"): np.dtype([("name", ">u4"), ("value", ">u4"), ("size", ">u4"), ("info", "u1"), ("other", "u1"), ("shndx", ">u2")]),
-    (64, "<"): np.dtype([("name", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2"), ("value", "<u8"), ("size", "<u8")]),
-    (64, ">"): np.dtype([("name", ">u4"), ("info", "u1"), ("other", "u1"), ("shndx", ">u2"), ("value", ">u8"), ("size", ">u8")]),
+    (32, "<"): np.dtype(
+        [("name", "<u4"), ("value", "<u4"), ("size", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2")]
+    ),
+    (32, ">"): np.dtype(
+        [("name", ">u4"), ("value", ">u4"), ("size", ">u4"), ("info", "u1"), ("other", "u1"), ("shndx", ">u2")]
+    ),
+    (64, "<"): np.dtype(
+        [("name", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2"), ("value", "<u8"), ("size", "<u8")]
+    ),
+    (64, ">"): np.dtype(
+        [("name", ">u4"), ("info", "u1"), ("other", "u1"), ("shndx", ">u2"), ("value", ">u8"), ("size", ">u8")]
+    ),
 }
 
 # Object file types, segment types, dynamic tags and symbol attributes (the companion value).
