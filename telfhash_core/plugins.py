@@ -152,11 +152,12 @@ def field_functions() -> dict:
     return found
 
 
-def result_hook(options: dict[str, Any] | None = None) -> Callable[[Any], None]:
-    """A function that passes one result through every plugin's ``telfhash_result`` hook (a no-op
-    when no plugin implements it).  Every entry point that produces results calls it."""
+def result_hook(options: dict[str, Any] | None = None) -> Callable[[Any], None] | None:
+    """A function that passes one result through every plugin's ``telfhash_result`` hook, or None
+    when no plugin implements it (then the caller skips the work).  Every entry point that
+    produces results calls it."""
     hook = get_plugin_manager().hook.telfhash_result
     if not hook.get_hookimpls():
-        return lambda result: None
+        return None
     opts = dict(options or {})
     return lambda result: hook(result=result, options=opts)

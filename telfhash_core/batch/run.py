@@ -362,7 +362,8 @@ def run_batch(
                             unread_shown += 1
                             if unread_shown <= MAX_UNREAD_SHOWN:
                                 note(f"{r.get('path')}: not read ({r.get('reason')}: {r.get('detail')})")
-                        _fire(fire, r, fmt)
+                        if fire is not None:
+                            _fire(fire, r, fmt)
                         buffer.append(clean_row(r))
                 if len(buffer) >= flush_rows or (buffer and time.monotonic() - last_flush >= FLUSH_SECONDS):
                     flush()

@@ -224,7 +224,8 @@ def hash_paths(
 
     fire = result_hook(options)
     for r in _hash_paths(list(paths), jobs, ordered, sha256, tuple(fields), chunksize):
-        fire(r)
+        if fire is not None:
+            fire(r)
         yield r
 
 
