@@ -17,7 +17,7 @@ from . import __version__
 from .commands.args import add_progress, add_threshold, non_negative_int
 from .formats import FormatContext, available_formats
 from .hashing.api import expand_paths, hash_paths
-from .plugins import get_plugin_manager
+from .plugins import DuplicateNameError, get_plugin_manager
 from .progress import PROGRESS_MIN_FILES, Progress
 from .result import Result
 
@@ -30,7 +30,11 @@ __all__ = ["main", "hash_parser", "run_hash", "non_negative_int", "PROGRESS_MIN_
 def _commands() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(prog="telfhash", description="telfhash subcommands")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    get_plugin_manager().hook.telfhash_commands(subparsers=sub)
+    try:
+        get_plugin_manager().hook.telfhash_commands(subparsers=sub)
+    except argparse.ArgumentError as exc:  # argparse's "conflicting subparser: NAME"
+        name = str(exc).rpartition(": ")[2]
+        raise DuplicateNameError(f"two plugins offer the command {name!r}; uninstall or disable one of them") from None
     return parser, dict(sub.choices)
 
 
@@ -70,6 +74,14 @@ def hash_parser(command_names: Iterable[str] = ()) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except DuplicateNameError as exc:  # two plugins offer one name: refuse, say which
+        print(f"telfhash: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cmd_parser, commands = _commands()
     if argv and argv[0] in commands and not os.path.exists(argv[0]):

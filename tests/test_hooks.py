@@ -167,6 +167,16 @@ def test_duplicate_names_are_refused(fresh_plugins):
         plugins_mod.field_functions()
 
 
+def test_the_command_line_refuses_duplicate_names_in_one_line(fresh_plugins, capsys):
+    from telfhash_core.cli import main
+
+    fresh_plugins.register(Recorder())
+    fresh_plugins.register(Recorder(), name="second")
+    assert main([PATHS[0]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("telfhash: error: two plugins offer the command 'recorded'") and "Traceback" not in err
+
+
 def test_a_broken_entry_point_costs_only_itself(monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)  # the repository's plugins/ folder would be taken for a path to hash
 
