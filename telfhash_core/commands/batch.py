@@ -176,7 +176,8 @@ def run_hash(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if summary.inputs == 0 or nothing_read:
-        print(f"{PROG}: error: no input could be read", file=sys.stderr)
+        why = "the inputs name no file" if summary.inputs == 0 else "no input could be read"
+        print(f"{PROG}: error: {why}", file=sys.stderr)
         return 1
     if summary.failed_chunks:
         return 1
