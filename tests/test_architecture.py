@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+# TELFHASH_ARCH_PACKAGE: check another tree (e.g. an older layout) with the same rules
 PKG = Path(os.environ.get("TELFHASH_ARCH_PACKAGE") or Path(__file__).resolve().parent.parent / "telfhash_core")
 
 # Old flat module names that only forward to the new ones (deprecated; not part of the layering).
