@@ -8,6 +8,7 @@ argument that names a subcommand (and is not an existing path) runs that subcomm
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import os
 import sys
@@ -98,6 +99,23 @@ def _progress(results: Iterator[Result], bar: Progress) -> Iterator[Result]:
             yield r
 
 
+def _in_input_order(finished: Iterator[Result], files: list[str], bar: Progress) -> Iterator[Result]:
+    """Results as files finish (the bar moves with the work, not behind one slow file), handed on
+    in input order (the output is the reference's)."""
+    positions: dict[str, collections.deque[int]] = {}
+    for i, f in enumerate(files):
+        positions.setdefault(f, collections.deque()).append(i)
+    waiting: dict[int, Result] = {}
+    nxt = 0
+    with bar:
+        for r in finished:
+            bar.update(1, r)
+            waiting[positions[r.file].popleft()] = r
+            while nxt in waiting:
+                yield waiting.pop(nxt)
+                nxt += 1
+
+
 def run_hash(args: argparse.Namespace) -> int:
     # the walk is counted first (a counter on a terminal), then the bar has its total
     bar = Progress(None, enabled=args.progress)
@@ -116,10 +134,12 @@ def run_hash(args: argparse.Namespace) -> int:
     collected: list[Result] = []
 
     def stream() -> Iterator[Result]:
+        # a pool hands results over as they finish; ordered formats get them back in input order
         results = hash_paths(
-            files, jobs=jobs, ordered=fmt.ordered, sha256=args.sha256, fields=args.fields, options=vars(args)
+            files, jobs=jobs, ordered=jobs == 1, sha256=args.sha256, fields=args.fields, options=vars(args)
         )
-        for r in _progress(results, bar):
+        ordered = _in_input_order(results, files, bar) if fmt.ordered and jobs > 1 else _progress(results, bar)
+        for r in ordered:
             if args.debug and not r.ok:
                 print(f"{r.file}: {r.detail or r.msg}", file=sys.stderr)
             if args.group:

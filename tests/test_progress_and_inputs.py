@@ -112,3 +112,14 @@ def test_batch_subcommands_are_real(tmp_path, capsys):
     code, err = _batch(["cluster", str(out), "-o", str(tmp_path / "c.jsonl"), "-q"], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "c.jsonl").read_text())["cluster_size"] == 1
+
+
+def test_a_pool_hands_results_over_as_they_finish_and_the_output_keeps_input_order(capsys):
+    from telfhash_core.cli import main
+
+    many = PATHS * 3  # repeated paths too
+    assert main(["-j", "1", *many]) == 0
+    one = capsys.readouterr().out
+    assert main(["-j", "2", *many]) == 0
+    two = capsys.readouterr().out
+    assert two == one and one.count("\n") == len(many) + 1
