@@ -29,6 +29,7 @@ import json
 import os
 import re
 import sqlite3
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
