@@ -8,10 +8,18 @@
 
 from .digest import DEFAULT_THRESHOLD, distance, is_digest, normalize
 from .hashing.api import expand_paths, hash_bytes, hash_file, hash_fileobj, hash_paths, telfhash
-from .hookspecs import hookimpl
 from .result import Reason, Result
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # ``hookimpl`` needs pluggy: imported on first use, so hashing a file does not load it (PEP 562)
+    if name == "hookimpl":
+        from .hookspecs import hookimpl
+
+        return hookimpl
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def group(results, threshold: int = DEFAULT_THRESHOLD):

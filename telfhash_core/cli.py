@@ -1,8 +1,18 @@
 """The ``telfhash`` command: a drop-in for the reference CLI, plus subcommands from plugins.
 
 ``telfhash [-r] [-g] [-t N] [-f FORMAT] [-o FILE] [-j N] PATH...`` hashes files.  A first
-argument that names a subcommand (and is not an existing path) runs that subcommand instead:
-``telfhash cluster ...``, ``telfhash index ...``; ``telfhash --help`` lists them.
+argument that names a subcommand runs that subcommand (``telfhash cluster ...``, ``telfhash
+index ...``; ``telfhash --help`` lists them), even where a file of that name exists: write
+``./cluster`` to hash the file.  A first word close to a subcommand's name that is no file gets
+"did you mean".
+
+Exit status: 0 when the paths were processed (a file without telfhash is a result, not an
+error), 1 when there was nothing to hash or the output could not be written, 2 for usage errors.
+
+Start-up is kept below the reference's: plain hashing imports neither NumPy nor pyelftools for a
+small file, starts no process pool for a small job, and loads no plugin manager unless a
+third-party plugin is installed; ``telfhash index ...`` and the other built-in subcommands load
+their own module only.
 """
 
 from __future__ import annotations
@@ -11,15 +21,17 @@ import argparse
 import collections
 import contextlib
 import os
+import re
 import sys
+from collections import Counter
 from typing import Iterable, Iterator, TextIO
 
 from . import __version__
 from .commands.args import add_progress, add_threshold, non_negative_int
-from .formats import FormatContext, available_formats
 from .hashing.api import expand_paths, hash_paths
-from .plugins import DuplicateNameError, get_plugin_manager
-from .progress import PROGRESS_MIN_FILES, Progress
+from .outputs import BUILTIN_FORMATS, FormatContext, OutputFormat
+from .plugins import DuplicateNameError, get_plugin_manager, hashing_needs_plugins
+from .progress import PROGRESS_MIN_FILES, Progress, plural, reason_words
 from .result import Result
 
 # Below this many files a process pool costs more than it saves.
@@ -28,9 +40,38 @@ PARALLEL_MIN_FILES = 16
 __all__ = ["main", "hash_parser", "run_hash", "non_negative_int", "PROGRESS_MIN_FILES"]
 
 
-def _commands() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+# The built-in subcommands and the modules that define them (through ``telfhash_commands``),
+# known without importing them: ``telfhash index ...`` imports the index command's module only.
+BUILTIN_COMMANDS = {
+    "batch": "telfhash_core.commands.batch",
+    "cluster": "telfhash_core.commands.cluster",
+    "index": "telfhash_core.commands.index",
+    "plugins": "telfhash_core.commands.plugins",
+    "export": "telfhash_core.commands.plugins",
+}
+
+# A first argument that could be a subcommand's name (a path has a "/" or "." or is not a word).
+_COMMAND_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_-]*\Z")
+
+
+def _formats(plugins: bool) -> dict[str, OutputFormat]:
+    if not plugins:
+        return {f.name: f for f in BUILTIN_FORMATS}
+    from .formats import available_formats
+
+    return available_formats()
+
+
+def _commands(only: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The subcommand parser: every plugin's commands, or ``only`` the named built-in's (when no
+    third-party plugin could offer a command of the same name)."""
     parser = argparse.ArgumentParser(prog="telfhash", description="telfhash subcommands")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    if only is not None and only in BUILTIN_COMMANDS and not hashing_needs_plugins():
+        import importlib
+
+        importlib.import_module(BUILTIN_COMMANDS[only]).telfhash_commands(subparsers=sub)
+        return parser, dict(sub.choices)
     try:
         get_plugin_manager().hook.telfhash_commands(subparsers=sub)
     except argparse.ArgumentError as exc:  # argparse's "conflicting subparser: NAME"
@@ -39,8 +80,8 @@ def _commands() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPar
     return parser, dict(sub.choices)
 
 
-def hash_parser(command_names: Iterable[str] = ()) -> argparse.ArgumentParser:
-    formats = available_formats()
+def hash_parser(command_names: Iterable[str] = (), *, plugins: bool = True) -> argparse.ArgumentParser:
+    formats = _formats(plugins)
     epilog = ""
     if command_names:
         epilog = "subcommands (run 'telfhash COMMAND --help'): " + ", ".join(sorted(command_names))
@@ -84,12 +125,61 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    cmd_parser, commands = _commands()
-    if argv and argv[0] in commands and not os.path.exists(argv[0]):
-        args = cmd_parser.parse_args(argv)
-        return int(args.func(args) or 0)
-    args = hash_parser(commands).parse_args(argv)
-    return run_hash(args)
+    commands: dict[str, argparse.ArgumentParser] = {}
+    if argv and _COMMAND_WORD.match(argv[0]):
+        cmd_parser, commands = _commands(argv[0])
+        if argv[0] in commands:  # a subcommand wins over a file of that name (./NAME hashes the file)
+            args = cmd_parser.parse_args(argv)
+            return int(args.func(args) or 0)
+        if argv[0] in BUILTIN_COMMANDS:  # registered under another name: ask every plugin
+            cmd_parser, commands = _commands()
+        if not os.path.lexists(argv[0]):
+            import difflib
+
+            close = difflib.get_close_matches(argv[0], list(commands), n=1, cutoff=0.6)
+            if close:
+                print(
+                    f"telfhash: '{argv[0]}' is neither a subcommand nor a file; did you mean 'telfhash {close[0]}'?",
+                    file=sys.stderr,
+                )
+                return 2
+    elif any(a in ("-h", "--help") for a in argv):
+        commands = _commands()[1]
+    plugins = hashing_needs_plugins()
+    parser = hash_parser(commands, plugins=plugins)
+    args = parser.parse_args(argv)
+    _check_options(parser, args)
+    return run_hash(args, plugins=plugins or bool(args.fields))
+
+
+def _check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse options that would be silently ignored, and unknown field names."""
+    fmt = args.format or "default"
+    if fmt in ("default", "tsv", "json", "jsonl"):
+        for flag, given in (("--sha256", args.sha256), ("--field", bool(args.fields)), ("--details", args.details)):
+            if not given:
+                continue
+            if fmt in ("default", "tsv") or (fmt == "json" and flag != "--details" and not args.details):
+                hint = "-f jsonl, or -f json --details" if flag != "--details" else "-f json"
+                where = "the default format" if fmt == "default" else "-f " + fmt
+                parser.error(f"{flag} has no effect with {where}; use {hint}")
+            if fmt == "jsonl" and flag == "--details":
+                print("telfhash: warning: --details has no effect with -f jsonl (it always has every field)", file=sys.stderr)
+    if args.fields:
+        from .plugins import field_functions
+
+        known = field_functions()
+        unknown = [f for f in args.fields if f not in known]
+        if unknown:
+            names = ", ".join(sorted(known)) or "none installed"
+            parser.error(f"unknown --field {', '.join(unknown)} (known: {names})")
+
+
+def reasons_line(reasons: Counter, debug: bool) -> str:
+    """``3 files without telfhash (2 not ELF, 1 not found); -d for details``."""
+    total = sum(reasons.values())
+    parts = ", ".join(f"{n:,} {reason_words(r)}" for r, n in reasons.most_common())
+    return f"{plural(total, 'file')} without telfhash ({parts})" + ("" if debug else "; -d for details")
 
 
 def _progress(results: Iterator[Result], bar: Progress) -> Iterator[Result]:
@@ -116,7 +206,9 @@ def _in_input_order(finished: Iterator[Result], files: list[str], bar: Progress)
                 nxt += 1
 
 
-def run_hash(args: argparse.Namespace) -> int:
+def run_hash(args: argparse.Namespace, *, plugins: bool = True) -> int:
+    """Hash the paths of ``args``.  ``plugins=False``: no plugin is installed that hashing would
+    call (see :func:`telfhash_core.plugins.hashing_needs_plugins`), so none is loaded."""
     # the walk is counted first (a counter on a terminal), then the bar has its total
     bar = Progress(None, enabled=args.progress)
     files = expand_paths(
@@ -127,11 +219,14 @@ def run_hash(args: argparse.Namespace) -> int:
         bar.close(summary=False)
         print("No files found", file=sys.stderr)
         return 1
-    fmt = available_formats()[args.format or "default"]
+    fmt = _formats(plugins)[args.format or "default"]
     jobs = args.jobs or (os.cpu_count() or 1)
     if len(files) < PARALLEL_MIN_FILES:
         jobs = 1
     collected: list[Result] = []
+    reasons: Counter = Counter()
+    # Each "-" (or tnull) of the screen formats gets a reason on a terminal, stdout unchanged.
+    summarize = fmt.name in ("default", "tsv") and (args.debug or _isatty(sys.stderr))
 
     def stream() -> Iterator[Result]:
         # a pool hands results over as they finish; ordered formats get them back in input order
@@ -140,23 +235,41 @@ def run_hash(args: argparse.Namespace) -> int:
         )
         ordered = _in_input_order(results, files, bar) if fmt.ordered and jobs > 1 else _progress(results, bar)
         for r in ordered:
-            if args.debug and not r.ok:
-                print(f"{r.file}: {r.detail or r.msg}", file=sys.stderr)
+            if not r.ok:
+                reasons[r.reason.value if r.reason else "unknown"] += 1
+                if args.debug:
+                    print(f"{r.file}: {r.detail or r.msg}", file=sys.stderr)
             if args.group:
                 collected.append(r)
             yield r
 
     ctx = FormatContext(paths=files, options=vars(args))
-    with _open_output(args.output) as out:
-        fmt.write(stream(), out, ctx)
-        to_stdout = out is sys.stdout
-        if args.group and len(collected) > 1:
-            from .similarity.cluster import print_groups
+    try:
+        with _open_output(args.output) as out:
+            fmt.write(stream(), out, ctx)
+            to_stdout = out is sys.stdout
+            if args.group and len(collected) > 1:
+                from .similarity.cluster import print_groups
 
-            print_groups(collected, args.threshold, sys.stdout)
-        if to_stdout and fmt.name in ("default", "tsv", "json"):
-            print()  # the reference ends its output with an empty line
+                print_groups(collected, args.threshold, sys.stdout)
+            if to_stdout and fmt.name in ("default", "tsv", "json"):
+                print()  # the reference ends its output with an empty line
+    except OSError as exc:
+        if args.output is None or args.output == "-":
+            raise
+        print(f"telfhash: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if summarize and reasons and not bar.was_shown:  # a bar leaves its own summary line
+        sys.stdout.flush()
+        print(reasons_line(reasons, args.debug), file=sys.stderr)
     return 0
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 @contextlib.contextmanager

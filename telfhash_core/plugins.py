@@ -7,6 +7,12 @@ name offered twice is refused with :class:`DuplicateNameError` rather than taken
 Set ``TELFHASH_TRACE_HOOKS=1`` to log every hook call and its result (logger
 ``telfhash_core.plugins``, level DEBUG, sent to stderr).  ``TELFHASH_NO_ENTRY_POINTS=1`` loads the
 built-ins only.
+
+Hashing a few files must start as fast as the reference tool.  So the ``telfhash FILE`` path asks
+:func:`hashing_needs_plugins` first (it reads the entry-point metadata without importing pluggy or
+``importlib.metadata``): with no third-party plugin installed, hashing runs without a plugin
+manager, since no built-in plugin and none of the project's own adapters implement a hook that
+plain hashing calls (a test checks this).
 """
 
 from __future__ import annotations
@@ -14,12 +20,12 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-import pluggy
-
-from . import hookspecs
+if TYPE_CHECKING:
+    import pluggy
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +42,13 @@ DEFAULT_PLUGINS = (
     "telfhash_core.companion",  # the opt-in companion hash
 )
 ENTRY_POINT_GROUP = "telfhash"
+
+# Entry points of the project's own adapters (package ``telfhash_plugins``): they add subcommands
+# and exporters only, never a hook that plain hashing calls.
+OWN_ADAPTERS = "telfhash_plugins."
+
+# Hooks that ``telfhash FILE`` calls (or whose answers it uses).
+HASHING_HOOKS = ("telfhash_result", "telfhash_output_formats", "telfhash_fields")
 
 
 @dataclass
@@ -59,6 +72,8 @@ load_errors: list[str] = []
 
 
 def _info(name: str, origin: str, module: Any) -> PluginInfo:
+    from . import hookspecs
+
     specs = {n for n in dir(hookspecs) if n.startswith("telfhash_")}
     hooks = sorted(n for n in dir(module) if n in specs and callable(getattr(module, n, None)))
     return PluginInfo(name, origin, getattr(module, "__file__", None) or "?", hooks)
@@ -82,6 +97,10 @@ def get_plugin_manager() -> pluggy.PluginManager:
     global _pm
     if _pm is not None:
         return _pm
+    import pluggy
+
+    from . import hookspecs
+
     pm = pluggy.PluginManager("telfhash")
     pm.add_hookspecs(hookspecs)
     _infos.clear()
@@ -155,9 +174,55 @@ def field_functions() -> dict:
 def result_hook(options: dict[str, Any] | None = None) -> Callable[[Any], None] | None:
     """A function that passes one result through every plugin's ``telfhash_result`` hook, or None
     when no plugin implements it (then the caller skips the work).  Every entry point that
-    produces results calls it."""
+    produces results calls it.  Without a plugin manager and with no third-party plugin installed
+    (:func:`hashing_needs_plugins`) none can, and no plugin is loaded."""
+    if _pm is None and not hashing_needs_plugins():
+        return None
     hook = get_plugin_manager().hook.telfhash_result
     if not hook.get_hookimpls():
         return None
     opts = dict(options or {})
     return lambda result: hook(result=result, options=opts)
+
+
+def declared_entry_points() -> list[tuple[str, str]]:
+    """``(name, "module:attr")`` of every ``telfhash`` entry point of the distributions on
+    ``sys.path``, read from their metadata files (cheaper than ``importlib.metadata``)."""
+    found: list[tuple[str, str]] = []
+    for top in sys.path:
+        try:
+            names = os.listdir(top or ".")
+        except OSError:
+            continue
+        for name in names:
+            if not name.endswith((".dist-info", ".egg-info")):
+                continue
+            try:
+                with open(os.path.join(top or ".", name, "entry_points.txt"), encoding="utf-8") as fh:
+                    text = fh.read()
+            except OSError:
+                continue
+            section = None
+            for line in text.splitlines():
+                line = line.strip()
+                if line.startswith("["):
+                    section = line.strip("[]").strip()
+                elif section == ENTRY_POINT_GROUP and "=" in line and not line.startswith(("#", ";")):
+                    key, _, value = line.partition("=")
+                    found.append((key.strip(), value.strip()))
+    return found
+
+
+def hashing_needs_plugins() -> bool:
+    """Whether ``telfhash FILE`` must load the plugin manager: it exists already (plugins may
+    have been registered by hand), hook tracing is on, or a plugin other than the project's own
+    adapters is installed (it may implement ``telfhash_result``)."""
+    if _pm is not None or os.environ.get("TELFHASH_TRACE_HOOKS"):
+        return True
+    if os.environ.get("TELFHASH_NO_ENTRY_POINTS"):
+        return False
+    try:
+        declared = declared_entry_points()
+    except Exception:  # unreadable metadata: let the plugin manager decide
+        return True
+    return any(not value.startswith(OWN_ADAPTERS) for _name, value in declared)

@@ -101,6 +101,7 @@ class Progress:
         self._allowed = _isatty(self.stream) if enabled is None else bool(enabled)
         self._bar: Any = None
         self._shown = False
+        self.was_shown = False  # a bar appeared at some point (its summary line then says it all)
         self._start()
 
     def _start(self) -> None:
@@ -122,7 +123,7 @@ class Progress:
             mininterval=0.25,
             desc=self.desc if self.total is not None else "finding files",
         )
-        self._shown = True
+        self._shown = self.was_shown = True
 
     @property
     def enabled(self) -> bool:

@@ -44,7 +44,7 @@ def test_reference_compatible_function(tmp_path):
     assert all(set(d) == {"file", "telfhash", "msg"} for d in out)
     assert [d["telfhash"] for d in out] == [e["reference"]["telfhash"] for e in ENTRIES[:5]]
     star = tc.telfhash(str(FIX / "elf" / "amd64__*"))
-    assert len(star) == 3
+    assert len(star) == sum(1 for e in ENTRIES if e["fixture"].startswith("elf/amd64__")) >= 3
     rec = tc.telfhash(str(FIX / "elf"), recursive=True)
     assert len(rec) == len(ENTRIES)
 

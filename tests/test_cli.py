@@ -74,11 +74,57 @@ def test_usage_errors_exit_nonzero():
     assert run("-f", "xml", PATHS[0]).returncode == 2
 
 
-def test_a_file_named_like_a_subcommand_is_hashed(tmp_path):
+def test_a_subcommand_wins_over_a_file_of_that_name(tmp_path):
     shutil.copy(PATHS[0], tmp_path / "cluster")
-    p = run("cluster", cwd=tmp_path)
+    p = run("cluster", cwd=tmp_path)  # the subcommand, which wants its INPUT
+    assert p.returncode == 2 and "telfhash cluster" in p.stderr
+    p = run("./cluster", cwd=tmp_path)  # the file
     assert p.returncode == 0
-    assert p.stdout.split()[-1] == REF[PATHS[0]]["telfhash"]
+    assert p.stdout.split()[-2:] == ["./cluster", REF[PATHS[0]]["telfhash"]]
+
+
+def test_a_mistyped_subcommand_gets_did_you_mean(tmp_path):
+    p = run("clustr", "x", cwd=tmp_path)
+    assert p.returncode == 2 and p.stdout == ""
+    assert "did you mean 'telfhash cluster'" in p.stderr
+    (tmp_path / "clustr").write_bytes(Path(PATHS[0]).read_bytes())
+    p = run("clustr", cwd=tmp_path)  # an existing file of that name is hashed
+    assert p.returncode == 0 and p.stdout.split()[1] == REF[PATHS[0]]["telfhash"]
+    p = run("zzzzqqq", cwd=tmp_path)  # nothing like a command: a missing file, reported as a result
+    assert p.returncode == 0 and p.stdout.split()[:2] == ["zzzzqqq", "-"]
+
+
+def test_options_without_effect_are_errors():
+    for args in (["--sha256"], ["--details"], ["--field", "telfhash_x"], ["-f", "tsv", "--sha256"], ["-f", "json", "--sha256"]):
+        p = run(*args, PATHS[0])
+        assert p.returncode == 2 and "has no effect" in p.stderr and p.stdout == "", args
+    p = run("-f", "json", "--details", "--sha256", PATHS[0])
+    assert p.returncode == 0 and len(json.loads(p.stdout)[0]["sha256"]) == 64
+
+
+def test_unknown_field_is_an_error():
+    p = run("-f", "jsonl", "--field", "telfhash_y", PATHS[0])
+    assert p.returncode == 2 and "unknown --field telfhash_y" in p.stderr and "telfhash_x" in p.stderr
+    p = run("-f", "jsonl", "--field", "telfhash_x", PATHS[0])
+    assert p.returncode == 0 and json.loads(p.stdout)["telfhash_x"].startswith("tx1:")
+
+
+def test_exit_status_when_nothing_to_hash(tmp_path):
+    p = run("-r", str(tmp_path))
+    assert p.returncode == 1 and p.stdout == "" and "No files found" in p.stderr
+    p = run(PATHS[0], "-o", str(tmp_path / "no" / "such" / "dir" / "out.txt"))
+    assert p.returncode == 1 and "cannot write" in p.stderr
+
+
+def test_reason_summary_on_stderr_keeps_stdout(tmp_path):
+    (tmp_path / "text").write_text("hello")
+    (tmp_path / "text2").write_text("hello again")
+    args = [str(tmp_path / "text"), str(tmp_path / "text2"), str(tmp_path / "missing"), PATHS[0]]
+    quiet = run(*args)  # stderr is a pipe, no -d: nothing on stderr
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    loud = run("-d", *args)
+    assert loud.stdout == quiet.stdout
+    assert loud.stderr.splitlines()[-1] == "3 files without telfhash (2 not ELF, 1 not found)"
 
 
 def test_version():

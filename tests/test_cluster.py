@@ -398,3 +398,65 @@ def test_hostile_items_are_ungroupable_not_errors(real):
     assert len(bad) == len(items) - 2
     assert group(items, 50) == {"grouped": (("ok", "ok2"),), "nogroup": []}
     assert components(items[:4] + [d], 50).tolist() == [-1, -1, -1, -1, 0]
+
+
+def test_png_plot_labels_each_group(tmp_path, monkeypatch):
+    """The PNG names every drawn group (representative and size), checked at matplotlib's text calls."""
+    matplotlib = pytest.importorskip("matplotlib")  # the 'plot' extra (a third-party package)
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+
+    from telfhash_core.similarity import cluster as cl
+
+    fixtures = json.loads((Path(__file__).parent / "fixtures" / "fixtures.json").read_text())["files"]
+    digests = [e["reference"]["telfhash"] for e in fixtures if e["reference"]["telfhash"].startswith("t1")]
+    items = []
+    for k, d in enumerate(digests[:4]):  # four families: a digest and two copies one bucket apart
+        for v in range(3):
+            body = d[:10] + format((int(d[10], 16) + v) % 16, "x") + d[11:] if v else d
+            items.append({"file": f"/s/fam{k}_{v}", "telfhash": body, "arch": "x64"})
+    clusters, _ = cl.cluster(items, threshold=30)
+    texts: list[str] = []
+    real_text = Axes.text
+    monkeypatch.setattr(Axes, "text", lambda self, x, y, s, *a, **k: texts.append(s) or real_text(self, x, y, s, *a, **k))
+    png = tmp_path / "g.png"
+    cl.plot(clusters, str(png), threshold=30)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    multi = [c for c in clusters if c.size > 1]
+    assert len(multi) >= 2
+    for k, c in enumerate(clusters, 1):
+        if c.size > 1:
+            assert f"group {k}: {c.representative.rsplit('/', 1)[-1]} ({c.size})" in texts
+
+
+@pytest.mark.parametrize("shape", ["jsonl", "json", "text", "singletons", "none"])
+def test_cluster_cli_streams_the_same_document_as_cluster(tmp_path, shape):
+    """`telfhash cluster` reads and writes as it goes; its JSON equals the document built from
+    cluster() and json.dumps(indent=1), byte for byte."""
+    fixtures = json.loads((Path(__file__).parent / "fixtures" / "fixtures.json").read_text())["files"]
+    items = [{"file": e["corpus_path"], "telfhash": e["reference"]["telfhash"], "arch": e["arch"]} for e in fixtures]
+    items += [{"telfhash": items[0]["telfhash"]}, {"file": "x", "telfhash": "-"}, {"file": "y"}]
+    if shape == "singletons":
+        items = [it for it in items if it.get("file", "").endswith(("q_atm.so", "_dyn"))][:2]
+    if shape == "none":
+        items = [{"file": "a", "telfhash": "tnull"}]
+    src = tmp_path / "in"
+    if shape == "json":
+        src.write_text(json.dumps(items))
+    elif shape == "text":
+        src.write_text("".join(f"{it.get('file', '')}\t{it.get('telfhash', '-')}\n" for it in items if "file" in it))
+        items = [{"file": it["file"], "telfhash": it.get("telfhash", "-")} for it in items if "file" in it]
+    else:
+        src.write_text("".join(json.dumps(it) + "\n" for it in items))
+    r = run_cli("cluster", "-t", "70", str(src), "-o", str(tmp_path / "out.json"))
+    assert r.returncode == 0, r.stderr
+    clusters, ungroupable = cluster(items, 70)
+    doc = {
+        "threshold": 70,
+        "key": "telfhash",
+        "items": len(items),
+        "clusters": [c.to_dict() for c in clusters if c.size > 1],
+        "singletons": [c.members[0] for c in clusters if c.size == 1],
+        "ungroupable": ungroupable,
+    }
+    assert (tmp_path / "out.json").read_text() == json.dumps(doc, indent=1) + "\n"

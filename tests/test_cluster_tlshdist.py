@@ -17,6 +17,14 @@ import corpus
 from telfhash_core.similarity import tlshdist as td
 
 
+@pytest.fixture(autouse=True)
+def _compiled_whenever_installed(monkeypatch):
+    """Here numba serves every size when installed (by default small jobs take the NumPy path),
+    so that these comparisons exercise the compiled kernels; the NumPy path is forced by name."""
+    monkeypatch.setattr(td, "COMPILED_MIN_ROWS", 0)
+    monkeypatch.setattr(td, "COMPILED_MIN_ONE", 0)
+
+
 def tl(d: str) -> tlsh.Tlsh:
     t = tlsh.Tlsh()
     t.fromTlshStr("T1" + (d[2:] if len(d) == 72 else d).upper())
@@ -179,3 +187,34 @@ def test_group_stats_equal_brute_force(mixed):
         ds = [objs[a].diff(objs[b]) for b in others]
         assert maxd[a] == (max(ds) if ds else 0)
         assert sumd[a] == sum(d * w[b] for d, b in zip(ds, others))
+
+
+def test_small_jobs_take_numpy_without_importing_numba():
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from telfhash_core.similarity import tlshdist as td, cluster\n"
+        f"d = {random_digests(60, 11)!r}\n"
+        "labels = cluster.components(d, 250)\n"
+        "enc = td.encode(d); td.pairs_within(enc, 250); td.one_to_many(enc, 0); td.group_stats(enc, labels)\n"
+        "print('numba' in sys.modules)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "False"
+
+
+def test_forced_paths_agree_with_tlsh(mixed):
+    if not td.HAVE_NUMBA:
+        pytest.skip("numba not installed")
+    enc = td.encode(mixed[:300])
+    want = brute_pairs(mixed[:300], 60)
+    for compiled in (True, False):
+        i, j, d = td.pairs_within(enc, 60, compiled=compiled)
+        assert list(zip(i.tolist(), j.tolist(), d.tolist())) == want
+    a = td.components_within(enc, 60, compiled=True)
+    assert np.array_equal(a, td.components_within(enc, 60, compiled=False))
+    for got, exp in zip(td.group_stats(enc, a, compiled=True), td.group_stats(enc, a, compiled=False)):
+        assert np.array_equal(got, exp)

@@ -3,21 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import re
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator, TextIO
 
 from ..hookspecs import hookimpl
 from ..progress import plural
 from ..readers import Problem, iter_items
 from .args import add_threshold, non_negative_int
 
+if TYPE_CHECKING:
+    from ..similarity.cluster import Columns
+
 PROG = "telfhash cluster"
 MAX_SHOWN_ERRORS = 20
 
 
-def _read(sources: list[str], errors: list[str]) -> list[Any]:
-    items: list[Any] = []
+_PLAIN_DIGEST = re.compile(r"[tT]1[0-9a-fA-F]{70}")
+
+
+def _read(sources: list[str], key: str, errors: list[str]) -> Columns:
+    """Every input item, line by line, into compact columns (no object kept per item)."""
+    from ..similarity.cluster import Columns, tagged_body, to_items
+
+    cols = Columns()
     for src in sources:
         try:
             fh = sys.stdin.buffer if src == "-" else open(src, "rb")
@@ -28,58 +39,79 @@ def _read(sources: list[str], errors: list[str]) -> list[Any]:
             for item in iter_items(fh, text=True, strings=True):
                 if isinstance(item, Problem):
                     errors.append(item.at(src))
+                elif isinstance(item, dict):  # the usual row: what to_items does, without an Item per row
+                    value = item.get(key)
+                    if value is None and isinstance(item.get("extra"), dict):
+                        value = item["extra"].get(key)
+                    if isinstance(value, str) and _PLAIN_DIGEST.fullmatch(value):
+                        digest: str | None = value[2:].upper()
+                    else:
+                        digest = tagged_body(value)
+                    arch = item.get("arch")
+                    name = item.get("file") or item.get("path") or item.get("sha256") or f"#{len(cols)}"
+                    cols.add(str(name), digest, arch if isinstance(arch, str) else None)
                 else:
-                    items.append(item)
+                    it = to_items([item], key)[0]
+                    cols.add(it.name, it.digest, it.arch)
         except OSError as exc:  # e.g. a folder given as input
             errors.append(f"{src}: {exc.strerror or exc}")
         finally:
             if fh is not sys.stdin.buffer:
                 fh.close()
-    return items
+    return cols
 
 
 def run_cluster(args: argparse.Namespace) -> int:
-    from ..similarity.cluster import cluster, plot
+    """Inputs are read line by line into compact columns and the JSON is written cluster by
+    cluster: the same bytes as ``json.dumps(document, indent=1)``, without the document."""
+    from ..similarity.cluster import group_columns, plot
 
     errors: list[str] = []
-    items = _read(args.inputs, errors)
+    cols = _read(args.inputs, args.key, errors)
     for e in errors[:MAX_SHOWN_ERRORS]:
         print(f"{PROG}: {e}", file=sys.stderr)
     if len(errors) > MAX_SHOWN_ERRORS:
         print(f"{PROG}: ... and {len(errors) - MAX_SHOWN_ERRORS} more problems", file=sys.stderr)
-    if not items:
+    if not len(cols):
         print(f"{PROG}: no input items", file=sys.stderr)
         return 1
-    clusters, ungroupable = cluster(items, args.threshold, key=args.key)
-    groups = [c for c in clusters if c.size > 1]
-    singles = [c.members[0] for c in clusters if c.size == 1]
-    doc = {
-        "threshold": args.threshold,
-        "key": args.key,
-        "items": len(items),
-        "clusters": [c.to_dict() for c in groups],
-        "singletons": singles,
-        "ungroupable": ungroupable,
-    }
-    text = json.dumps(doc, indent=1) + "\n"
-    if args.output in (None, "-"):
-        sys.stdout.write(text)
-    else:
-        try:
-            with open(args.output, "w", encoding="utf-8") as fh:
-                fh.write(text)
-        except OSError as exc:
-            print(f"{PROG}: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
-            return 1
+    grouping = group_columns(cols, args.threshold)
+    sizes = grouping.sizes()
+    ngroups, members = int((sizes > 1).sum()), int(sizes[sizes > 1].sum())
+    nsingles = int((sizes == 1).sum())
+    drawn: list[Any] = []
+    try:
+        with _open_text(args.output) as out:
+            out.write(f'{{\n "threshold": {json.dumps(args.threshold)},\n "key": {json.dumps(args.key)},\n')
+            out.write(f' "items": {len(cols)},\n "clusters": [')
+            singles: list[str] = []
+            nodes = 0
+            first = True
+            for c in grouping.clusters():
+                if args.plot and (c.size > 1 or not ngroups) and (not drawn or nodes + c.size <= args.plot_max_nodes):
+                    drawn.append(c)
+                    nodes += c.size
+                if c.size == 1:
+                    singles.append(c.members[0])
+                    continue
+                text = json.dumps(c.to_dict(), indent=1).replace("\n", "\n  ")
+                out.write(("\n  " if first else ",\n  ") + text)
+                first = False
+            out.write("],\n" if first else "\n ],\n")
+            _write_list(out, "singletons", singles, last=False)
+            _write_list(out, "ungroupable", grouping.ungroupable, last=True)
+    except OSError as exc:
+        print(f"{PROG}: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     print(
-        f"{PROG}: {plural(len(items), 'item')}: {plural(len(groups), 'group')} "
-        f"({plural(sum(c.size for c in groups), 'member')}), {plural(len(singles), 'singleton')}, "
-        f"{len(ungroupable):,} without a digest",
+        f"{PROG}: {plural(len(cols), 'item')}: {plural(ngroups, 'group')} "
+        f"({plural(members, 'member')}), {plural(nsingles, 'singleton')}, "
+        f"{len(grouping.ungroupable):,} without a digest",
         file=sys.stderr,
     )
     if args.plot:
         try:
-            summary = plot(groups or clusters, args.plot, args.threshold, max_nodes=args.plot_max_nodes)
+            summary = plot(drawn, args.plot, args.threshold, max_nodes=args.plot_max_nodes, total=ngroups or len(grouping))
         except ImportError as exc:
             print(f"{PROG}: --plot {args.plot}: {exc} (install telfhash-core[plot])", file=sys.stderr)
             return 1
@@ -88,6 +120,26 @@ def run_cluster(args: argparse.Namespace) -> int:
             return 1
         print(f"{PROG}: plot written to {args.plot}: {summary}", file=sys.stderr)
     return 0
+
+
+def _write_list(out: TextIO, name: str, values: list[str], *, last: bool) -> None:
+    """`` "name": [...]`` as ``json.dumps(..., indent=1)`` lays it out one level deep."""
+    end = "\n}\n" if last else ",\n"
+    if not values:
+        out.write(f' "{name}": []{end}')
+        return
+    out.write(f' "{name}": [\n')
+    out.write(",\n".join("  " + json.dumps(v) for v in values))
+    out.write(f"\n ]{end}")
+
+
+@contextlib.contextmanager
+def _open_text(path: str | None) -> Iterator[TextIO]:
+    if path in (None, "-"):
+        yield sys.stdout
+        return
+    with open(path, "w", encoding="utf-8") as fh:
+        yield fh
 
 
 @hookimpl

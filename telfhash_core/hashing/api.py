@@ -7,6 +7,7 @@ import hashlib
 import mmap
 import os
 import stat
+import time
 from typing import IO, Any, Callable, Iterable, Iterator
 
 from ..parallel import bounded, worker_init
@@ -16,6 +17,11 @@ from .elf import hash_buffer
 # Files larger than this are not read (a per-file error, not a crash).  Memory-mapped, so a
 # large limit costs nothing; the limit exists for fileobj input, which is read into memory.
 DEFAULT_MAX_SIZE = 1 << 32  # 4 GiB
+
+# hash_paths starts its process pool only once the files hashed in this process cost POOL_AFTER
+# CPU seconds and the remaining files are estimated at POOL_MIN_REST CPU seconds or more.
+POOL_AFTER = 0.25
+POOL_MIN_REST = 2.0
 
 
 def _error(file: str, reason: Reason, detail: str, size: int | None = None) -> Result:
@@ -232,8 +238,6 @@ def hash_paths(
 def _hash_paths(
     paths: list[str], jobs: int | None, ordered: bool, sha256: bool, fields: tuple[str, ...], chunksize: int | None
 ) -> Iterator[Result]:
-    from concurrent.futures import ProcessPoolExecutor
-
     jobs = (os.cpu_count() or 1) if not jobs else jobs
     jobs = max(1, min(jobs, len(paths) or 1))
     work = [(p, sha256, fields) for p in paths]
@@ -241,8 +245,32 @@ def _hash_paths(
         for w in work:
             yield _hash_one(w)
         return
+    # Files are hashed here until the rest of the job looks worth a pool: at least POOL_AFTER CPU
+    # seconds spent, and the rest estimated at POOL_MIN_REST or more at the rate so far (starting
+    # the workers costs about 0.15 CPU-s each).  A short job never pays for processes, and the
+    # workers of a long one, forked after these files, inherit the modules they needed (NumPy,
+    # capstone, pyelftools for the fallback) instead of importing them.
+    started = time.process_time()
+    after_first = started  # the rate leaves the first file out: it pays for the imports
+    done = 0
+    while done < len(work):
+        now = time.process_time()
+        if done == 1:
+            after_first = now
+        rate = (now - after_first) / (done - 1) if done > 1 else 0.0
+        if now - started >= POOL_AFTER and rate * (len(work) - done) >= POOL_MIN_REST:
+            break
+        yield _hash_one(work[done])
+        done += 1
+    work = work[done:]
+    if len(work) < 2:
+        for w in work:
+            yield _hash_one(w)
+        return
     if chunksize is None:
         chunksize = max(1, min(16, len(work) // (jobs * 8) or 1))  # small: one big file must not hold back a long chunk
+    from concurrent.futures import ProcessPoolExecutor  # imported here: a small job needs no pool
+
     with ProcessPoolExecutor(max_workers=jobs, initializer=worker_init) as pool:
         if ordered:
             yield from pool.map(_hash_one, work, chunksize=chunksize)

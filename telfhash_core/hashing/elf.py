@@ -11,25 +11,26 @@ Two routes find the symbol table and give the same answer:
   so a broken file fails the same way (``Could not parse file as ELF`` / ``Unknown error``).
 
 Either way the symbols are decoded from the table's bytes at once (NumPy structured dtype)
-rather than one by one, with the reference's semantics for every field and string.
+rather than one by one, with the reference's semantics for every field and string.  A small
+table in a process that has not loaded NumPy is decoded with :mod:`struct` instead (the same
+answer): a one-file command then never pays NumPy's import.  pyelftools, too, is imported only
+when the exact route or the fallback needs it.
 """
 
 from __future__ import annotations
 
 import functools
 import struct
+import sys
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from elftools.common.exceptions import ELFError, ELFParseError
-from elftools.elf.elffile import ELFFile
-from elftools.elf.enums import ENUM_E_MACHINE
-from elftools.elf.structs import ELFStructs
+from elftools.common.exceptions import ELFError, ELFParseError  # a small module: no construct, no pyelftools parser
 
 from ..digest import select_symbols, tlsh_digest
 from ..result import Reason, Result
+
 from .elfconst import (  # noqa: F401  (re-exported: the former home of these names)
     EM_ARM,
     EM_RISCV,
@@ -57,12 +58,63 @@ from .elfconst import (  # noqa: F401  (re-exported: the former home of these na
     SHT_SYMTAB_SHNDX,
     STB_GLOBAL,
     STT_FUNC,
-    SYM_DTYPE,
     check_read,
     check_seek,
 )
 
-_MACHINE_NAMES = {v: k for k, v in ENUM_E_MACHINE.items() if isinstance(v, int)}
+if TYPE_CHECKING:
+    from elftools.elf.elffile import ELFFile
+
+
+@functools.lru_cache(maxsize=None)
+def _sym_dtypes() -> dict:
+    from .elfconst import SYM_DTYPE  # NumPy: imported on first use
+
+    return SYM_DTYPE
+
+
+# The same entries with struct: (name, info, other) and the entry's size.
+_SYM_STRUCT = {
+    (32, "<"): struct.Struct("<I8xBB2x"),
+    (32, ">"): struct.Struct(">I8xBB2x"),
+    (64, "<"): struct.Struct("<IBB18x"),
+    (64, ">"): struct.Struct(">IBB18x"),
+}
+
+# Below this many entries, and while NumPy is not loaded, the table is decoded with struct.
+SMALL_TABLE = 20_000
+
+# pyelftools' names (``ELFFile.get_machine_arch``) for the usual ``e_machine`` values, so that
+# naming the CPU does not import pyelftools; any other value asks pyelftools (a test checks
+# every entry against it).
+KNOWN_MACHINES = {
+    2: "SPARC",
+    3: "x86",
+    4: "Motorola 68000",
+    8: "MIPS",
+    18: "Enhanced SPARC",
+    20: "PowerPC",
+    21: "64-bit PowerPC",
+    22: "IBM S/390",
+    40: "ARM",
+    42: "Hitachi SH",
+    43: "SPARC Version 9",
+    62: "x64",
+    183: "AArch64",
+    243: "RISC-V",
+    258: "LoongArch",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Names that need NumPy or pyelftools are built on first use (PEP 562).
+    if name in ("_SYM_DTYPE", "SYM_DTYPE"):
+        return _sym_dtypes()
+    if name == "CachedELFFile":
+        return _cached_elffile_class()
+    if name == "FAITHFUL_CACHE":
+        return _cache_is_faithful()
+    raise AttributeError(name)
 
 
 class _GiveUp(Exception):
@@ -136,43 +188,50 @@ class MemStream:
         return bytes(self._buf[start:end])
 
 
-class CachedELFFile(ELFFile):
-    """pyelftools' ``ELFFile`` with its struct definitions built once per kind of file.
+@functools.lru_cache(maxsize=None)
+def _cached_elffile_class() -> type:
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.structs import ELFStructs
 
-    Building the construct definitions is most of the cost of opening a small file; they
-    depend only on class, byte order, type, machine and OS ABI, and are not changed by
-    parsing.  The rest mirrors the ``__init__`` of pyelftools 0.33.  Earlier versions
-    (0.31, 0.32) do more in ``__init__`` (they read the section-name table at once), so this
-    class is used only where :func:`_cache_is_faithful` finds that it leaves an object in the
-    same state as pyelftools' own constructor; otherwise :func:`open_elf` uses ``ELFFile``.
-    """
+    class CachedELFFile(ELFFile):
+        """pyelftools' ``ELFFile`` with its struct definitions built once per kind of file.
 
-    _structs_cache: dict[tuple, ELFStructs] = {}
+        Building the construct definitions is most of the cost of opening a small file; they
+        depend only on class, byte order, type, machine and OS ABI, and are not changed by
+        parsing.  The rest mirrors the ``__init__`` of pyelftools 0.33.  Earlier versions
+        (0.31, 0.32) do more in ``__init__`` (they read the section-name table at once), so this
+        class is used only where :func:`_cache_is_faithful` finds that it leaves an object in the
+        same state as pyelftools' own constructor; otherwise :func:`open_elf` uses ``ELFFile``.
+        """
 
-    def __init__(self, stream) -> None:  # noqa: D107 - mirrors ELFFile.__init__ (0.33)
-        self.stream = stream
-        self.stream.seek(0, 2)
-        self.stream_len = self.stream.tell()
-        self._identify_file()
-        basic = self._structs_cache.get((self.little_endian, self.elfclass))
-        if basic is None:
-            basic = ELFStructs(little_endian=self.little_endian, elfclass=self.elfclass)
-            basic.create_basic_structs()
-            self._structs_cache[(self.little_endian, self.elfclass)] = basic
-        self.structs = basic
-        self.header = self._parse_elf_header()
-        key = (self.little_endian, self.elfclass, self["e_type"], self["e_machine"], self["e_ident"]["EI_OSABI"])
-        structs = self._structs_cache.get(key)
-        if structs is None:
-            structs = ELFStructs(little_endian=self.little_endian, elfclass=self.elfclass)
-            structs.create_basic_structs()
-            structs.create_advanced_structs(*key[2:])
-            if len(self._structs_cache) < 256:
-                self._structs_cache[key] = structs
-        self.structs = structs
-        self.stream.seek(0)
-        self.e_ident_raw = self.stream.read(16)
-        self.stream_loader = None
+        _structs_cache: dict[tuple, ELFStructs] = {}
+
+        def __init__(self, stream) -> None:  # noqa: D107 - mirrors ELFFile.__init__ (0.33)
+            self.stream = stream
+            self.stream.seek(0, 2)
+            self.stream_len = self.stream.tell()
+            self._identify_file()
+            basic = self._structs_cache.get((self.little_endian, self.elfclass))
+            if basic is None:
+                basic = ELFStructs(little_endian=self.little_endian, elfclass=self.elfclass)
+                basic.create_basic_structs()
+                self._structs_cache[(self.little_endian, self.elfclass)] = basic
+            self.structs = basic
+            self.header = self._parse_elf_header()
+            key = (self.little_endian, self.elfclass, self["e_type"], self["e_machine"], self["e_ident"]["EI_OSABI"])
+            structs = self._structs_cache.get(key)
+            if structs is None:
+                structs = ELFStructs(little_endian=self.little_endian, elfclass=self.elfclass)
+                structs.create_basic_structs()
+                structs.create_advanced_structs(*key[2:])
+                if len(self._structs_cache) < 256:
+                    self._structs_cache[key] = structs
+            self.structs = structs
+            self.stream.seek(0)
+            self.e_ident_raw = self.stream.read(16)
+            self.stream_loader = None
+
+    return CachedELFFile
 
 
 # The smallest well-formed ELF file with a section-name table: header, one string table, the
@@ -192,12 +251,16 @@ def _stream(buf) -> Any:
     return MemStream(buf)
 
 
+@functools.lru_cache(maxsize=None)
 def _cache_is_faithful() -> bool:
     """Whether :class:`CachedELFFile` leaves an object in the same state as the installed
-    pyelftools' own ``ELFFile`` constructor (same attributes, same header, same sections)."""
+    pyelftools' own ``ELFFile`` constructor (same attributes, same header, same sections).
+    Decided on first use (``FAITHFUL_CACHE``), not at import: plain hashing never opens pyelftools."""
+    from elftools.elf.elffile import ELFFile
+
     try:
         buf = _probe_elf()
-        mine, theirs = CachedELFFile(MemStream(buf)), ELFFile(_stream(buf))
+        mine, theirs = _cached_elffile_class()(MemStream(buf)), ELFFile(_stream(buf))
         if set(vars(mine)) != set(vars(theirs)):
             return False
         return [s.name for s in mine.iter_sections()] == [s.name for s in theirs.iter_sections()] == ["", ".shstrtab"]
@@ -205,13 +268,14 @@ def _cache_is_faithful() -> bool:
         return False
 
 
-FAITHFUL_CACHE = _cache_is_faithful()
-
-
 def open_elf(buf) -> ELFFile:
     """An ``ELFFile`` over ``buf`` (pyelftools semantics; cached struct definitions where that
     is verified to be the same as pyelftools' own constructor)."""
-    return CachedELFFile(MemStream(buf)) if FAITHFUL_CACHE else ELFFile(_stream(buf))
+    if _cache_is_faithful():
+        return _cached_elffile_class()(MemStream(buf))
+    from elftools.elf.elffile import ELFFile
+
+    return ELFFile(_stream(buf))
 
 
 # ----------------------------------------------------------------------------- headers
@@ -220,10 +284,17 @@ def open_elf(buf) -> ELFFile:
 @functools.lru_cache(maxsize=None)
 def machine_name(machine: int) -> str:
     """pyelftools' name for an ``e_machine`` value (``x64``, ``ARM``, ``MIPS``, ...)."""
+    known = KNOWN_MACHINES.get(machine)
+    if known is not None:
+        return known
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.enums import ENUM_E_MACHINE
+
+    names = {v: k for k, v in ENUM_E_MACHINE.items() if isinstance(v, int)}
 
     class _Shim:
         def __getitem__(self, key):
-            return _MACHINE_NAMES.get(machine, machine)
+            return names.get(machine, machine)
 
     return ELFFile.get_machine_arch(_Shim())  # type: ignore[arg-type]
 
@@ -365,35 +436,36 @@ def find_symbol_table_exact(elf: ELFFile) -> SymbolTable | None:
 # ----------------------------------------------------------------------------- symbols
 
 
-def read_function_names(buf, h: Header, table: SymbolTable) -> list[str]:
+def read_function_names(buf, h: Header, table: SymbolTable, *, use_numpy: bool | None = None) -> list[str]:
     """Names of the global, default-visibility functions in ``table``, as pyelftools decodes
     them (UTF-8 with replacement), in table order.
 
     Fails as the reference does: it reads every entry and looks up every entry's name, in
     order, from a file, so the first entry that runs past the end of the file
     (``ELFParseError``) or whose entry or name lies at an offset a file cannot seek to decides.
+
+    ``use_numpy``: decode with NumPy (``True``) or :mod:`struct` (``False``); by default NumPy
+    only for large tables or once NumPy is loaded anyway.  The answer is the same.
     """
-    dtype = SYM_DTYPE[(h.bits, h.endian)]
+    rec = _SYM_STRUCT[(h.bits, h.endian)]
     count = table.size // table.entsize
     n = len(buf)
     # entries whose bytes are all in the file: offset + (i * entsize) + itemsize <= n
-    room = n - dtype.itemsize - table.offset
+    room = n - rec.size - table.offset
     whole = 0 if room < 0 else min(count, room // table.entsize + 1)
-    syms = np.ndarray(shape=(whole,), dtype=dtype, buffer=buf, offset=table.offset if whole else 0, strides=(table.entsize,))
-    names_rel = syms["name"]
-    bad_name = np.flatnonzero(names_rel.astype(np.uint64) > max(-1, MAX_FILE_OFFSET - table.strtab_offset)) if table.strtab_offset <= MAX_FILE_OFFSET else np.arange(whole)
-    if bad_name.size:
-        i = int(bad_name[0])
-        check_seek(table.strtab_offset + int(names_rel[i]))
+    if use_numpy is None:
+        use_numpy = whole >= SMALL_TABLE or "numpy" in sys.modules
+    if use_numpy:
+        offsets = _kept_name_offsets_numpy(buf, h, table, whole)
+    else:
+        offsets = _kept_name_offsets_struct(buf, rec, table, whole)
     if whole < count:
         pos = table.offset + whole * table.entsize
         check_seek(pos)
         raise ELFParseError("symbol table runs past the end of the file")
-    info, other = syms["info"], syms["other"]
-    keep = ((info & 0xF) == STT_FUNC) & ((info >> 4) == STB_GLOBAL) & ((other & 7) == 0)
     base, find = table.strtab_offset, buf.find
     names = []
-    for off in names_rel[keep].tolist():
+    for off in offsets:
         pos = base + off
         if pos >= n:
             continue
@@ -401,6 +473,40 @@ def read_function_names(buf, h: Header, table: SymbolTable) -> list[str]:
         if end > pos:
             names.append(buf[pos:end].decode("utf-8", errors="replace"))
     return names
+
+
+def _kept_name_offsets_numpy(buf, h: Header, table: SymbolTable, whole: int) -> list[int]:
+    import numpy as np
+
+    dtype = _sym_dtypes()[(h.bits, h.endian)]
+    syms = np.ndarray(shape=(whole,), dtype=dtype, buffer=buf, offset=table.offset if whole else 0, strides=(table.entsize,))
+    names_rel = syms["name"]
+    if table.strtab_offset <= MAX_FILE_OFFSET:
+        bad_name = np.flatnonzero(names_rel.astype(np.uint64) > MAX_FILE_OFFSET - table.strtab_offset)
+    else:
+        bad_name = np.arange(whole)
+    if bad_name.size:
+        check_seek(table.strtab_offset + int(names_rel[int(bad_name[0])]))
+    info, other = syms["info"], syms["other"]
+    keep = ((info & 0xF) == STT_FUNC) & ((info >> 4) == STB_GLOBAL) & ((other & 7) == 0)
+    return names_rel[keep].tolist()
+
+
+def _kept_name_offsets_struct(buf, rec: struct.Struct, table: SymbolTable, whole: int) -> list[int]:
+    limit = MAX_FILE_OFFSET - table.strtab_offset  # a name offset above this cannot be sought to
+    want = (STB_GLOBAL << 4) | STT_FUNC
+    if table.entsize == rec.size:
+        entries: Any = rec.iter_unpack(buf[table.offset : table.offset + whole * rec.size])
+    else:
+        unpack, start, step = rec.unpack_from, table.offset, table.entsize
+        entries = (unpack(buf, start + i * step) for i in range(whole))
+    kept = []
+    for name, info, other in entries:
+        if name > limit:
+            check_seek(table.strtab_offset + name)
+        if info == want and not other & 7:
+            kept.append(name)
+    return kept
 
 
 # ----------------------------------------------------------------------------- one file

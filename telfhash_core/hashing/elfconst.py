@@ -7,9 +7,9 @@ table layouts, and how a real file fails at crafted offsets and sizes.
 
 from __future__ import annotations
 
+import functools
 import os
-
-import numpy as np
+from typing import Any
 
 # Section types (numeric) ---------------------------------------------------------------
 SHT_NULL, SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB, SHT_RELA, SHT_HASH, SHT_DYNAMIC = 0, 1, 2, 3, 4, 5, 6
@@ -21,22 +21,6 @@ SHF_COMPRESSED = 0x800
 EM_ARM, EM_RISCV = 40, 243
 
 STT_FUNC, STB_GLOBAL = 2, 1
-
-# Symbol table entries by (ELF class, byte order), for decoding a whole table at once.
-SYM_DTYPE = {
-    (32, "<"): np.dtype(
-        [("name", "<u4"), ("value", "<u4"), ("size", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2")]
-    ),
-    (32, ">"): np.dtype(
-        [("name", ">u4"), ("value", ">u4"), ("size", ">u4"), ("info", "u1"), ("other", "u1"), ("shndx", ">u2")]
-    ),
-    (64, "<"): np.dtype(
-        [("name", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2"), ("value", "<u8"), ("size", "<u8")]
-    ),
-    (64, ">"): np.dtype(
-        [("name", ">u4"), ("info", "u1"), ("other", "u1"), ("shndx", ">u2"), ("value", ">u8"), ("size", ">u8")]
-    ),
-}
 
 # Object file types, segment types, dynamic tags and symbol attributes (the companion value).
 ET_EXEC, ET_DYN = 2, 3
@@ -78,3 +62,31 @@ def check_read(n: int) -> None:
         raise OverflowError("cannot fit 'int' into an index-sized integer")
     if n > MEMORY_LIMIT:
         raise MemoryError(f"read of {n} bytes")
+
+
+@functools.lru_cache(maxsize=None)
+def _sym_dtype() -> dict:
+    import numpy as np
+
+    return {
+        (32, "<"): np.dtype(
+            [("name", "<u4"), ("value", "<u4"), ("size", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2")]
+        ),
+        (32, ">"): np.dtype(
+            [("name", ">u4"), ("value", ">u4"), ("size", ">u4"), ("info", "u1"), ("other", "u1"), ("shndx", ">u2")]
+        ),
+        (64, "<"): np.dtype(
+            [("name", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2"), ("value", "<u8"), ("size", "<u8")]
+        ),
+        (64, ">"): np.dtype(
+            [("name", ">u4"), ("info", "u1"), ("other", "u1"), ("shndx", ">u2"), ("value", ">u8"), ("size", ">u8")]
+        ),
+    }
+
+
+def __getattr__(name: str) -> Any:
+    # SYM_DTYPE: symbol table entries by (ELF class, byte order), for decoding a whole table at
+    # once.  Built on first use (PEP 562): it needs NumPy, which hashing one small file does not load.
+    if name == "SYM_DTYPE":
+        return _sym_dtype()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -131,7 +131,8 @@ def _quiet_engine(arch: str) -> capstone.Cs | None:
 
 def _x86_calls(arch: str, insns: np.ndarray) -> list[tuple[int, str]]:
     """(position, text) of the collected calls among instructions decoded without text."""
-    cand = np.flatnonzero(np.isin(insns["id"], _X86_CALL_IDS))
+    ids = insns["id"]
+    cand = np.flatnonzero((ids == _X86_CALL_IDS[0]) | (ids == _X86_CALL_IDS[1]))  # np.isin costs 40% of the sweep here
     if cand.size == 0:
         return []
     raw = insns["bytes"][cand]

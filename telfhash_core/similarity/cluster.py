@@ -23,7 +23,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence, TextIO
+from typing import Any, Iterable, Iterator, Sequence, TextIO
 
 from ..digest import DEFAULT_THRESHOLD, spell, tagged_body
 from ..progress import plural
@@ -187,67 +187,141 @@ def cluster(
       largest first, then by first appearance; every usable item is in exactly one cluster;
     * ``ungroupable`` -- names of the items without a usable digest (``-``, ``tnull``, missing).
     """
+    cols = Columns()
+    for it in to_items(items, key):
+        cols.add(it.name, it.digest, it.arch)
+    grouping = group_columns(cols, threshold, threads=threads)
+    return list(grouping.clusters()), grouping.ungroupable
+
+
+class Columns:
+    """Inputs to grouping held compactly: names, each distinct digest once, CPU names shared.
+
+    Filled one item at a time (``add``), so that a million results never exist as objects.
+    """
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.digest_of: list[int] = []  # per item: index into ``digests``, -1 for none
+        self.digests: list[str] = []  # distinct 70-hex digests, first-seen order
+        self._index: dict[str, int] = {}
+        self.arch_of: list[int] = []  # per item: index into ``arches``
+        self.arches: list[str | None] = [None]
+        self._arch_index: dict[str | None, int] = {None: 0}
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def add(self, name: str, digest: str | None, arch: str | None = None) -> None:
+        self.names.append(name)
+        if digest is None:
+            self.digest_of.append(-1)
+        else:
+            self.digest_of.append(self._index.setdefault(digest, len(self._index)))
+            if len(self._index) > len(self.digests):
+                self.digests.append(digest)
+        a = self._arch_index.get(arch)
+        if a is None:
+            a = self._arch_index[arch] = len(self.arches)
+            self.arches.append(arch)
+        self.arch_of.append(a)
+
+
+@dataclass
+class Grouping:
+    """The components of :class:`Columns`, turned into :class:`Cluster` objects on demand."""
+
+    cols: Columns
+    order: Any  # item positions (usable items only), cluster after cluster, in output order
+    bounds: Any  # cluster k is order[bounds[k]:bounds[k + 1]]
+    best: Any  # per cluster: the position of its representative
+    maxdist: Any  # per cluster: its largest internal distance
+    inexact: Any  # per cluster: True where the statistics come from a sample
+    ungroupable: list[str]
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def sizes(self):
+        import numpy as np
+
+        return np.diff(self.bounds)
+
+    def clusters(self) -> Iterator[Cluster]:
+        """Every cluster, largest first (then by first appearance), built one at a time."""
+        c = self.cols
+        for k in range(len(self)):
+            positions = self.order[self.bounds[k] : self.bounds[k + 1]].tolist()
+            yield Cluster(
+                members=[c.names[p] for p in positions],
+                digests=[spell(c.digests[c.digest_of[p]]) for p in positions],
+                representative=c.names[int(self.best[k])],
+                max_distance=int(self.maxdist[k]),
+                arches=[c.arches[c.arch_of[p]] for p in positions],
+                exact=not bool(self.inexact[k]),
+            )
+
+
+def group_columns(cols: Columns, threshold: int = DEFAULT_THRESHOLD, *, threads: int | None = None) -> Grouping:
+    """Connected components of the digests in ``cols`` with each one's representative and
+    largest internal distance (see :func:`cluster`), all as arrays."""
     import numpy as np
 
     from .tlshdist import components_within, encode, group_stats
 
-    its = to_items(items, key)
-    ungroupable = [it.name for it in its if it.digest is None]
-    usable = [it for it in its if it.digest is not None]
-    if not usable:
-        return [], ungroupable
-    uniq, inverse = _unique([it.digest for it in usable])
-    inv = np.asarray(inverse, dtype=np.int64)
-    enc = encode(uniq)
+    inv_all = np.asarray(cols.digest_of, dtype=np.int64)
+    ungroupable = [cols.names[p] for p in np.flatnonzero(inv_all < 0).tolist()]
+    usable = np.flatnonzero(inv_all >= 0)
+    if not usable.size:
+        e = np.zeros(0, dtype=np.int64)
+        return Grouping(cols, e, np.zeros(1, dtype=np.int64), e, e, np.zeros(0, dtype=bool), ungroupable)
+    inv = inv_all[usable]
+    nuniq = len(cols.digests)
+    enc = encode(cols.digests)
     labels_u = components_within(enc, threshold, threads=threads)
-    counts = np.bincount(inv, minlength=len(uniq)).astype(np.int64)
+    counts = np.bincount(inv, minlength=nuniq).astype(np.int64)
 
     # every pair inside each component once; oversized components: sampled candidates only
     nlab = int(labels_u.max()) + 1
     sizes_u = np.bincount(labels_u, minlength=nlab)
-    inexact = set(np.flatnonzero(sizes_u > EXACT_STATS_LIMIT).tolist())
-    if not inexact:
+    inexact_lab = sizes_u > EXACT_STATS_LIMIT
+    if not inexact_lab.any():
         maxd, sumd = group_stats(enc, labels_u, counts, threads=threads)
     else:
-        big = np.isin(labels_u, sorted(inexact))
-        alone = np.where(big, nlab + np.arange(len(uniq)), labels_u)  # rows of big components: no work here
+        big = inexact_lab[labels_u]
+        alone = np.where(big, nlab + np.arange(nuniq), labels_u)  # rows of big components: no work here
         maxd, sumd = group_stats(enc, alone, counts, threads=threads)
         sampled = []
-        for lab in sorted(inexact):
+        for lab in np.flatnonzero(inexact_lab).tolist():
             members = np.flatnonzero(labels_u == lab)
             step = max(1, members.size // STATS_SAMPLE)
             sampled.append(members[::step][:STATS_SAMPLE])
         mb, sb = group_stats(enc, labels_u, counts, rows=np.concatenate(sampled), threads=threads)
         maxd[big], sumd[big] = mb[big], sb[big]  # -1 where not sampled
 
-    by_label: dict[int, list[int]] = {}
-    for pos, u in enumerate(inverse):
-        by_label.setdefault(int(labels_u[u]), []).append(pos)
-    clusters: list[Cluster] = []
-    for lab, positions in by_label.items():
-        best = None
-        for pos in positions:
-            u = inverse[pos]
-            if maxd[u] < 0:
-                continue  # not a sampled candidate
-            rank = (int(maxd[u]), int(sumd[u]), pos)
-            if best is None or rank < best:
-                best = rank
-        assert best is not None  # every component has a candidate (sampled ones include members)
-        us = {inverse[p] for p in positions}
-        mx = max(int(maxd[u]) for u in us if maxd[u] >= 0) if len(us) > 1 else 0
-        clusters.append(
-            Cluster(
-                members=[usable[p].name for p in positions],
-                digests=[spell(str(usable[p].digest)) for p in positions],
-                representative=usable[best[2]].name,
-                max_distance=mx,
-                arches=[usable[p].arch for p in positions],
-                exact=lab not in inexact,
-            )
-        )
-    order = sorted(range(len(clusters)), key=lambda c: -clusters[c].size)  # stable: first appearance
-    return [clusters[c] for c in order], ungroupable
+    # Labels are numbered in order of first appearance (distinct digests are in first-seen
+    # order), so sorting positions by label keeps each cluster's members in input order.
+    lab_pos = labels_u[inv]
+    size_lab = np.bincount(lab_pos, minlength=nlab)
+    out_labels = np.lexsort((np.arange(nlab), -size_lab))  # largest first, then first appearance
+    rank_of = np.empty(nlab, dtype=np.int64)
+    rank_of[out_labels] = np.arange(nlab)
+    cl = rank_of[lab_pos]  # output cluster number per usable position
+    m, sm = maxd[inv], sumd[inv]
+    valid = m >= 0
+    # representative: smallest (largest distance, total distance, position) among candidates
+    key = np.lexsort((usable, sm, m, ~valid, cl))
+    sorted_cl = cl[key]
+    first = np.flatnonzero(np.r_[True, sorted_cl[1:] != sorted_cl[:-1]])
+    best = usable[key[first]]
+    # members in input order
+    order = usable[np.argsort(cl, kind="stable")]
+    bounds = np.r_[0, np.cumsum(size_lab[out_labels])].astype(np.int64)
+    # largest internal distance: over the component's distinct digests (0 for a single one)
+    mx_lab = np.full(nlab, -1, dtype=np.int64)
+    np.maximum.at(mx_lab, labels_u, np.where(maxd >= 0, maxd, -1))
+    mx_lab = np.where(sizes_u > 1, np.maximum(mx_lab, 0), 0)
+    return Grouping(cols, order, bounds, best, mx_lab[out_labels], inexact_lab[out_labels], ungroupable)
 
 
 # ----------------------------------------------------------------------------- reference shape
@@ -372,12 +446,19 @@ def _plot_edges(clusters: list[Cluster], threshold: int, max_edges: int):
 
 
 def plot(
-    clusters: list[Cluster], path: str, threshold: int = DEFAULT_THRESHOLD, *, max_nodes: int = 3000, max_edges: int = 30000
+    clusters: list[Cluster],
+    path: str,
+    threshold: int = DEFAULT_THRESHOLD,
+    *,
+    max_nodes: int = 3000,
+    max_edges: int = 30000,
+    total: int | None = None,
 ) -> str:
     """Draw clusters to ``path``: ``.png`` (matplotlib) or ``.html`` (self-contained SVG).
 
     Nodes are samples coloured by architecture, edges join members within the threshold.
-    Clusters are drawn largest first until ``max_nodes``; returns a one-line summary."""
+    Clusters are drawn largest first until ``max_nodes``; returns a one-line summary.
+    ``total``: how many groups there are, when ``clusters`` holds only the first of them."""
     shown: list[Cluster] = []
     nodes = 0
     for c in clusters:
@@ -391,7 +472,7 @@ def plot(
     colour = {a: _PALETTE[k % len(_PALETTE)] for k, a in enumerate(arches)}
     nedges = sum(len(e) for e in edges)
     summary = (
-        f"{plural(nodes, 'sample')} in {len(shown):,} of {plural(len(clusters), 'group')} drawn, "
+        f"{plural(nodes, 'sample')} in {len(shown):,} of {plural(total or len(clusters), 'group')} drawn, "
         f"{plural(nedges, 'edge')} (distance <= {threshold})"
     )
     if path.lower().endswith((".html", ".htm")):
@@ -405,6 +486,25 @@ def plot(
 
 def _arch_of(c: Cluster, k: int) -> str:
     return (c.arches[k] if c.arches and k < len(c.arches) else None) or "unknown"
+
+
+# Groups labelled in the PNG (the largest first; the rest stay unlabelled to keep the picture readable).
+MAX_GROUP_LABELS = 60
+
+
+def group_labels(shown: list[Cluster], positions) -> list[tuple[str, tuple[float, float]]]:
+    """``("group N: REPRESENTATIVE (SIZE)", (x, y))`` above each drawn group of two or more."""
+    out: list[tuple[str, tuple[float, float]]] = []
+    for k, (c, pos) in enumerate(zip(shown, positions), 1):
+        if c.size < 2 or len(out) >= MAX_GROUP_LABELS:
+            continue
+        name = os.path.basename(c.representative) or c.representative
+        if len(name) > 40:
+            name = name[:37] + "..."
+        x = float(sum(p[0] for p in pos) / len(pos))
+        y = float(max(p[1] for p in pos)) + 0.35
+        out.append((f"group {k}: {name} ({c.size})", (x, y)))
+    return out
 
 
 def _plot_png(shown, edges, positions, colour, path, threshold, summary) -> None:
@@ -437,6 +537,9 @@ def _plot_png(shown, edges, positions, colour, path, threshold, summary) -> None
         for c, pos in zip(shown, positions):
             for k, m in enumerate(c.members):
                 ax.annotate(os.path.basename(m) or m, pos[k], fontsize=6, xytext=(3, 3), textcoords="offset points")
+    for text, (x, y) in group_labels(shown, positions):
+        ax.text(x, y, text, fontsize=7, ha="center", va="bottom", zorder=4,
+                bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "#bbbbbb", "alpha": 0.85})
     ax.set_title(f"telfhash groups, TLSH distance <= {threshold}: {summary}", fontsize=9)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, title="architecture")
     ax.set_aspect("equal")

@@ -29,7 +29,10 @@ numbers, more slowly.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -39,15 +42,9 @@ import numpy as np
 from ..digest import TLSH_HEX_LEN as DIGEST_HEX
 from ..digest import hex_body, spell
 
-try:  # the compiled kernels are optional: the NumPy path gives identical results
-    import numba
-    from llvmlite import ir as _llvm_ir
-    from numba import types as _nb_types
-    from numba.extending import intrinsic as _intrinsic
-
-    HAVE_NUMBA = not os.environ.get("TELFHASH_NO_NUMBA")
-except Exception:  # pragma: no cover - depends on the environment
-    HAVE_NUMBA = False
+# The compiled kernels are optional (the NumPy path gives identical results) and imported only
+# when a job needs them; this says whether numba is installed and not switched off.
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None and not os.environ.get("TELFHASH_NO_NUMBA")
 
 __all__ = [
     "Encoded",
@@ -186,290 +183,72 @@ def encode(digests: Iterable[str]) -> Encoded:
 
 
 def _np_one_to_many(enc: Encoded, q: Encoded, rows: np.ndarray) -> np.ndarray:
-    d = _LTERM_TABLE[(enc.lvalue[rows].astype(np.int32) - int(q.lvalue[0])) % 256]
-    d = d + _QTERM_TABLE[(enc.q1[rows].astype(np.int32) - int(q.q1[0])) % 16]
-    d = d + _QTERM_TABLE[(enc.q2[rows].astype(np.int32) - int(q.q2[0])) % 16]
-    d = d + (enc.checksum[rows] != q.checksum[0])
-    body = enc.body[rows]
+    n = len(enc)
+    whole = rows.size == n and (n == 0 or (rows[0] == 0 and rows[-1] == n - 1 and bool((np.diff(rows) == 1).all())))
+
+    def take(a: np.ndarray) -> np.ndarray:
+        return a if whole else a[rows]
+
+    d = _LTERM_TABLE[(take(enc.lvalue).astype(np.int32) - int(q.lvalue[0])) % 256]
+    d += _QTERM_TABLE[(take(enc.q1).astype(np.int32) - int(q.q1[0])) % 16]
+    d += _QTERM_TABLE[(take(enc.q2).astype(np.int32) - int(q.q2[0])) % 16]
+    d += take(enc.checksum) != q.checksum[0]
+    if _POPCOUNT is not None:  # NumPy >= 2: popcount over the six bit-plane words, as the kernels do
+        x = take(enc.planes) ^ q.planes[0]
+        d += _POPCOUNT(x).sum(axis=1, dtype=np.int32)
+        d += 3 * (_POPCOUNT(x[:, 0] & x[:, 2] & x[:, 4]).astype(np.int32) + _POPCOUNT(x[:, 1] & x[:, 3] & x[:, 5]))
+        return d.astype(np.int32, copy=False)
+    body = take(enc.body)
     qb = q.body[0].astype(np.intp)
     for k in range(32):
         d = d + _BYTE_DIFF[qb[k], body[:, k]]
     return d.astype(np.int32)
 
 
+_POPCOUNT = getattr(np, "bitwise_count", None)
+
+
 # ----------------------------------------------------------------------------- compiled path
+#
+# The numba kernels live in ``_compiled`` and are imported on first need: importing numba and
+# loading its cached machine code costs about a second, more than the NumPy path takes for a few
+# thousand digests.  So the NumPy path serves small jobs (``COMPILED_MIN_ROWS``) unless numba is
+# loaded already; ``compiled=True/False`` forces a path (tests compare them).
 
-if HAVE_NUMBA:
+COMPILED_MIN_ROWS = 2_000
+COMPILED_MIN_ONE = 20_000_000  # one query against this many rows (NumPy with popcount is close)
 
-    @_intrinsic
-    def _popcount(typingctx, x):
-        sig = _nb_types.int64(_nb_types.uint64)
-
-        def codegen(context, builder, signature, args):
-            fn = builder.module.declare_intrinsic("llvm.ctpop", [_llvm_ir.IntType(64)])
-            return builder.call(fn, args)
-
-        return sig, codegen
-
-    def _njit(**options):
-        """``numba.njit`` with an on-disk cache where one can be written (else compile per run)."""
-
-        def decorate(fn):
-            try:
-                return numba.njit(cache=True, **options)(fn)
-            except RuntimeError:  # numba found no writable cache location
-                return numba.njit(cache=False, **options)(fn)
-
-        return decorate
-
-    _jit = _njit(nogil=True)
-
-    @_njit(nogil=True, inline="always")
-    def _nb_qterm(qa, qb):
-        d = qa - qb
-        if d < 0:
-            d = -d
-        if d > 8:
-            d = 16 - d
-        return d if d <= 1 else 12 * (d - 1)
-
-    @_njit(nogil=True, inline="always")
-    def _header(la, lb, q1a, q1b, q2a, q2b, ca, cb):
-        d = la - lb
-        if d < 0:
-            d = -d
-        if d > 128:
-            d = 256 - d
-        h = d if d <= 1 else 12 * d
-        h += _nb_qterm(q1a, q1b) + _nb_qterm(q2a, q2b)
-        if ca != cb:
-            h += 1
-        return h
-
-    @_njit(nogil=True, inline="always")
-    def _body(P, i, Q, j):
-        x0 = P[i, 0] ^ Q[j, 0]
-        x1 = P[i, 1] ^ Q[j, 1]
-        x2 = P[i, 2] ^ Q[j, 2]
-        x3 = P[i, 3] ^ Q[j, 3]
-        x4 = P[i, 4] ^ Q[j, 4]
-        x5 = P[i, 5] ^ Q[j, 5]
-        s = _popcount(x0) + _popcount(x1) + _popcount(x2) + _popcount(x3) + _popcount(x4) + _popcount(x5)
-        return s + 3 * (_popcount(x0 & x2 & x4) + _popcount(x1 & x3 & x5))
-
-    @_jit
-    def _nb_one_to_many(L, Q1, Q2, C, P, rows, ql, qq1, qq2, qc, QP):
-        n = rows.shape[0]
-        out = np.empty(n, dtype=np.int32)
-        ql = np.int64(ql)
-        qq1 = np.int64(qq1)
-        qq2 = np.int64(qq2)
-        qc = np.int64(qc)
-        for k in range(n):
-            j = rows[k]
-            h = _header(ql, np.int64(L[j]), qq1, np.int64(Q1[j]), qq2, np.int64(Q2[j]), qc, np.int64(C[j]))
-            out[k] = h + _body(QP, 0, P, j)
-        return out
-
-    @_jit
-    def _nb_class_pass(cL, cQ1, cQ2, lstart, threshold, lmax, allpairs, fill, indptr, cand, bound):
-        k = cL.shape[0]
-        cnt = 0
-        for A in range(k):
-            la = np.int64(cL[A])
-            noff = 1 if allpairs else lmax + 1
-            for off in range(noff):
-                if allpairs:
-                    lo = A
-                    hi = k
-                else:
-                    bkt = (la + off) % 256
-                    lo = lstart[bkt]
-                    hi = lstart[bkt + 1]
-                    if off == 0:
-                        lo = A
-                for B in range(lo, hi):
-                    h = _header(la, np.int64(cL[B]), np.int64(cQ1[A]), np.int64(cQ1[B]),
-                                np.int64(cQ2[A]), np.int64(cQ2[B]), 0, 0)
-                    if h <= threshold:
-                        if fill:
-                            cand[cnt] = B
-                            bound[cnt] = h
-                        cnt += 1
-            indptr[A + 1] = cnt
-        return cnt
-
-    def _nb_class_candidates(cL, cQ1, cQ2, lstart, threshold, lmax, allpairs):
-        """For every header class A, the classes B >= A whose header lower bound is <= threshold.
-
-        A class is a run of rows with equal (L, q1, q2); the header of any pair between A and B
-        is their bound plus at most 1 (checksums).  Returns CSR arrays (indptr, cand, bound).
-        """
-        indptr = np.zeros(cL.shape[0] + 1, dtype=np.int64)
-        empty = np.zeros(0, dtype=np.int64)
-        total = _nb_class_pass(cL, cQ1, cQ2, lstart, threshold, lmax, allpairs, False, indptr, empty, empty)
-        cand = np.empty(total, dtype=np.int64)
-        bound = np.empty(total, dtype=np.int64)
-        _nb_class_pass(cL, cQ1, cQ2, lstart, threshold, lmax, allpairs, True, indptr, cand, bound)
-        return indptr, cand, bound
-
-    @_jit
-    def _nb_scan(W0, W1, W2, W3, W4, W5, C, cls_of, cstart, indptr, cand, bound,
-                 positions, threshold, mode, parent):
-        """Visit the candidate pairs (a, b), a < b in class-sorted order, for rows ``positions``.
-
-        mode 0: return the pairs within the threshold; mode 1: union them into ``parent``.
-        """
-        cap = 1024
-        oi = np.empty(cap, dtype=np.int64)
-        oj = np.empty(cap, dtype=np.int64)
-        od = np.empty(cap, dtype=np.int32)
-        cnt = 0
-        for pk in range(positions.shape[0]):
-            a = positions[pk]
-            A = cls_of[a]
-            a0, a1, a2, a3, a4, a5 = W0[a], W1[a], W2[a], W3[a], W4[a], W5[a]  # the row's planes, held
-            ca = C[a]
-            for e in range(indptr[A], indptr[A + 1]):
-                B = cand[e]
-                h = bound[e]
-                budget = threshold - h
-                lo = cstart[B]
-                if B == A:
-                    lo = a + 1
-                hi = cstart[B + 1]
-                for b in range(lo, hi):
-                    x2 = a2 ^ W2[b]
-                    x3 = a3 ^ W3[b]
-                    # the middle plane alone is a lower bound of the body term: most pairs stop here
-                    s = _popcount(x2) + _popcount(x3)
-                    if s > budget:
-                        continue
-                    x0 = a0 ^ W0[b]
-                    x1 = a1 ^ W1[b]
-                    x4 = a4 ^ W4[b]
-                    x5 = a5 ^ W5[b]
-                    s += (_popcount(x0) + _popcount(x1) + _popcount(x4) + _popcount(x5)
-                          + 3 * (_popcount(x0 & x2 & x4) + _popcount(x1 & x3 & x5)))
-                    if s > budget:
-                        continue
-                    if C[b] != ca:
-                        s += 1
-                        if s > budget:
-                            continue
-                    if mode == 0:
-                        if cnt == cap:
-                            cap *= 2
-                            ni = np.empty(cap, dtype=np.int64)
-                            nj = np.empty(cap, dtype=np.int64)
-                            nd = np.empty(cap, dtype=np.int32)
-                            ni[:cnt] = oi[:cnt]
-                            nj[:cnt] = oj[:cnt]
-                            nd[:cnt] = od[:cnt]
-                            oi, oj, od = ni, nj, nd
-                        oi[cnt] = a
-                        oj[cnt] = b
-                        od[cnt] = h + s
-                        cnt += 1
-                    else:
-                        _union(parent, a, b)
-        return oi[:cnt], oj[:cnt], od[:cnt]
-
-    @_njit(nogil=True)
-    def _find(parent, x):
-        root = x
-        while parent[root] != root:
-            root = parent[root]
-        while parent[x] != root:
-            nxt = parent[x]
-            parent[x] = root
-            x = nxt
-        return root
-
-    @_njit(nogil=True)
-    def _union(parent, a, b):
-        ra = _find(parent, a)
-        rb = _find(parent, b)
-        if ra != rb:
-            if ra < rb:
-                parent[rb] = ra
-            else:
-                parent[ra] = rb
-
-    @_jit
-    def _merge_parents(parents):
-        base = parents[0].copy()
-        for t in range(1, parents.shape[0]):
-            p = parents[t]
-            for x in range(p.shape[0]):
-                if p[x] != x:
-                    _union(base, x, p[x])
-        for x in range(base.shape[0]):
-            base[x] = _find(base, x)
-        return base
+_KERNELS = ('_body', '_find', '_header', '_merge_parents', '_nb_class_candidates', '_nb_class_pass', '_nb_group_stats', '_nb_group_stats_half', '_nb_one_to_many', '_nb_qterm', '_nb_scan', '_njit', '_popcount', '_union')
 
 
-    @_jit
-    def _nb_group_stats(L, Q1, Q2, C, P, members, ptr, group_of, weights, positions, maxd, sumd):
-        """For each row ``members[p]`` (p in ``positions``): the largest distance to the other rows
-        of its group and the sum of distances weighted by ``weights``."""
-        for pk in range(positions.shape[0]):
-            p = positions[pk]
-            a = members[p]
-            g = group_of[p]
-            la = np.int64(L[a])
-            q1a = np.int64(Q1[a])
-            q2a = np.int64(Q2[a])
-            ca = np.int64(C[a])
-            mx = 0
-            sm = 0
-            for e in range(ptr[g], ptr[g + 1]):
-                b = members[e]
-                if b == a:
-                    continue
-                d = _header(la, np.int64(L[b]), q1a, np.int64(Q1[b]), q2a, np.int64(Q2[b]), ca, np.int64(C[b]))
-                d += _body(P, a, P, b)
-                if d > mx:
-                    mx = d
-                sm += d * weights[b]
-            maxd[p] = mx
-            sumd[p] = sm
+@functools.lru_cache(maxsize=None)
+def _kernels():
+    """The ``_compiled`` module, or None when numba cannot be imported."""
+    global HAVE_NUMBA
+    try:
+        from . import _compiled
+    except Exception:  # pragma: no cover - a broken numba install: the NumPy path gives the same numbers
+        HAVE_NUMBA = False
+        return None
+    return _compiled
 
 
-    @_jit
-    def _nb_group_stats_half(L, Q1, Q2, C, W0, W1, W2, W3, W4, W5, LT, QT, ptr, group_of, weights,
-                             positions, maxd, sumd):
-        """Every pair inside each group once.  Rows are sorted by group (group g is rows
-        ptr[g]:ptr[g+1]); row a (in ``positions``) meets the later rows of its group and both
-        rows' largest and weighted total distance are updated."""
-        for pk in range(positions.shape[0]):
-            a = positions[pk]
-            g = group_of[a]
-            la = np.int64(L[a])
-            q1a = np.int64(Q1[a])
-            q2a = np.int64(Q2[a])
-            ca = C[a]
-            a0, a1, a2, a3, a4, a5 = W0[a], W1[a], W2[a], W3[a], W4[a], W5[a]  # the row's planes, held
-            wa = weights[a]
-            mx = maxd[a]
-            sm = sumd[a]
-            for b in range(a + 1, ptr[g + 1]):
-                x0 = a0 ^ W0[b]
-                x1 = a1 ^ W1[b]
-                x2 = a2 ^ W2[b]
-                x3 = a3 ^ W3[b]
-                x4 = a4 ^ W4[b]
-                x5 = a5 ^ W5[b]
-                d = (_popcount(x0) + _popcount(x1) + _popcount(x2) + _popcount(x3) + _popcount(x4)
-                     + _popcount(x5) + 3 * (_popcount(x0 & x2 & x4) + _popcount(x1 & x3 & x5)))
-                d += LT[(la - np.int64(L[b])) & 255] + QT[(q1a - np.int64(Q1[b])) & 15]
-                d += QT[(q2a - np.int64(Q2[b])) & 15] + (1 if C[b] != ca else 0)
-                mx = max(mx, d)
-                sm += d * weights[b]
-                maxd[b] = max(maxd[b], d)
-                sumd[b] += d * wa
-            maxd[a] = mx
-            sumd[a] = sm
+def _compiled_for(size: int, minimum: int, compiled: bool | None):
+    """The kernels to use for a job of ``size`` rows, or None for the NumPy path."""
+    if compiled is False or not HAVE_NUMBA:
+        return None
+    if compiled is None and size < minimum and "numba" not in sys.modules:
+        return None
+    return _kernels()
+
+
+def __getattr__(name: str):
+    # the kernels by their old names (``tlshdist._body``, ``tlshdist._find``, ...), loaded on first use
+    if name in _KERNELS and HAVE_NUMBA:
+        k = _kernels()
+        if k is not None:
+            return getattr(k, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------- public API
@@ -487,7 +266,7 @@ def _query(enc: Encoded, query) -> Encoded:
     return encode([query])
 
 
-def one_to_many(enc: Encoded, query, idx=None) -> np.ndarray:
+def one_to_many(enc: Encoded, query, idx=None, *, compiled: bool | None = None) -> np.ndarray:
     """Distances (int32, py-tlsh ``diff``, length term included) from ``query`` to rows of ``enc``.
 
     ``query``: a digest in any spelling, or a row number of ``enc``.  ``idx``: optional row
@@ -501,8 +280,9 @@ def one_to_many(enc: Encoded, query, idx=None) -> np.ndarray:
         rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64, copy=False)
     if rows.size and (rows.min() < 0 or rows.max() >= len(enc)):
         raise IndexError("idx holds row numbers out of range")
-    if HAVE_NUMBA:
-        return _nb_one_to_many(
+    K = _compiled_for(int(rows.size), COMPILED_MIN_ONE, compiled)  # compiled: force a path (default: by size)
+    if K is not None:
+        return K._nb_one_to_many(
             enc.lvalue, enc.q1, enc.q2, enc.checksum, enc.planes, rows,
             int(q.lvalue[0]), int(q.q1[0]), int(q.q2[0]), int(q.checksum[0]), q.planes,
         )
@@ -515,7 +295,7 @@ def _threads(threads: int | None) -> int:
     return max(1, int(threads))
 
 
-def _scan(enc: Encoded, threshold: int, mode: int, threads: int | None):
+def _scan(K, enc: Encoded, threshold: int, mode: int, threads: int | None):
     """Run the compiled scan; rows are sorted by header class (L, q1, q2) first."""
     n = len(enc)
     order = np.lexsort((enc.q2, enc.q1, enc.lvalue))
@@ -527,7 +307,7 @@ def _scan(enc: Encoded, threshold: int, mode: int, threads: int | None):
     cL, cQ1, cQ2 = L[first], Q1[first], Q2[first]
     lstart = np.searchsorted(cL, np.arange(257), side="left").astype(np.int64)
     lmax = max_length_code_diff(threshold)
-    indptr, cand, bound = _nb_class_candidates(cL, cQ1, cQ2, lstart, int(threshold), int(max(lmax, 0)), lmax >= 128)
+    indptr, cand, bound = K._nb_class_candidates(cL, cQ1, cQ2, lstart, int(threshold), int(max(lmax, 0)), lmax >= 128)
     planes = enc.planes[order]
     W = [np.ascontiguousarray(planes[:, k]) for k in range(6)]
     C = np.ascontiguousarray(enc.checksum[order])
@@ -537,7 +317,7 @@ def _scan(enc: Encoded, threshold: int, mode: int, threads: int | None):
     def work(t: int):
         # interleaved rows give each thread a similar share of every class
         positions = np.arange(t, n, nt, dtype=np.int64)
-        return _nb_scan(*W, C, cls_of, cstart, indptr, cand, bound, positions, int(threshold), mode,
+        return K._nb_scan(*W, C, cls_of, cstart, indptr, cand, bound, positions, int(threshold), mode,
                         parents[t if mode == 1 else 0])
 
     if nt == 1:
@@ -548,7 +328,7 @@ def _scan(enc: Encoded, threshold: int, mode: int, threads: int | None):
     return order, outs, parents
 
 
-def pairs_within(enc: Encoded, threshold: int, *, threads: int | None = None):
+def pairs_within(enc: Encoded, threshold: int, *, threads: int | None = None, compiled: bool | None = None):
     """Every pair of rows within ``threshold`` (py-tlsh ``diff`` <= threshold).
 
     Returns ``(i, j, d)``: int64 row numbers with ``i < j`` and the int32 distances, sorted by
@@ -559,8 +339,9 @@ def pairs_within(enc: Encoded, threshold: int, *, threads: int | None = None):
     if n < 2 or threshold < 0:
         e = np.zeros(0, dtype=np.int64)
         return e, e.copy(), np.zeros(0, dtype=np.int32)
-    if HAVE_NUMBA:
-        order, outs, _ = _scan(enc, threshold, 0, threads)
+    K = _compiled_for(n, COMPILED_MIN_ROWS, compiled)  # compiled: force a path (default: by size)
+    if K is not None:
+        order, outs, _ = _scan(K, enc, threshold, 0, threads)
         a = np.concatenate([o[0] for o in outs])
         b = np.concatenate([o[1] for o in outs])
         d = np.concatenate([o[2] for o in outs])
@@ -593,7 +374,9 @@ def _np_pairs_within(enc: Encoded, threshold: int):
     return np.concatenate(li), np.concatenate(lj), np.concatenate(ld)
 
 
-def components_within(enc: Encoded, threshold: int, *, threads: int | None = None) -> np.ndarray:
+def components_within(
+    enc: Encoded, threshold: int, *, threads: int | None = None, compiled: bool | None = None
+) -> np.ndarray:
     """Connected components of the graph "distance <= threshold" over the rows of ``enc``.
 
     Returns one label per row, numbered 0, 1, 2, ... in order of each component's first row.
@@ -605,9 +388,9 @@ def components_within(enc: Encoded, threshold: int, *, threads: int | None = Non
     threshold = int(threshold)
     if threshold < 0 or n == 1:
         roots = np.arange(n, dtype=np.int64)
-    elif HAVE_NUMBA:
-        order, _, parents = _scan(enc, threshold, 1, threads)
-        roots_sorted = _merge_parents(parents)  # component root per L-sorted position
+    elif (K := _compiled_for(n, COMPILED_MIN_ROWS, compiled)) is not None:
+        order, _, parents = _scan(K, enc, threshold, 1, threads)
+        roots_sorted = K._merge_parents(parents)  # component root per L-sorted position
         roots = np.empty(n, dtype=np.int64)
         roots[order] = order[roots_sorted]
     else:
@@ -649,7 +432,9 @@ def relabel(roots: np.ndarray) -> np.ndarray:
     return rank[inverse.reshape(-1)]
 
 
-def group_stats(enc: Encoded, labels, weights=None, *, rows=None, threads: int | None = None):
+def group_stats(
+    enc: Encoded, labels, weights=None, *, rows=None, threads: int | None = None, compiled: bool | None = None
+):
     """Distances inside groups: for each row, the largest distance to another row with the same
     label, and the sum of its distances to them (each weighted by ``weights``, default 1).
 
@@ -673,7 +458,8 @@ def group_stats(enc: Encoded, labels, weights=None, *, rows=None, threads: int |
     positions = np.flatnonzero(want[order]).astype(np.int64)
     maxd = np.full(n, -1, dtype=np.int64)
     sumd = np.full(n, -1, dtype=np.int64)
-    if HAVE_NUMBA and rows is None:
+    K = _compiled_for(n, COMPILED_MIN_ROWS, compiled)
+    if K is not None and rows is None:
         # each pair once, over rows gathered group by group; every thread keeps its own totals
         nt = min(_threads(threads), max(1, n // 64))
         planes = enc.planes[order]
@@ -688,7 +474,7 @@ def group_stats(enc: Encoded, labels, weights=None, *, rows=None, threads: int |
         )
 
         def work(t: int):
-            _nb_group_stats_half(*args, positions[t::nt].copy(), mxs[t], sms[t])
+            K._nb_group_stats_half(*args, positions[t::nt].copy(), mxs[t], sms[t])
 
         if nt == 1:
             work(0)
@@ -697,13 +483,13 @@ def group_stats(enc: Encoded, labels, weights=None, *, rows=None, threads: int |
                 list(ex.map(work, range(nt)))
         maxd[order] = mxs.max(axis=0)
         sumd[order] = sms.sum(axis=0)
-    elif HAVE_NUMBA:
+    elif K is not None:
         nt = min(_threads(threads), max(1, positions.size // 64))
         mx = np.full(n, -1, dtype=np.int64)
         sm = np.full(n, -1, dtype=np.int64)
 
         def work(t: int):
-            _nb_group_stats(enc.lvalue, enc.q1, enc.q2, enc.checksum, enc.planes, order, ptr, group_of, w,
+            K._nb_group_stats(enc.lvalue, enc.q1, enc.q2, enc.checksum, enc.planes, order, ptr, group_of, w,
                             positions[t::nt].copy(), mx, sm)
 
         if nt == 1:

@@ -441,6 +441,7 @@ class Index:
         c = self._conn
         c.execute("PRAGMA busy_timeout = 60000")
         c.execute("PRAGMA cache_size = -65536")  # 64 MB of pages: the sha256 index stays in memory while adding
+        c.execute("PRAGMA mmap_size = 1073741824")  # reads (the snapshot's blobs) straight from the mapped file
         app = c.execute("PRAGMA application_id").fetchone()[0]
         has_tables = c.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         if has_tables and app != APPLICATION_ID:
@@ -744,7 +745,9 @@ class Index:
             ids = np.array([r[0] for r in rows if isinstance(r[1], bytes) and len(r[1]) == width], dtype=np.int64)
         packed = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(-1, width)
         planes = packed_planes(packed)
-        if base is not None and len(base[0]):
+        if base is not None and len(base[0]) and not len(ids):  # nothing after the snapshot: no copy
+            ids, packed, planes = base
+        elif base is not None and len(base[0]):
             ids = np.concatenate([base[0], ids])
             packed = np.concatenate([base[1], packed])
             planes = np.concatenate([base[2], planes])
@@ -774,7 +777,7 @@ class Index:
         if not parts:
             return (np.zeros(0, np.int64), np.zeros((0, 35), np.uint8), np.zeros((0, 6), np.uint64)), int(info["max_id"])
         cat = lambda xs: xs[0] if len(xs) == 1 else np.concatenate(xs)  # noqa: E731
-        return (cat(ids).astype(np.int64), cat(packed), cat(planes).astype(np.uint64)), int(info["max_id"])
+        return (cat(ids).astype(np.int64, copy=False), cat(packed), cat(planes).astype(np.uint64, copy=False)), int(info["max_id"])
 
     def save_snapshot(self, min_rows: int = SNAPSHOT_MIN_ROWS) -> bool:
         """Store the digest matrix in the file when at least ``min_rows`` entries are not in
@@ -885,14 +888,26 @@ class Index:
         m = self._load(_KEYS[key])
         if not len(m.ids) or limit == 0:
             return []
-        from ..similarity.tlshdist import one_to_many
+        from ..similarity.tlshdist import encode, max_length_code_diff, one_to_many
 
-        d = one_to_many(m.enc, digest)
-        hit = np.flatnonzero(d <= max_distance)
-        order = hit[np.lexsort((m.ids[hit], d[hit]))]
+        # The length term alone bounds the distance: compare only rows whose length code is close.
+        lmax = max_length_code_diff(int(max_distance))
+        if lmax < 128:
+            ql = int(encode([digest]).lvalue[0])
+            ldiff = (m.enc.lvalue - np.uint8(ql)).astype(np.uint8)  # circular difference, both ways
+            cand = np.flatnonzero(np.minimum(ldiff, np.uint8(0) - ldiff) <= lmax)
+            d = one_to_many(m.enc, digest, cand)
+            keep = d <= max_distance
+            hit, d = cand[keep], d[keep]
+        else:
+            d = one_to_many(m.enc, digest)
+            hit = np.flatnonzero(d <= max_distance)
+            d = d[hit]
+        sort = np.lexsort((m.ids[hit], d))
+        order, d = hit[sort], d[sort]
         if limit is not None:
-            order = order[: int(limit)]
-        return self._matches(m.ids[order], d[order], m.packed[order])
+            order, d = order[: int(limit)], d[: int(limit)]
+        return self._matches(m.ids[order], d, m.packed[order])
 
     # one query per distinct digest costs up to this many distance computations; beyond, one
     # all-pairs scan over the distinct digests of both sides (pruned by the TLSH header bounds)
