@@ -143,9 +143,9 @@ def _main(argv: list[str] | None) -> int:
                     file=sys.stderr,
                 )
                 return 2
-    elif any(a in ("-h", "--help") for a in argv):
-        commands = _commands()[1]
     plugins = hashing_needs_plugins()
+    if not commands and (plugins or any(a in ("-h", "--help") for a in argv)):
+        commands = _commands()[1]  # with third-party plugins: their command names are checked too
     parser = hash_parser(commands, plugins=plugins)
     args = parser.parse_args(argv)
     _check_options(parser, args)

@@ -3,7 +3,7 @@ for numba's import: :mod:`telfhash_core.similarity.tlshdist` loads this module o
 
 Compiled code is cached on disk (``cache=True``: beside this file where it is writable, else in
 numba's per-user cache folder, or ``$NUMBA_CACHE_DIR``), so only the first run after an install
-compiles.  ``python -m telfhash_core.similarity._compiled`` compiles every kernel ahead of time.
+compiles.  ``python -m telfhash_core.similarity.tlshdist`` compiles every kernel ahead of time.
 """
 
 from __future__ import annotations
@@ -284,20 +284,3 @@ def _nb_group_stats_half(L, Q1, Q2, C, W0, W1, W2, W3, W4, W5, LT, QT, ptr, grou
             sumd[b] += d * wa
         maxd[a] = mx
         sumd[a] = sm
-
-
-def warm_up() -> None:
-    """Compile (or load from the cache) every kernel, on a few digests."""
-    from . import tlshdist as td
-
-    digests = ["T1" + "".join("0123456789ABCDEF"[(i * 7 + k * 3) % 16] for k in range(70)) for i in range(40)]
-    enc = td.encode(digests)
-    td.one_to_many(enc, 0, compiled=True)
-    labels = td.components_within(enc, 300, compiled=True)
-    td.pairs_within(enc, 300, compiled=True)
-    td.group_stats(enc, labels, compiled=True)
-    td.group_stats(enc, labels, rows=[0, 1], compiled=True)
-
-
-if __name__ == "__main__":
-    warm_up()

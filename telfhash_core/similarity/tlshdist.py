@@ -509,3 +509,19 @@ def group_stats(
             maxd[a] = int(d.max()) if d.size else 0
             sumd[a] = int((d * w[others]).sum())
     return maxd, sumd
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's on-disk cache) every kernel, on a few digests:
+    ``python -m telfhash_core.similarity.tlshdist`` after an install."""
+    digests = ["T1" + "".join("0123456789ABCDEF"[(i * 7 + k * 3) % 16] for k in range(70)) for i in range(40)]
+    enc = encode(digests)
+    one_to_many(enc, 0, compiled=True)
+    labels = components_within(enc, 300, compiled=True)
+    pairs_within(enc, 300, compiled=True)
+    group_stats(enc, labels, compiled=True)
+    group_stats(enc, labels, rows=[0, 1], compiled=True)
+
+
+if __name__ == "__main__":
+    warm_up()
