@@ -89,7 +89,9 @@ def main() -> int:
     if not src.exists():
         t = time.perf_counter()
         write_results(src, args.n, args.seed)
-        print(f"input: {args.n:,} results, {src.stat().st_size / 1e6:.0f} MB of JSONL, written in {time.perf_counter() - t:.1f} s")
+        print(
+            f"input: {args.n:,} results, {src.stat().st_size / 1e6:.0f} MB of JSONL, written in {time.perf_counter() - t:.1f} s"
+        )
     else:
         print(f"input: {src} ({src.stat().st_size / 1e6:.0f} MB), reused")
 
@@ -100,14 +102,26 @@ def main() -> int:
     for name, pythonpath in runs:
         out = folder / f"clusters-{name}.json"
         env = dict(os.environ, PYTHONPATH=pythonpath, TELFHASH_NO_ENTRY_POINTS="1")
-        cmd = [sys.executable, "-m", "telfhash_core.cli", "cluster", str(src), "-o", str(out), "-t", str(args.threshold)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "telfhash_core.cli",
+            "cluster",
+            str(src),
+            "-o",
+            str(out),
+            "-t",
+            str(args.threshold),
+        ]
         wall, cpu, rss, code, err = run(cmd, env)
         if code != 0:
             print(f"{name}: failed ({code}): {err[-800:]}")
             return 1
         digests[name] = hashlib.sha256(out.read_bytes()).hexdigest()
-        print(f"{name:<9} telfhash cluster: {wall:6.1f} s wall, {cpu:6.1f} CPU-s, peak {rss:,.0f} MB  "
-              f"[targets for 1,000,000: <= 15 s, <= 1,000 MB]   {err.strip().splitlines()[-1]}")
+        print(
+            f"{name:<9} telfhash cluster: {wall:6.1f} s wall, {cpu:6.1f} CPU-s, peak {rss:,.0f} MB  "
+            f"[targets for 1,000,000: <= 15 s, <= 1,000 MB]   {err.strip().splitlines()[-1]}"
+        )
     if len(digests) > 1:
         print(f"outputs identical: {'yes' if len(set(digests.values())) == 1 else 'NO'}")
     tmp.cleanup()

@@ -85,7 +85,7 @@ BUILTIN_FORMATS = [
     OutputFormat("default", "file name and telfhash, aligned (the reference's screen output)", _write_default),
     OutputFormat("tsv", "file<TAB>telfhash per line", _write_tsv),
     OutputFormat("json", "one JSON list of {file, telfhash, msg} (the reference's -f json)", _write_json),
-    OutputFormat("jsonl", "one JSON object per line with every field, streamed as files finish", _write_jsonl, ordered=False),
+    OutputFormat(
+        "jsonl", "one JSON object per line with every field, streamed as files finish", _write_jsonl, ordered=False
+    ),
 ]
-
-

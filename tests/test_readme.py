@@ -43,7 +43,10 @@ def venv_bin(tmp_path):
     """A folder standing in for ``.venv/bin``: ``telfhash`` and ``python`` of this environment."""
     folder = tmp_path / "bin"
     folder.mkdir()
-    for name, cmd in (("telfhash", f'exec "{sys.executable}" -m telfhash_core.cli "$@"'), ("python", f'exec "{sys.executable}" "$@"')):
+    for name, cmd in (
+        ("telfhash", f'exec "{sys.executable}" -m telfhash_core.cli "$@"'),
+        ("python", f'exec "{sys.executable}" "$@"'),
+    ):
         script = folder / name
         script.write_text(f"#!/bin/sh\n{cmd}\n")
         script.chmod(script.stat().st_mode | stat.S_IXUSR)
@@ -55,6 +58,8 @@ def test_readme_block_prints_what_the_readme_shows(index, venv_bin):
     script, expected = marked_blocks()[index]
     script = script.replace(".venv/bin/", f"{venv_bin}/")
     env = dict(os.environ, PATH=f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}")
-    p = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
+    p = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], cwd=REPO, capture_output=True, text=True, env=env, timeout=120
+    )
     assert p.returncode == 0, p.stderr
     assert p.stdout == expected

@@ -59,7 +59,9 @@ def test_struct_and_numpy_symbol_readers_agree(path):
     buf = Path(path).read_bytes()
     h = elf.read_header(buf)
     table = _table(buf, h)
-    assert elf.read_function_names(buf, h, table, use_numpy=False) == elf.read_function_names(buf, h, table, use_numpy=True)
+    assert elf.read_function_names(buf, h, table, use_numpy=False) == elf.read_function_names(
+        buf, h, table, use_numpy=True
+    )
 
 
 def test_symbol_readers_fail_alike_on_crafted_tables():
@@ -121,4 +123,6 @@ def test_own_adapters_implement_no_hashing_hook():
 def test_declared_entry_points_match_importlib_metadata():
     from importlib.metadata import entry_points
 
-    assert sorted(set(plugins.declared_entry_points())) == sorted({(e.name, e.value) for e in entry_points(group="telfhash")})
+    assert sorted(set(plugins.declared_entry_points())) == sorted(
+        {(e.name, e.value) for e in entry_points(group="telfhash")}
+    )

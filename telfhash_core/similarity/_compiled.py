@@ -25,6 +25,7 @@ def _popcount(typingctx, x):
 
     return sig, codegen
 
+
 def _njit(**options):
     """``numba.njit`` with an on-disk cache where one can be written (else compile per run)."""
 
@@ -36,7 +37,9 @@ def _njit(**options):
 
     return decorate
 
+
 _jit = _njit(nogil=True)
+
 
 @_njit(nogil=True, inline="always")
 def _nb_qterm(qa, qb):
@@ -46,6 +49,7 @@ def _nb_qterm(qa, qb):
     if d > 8:
         d = 16 - d
     return d if d <= 1 else 12 * (d - 1)
+
 
 @_njit(nogil=True, inline="always")
 def _header(la, lb, q1a, q1b, q2a, q2b, ca, cb):
@@ -60,6 +64,7 @@ def _header(la, lb, q1a, q1b, q2a, q2b, ca, cb):
         h += 1
     return h
 
+
 @_njit(nogil=True, inline="always")
 def _body(P, i, Q, j):
     x0 = P[i, 0] ^ Q[j, 0]
@@ -70,6 +75,7 @@ def _body(P, i, Q, j):
     x5 = P[i, 5] ^ Q[j, 5]
     s = _popcount(x0) + _popcount(x1) + _popcount(x2) + _popcount(x3) + _popcount(x4) + _popcount(x5)
     return s + 3 * (_popcount(x0 & x2 & x4) + _popcount(x1 & x3 & x5))
+
 
 @_jit
 def _nb_one_to_many(L, Q1, Q2, C, P, rows, ql, qq1, qq2, qc, QP):
@@ -84,6 +90,7 @@ def _nb_one_to_many(L, Q1, Q2, C, P, rows, ql, qq1, qq2, qc, QP):
         h = _header(ql, np.int64(L[j]), qq1, np.int64(Q1[j]), qq2, np.int64(Q2[j]), qc, np.int64(C[j]))
         out[k] = h + _body(QP, 0, P, j)
     return out
+
 
 @_jit
 def _nb_class_pass(cL, cQ1, cQ2, lstart, threshold, lmax, allpairs, fill, indptr, cand, bound):
@@ -103,8 +110,9 @@ def _nb_class_pass(cL, cQ1, cQ2, lstart, threshold, lmax, allpairs, fill, indptr
                 if off == 0:
                     lo = A
             for B in range(lo, hi):
-                h = _header(la, np.int64(cL[B]), np.int64(cQ1[A]), np.int64(cQ1[B]),
-                            np.int64(cQ2[A]), np.int64(cQ2[B]), 0, 0)
+                h = _header(
+                    la, np.int64(cL[B]), np.int64(cQ1[A]), np.int64(cQ1[B]), np.int64(cQ2[A]), np.int64(cQ2[B]), 0, 0
+                )
                 if h <= threshold:
                     if fill:
                         cand[cnt] = B
@@ -112,6 +120,7 @@ def _nb_class_pass(cL, cQ1, cQ2, lstart, threshold, lmax, allpairs, fill, indptr
                     cnt += 1
         indptr[A + 1] = cnt
     return cnt
+
 
 def _nb_class_candidates(cL, cQ1, cQ2, lstart, threshold, lmax, allpairs):
     """For every header class A, the classes B >= A whose header lower bound is <= threshold.
@@ -127,9 +136,9 @@ def _nb_class_candidates(cL, cQ1, cQ2, lstart, threshold, lmax, allpairs):
     _nb_class_pass(cL, cQ1, cQ2, lstart, threshold, lmax, allpairs, True, indptr, cand, bound)
     return indptr, cand, bound
 
+
 @_jit
-def _nb_scan(W0, W1, W2, W3, W4, W5, C, cls_of, cstart, indptr, cand, bound,
-             positions, threshold, mode, parent):
+def _nb_scan(W0, W1, W2, W3, W4, W5, C, cls_of, cstart, indptr, cand, bound, positions, threshold, mode, parent):
     """Visit the candidate pairs (a, b), a < b in class-sorted order, for rows ``positions``.
 
     mode 0: return the pairs within the threshold; mode 1: union them into ``parent``.
@@ -163,8 +172,13 @@ def _nb_scan(W0, W1, W2, W3, W4, W5, C, cls_of, cstart, indptr, cand, bound,
                 x1 = a1 ^ W1[b]
                 x4 = a4 ^ W4[b]
                 x5 = a5 ^ W5[b]
-                s += (_popcount(x0) + _popcount(x1) + _popcount(x4) + _popcount(x5)
-                      + 3 * (_popcount(x0 & x2 & x4) + _popcount(x1 & x3 & x5)))
+                s += (
+                    _popcount(x0)
+                    + _popcount(x1)
+                    + _popcount(x4)
+                    + _popcount(x5)
+                    + 3 * (_popcount(x0 & x2 & x4) + _popcount(x1 & x3 & x5))
+                )
                 if s > budget:
                     continue
                 if C[b] != ca:
@@ -189,6 +203,7 @@ def _nb_scan(W0, W1, W2, W3, W4, W5, C, cls_of, cstart, indptr, cand, bound,
                     _union(parent, a, b)
     return oi[:cnt], oj[:cnt], od[:cnt]
 
+
 @_njit(nogil=True)
 def _find(parent, x):
     root = x
@@ -200,6 +215,7 @@ def _find(parent, x):
         x = nxt
     return root
 
+
 @_njit(nogil=True)
 def _union(parent, a, b):
     ra = _find(parent, a)
@@ -209,6 +225,7 @@ def _union(parent, a, b):
             parent[rb] = ra
         else:
             parent[ra] = rb
+
 
 @_jit
 def _merge_parents(parents):
@@ -251,8 +268,7 @@ def _nb_group_stats(L, Q1, Q2, C, P, members, ptr, group_of, weights, positions,
 
 
 @_jit
-def _nb_group_stats_half(L, Q1, Q2, C, W0, W1, W2, W3, W4, W5, LT, QT, ptr, group_of, weights,
-                         positions, maxd, sumd):
+def _nb_group_stats_half(L, Q1, Q2, C, W0, W1, W2, W3, W4, W5, LT, QT, ptr, group_of, weights, positions, maxd, sumd):
     """Every pair inside each group once.  Rows are sorted by group (group g is rows
     ptr[g]:ptr[g+1]); row a (in ``positions``) meets the later rows of its group and both
     rows' largest and weighted total distance are updated."""
@@ -274,8 +290,15 @@ def _nb_group_stats_half(L, Q1, Q2, C, W0, W1, W2, W3, W4, W5, LT, QT, ptr, grou
             x3 = a3 ^ W3[b]
             x4 = a4 ^ W4[b]
             x5 = a5 ^ W5[b]
-            d = (_popcount(x0) + _popcount(x1) + _popcount(x2) + _popcount(x3) + _popcount(x4)
-                 + _popcount(x5) + 3 * (_popcount(x0 & x2 & x4) + _popcount(x1 & x3 & x5)))
+            d = (
+                _popcount(x0)
+                + _popcount(x1)
+                + _popcount(x2)
+                + _popcount(x3)
+                + _popcount(x4)
+                + _popcount(x5)
+                + 3 * (_popcount(x0 & x2 & x4) + _popcount(x1 & x3 & x5))
+            )
             d += LT[(la - np.int64(L[b])) & 255] + QT[(q1a - np.int64(Q1[b])) & 15]
             d += QT[(q2a - np.int64(Q2[b])) & 15] + (1 if C[b] != ca else 0)
             mx = max(mx, d)
