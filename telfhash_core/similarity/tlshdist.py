@@ -53,6 +53,8 @@ __all__ = [
     "pairs_within",
     "components_within",
     "max_length_code_diff",
+    "header_bounds",
+    "packed_distances",
     "group_stats",
     "relabel",
     "HAVE_NUMBA",
@@ -97,6 +99,41 @@ def max_length_code_diff(threshold: int) -> int:
         if _lterm(d) <= threshold:
             best = d
     return best
+
+
+def header_bounds(headers: np.ndarray, query) -> np.ndarray:
+    """For header classes ``(length code << 8) | (q1 << 4) | q2``: the length and quartile-ratio
+    terms of the distance to ``query`` (a digest in any spelling).  Every other term is >= 0, so
+    no digest of a class whose value exceeds a threshold is within it."""
+    q = encode([query])
+    h = np.asarray(headers, dtype=np.int64)
+    d = _LTERM_TABLE[((h >> 8) - int(q.lvalue[0])) % 256]
+    d = d + _QTERM_TABLE[(((h >> 4) & 0x0F) - int(q.q1[0])) % 16]
+    return d + _QTERM_TABLE[((h & 0x0F) - int(q.q2[0])) % 16]
+
+
+def packed_distances(packed: np.ndarray, query) -> np.ndarray:
+    """Distances (int32, py-tlsh ``diff``) from ``query`` (a digest in any spelling) to each row
+    of an (n, 35) uint8 matrix of packed digests, without building bit planes first.
+
+    The body term is read two body bytes (eight buckets) at a time from a table made for the
+    query: 16 look-ups per row.  For one query over rows read just now this is cheaper than
+    :func:`one_to_many`, whose planes cost more to build than the pass itself.
+    """
+    q = encode([query])
+    byts = np.ascontiguousarray(packed, dtype=np.uint8).reshape(-1, 35)
+    lbyte = byts[:, 1]
+    lvalue = ((lbyte & 0x0F) << 4) | (lbyte >> 4)  # stored nibble-swapped
+    d = _LTERM_TABLE[(lvalue - q.lvalue[0]).astype(np.uint8)]  # uint8 wrap-around: the difference mod 256
+    d += _QTERM_TABLE[((byts[:, 2] >> 4) - q.q1[0]) & 0x0F]
+    d += _QTERM_TABLE[((byts[:, 2] & 0x0F) - q.q2[0]) & 0x0F]
+    d += byts[:, 0] != q.checksum[0]
+    body = byts[:, 3:].copy().view(">u2")  # (n, 16): two body bytes each, first byte high
+    qb = q.body[0].astype(np.intp)
+    for k in range(16):
+        table = (_BYTE_DIFF[qb[2 * k]][:, None] + _BYTE_DIFF[qb[2 * k + 1]][None, :]).ravel()  # 65536 entries
+        d += table[body[:, k]]
+    return d.astype(np.int32, copy=False)
 
 
 # ----------------------------------------------------------------------------- encoding

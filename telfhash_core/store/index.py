@@ -98,7 +98,17 @@ CREATE TABLE IF NOT EXISTS snapshot (
     planes BLOB NOT NULL,            -- 6 x uint64 little-endian bit planes per entry
     PRIMARY KEY (col, part)
 );
+CREATE TABLE IF NOT EXISTS snapshot_by_header (
+    col TEXT NOT NULL,               -- the same rows as `snapshot`, grouped by TLSH header class
+    header INTEGER NOT NULL,         -- (length code << 8) | quartile-ratio byte of every row here
+    part INTEGER NOT NULL,           -- the snapshot write that stored them
+    ids BLOB NOT NULL,               -- int64 little-endian entry ids
+    packed BLOB NOT NULL,            -- 35 bytes per entry
+    PRIMARY KEY (col, header, part)
+);
 """
+_BY_HEADER_SCHEMA = _SCHEMA.split(";")[3]
+BY_HEADER_MAX_WRITES = 16  # appended snapshot writes before the by-header rows are rewritten in one piece
 
 
 def default_path() -> Path:
@@ -158,6 +168,12 @@ def packed_planes(packed: np.ndarray) -> np.ndarray:
     return planes
 
 
+def _header_classes(packed: np.ndarray) -> np.ndarray:
+    """(n,) int64 header class of each packed digest: (length code << 8) | quartile-ratio byte."""
+    lbyte = packed[:, 1].astype(np.int64)
+    return ((((lbyte & 0x0F) << 4) | (lbyte >> 4)) << 8) | packed[:, 2]
+
+
 def encode_packed(mat: np.ndarray, planes: np.ndarray | None = None, *, hex: bool = True) -> Encoded:
     """:class:`~telfhash_core.tlshdist.Encoded` from an (n, 35) uint8 matrix of packed digests.
 
@@ -210,7 +226,11 @@ class Match:
     sha1: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # every field is a str, int or None: a plain dict equals asdict(), at a fraction of its cost
+        return {f: getattr(self, f) for f in _MATCH_FIELDS}
+
+
+_MATCH_FIELDS = tuple(Match.__dataclass_fields__)
 
 
 @dataclass
@@ -423,6 +443,7 @@ class Index:
             raise IsADirectoryError(f"{self.path} is a directory, not an index file")
         self._conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
         self._matrices: dict[str, _Matrix] = {}
+        self._searched: set[str] = set()  # columns searched once already (see search)
         try:
             self._setup()
         except sqlite3.OperationalError as exc:  # locked, read-only folder, disk full, ...
@@ -467,6 +488,8 @@ class Index:
                 raise
         if not c.execute("SELECT 1 FROM sqlite_master WHERE name = 'snapshot'").fetchone():
             c.execute(_SCHEMA.split(";")[2])  # an index made before snapshots were stored
+        if not c.execute("SELECT 1 FROM sqlite_master WHERE name = 'snapshot_by_header'").fetchone():
+            c.execute(_BY_HEADER_SCHEMA)  # ... or before they were also stored by header class
         version = self._meta("schema")
         if version is None or int(version) > SCHEMA_VERSION:
             raise ValueError(f"{self.path}: index schema {version} is not supported by this version")
@@ -789,8 +812,8 @@ class Index:
             stale = info.get("rewrites") != gen[1]
             max_id = self._conn.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0]
             missing = max_id - int(info.get("max_id", 0)) if not stale else max_id
-            if missing < max(1, min_rows):
-                continue
+            if missing < max(1, min_rows) and (stale or info.get("by_header") or max_id < max(1, min_rows)):
+                continue  # (a current snapshot of an earlier version gains its by-header rows)
             if not self._conn.execute(f"SELECT 1 FROM entries WHERE {column} IS NOT NULL LIMIT 1").fetchone():
                 continue
             m = self._load(column)
@@ -824,7 +847,8 @@ class Index:
                     ),
                 )
                 part += 1
-            info = {"rewrites": m.generation[1], "max_id": m.max_id, "parts": part}
+            by_header = self._write_by_header(column, m, info, start)
+            info = {"rewrites": m.generation[1], "max_id": m.max_id, "parts": part, "by_header": by_header}
             c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"snapshot:{column}", json.dumps(info)))
             c.execute("COMMIT")
         except BaseException:
@@ -832,6 +856,109 @@ class Index:
                 c.execute("ROLLBACK")
             raise
         return True
+
+    def _write_by_header(self, column: str, m: _Matrix, info: dict | None, start: int) -> dict:
+        """Store the rows of ``m`` with ids above ``start`` grouped by header class (inside the
+        caller's transaction), or all of them when the stored ones cannot be extended."""
+        c = self._conn
+        old = info.get("by_header") if info else None
+        if (
+            not isinstance(old, dict)
+            or not isinstance(old.get("rows"), int)
+            or not isinstance(old.get("writes"), int)
+            or old["writes"] >= BY_HEADER_MAX_WRITES
+            or start == 0
+        ):
+            c.execute("DELETE FROM snapshot_by_header WHERE col = ?", (column,))
+            old, start = {"rows": 0, "writes": 0}, 0
+        rows = np.flatnonzero(m.ids > start)
+        header = _header_classes(m.packed[rows])
+        order = np.argsort(header, kind="stable")  # ids stay ascending inside a class
+        rows, header = rows[order], header[order]
+        bounds = np.flatnonzero(np.diff(header)) + 1
+        starts = np.concatenate([[0], bounds]).astype(np.int64)
+        ends = np.concatenate([bounds, [len(rows)]]).astype(np.int64)
+        part = old["writes"]  # numbers the writes since the last rewrite: never reused
+        c.executemany(
+            "INSERT INTO snapshot_by_header VALUES (?, ?, ?, ?, ?)",
+            (
+                (
+                    column,
+                    int(header[a]),
+                    part,
+                    m.ids[rows[a:b]].astype("<i8").tobytes(),
+                    np.ascontiguousarray(m.packed[rows[a:b]]).tobytes(),
+                )
+                for a, b in zip(starts.tolist(), ends.tolist())
+                if b > a
+            ),
+        )
+        return {"rows": old["rows"] + len(rows), "writes": old["writes"] + 1}
+
+    def _search_by_header(self, column: str, digest: str, max_distance: int):
+        """``(ids, packed)`` of every entry that could be within ``max_distance`` of ``digest``
+        by its header alone, read from the by-header snapshot rows plus the rows added after it;
+        None when there is no current, intact by-header snapshot (then the whole matrix is loaded).
+
+        The length and quartile terms of the distance are >= 0 and depend only on the header
+        class, so a class whose terms already exceed the threshold holds no match: its rows are
+        never read.  This keeps a single search in a new process from reading every digest.
+        """
+        from ..similarity.tlshdist import header_bounds
+
+        c = self._conn
+        c.execute("BEGIN")  # one read snapshot for the counters and the rows
+        try:
+            gen = self._generation()
+            try:
+                info = json.loads(self._meta(f"snapshot:{column}") or "null")
+            except ValueError:
+                return None
+            if not isinstance(info, dict) or info.get("rewrites") != gen[1]:
+                return None
+            bh = info.get("by_header")
+            if not isinstance(bh, dict) or not isinstance(bh.get("rows"), int) or not isinstance(info.get("max_id"), int):
+                return None
+            n_ids, n_packed = c.execute(
+                "SELECT coalesce(sum(length(ids)), 0), coalesce(sum(length(packed)), 0) FROM snapshot_by_header WHERE col = ?",
+                (column,),
+            ).fetchone()
+            if n_ids != 8 * bh["rows"] or n_packed != PACKED_LEN * bh["rows"]:
+                return None  # damaged or written over: never trusted
+            headers = np.array(
+                [r[0] for r in c.execute("SELECT DISTINCT header FROM snapshot_by_header WHERE col = ?", (column,))],
+                dtype=np.int64,
+            )
+            wanted = headers[header_bounds(headers, digest) <= max_distance] if len(headers) else headers
+            parts = c.execute(
+                "SELECT header, ids, packed FROM snapshot_by_header WHERE col = ? "
+                "AND header IN (SELECT value FROM json_each(?))",
+                (column, json.dumps(wanted.tolist())),
+            ).fetchall()
+            tail = c.execute(
+                f"SELECT id, {column} FROM entries WHERE id > ? AND {column} IS NOT NULL ORDER BY id", (info["max_id"],)
+            ).fetchall()
+        except (ValueError, TypeError, sqlite3.Error):
+            return None
+        finally:
+            c.execute("COMMIT")
+        ids_parts, packed_parts = [], []
+        for header, ids_blob, packed_blob in parts:
+            if not isinstance(ids_blob, bytes) or not isinstance(packed_blob, bytes):
+                return None
+            ids = np.frombuffer(ids_blob, dtype="<i8")
+            if len(ids_blob) % 8 or len(packed_blob) != PACKED_LEN * len(ids):
+                return None
+            packed = np.frombuffer(packed_blob, dtype=np.uint8).reshape(-1, PACKED_LEN)
+            if len(packed) and not (_header_classes(packed) == header).all():
+                return None
+            ids_parts.append(ids)
+            packed_parts.append(packed)
+        width = PACKED_LEN
+        good = [r for r in tail if isinstance(r[1], bytes) and len(r[1]) == width]  # a foreign write never breaks a search
+        ids_parts.append(np.fromiter((r[0] for r in good), dtype=np.int64, count=len(good)))
+        packed_parts.append(np.frombuffer(b"".join(r[1] for r in good), dtype=np.uint8).reshape(-1, width))
+        return np.concatenate(ids_parts).astype(np.int64, copy=False), np.concatenate(packed_parts)
 
     def _query(self, query: Any, key: str) -> str:
         """The query digest (t1 form) from a digest in any spelling or a path to a file."""
@@ -885,10 +1012,29 @@ class Index:
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0):
             raise ValueError(f"limit must be None or a whole number >= 0, not {limit!r}")
         digest = self._query(query, key)
-        m = self._load(_KEYS[key])
+        from ..similarity.tlshdist import encode, max_length_code_diff, one_to_many, packed_distances
+
+        column = _KEYS[key]
+        if column not in self._matrices and column not in self._searched:
+            # The first search of this Index reads only the header classes that can match (a
+            # one-off search in a new process); later ones load and keep the whole matrix.
+            self._searched.add(column)
+            some = self._search_by_header(column, digest, int(max_distance))
+            if some is not None:
+                ids, packed = some
+                if not len(ids) or limit == 0:
+                    return []
+                d = packed_distances(packed, digest)  # exact; no bit planes to build for one query
+                hit = np.flatnonzero(d <= max_distance)
+                d = d[hit]
+                sort = np.lexsort((ids[hit], d))
+                order, d = hit[sort], d[sort]
+                if limit is not None:
+                    order, d = order[: int(limit)], d[: int(limit)]
+                return self._matches(ids[order], d, packed[order])
+        m = self._load(column)
         if not len(m.ids) or limit == 0:
             return []
-        from ..similarity.tlshdist import encode, max_length_code_diff, one_to_many
 
         # The length term alone bounds the distance: compare only rows whose length code is close.
         lmax = max_length_code_diff(int(max_distance))
