@@ -13,7 +13,12 @@ checksum, a quartile ratio or the length code), with random SHA-256s.  Prints:
   (target: <= 0.5 s per query over 1,000,000 entries), and a cold ``telfhash index search``
   in a new process;
 * the same queries as a linear scan with py-tlsh ``diff`` over every digest, timed side by
-  side, and whether every result list is identical (same entries, same distances).
+  side, and whether every result list is identical (same entries, same distances);
+* ``telfhash index search DIGEST --db FILE`` as a whole command: the CPU seconds (user + system)
+  of the child process, Python start-up and imports included, for each of ``--commands``
+  queries, beside the CPU seconds of one linear py-tlsh scan (target: <= 0.3 CPU-s on 1,000,000).
+
+``--db FILE`` of an existing index reuses it (no build; its digests and SHA-256s are read back).
 
 No reference implementation of an index exists; the py-tlsh scan is the comparison.
 """
@@ -23,6 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -115,24 +123,25 @@ def linear_scan(query: str, all_digests: list[str], shas: list[str], threshold: 
     return [(s, d) for d, s in hits]
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--entries", type=int, default=1_000_000)
-    ap.add_argument("--add", type=int, default=100_000, help="size of the timed first add")
-    ap.add_argument("--queries", type=int, default=20)
-    ap.add_argument("--verify", type=int, default=5, help="queries also run as a py-tlsh linear scan")
-    ap.add_argument("--threshold", type=int, default=50)
-    ap.add_argument("--db", default=None, help="index file to create (default: a temporary folder)")
-    ap.add_argument("--seed", type=int, default=1)
-    args = ap.parse_args()
+def child_cpu(cmd: list[str], env: dict) -> tuple[float, subprocess.CompletedProcess]:
+    """CPU seconds (user + system) of one child process, and the process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cp = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), cp
 
-    rng = np.random.default_rng(args.seed)
-    seeds = seed_digests()
-    tmp = tempfile.TemporaryDirectory(prefix="bench-index-")
-    db = Path(args.db or Path(tmp.name) / "index.sqlite")
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
 
+def read_back(db: Path) -> tuple[np.ndarray, list[str]]:
+    """The packed digests and SHA-256s of an existing index, in the order added."""
+    con = sqlite3.connect(db)
+    rows = con.execute("SELECT sha256, digest FROM entries WHERE digest IS NOT NULL ORDER BY id").fetchall()
+    con.close()
+    packed = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.uint8).reshape(-1, 35)
+    return packed, [r[0] for r in rows]
+
+
+def build(args, seeds: list[str], rng: np.random.Generator, db: Path) -> tuple[np.ndarray, list[str]]:
+    """Create the index of ``args.entries`` synthetic results, timing the adds."""
     t = time.perf_counter()
     packed = synthetic(seeds, args.entries, rng)
     print(f"synthetic digests: {args.entries:,} ({len(np.unique(packed.view('V35')))/args.entries:.0%} distinct) in {time.perf_counter() - t:.1f} s")
@@ -156,6 +165,34 @@ def main() -> int:
             more = args.entries - first
             el = time.perf_counter() - t
             print(f"add {more:,} more (including building the dicts): {el:.1f} s ({more / el:,.0f}/s); index {len(ix):,} entries, {db.stat().st_size / 1e6:.0f} MB")
+
+    return packed, shas
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--entries", type=int, default=1_000_000)
+    ap.add_argument("--add", type=int, default=100_000, help="size of the timed first add")
+    ap.add_argument("--queries", type=int, default=20)
+    ap.add_argument("--verify", type=int, default=5, help="queries also run as a py-tlsh linear scan")
+    ap.add_argument("--threshold", type=int, default=50)
+    ap.add_argument("--db", default=None, help="index file to create (default: a temporary folder)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--commands", type=int, default=8, help="whole 'telfhash index search' commands timed")
+    args = ap.parse_args()
+
+    rng = np.random.default_rng(args.seed)
+    seeds = seed_digests()
+    tmp = tempfile.TemporaryDirectory(prefix="bench-index-")
+    db = Path(args.db or Path(tmp.name) / "index.sqlite")
+    if db.is_file():
+        with Index(db, create=False) as ix:
+            ix.save_snapshot()  # an index stored by an earlier version gains its by-header rows
+        packed, shas = read_back(db)
+        args.entries = len(packed)
+        print(f"reusing {db}: {args.entries:,} entries with a telfhash")
+    else:
+        packed, shas = build(args, seeds, rng, db)
 
     # queries: half are entries of the index, half fresh family members
     qrows = np.concatenate([packed[rng.integers(0, args.entries, args.queries - args.queries // 2)], synthetic(seeds, args.queries // 2, rng)])
@@ -200,26 +237,30 @@ def main() -> int:
         f"{np.median(limited) * 1000:.1f} ms, max {max(limited) * 1000:.1f} ms"
     )
 
-    env = dict(os.environ, TELFHASH_NO_ENTRY_POINTS="1")
-    t = time.perf_counter()
-    cp = subprocess.run(
-        [sys.executable, "-m", "telfhash_core.cli", "index", "--db", str(db), "search", queries[1], "-f", "json"],
-        capture_output=True, text=True, env=env,
-    )
-    cli = time.perf_counter() - t
-    cli_ok = cp.returncode in (0, 1) and len(json.loads(cp.stdout or "[]")) == len(answers[queries[1]])
-    print(f"'telfhash index search' in a new process (start-up, open, load, search): {cli:.2f} s, same result: {cli_ok}")
+    # whole commands, as a user runs them; bytecode may be written, as an installed package has it
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["TELFHASH_NO_ENTRY_POINTS"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    cmd = [sys.executable, "-m", "telfhash_core.cli", "index", "--db", str(db), "search"]
+    child_cpu([*cmd, queries[0]], env)  # warm-up: byte code and the file in the page cache
+    cpus, cli_ok = [], True
+    for q in (queries * (1 + args.commands // max(1, len(queries))))[: args.commands]:
+        cpu, cp = child_cpu([*cmd, q, "-f", "json", "-t", str(args.threshold)], env)
+        cpus.append(cpu)
+        got = [(m["sha256"], m["distance"]) for m in json.loads(cp.stdout or "[]")]
+        cli_ok &= cp.returncode in (0, 1) and got == [(m.sha256, m.distance) for m in answers[q]]
 
     # the same queries as a linear scan with py-tlsh
     hexes = packed.tobytes().hex().upper()
     all_digests = ["T1" + hexes[70 * i : 70 * i + 70] for i in range(len(packed))]
     n_verify = min(args.verify, len(queries))
     equal = 0
-    scan_times = []
+    scan_times, scan_cpu = [], []
     for q in queries[:n_verify]:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         expect = linear_scan(q, all_digests, shas, args.threshold)
         scan_times.append(time.perf_counter() - t)
+        scan_cpu.append(time.process_time() - c)
         dists = [m.distance for m in answers[q]]
         got = sorted(((m.sha256, m.distance) for m in answers[q]), key=lambda x: (x[1], x[0]))
         equal += got == expect and dists == sorted(dists)
@@ -227,6 +268,16 @@ def main() -> int:
     print(
         f"linear scan with py-tlsh diff over {args.entries:,} digests: median {scan * 1000:.0f} ms per query; "
         f"index {scan / (np.median(times_ms) / 1000):.0f}x faster; results identical for {equal}/{n_verify} queries"
+    )
+    ref_cpu = statistics.median(scan_cpu)
+    med = statistics.median(cpus)
+    print(
+        f"'telfhash index search DIGEST --db FILE' as a whole command (new process: start-up, imports, open, search, "
+        f"output) over {args.entries:,} entries, T={args.threshold}, {len(cpus)} queries:\n"
+        f"  CPU-s of the child: median {med:.3f}, min {min(cpus):.3f}, max {max(cpus):.3f}  [target <= 0.3]  "
+        f"same results as the in-process search: {cli_ok}\n"
+        f"  linear py-tlsh scan (reference, in this process, no start-up): median {ref_cpu:.3f} CPU-s per query; "
+        f"ratio {ref_cpu / med:.1f}x"
     )
     tmp.cleanup()
     return 0 if equal == n_verify and cli_ok else 1

@@ -22,7 +22,7 @@ def family_rows(n: int, seed: int) -> list[dict]:
     seeds = rng.integers(0, 256, (40, 35), dtype=np.uint8)
     seeds[:, 1] = rng.integers(0x10, 0x40, 40)  # a handful of length codes, as real corpora have
     packed = seeds[rng.integers(0, len(seeds), n)].copy()
-    for k in range(4):
+    for _ in range(4):
         rows = np.flatnonzero(rng.random(n) < 0.7)
         packed[rows, rng.integers(3, 35, rows.size)] ^= rng.integers(1, 256, rows.size).astype(np.uint8)
     rows = np.flatnonzero(rng.random(n) < 0.2)
