@@ -950,8 +950,9 @@ class Index:
             if len(ids_blob) % 8 or len(packed_blob) != PACKED_LEN * len(ids):
                 return None
             packed = np.frombuffer(packed_blob, dtype=np.uint8).reshape(-1, PACKED_LEN)
-            if len(packed) and not (_header_classes(packed) == header).all():
-                return None
+            lcode, qbyte = (header >> 8) & 0xFF, header & 0xFF
+            if not ((packed[:, 1] == (((lcode & 0x0F) << 4) | (lcode >> 4))).all() and (packed[:, 2] == qbyte).all()):
+                return None  # a row in the wrong class: the stored header is nibble-swapped, as in the digest
             ids_parts.append(ids)
             packed_parts.append(packed)
         width = PACKED_LEN
