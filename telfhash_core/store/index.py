@@ -226,11 +226,9 @@ class Match:
     sha1: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        # every field is a str, int or None: a plain dict equals asdict(), at a fraction of its cost
-        return {f: getattr(self, f) for f in _MATCH_FIELDS}
-
-
-_MATCH_FIELDS = tuple(Match.__dataclass_fields__)
+        # every field is a str, int or None, set by __init__ in field order: a copy of the
+        # instance's dict equals asdict() (same keys, same order) at a fraction of its cost
+        return dict(self.__dict__)
 
 
 @dataclass
