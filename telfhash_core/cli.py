@@ -116,6 +116,10 @@ def hash_parser(command_names: Iterable[str] = (), *, plugins: bool = True) -> a
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Nothing here multiplies matrices, yet OpenBLAS (loaded with NumPy) starts a thread per core
+    # that costs about 0.1 CPU-s per command (e.g. `index search`); one BLAS thread unless the user
+    # chose otherwise.  Set before NumPy is first imported (it is imported lazily).
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         return _main(argv)
     except DuplicateNameError as exc:  # two plugins offer one name: refuse, say which
