@@ -150,6 +150,49 @@ def files() -> list[dict]:
     return [dict(f, abspath=str(base / f["path"])) for f in entries]
 
 
+STATIC = Path(os.environ.get("TELFHASH_CORPUS_STATIC", REPO.parent / "shared" / "corpus-static"))
+
+
+def static_available() -> bool:
+    return (STATIC / "manifest.json").is_file() and (STATIC / "elf-corpus.tar.xz").is_file()
+
+
+def static_skip_reason() -> str:
+    return f"shared static corpus not found at {STATIC} (set TELFHASH_CORPUS_STATIC to its folder)"
+
+
+@lru_cache(maxsize=None)
+def static_manifest() -> dict:
+    if not static_available():
+        pytest.skip(static_skip_reason())
+    return json.loads((STATIC / "manifest.json").read_text())
+
+
+@lru_cache(maxsize=None)
+def static_root() -> Path:
+    """The extracted static corpus folder (extracting on first use; ~900 MB)."""
+    m = static_manifest()
+    tarball = STATIC / "elf-corpus.tar.xz"
+    st = tarball.stat()
+    dest = CACHE / f"corpus-static-{st.st_size}-{int(st.st_mtime)}"
+    marker = dest / ".complete"
+    if not marker.exists():
+        dest.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(tarball) as tf:
+            tf.extractall(dest, filter="data") if hasattr(tarfile, "data_filter") else tf.extractall(dest)
+        missing = [f["path"] for f in m["files"] if not (dest / f["path"]).is_file()]
+        if missing:
+            raise RuntimeError(f"static corpus extraction incomplete: {len(missing)} files missing, e.g. {missing[:3]}")
+        marker.write_text("ok\n")
+    return dest
+
+
+def static_files() -> list[dict]:
+    """Static-corpus manifest entries, each with an added ``abspath``."""
+    base = static_root()
+    return [dict(f, abspath=str(base / f["path"])) for f in static_manifest()["files"]]
+
+
 def symbol_lists(limit: int, min_names: int) -> list[list[str]]:
     """The selected (filtered, lower-cased, sorted) symbol names of up to ``limit`` hashed corpus
     files with at least ``min_names`` names: seeds for synthetic families of digests."""

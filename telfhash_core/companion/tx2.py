@@ -1,0 +1,393 @@
+"""telfhash-x version 2 (``tx2:``): one value for one program across CPUs, static or dynamic.
+
+tx1 hashed a static, stripped binary by all of its read-only strings, and 92-96% of those are
+the static C library's, so unrelated programs on one C library came out alike.  tx2 removes
+what the toolchain contributes (strings derived from Debian's cross toolchains, see
+:mod:`.toolchain`), normalises CPU names and target triplets, hashes a very small program by
+words rather than whole strings, reads imports the same way on every CPU (MIPS lists a
+plug-in's host functions as undefined ``STT_FUNC`` with a stub address, other CPUs as
+``STT_NOTYPE``), and encodes the token set so that one name more or less moves the distance
+little (TLSH over a fixed expansion of each token's hash instead of TLSH over joined text).
+
+Value: ``"tx2:" + rule + ":" + "t1" + 70 hex``, where rule is ``imports``, ``exports``,
+``strings`` or ``calls``: the rule that produced it (the digest after the last ``:`` is what
+is compared).  Rules and measurements: ``docs/companion.md``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..hashing.elf import _SYM_DTYPE, Header, NotELF, SymbolTable
+from . import ElfFacts, _readonly_regions, call_targets, derive_helpers, elf_facts, fold_name
+from . import toolchain as tc
+
+VERSION = "tx2"
+RULES = ("imports", "exports", "strings", "calls")
+HELPERS_FILE = Path(__file__).with_name("tx2_helpers.json")
+
+ET_REL = 1
+SHT_SYMTAB, SHT_STRTAB, SHT_DYNSYM = 2, 3, 11
+SHN_UNDEF = 0
+STT_NOTYPE, STT_FUNC, STT_GNU_IFUNC = 0, 2, 10
+STB_GLOBAL, STB_WEAK = 1, 2
+STV_DEFAULT, STV_PROTECTED = 0, 3
+MAX_NAME = 4096
+
+# Fewer names than this say which interface a file has, not which program it is (glibc's
+# 234 gconv modules import and export the same six functions): such files go by strings.
+MIN_SYMBOLS = 8
+# Fewer program strings than this (after the toolchain's are removed): hash words instead.
+SMALL_STRINGS = 16
+# Each token becomes this many bytes of its SHAKE-128 expansion before TLSH.
+EXPAND = 256
+# At most this many tokens (the first in hash order: a consistent sample) are hashed.
+MAX_TOKENS = 4096
+# A dynamic file's strings join its imports/exports, at most this many (first in hash order).
+MAX_SYMBOL_STRINGS = 256
+# Leading bytes tried off a string that is not the toolchain's as a whole (table bytes that
+# happen to be printable run into the string after them).
+MAX_TRIM = 64
+
+
+# ----------------------------------------------------------------------------- symbols
+
+
+@dataclass
+class Symbols:
+    imported: list[str]
+    exported: list[str]
+
+
+def _table(facts: ElfFacts, wanted: int) -> SymbolTable | None:
+    for s in facts.sections:
+        if s.type == wanted and s.size > 0 and s.entsize > 0 and s.link < len(facts.sections):
+            strtab = facts.sections[s.link]
+            if strtab.type == SHT_STRTAB:
+                return SymbolTable("dynsym" if wanted == SHT_DYNSYM else "symtab", s.offset, s.size, s.entsize, strtab.offset)
+    return None
+
+
+def symbol_table(facts: ElfFacts) -> SymbolTable | None:
+    """The dynamic interface (``.dynsym``); for relocatable objects (``.o``, kernel modules)
+    the ``.symtab``.  A static executable's ``.symtab`` lists its C library's functions: such
+    files go by their strings, like their stripped builds."""
+    t = _table(facts, SHT_DYNSYM)
+    if t is None and facts.e_type == ET_REL:
+        t = _table(facts, SHT_SYMTAB)
+    return t
+
+
+def read_symbols(buf, h: Header, table: SymbolTable) -> Symbols:
+    """Global or weak symbols of default or protected visibility.  Imports: undefined
+    ``STT_FUNC``, ``STT_GNU_IFUNC`` *or* ``STT_NOTYPE`` (a plug-in's host functions are NOTYPE
+    on most CPUs but FUNC with a stub address on MIPS).  Exports: defined functions."""
+    dtype = _SYM_DTYPE[(h.bits, h.endian)]
+    if table.entsize < dtype.itemsize or table.offset >= len(buf):
+        return Symbols([], [])
+    count = min(table.size, len(buf) - table.offset) // table.entsize
+    if count and table.offset + (count - 1) * table.entsize + dtype.itemsize > len(buf):
+        count -= 1
+    if count <= 0:
+        return Symbols([], [])
+    syms = np.ndarray(shape=(count,), dtype=dtype, buffer=buf, offset=table.offset, strides=(table.entsize,))
+    info, other, shndx = syms["info"], syms["other"], syms["shndx"]
+    typ, bind, vis = info & 0xF, info >> 4, other & 3
+    ok = ((bind == STB_GLOBAL) | (bind == STB_WEAK)) & ((vis == STV_DEFAULT) | (vis == STV_PROTECTED))
+    func = (typ == STT_FUNC) | (typ == STT_GNU_IFUNC)
+    undef = shndx == SHN_UNDEF
+    base, n = table.strtab_offset, len(buf)
+
+    def names(mask) -> list[str]:
+        out = []
+        for off in syms["name"][mask].tolist():
+            pos = base + off
+            if pos >= n:
+                continue
+            end = buf.find(b"\x00", pos, pos + MAX_NAME)
+            if end < 0:
+                end = min(n, pos + MAX_NAME)
+            if end > pos:
+                out.append(bytes(buf[pos:end]).decode("ascii", "ignore"))
+        return out
+
+    return Symbols(names(ok & undef & (func | (typ == STT_NOTYPE))), names(ok & func & ~undef))
+
+
+# ----------------------------------------------------------------------------- derived data
+
+
+@dataclass
+class RuleData:
+    """What tx2 derives: the import/export helper list (from programs built for many CPUs)
+    and the toolchain strings (from the toolchains).  Evaluation swaps in hold-out versions."""
+
+    helpers: frozenset = frozenset()
+    prefixes: tuple = ()
+    toolchain: tc.ToolchainData | None = None
+    meta: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_helpers(cls, helpers: dict, toolchain: tc.ToolchainData | None) -> "RuleData":
+        return cls(frozenset(helpers["names"]), tuple(helpers.get("prefixes", ())), toolchain, helpers)
+
+
+@functools.lru_cache(maxsize=1)
+def shipped() -> RuleData:
+    helpers = json.loads(HELPERS_FILE.read_text())
+    return RuleData.from_helpers(helpers, tc.shipped())
+
+
+def normalise_names(names, data: RuleData) -> list[str]:
+    out = set()
+    for n in names:
+        if not n:
+            continue
+        f = fold_name(n)
+        if f and f not in data.helpers and not f.startswith(data.prefixes):
+            out.add(f)
+    return sorted(out)
+
+
+def derive(builds) -> dict:
+    """The helper list from ``(label, arch, raw import/export names)`` (tx1's derivation run on
+    tx2's reading of the symbols)."""
+    d = derive_helpers(builds)
+    d["version"] = VERSION
+    return d
+
+
+# ----------------------------------------------------------------------------- strings
+
+
+_CPU_WORDS = (
+    "x86_64 x86-64 x64 amd64 i386 i486 i586 i686 x86 x32 ia32 arm armel armhf arm64 aarch64 aarch64_be arm7 "
+    "armv4 armv4t armv5 armv5te armv5tel armv6 armv6l armv7 armv7l armv7a armv8 armv8l armeb thumb mips mipsel "
+    "mipseb mips32 mips64 mips64el mipsn32 mipsn32el mipsr6 mipsr6el mips64r6 mips64r6el mpsl powerpc ppc ppc32 "
+    "ppc64 ppc64le ppc64el ppcle powerpc64 powerpc64le s390 s390x sh sh4 sh4a sh4eb m68k m68020 sparc sparc64 "
+    "sparcv9 riscv riscv32 riscv64 alpha hppa parisc arc loongarch64 loong64 microblaze or1k xtensa ia64 spc "
+    "gnueabi gnueabihf gnuabi64 gnuabin32 gnuspe eabi eabihf"
+).split()
+
+
+def _trie(words: list[str]) -> str:
+    """A regular expression matching any of ``words``, factored by common prefixes (a flat
+    alternation of ~100 words is several times slower to scan with)."""
+    tree: dict = {}
+    for w in words:
+        node = tree
+        for ch in w:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def emit(node: dict) -> str:
+        end = "" in node
+        alts = [re.escape(ch) + emit(child) for ch, child in sorted(node.items()) if ch]
+        if not alts:
+            return ""
+        body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+        return "(?:" + body + ")?" if end else body
+
+    return emit(tree)
+
+
+_CPU_RE = re.compile(r"(?<![A-Za-z0-9])" + _trie(sorted({w.lower() for w in _CPU_WORDS})) + r"(?![A-Za-z0-9])", re.IGNORECASE)
+# A target triplet: CPU-[vendor-]linux-ABI (x86_64-linux-gnu, arm-linux-gnueabihf, mipsel-unknown-linux-musl).
+_TRIPLET_RE = re.compile(
+    r"(?<![A-Za-z0-9])[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)?-linux(?:-[A-Za-z0-9_]+)?(?![A-Za-z0-9])", re.IGNORECASE
+)
+_WORD_RE = re.compile(r"[a-z0-9]+")
+
+
+def normalise_string(s: str) -> str:
+    """CPU names and target triplets replaced by ``<cpu>`` / ``<triplet>``."""
+    return _CPU_RE.sub("<cpu>", _TRIPLET_RE.sub("<triplet>", s))
+
+
+def words(strings: list[str]) -> list[str]:
+    """The words (lower-case letters and digits) of normalised strings; ``cpu`` and
+    ``triplet`` stand for any CPU name and target triplet."""
+    out: set[str] = set()
+    for s in strings:
+        out.update(_WORD_RE.findall(normalise_string(s).lower()))
+    return sorted(out)
+
+
+MAX_STRINGS_BYTES = 8 << 20  # string bytes kept at most (bounds the key arrays: 8 bytes per byte)
+
+
+def raw_strings(buf, facts: ElfFacts) -> list[bytes]:
+    """Printable runs (at least ``MIN_STRING``) in read-only data, unique, sorted; at most
+    ``MAX_STRINGS_BYTES`` of them (the first in sorted order)."""
+    found: set[bytes] = set()
+    for off, size in _readonly_regions(buf, facts):
+        found.update(tc.strings_in(bytes(buf[off : off + size])))
+    out, total = [], 0
+    for s in sorted(found):
+        total += len(s)
+        if total > MAX_STRINGS_BYTES:
+            break
+        out.append(s)
+    return out
+
+
+def program_strings(strings: list[bytes], toolchain: tc.ToolchainData | None, keyed=None) -> list[bytes]:
+    """``strings`` without the toolchain's: a string goes when it is a toolchain string, or when
+    a tail of it is, after junk bytes (printable table bytes run into the string after them):
+    a tail of 4 or more after up to ``MAX_TRIM`` bytes, a tail of 3 (``nan``) after 1 or 2.
+    ``keyed``: :func:`toolchain.suffix_keys` of ``strings``, when already computed."""
+    if toolchain is None or not strings:
+        return list(strings)
+    keys, starts, ends = tc.suffix_keys(strings) if keyed is None else keyed
+    if not keys.size:
+        return []
+    whole = toolchain.contains(keys[starts])
+    owner = np.repeat(np.arange(len(strings)), ends - starts)
+    pos = np.arange(keys.size, dtype=np.int64)
+    off = pos - starts[owner]
+    rem = ends[owner] - pos
+    cand = (off >= 1) & (off <= MAX_TRIM) & ((rem >= tc.MIN_STRING) | ((rem >= tc.MIN_TOOLCHAIN) & (off <= 2)))
+    idx = np.flatnonzero(cand & ~whole[owner])
+    hit = np.zeros(len(strings), dtype=bool)
+    if idx.size:
+        hit[owner[idx[toolchain.contains(keys[idx])]]] = True
+    return [s for s, w, h in zip(strings, whole.tolist(), hit.tolist()) if not (w or h)]
+
+
+_TEXT_RE = re.compile(rb"[A-Za-z]{3}")
+_ALNUM_RE = re.compile(rb"[A-Za-z0-9 ]")
+
+
+def is_text(s: bytes) -> bool:
+    """Text rather than table bytes that happen to be printable (``v,;Zk``, ``S]CQ``): three
+    letters in a row, and at least half letters, digits or spaces."""
+    return _TEXT_RE.search(s) is not None and 2 * len(_ALNUM_RE.findall(s)) >= len(s)
+
+
+def normalise_all(text: list[str]) -> list[str]:
+    """:func:`normalise_string` of each string, in one regular-expression pass over them all."""
+    if not text:
+        return []
+    return normalise_string("\x00".join(text)).split("\x00")
+
+
+def string_tokens(strings: list[bytes]) -> list[str]:
+    """Normalised whole strings, or (fewer than ``SMALL_STRINGS``) their words."""
+    text = [s.decode("ascii", "replace") for s in strings if is_text(s)]
+    if len(text) < SMALL_STRINGS:
+        return words(text)
+    return sorted(set(normalise_all(text)))
+
+
+def symbol_string_tokens(strings: list[bytes]) -> list[str]:
+    """A dynamic file's strings as extra tokens of its imports/exports rule: text only, a
+    consistent sample of at most ``MAX_SYMBOL_STRINGS`` (first in hash order), normalised,
+    marked so that a string never meets a symbol name."""
+    if len(strings) > MAX_SYMBOL_STRINGS:  # sample by key first: the text test is the costly part
+        order = np.argsort(tc.string_keys(strings), kind="stable")[: 4 * MAX_SYMBOL_STRINGS]
+        strings = [strings[i] for i in order.tolist()]
+    text = [s for s in strings if is_text(s)][:MAX_SYMBOL_STRINGS]
+    return ["\x00" + t for t in normalise_all([b.decode("ascii", "replace") for b in text])]
+
+
+# ----------------------------------------------------------------------------- digest
+
+
+def _order_key(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "ignore")).digest()
+
+
+def digest_tokens(tokens: list[str], expand: int = EXPAND) -> str | None:
+    """TLSH over the tokens' SHAKE-128 expansions (``expand`` bytes each), in hash order.
+
+    A set of names joined as text gives TLSH so little input that its header (length and
+    quartile ratios) dominates, and one name of 20 moves the distance by 50 or more.  A fixed
+    pseudo-random expansion per token makes each token an equal, independent share of the
+    input.  The first ``MAX_TOKENS`` tokens in hash order are a consistent sample of larger
+    sets.  None for an empty set."""
+    if not tokens:
+        return None
+    ordered = sorted(set(tokens), key=_order_key)[:MAX_TOKENS]
+    data = b"".join(hashlib.shake_128(t.encode("utf-8", "ignore")).digest(expand) for t in ordered)
+    import tlsh
+
+    d = tlsh.forcehash(data).lower()
+    return d if d.startswith("t1") else None
+
+
+# ----------------------------------------------------------------------------- the value
+
+
+def features(buf, data: RuleData | None = None) -> tuple[str, list[str], str | None]:
+    """``(rule, tokens, digest)`` for an ELF image: ``imports`` (executables) or ``exports``
+    (libraries: their exports and imports) when the dynamic interface has at least
+    ``MIN_SYMBOLS`` names; else ``strings`` (program strings, toolchain's removed); else
+    ``calls`` (direct-call destinations, same-CPU similarity only)."""
+    data = shipped() if data is None else data
+    facts = elf_facts(buf)
+    table = symbol_table(facts)
+    names: list[str] = []
+    if table is not None:
+        syms = read_symbols(buf, facts.header, table)
+        library = facts.is_library or facts.e_type == ET_REL
+        names = normalise_names(syms.exported + syms.imported if library else syms.imported, data)
+        if len(names) >= MIN_SYMBOLS:
+            tokens = names + symbol_string_tokens(raw_strings(buf, facts))
+            return ("exports" if library else "imports"), tokens, digest_tokens(tokens)
+    tokens = string_tokens(program_strings(raw_strings(buf, facts), data.toolchain))
+    if tokens:
+        return "strings", tokens, digest_tokens(tokens)
+    # No program strings: the code.  Direct-call destinations (same-CPU similarity only), the
+    # few symbol names there are, and without either (``true``: a handful of instructions) the
+    # entry point's code itself, so that every file with code gets a value.
+    calls = call_targets(buf, facts) + ["\x00" + n for n in names]
+    if not calls:
+        calls = code_chunks(buf, facts)
+    return "calls", calls, digest_tokens(calls)
+
+
+CHUNK = 8  # bytes of code per token when a file has nothing else
+MAX_CHUNKS = 4096
+
+
+def code_chunks(buf, facts: ElfFacts) -> list[str]:
+    """The code holding the entry point, as hex tokens of ``CHUNK`` bytes with their offset
+    (at most ``MAX_CHUNKS``): identical code gives identical values."""
+    from . import _code_region
+
+    region = _code_region(facts)
+    if region is None:
+        return []
+    off, size, _addr = region
+    code = bytes(buf[off : off + min(size, CHUNK * MAX_CHUNKS)]) if 0 <= off < len(buf) else b""
+    return [f"{i:x}:{code[i : i + CHUNK].hex()}" for i in range(0, len(code), CHUNK)]
+
+
+def value_of(buf, data: RuleData | None = None) -> str | None:
+    """``tx2:<rule>:t1…`` for an ELF image (bytes or mmap), or None."""
+    import capstone
+
+    try:
+        rule, _tokens, d = features(buf, data)
+    except (NotELF, ValueError, struct.error, IndexError, OverflowError, MemoryError, capstone.CsError):
+        return None
+    return f"{VERSION}:{rule}:{d}" if d else None
+
+
+def raw_import_names(buf) -> list[str]:
+    """The names the helper derivation starts from (before folding)."""
+    facts = elf_facts(buf)
+    table = symbol_table(facts)
+    if table is None:
+        return []
+    syms = read_symbols(buf, facts.header, table)
+    library = facts.is_library or facts.e_type == ET_REL
+    return syms.exported + syms.imported if library else list(syms.imported)
