@@ -3,7 +3,8 @@
 
 Writes ``telfhash_core/companion/toolchain_strings.npz``: the 64-bit keys of every string
 found in the allocated data sections of the static C library archives and start files of
-every CPU for which Debian ships a cross C library, with, per key, which toolchains (CPUs)
+every CPU for which Debian ships a cross C library (and of each string with CPU names and
+target triplets normalised, as tx2 compares them), with, per key, which toolchains (CPUs)
 and which archives contain it (the evidence).
 
 Recipe (Debian 12, bookworm; no package is installed, the .deb files are only unpacked):
@@ -36,6 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from telfhash_core.companion import toolchain as tc  # noqa: E402
+from telfhash_core.companion import tx2  # noqa: E402
 
 # The archives a static C program links from the toolchain (sanitizers, OpenMP, gcov are left out).
 ARCHIVES = (
@@ -103,6 +105,9 @@ def derive(root: Path, exclude=(), host_arch: str = "amd64", versions: dict | No
                 continue
             for obj in members:
                 strings = sorted(tc.object_strings(obj))
+                # also each string with CPU names and target triplets normalised, as tx2 compares them
+                text = [x.decode("ascii", "replace") for x in strings]
+                strings += sorted({n.encode("ascii", "replace") for n, t in zip(tx2.normalise_all(text), text) if n != t})
                 for k in tc.string_keys(strings).tolist():
                     per_key_libc[k] |= bit
                     per_key_kind[k] |= 1 << kind

@@ -1,209 +1,241 @@
 #!/usr/bin/env python3
-"""How well telfhash and the companion telfhash-x link one program across CPUs, on the shared corpus.
+"""How well telfhash, tx1 and tx2 link one program across CPUs and keep programs apart.
 
-For each hash and threshold T (30, 50, 70) it prints the fraction of *same-program,
-cross-architecture* pairs within distance T (higher is better) and the fraction of
-*different-program* pairs within T (lower is better), per architecture pair and overall.
-A pair where either file has no hash counts as not linked (it stays in the denominator).
+For the two shared corpora (``../shared/corpus``: Debian programs for 9 CPUs and small IoT
+programs; ``../shared/corpus-static``: static, stripped programs for 14 CPUs) it prints, at
+distance 30/50/70, the share of *same-program cross-CPU* pairs linked (higher is better) and
+of *different-program* pairs linked (lower is better).  A pair where either file has no value
+counts as not linked and stays in the denominator.
 
-* telfhash values are the reference tool's own (the corpus manifest);
-* telfhash-x values are computed by ``telfhash_core.companion`` as shipped;
-* hold-out: the helper list is derived from half of the programs (split by a hash of the
-  label) and evaluated on the other half, both ways round;
-* outside the corpus: ELF files under the given folders (default: this machine's /usr/bin
-  and /usr/lib/x86_64-linux-gnu; then /usr/sbin, /usr/libexec, /usr/lib/python3 and
-  /usr/lib/gcc, a group no rule was chosen on) -- one CPU only, so only the different-program
-  rate means something there; telfhash there is telfhash-core's (identical to the reference
-  on the corpus).
+* telfhash: the reference tool's values from the manifests; tx1 and tx2 computed here;
+* same program: the same ``label`` (corpus-static: one program at one version, both -O2 and
+  -Os).  Different program: another program; in corpus-static, the other version of the same
+  tool (``sbase:tar@v1`` / ``@v2``) is neither (a variant of one family): those pairs are left
+  out of both rates and their link rate is printed on its own line;
+* held-out CPU: for each CPU in turn, tx2's derived data (toolchain strings, import helper
+  names) is derived without that CPU (its toolchains and its builds), and the pairs with a
+  file of that CPU are evaluated;
+* held-out program: for each program in turn, the import helper names are derived without it
+  and the pairs with a file of that program are evaluated (the toolchain strings come from
+  the toolchains, never from programs).
 
-    python benchmarks/eval_companion.py [--overall-only] [--outside DIR[,DIR...] ...] [--max-outside N]
-    python benchmarks/eval_companion.py --write-data   # re-derive telfhash_core/companion_data.json
+    python benchmarks/eval_companion.py [--per-pair] [--corpus debian|static|both]
+    python benchmarks/eval_companion.py --write-data   # re-derive tx2_helpers.json from the Debian corpus
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
-import stat
 import sys
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from telfhash_core import companion as cx  # noqa: E402
-from telfhash_core.digest import to_tlsh  # noqa: E402
+from telfhash_core.companion import toolchain as tcd  # noqa: E402
+from telfhash_core.companion import tx2  # noqa: E402
+from telfhash_core.similarity import tlshdist  # noqa: E402
 
 THRESHOLDS = (30, 50, 70)
-DATA_PATH = REPO / "telfhash_core" / "companion_data.json"
+T50 = 1
 
 
 # ----------------------------------------------------------------------------- per file
 
 
 class Item:
-    """One corpus file: label, arch, the reference telfhash, and what the companion needs."""
+    """One corpus file: its labels, the reference telfhash, tx1, and tx2's material."""
 
-    __slots__ = ("label", "arch", "pkg", "path", "telfhash", "tx", "raw", "_buf")
+    __slots__ = ("label", "family", "arch", "path", "telfhash", "tx1", "mat")
 
-    def __init__(self, entry: dict) -> None:
-        self.label, self.arch, self.pkg, self.path = entry["label"], entry["arch"], entry["pkg"], entry["abspath"]
+    def __init__(self, entry: dict, family: str) -> None:
+        self.label, self.family, self.arch, self.path = entry["label"], family, entry["arch"], entry["abspath"]
         ref = entry["reference"]["telfhash"]
         self.telfhash = ref if ref.startswith("t1") else None
-        self._buf = Path(self.path).read_bytes()
-        self.tx = cx.telfhash_x_of(self._buf)
+        buf = Path(self.path).read_bytes()
+        self.tx1 = cx.tx1_of(buf)
         try:
-            self.raw = cx.raw_names(self._buf, cx.elf_facts(self._buf))
-        except Exception:
-            self.raw = []
+            self.mat = tx2.Material(buf).prepare()
+        except Exception:  # not ELF / unusable: no value (counted as not linked)
+            self.mat = None
 
-    def tx_with(self, data: dict) -> str | None:
-        """telfhash-x with another helper list (hold-out evaluation)."""
-        return cx.telfhash_x_of(self._buf, data)
+    def tx2(self, data: tx2.RuleData) -> str | None:
+        return tx2.value_from(self.mat, data) if self.mat is not None else None
+
+    @property
+    def raw_names(self):
+        return self.mat.raw_names if self.mat is not None else None
 
 
-def load_corpus() -> list[Item]:
+def load(which: str) -> list[Item]:
     import corpus
 
-    return [Item(e) for e in corpus.files()]
+    if which == "static":
+        return [Item(e, e["label"].split("@")[0] if "@" in e["label"] else e["label"].split(":")[0]) for e in corpus.static_files()]
+    return [Item(e, e["label"]) for e in corpus.files()]
+
+
+def helpers_from(items, exclude=lambda i: False) -> dict:
+    return tx2.derive((i.label, i.arch, i.raw_names) for i in items if i.raw_names is not None and not exclude(i))
 
 
 # ----------------------------------------------------------------------------- pairs
 
 
-def _tlsh(value: str | None):
-    if not value:
-        return None
-    return to_tlsh(cx.split(value)[1] if ":" in value else value)
-
-
-def pair_rates(labels, archs, values, thresholds=THRESHOLDS):
-    """Counts of linked pairs: ``{"same": {pair_key: [n, hits_T...]}, "diff": {...}}`` where
-    pair_key is the sorted (arch, arch) pair, plus an ``"all"`` key in each."""
-    objs = [_tlsh(v) for v in values]
-    same: dict = defaultdict(lambda: [0] * (1 + len(thresholds)))
-    diff: dict = defaultdict(lambda: [0] * (1 + len(thresholds)))
-    n = len(objs)
-    for i in range(n):
-        ti, li, ai = objs[i], labels[i], archs[i]
-        for j in range(i + 1, n):
-            if li == labels[j]:
-                if ai == archs[j]:
+def rates(items, values, focus=None) -> dict:
+    """Pair counts: ``same`` (same label, different CPU) and ``diff`` (different family), each
+    ``[pairs, hits at T...]`` overall and per CPU pair; ``variant`` (same family, other label).
+    ``focus``: a boolean per item -- only pairs with at least one focused item count."""
+    n = len(items)
+    labels = np.array([i.label for i in items])
+    fams = np.array([i.family for i in items])
+    archs = np.array([i.arch for i in items])
+    foc = np.ones(n, dtype=bool) if focus is None else np.asarray(focus, dtype=bool)
+    # denominators, by CPU pair, from group counts
+    same: dict = defaultdict(lambda: [0] * (1 + len(THRESHOLDS)))
+    diff: dict = defaultdict(lambda: [0] * (1 + len(THRESHOLDS)))
+    variant = [0] * (1 + len(THRESHOLDS))
+    cpus = sorted(set(archs.tolist()))
+    for a_i, a in enumerate(cpus):
+        for b in cpus[a_i:]:
+            ma, mb = archs == a, archs == b
+            key = (a, b)
+            tot = _pairs(ma, mb, foc)
+            same_lab = _grouped_pairs(labels, ma, mb, foc)
+            same_fam = _grouped_pairs(fams, ma, mb, foc)
+            if a != b:
+                same[key][0] += same_lab
+            diff[key][0] += tot - same_fam
+            variant[0] += same_fam - same_lab
+    # hits
+    idx = [k for k, v in enumerate(values) if v]
+    if len(idx) > 1:
+        enc = tlshdist.encode([values[k].rpartition(":")[2] for k in idx])
+        i, j, d = tlshdist.pairs_within(enc, max(THRESHOLDS))
+        ix = np.array(idx)
+        i, j = ix[i], ix[j]
+        keep = foc[i] | foc[j]
+        i, j, d = i[keep], j[keep], d[keep]
+        for a, b, dd in zip(i.tolist(), j.tolist(), d.tolist()):
+            aa, ab = archs[a], archs[b]
+            key = (aa, ab) if aa <= ab else (ab, aa)
+            if labels[a] == labels[b]:
+                if aa == ab:
                     continue
-                rows = same
+                row = same[key]
+            elif fams[a] == fams[b]:
+                row = variant
             else:
-                rows = diff
-            key = (ai, archs[j]) if ai <= archs[j] else (archs[j], ai)
-            row, allrow = rows[key], rows["all"]
-            row[0] += 1
-            allrow[0] += 1
-            tj = objs[j]
-            if ti is not None and tj is not None:
-                d = ti.diff(tj)
-                for k, t in enumerate(thresholds, 1):
-                    if d <= t:
-                        row[k] += 1
-                        allrow[k] += 1
-    return {"same": dict(same), "diff": dict(diff)}
+                row = diff[key]
+            for k, t in enumerate(THRESHOLDS, 1):
+                if dd <= t:
+                    row[k] += 1
+    for rows in (same, diff):
+        allrow = [0] * (1 + len(THRESHOLDS))
+        for key, row in list(rows.items()):
+            allrow = [x + y for x, y in zip(allrow, row)]
+        rows["all"] = allrow
+    return {"same": dict(same), "diff": dict(diff), "variant": variant}
 
 
-def fractions(row) -> list[float]:
-    return [h / row[0] if row[0] else 0.0 for h in row[1:]]
+def _pairs(ma, mb, foc) -> int:
+    """Unordered pairs (x in A, y in B, x != y) with at least one focused member."""
+    if ma is mb or np.array_equal(ma, mb):
+        n, f = int(ma.sum()), int((ma & foc).sum())
+        return n * (n - 1) // 2 - (n - f) * (n - f - 1) // 2
+    na, nb = int(ma.sum()), int(mb.sum())
+    ua, ub = int((ma & ~foc).sum()), int((mb & ~foc).sum())
+    return na * nb - ua * ub
 
 
-def summary(items, values) -> dict:
-    r = pair_rates([i.label for i in items], [i.arch for i in items], values)
+def _grouped_pairs(groups, ma, mb, foc) -> int:
+    total = 0
+    ga, gb = Counter(groups[ma].tolist()), Counter(groups[mb].tolist())
+    fa, fb = Counter(groups[ma & foc].tolist()), Counter(groups[mb & foc].tolist())
+    same_cpu = np.array_equal(ma, mb)
+    for g, na in ga.items():
+        nb = gb.get(g, 0)
+        if same_cpu:
+            u = na - fa.get(g, 0)
+            total += na * (na - 1) // 2 - u * (u - 1) // 2
+        else:
+            total += na * nb - (na - fa.get(g, 0)) * (nb - fb.get(g, 0))
+    return total
+
+
+def hits_of(values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair within the largest threshold: ``(i, j, d)``, item numbers with ``i < j``."""
+    idx = [k for k, v in enumerate(values) if v]
+    if len(idx) < 2:
+        e = np.zeros(0, dtype=np.int64)
+        return e, e, e
+    enc = tlshdist.encode([values[k].rpartition(":")[2] for k in idx])
+    i, j, d = tlshdist.pairs_within(enc, max(THRESHOLDS))
+    ix = np.array(idx)
+    return ix[i], ix[j], d
+
+
+class Groups:
+    """Integer codes of label, family and CPU per item, for fast pair counts."""
+
+    def __init__(self, items) -> None:
+        self.label = np.unique([i.label for i in items], return_inverse=True)[1]
+        self.fam = np.unique([i.family for i in items], return_inverse=True)[1]
+        self.arch = np.unique([i.arch for i in items], return_inverse=True)[1]
+        self.n = len(items)
+
+
+def _c2(x):
+    return x * (x - 1) // 2
+
+
+def focused(g: Groups, hits, focus: np.ndarray) -> dict:
+    """Overall ``same`` and ``diff`` rows (as :func:`rates`) for the pairs with at least one
+    item in ``focus``, from precomputed ``hits`` (vectorised: the hold-out loops call this
+    hundreds of times)."""
+    f = focus.astype(bool)
+    n, nf = g.n, int(f.sum())
+    # same label, different CPU, touching focus: all cross-CPU pairs of the label minus those with no focused member
+    def cross_pairs(mask):
+        lab_cpu = np.bincount(g.label[mask] * (g.arch.max() + 1) + g.arch[mask], minlength=(g.label.max() + 1) * (g.arch.max() + 1))
+        lab = np.bincount(g.label[mask], minlength=g.label.max() + 1)
+        return int((_c2(lab).sum() - _c2(lab_cpu).sum()))
+
+    same_den = cross_pairs(np.ones(n, dtype=bool)) - cross_pairs(~f)
+    fam_all = np.bincount(g.fam, minlength=g.fam.max() + 1)
+    fam_out = np.bincount(g.fam[~f], minlength=g.fam.max() + 1)
+    touching = _c2(n) - _c2(n - nf)
+    same_fam_touching = int(_c2(fam_all).sum() - _c2(fam_out).sum())
+    diff_den = touching - same_fam_touching
+    i, j, d = hits
+    keep = f[i] | f[j]
+    i, j, d = i[keep], j[keep], d[keep]
+    same = (g.label[i] == g.label[j]) & (g.arch[i] != g.arch[j])
+    diff = g.fam[i] != g.fam[j]
     return {
-        "same": fractions(r["same"].get("all", [0, 0, 0, 0])),
-        "diff": fractions(r["diff"].get("all", [0, 0, 0, 0])),
-        "same_pairs": r["same"].get("all", [0])[0],
-        "diff_pairs": r["diff"].get("all", [0])[0],
-        "raw": r,
+        "same": {"all": [same_den] + [int((same & (d <= t)).sum()) for t in THRESHOLDS]},
+        "diff": {"all": [diff_den] + [int((diff & (d <= t)).sum()) for t in THRESHOLDS]},
+        "variant": [0] * (1 + len(THRESHOLDS)),
     }
 
 
-# ----------------------------------------------------------------------------- hold-out
+def frac(row) -> list[float]:
+    return [h / row[0] if row[0] else 0.0 for h in row[1:]]
 
 
-def fold_of(label: str) -> int:
-    return hashlib.sha256(label.encode()).digest()[0] & 1
-
-
-def holdout(items, split=None) -> list[dict]:
-    """Derive from one side of ``split`` (default: half of the programs, by a hash of the
-    label), evaluate on the other side; both ways round."""
-    split = split or (lambda i: fold_of(i.label))
-    out = []
-    for train in (0, 1):
-        data = cx.derive_helpers((i.label, i.arch, i.raw) for i in items if split(i) == train)
-        data = dict(data, names=frozenset(data["names"]), prefixes=tuple(data["prefixes"]))
-        test = [i for i in items if split(i) != train]
-        out.append(
-            {
-                "train": train,
-                "helpers": len(data["names"]),
-                "prefixes": list(data["prefixes"]),
-                "telfhash": summary(test, [i.telfhash for i in test]),
-                "telfhash_x": summary(test, [i.tx_with(data) for i in test]),
-                "files": len(test),
-            }
-        )
-    return out
-
-
-def by_package(i) -> int:
-    """The package split: coreutils (half the corpus) against every other package."""
-    return int(i.pkg == "coreutils")
-
-
-# ----------------------------------------------------------------------------- outside the corpus
-
-
-def outside_files(dirs, limit: int) -> list[str]:
-    seen, out = set(), []
-    for d in dirs:
-        for root, _dirs, files in os.walk(d):
-            for f in sorted(files):
-                p = os.path.join(root, f)
-                try:
-                    st = os.lstat(p)
-                    if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in seen:
-                        continue
-                    seen.add((st.st_dev, st.st_ino))
-                    with open(p, "rb") as fh:
-                        if fh.read(4) != b"\x7fELF":
-                            continue
-                except OSError:
-                    continue
-                out.append(p)
-                if len(out) >= limit:
-                    return out
-    return out
-
-
-def outside(dirs, limit: int) -> dict:
-    from telfhash_core import hash_file
-
-    paths = outside_files(dirs, limit)
-    rows, seen = [], set()
-    for p in paths:
-        r = hash_file(p, sha256=True, fields=[cx.FIELD])
-        if r.sha256 in seen:  # the same file twice is not two programs
-            continue
-        seen.add(r.sha256)
-        rows.append((p, r.telfhash, r.extra.get(cx.FIELD)))
-    labels = [p for p, _, _ in rows]
-    archs = ["host"] * len(rows)
-    out = {"files": len(rows)}
-    for k, name in ((1, "telfhash"), (2, "telfhash_x")):
-        r = pair_rates(labels, archs, [row[k] for row in rows])
-        out[name] = fractions(r["diff"].get("all", [0, 0, 0, 0]))
-        out[name + "_hashed"] = sum(1 for row in rows if row[k])
-    out["pairs"] = len(rows) * (len(rows) - 1) // 2
+def add(r1: dict, r2: dict) -> dict:
+    out = {}
+    for part in ("same", "diff"):
+        keys = set(r1[part]) | set(r2[part])
+        z = [0] * (1 + len(THRESHOLDS))
+        out[part] = {k: [x + y for x, y in zip(r1[part].get(k, z), r2[part].get(k, z))] for k in keys}
+    out["variant"] = [x + y for x, y in zip(r1["variant"], r2["variant"])]
     return out
 
 
@@ -218,108 +250,113 @@ def pct2(x: float) -> str:
     return f"{100 * x:6.2f}%"
 
 
-def print_table(ref: dict, tx: dict, per_pair: bool) -> None:
-    ts = "/".join(str(t) for t in THRESHOLDS)
-    print(f"{'arch pair':<20} {'same-prog pairs':>15}  {'telfhash <=' + ts:>24}  {'telfhash-x <=' + ts:>24}  {'diff-prog pairs':>15}  {'telfhash <=' + ts:>27}  {'telfhash-x <=' + ts:>27}")
-    keys = ["all"]
+def row_text(name: str, r: dict, key="all") -> str:
+    s, d = r["same"].get(key), r["diff"].get(key)
+    ss = " ".join(pct(f) for f in frac(s)) if s else "-"
+    dd = " ".join(pct2(f) for f in frac(d)) if d else "-"
+    return f"  {name:<22} {s[0] if s else 0:>8}  {ss:>20}   {d[0] if d else 0:>9}  {dd:>23}"
+
+
+def header() -> str:
+    ts = "/".join(map(str, THRESHOLDS))
+    return f"  {'':<22} {'same':>8}  {'same-prog <=' + ts:>20}   {'diff':>9}  {'diff-prog <=' + ts:>23}"
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate(name: str, items: list[Item], data: tx2.RuleData, debian_items: list[Item], per_pair: bool) -> dict:
+    """Prints the tables for one corpus; returns the tx2 figures (for the CI test)."""
+    t0 = time.perf_counter()
+    values = [i.tx2(data) for i in items]
+    rules = Counter(v.split(":")[1] if v else "none" for v in values)
+    print(f"\n== {name}: {len(items)} files, {len({i.label for i in items})} programs, {len({i.arch for i in items})} CPUs ==")
+    print(f"  tx2 rules: {dict(rules)}; files with a value: telfhash {sum(1 for i in items if i.telfhash)}, "
+          f"tx1 {sum(1 for i in items if i.tx1)}, tx2 {sum(1 for v in values if v)}")
+    print(header())
+    out = {}
+    for hname, vals in (("telfhash (reference)", [i.telfhash for i in items]), ("tx1", [i.tx1 for i in items]), ("tx2", values)):
+        r = rates(items, vals)
+        out[hname] = r
+        print(row_text(hname, r))
+    r = out["tx2"]
+    if r["variant"][0]:
+        print(f"  (other version of the same tool, neither same nor different: {r['variant'][0]} pairs, tx2 links "
+              f"{' '.join(pct(f) for f in frac(r['variant']))})")
     if per_pair:
-        keys += sorted(k for k in set(ref["raw"]["same"]) | set(ref["raw"]["diff"]) if k != "all")
-    for k in keys:
-        rs, xs = ref["raw"]["same"].get(k), tx["raw"]["same"].get(k)
-        rd, xd = ref["raw"]["diff"].get(k), tx["raw"]["diff"].get(k)
-        name = "overall" if k == "all" else f"{k[0]}-{k[1]}"
-        s1 = " ".join(pct(f) for f in fractions(rs)) if rs else "-"
-        s2 = " ".join(pct(f) for f in fractions(xs)) if xs else "-"
-        d1 = " ".join(pct2(f) for f in fractions(rd)) if rd else "-"
-        d2 = " ".join(pct2(f) for f in fractions(xd)) if xd else "-"
-        print(f"{name:<20} {rs[0] if rs else 0:>15}  {s1:>24}  {s2:>24}  {rd[0] if rd else 0:>15}  {d1:>27}  {d2:>27}")
+        print("  tx2 per CPU pair:")
+        for key in sorted(k for k in r["same"] if k != "all"):
+            print(row_text(f"{key[0]}-{key[1]}", r, key))
+
+    # one CPU held out: derived data without that CPU's toolchains and builds
+    g = Groups(items)
+    archs = np.array([i.arch for i in items])
+    full = tx2.shipped().toolchain if data.toolchain is None else data.toolchain
+    total = None
+    for cpu in sorted(set(archs.tolist())):
+        held_tc = full.without([n for n in full.libcs if n == cpu or n.endswith("-" + cpu)])
+        helpers = helpers_from(debian_items, exclude=lambda i, c=cpu: i.arch == c)
+        d = tx2.RuleData.from_helpers(helpers, held_tc)
+        vals = [i.tx2(d) for i in items]
+        rr = focused(g, hits_of(vals), archs == cpu)
+        total = rr if total is None else add(total, rr)
+    print(header().replace(" " * 22, "held-out CPU".ljust(22), 1))
+    print(row_text("tx2, each CPU held out", total))
+    out["held_out_cpu"] = total
+
+    # one program held out: import helper names derived without it
+    base_key = (data.helpers, tuple(data.prefixes))
+    labels = np.array([i.label for i in items])
+    debian_labels = {i.label for i in debian_items}
+    total = None
+    cache: dict = {base_key: hits_of(values)}
+    for label in sorted(set(labels.tolist())):
+        if label in debian_labels:  # the helper list is derived from the Debian corpus only
+            helpers = helpers_from(debian_items, exclude=lambda i, lab=label: i.label == lab)
+            key = (frozenset(helpers["names"]), tuple(helpers["prefixes"]))
+        else:
+            key = base_key
+        if key not in cache:
+            cache[key] = hits_of([i.tx2(tx2.RuleData.from_helpers(helpers, data.toolchain)) for i in items])
+        rr = focused(g, cache[key], labels == label)
+        total = rr if total is None else add(total, rr)
+    print(row_text("tx2, each program held", total))
+    out["held_out_program"] = total
+    print(f"  ({time.perf_counter() - t0:.1f} s; {len(cache) - 1} held-out programs changed the helper list)")
+    return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--overall-only", action="store_true", help="only the overall rows")
-    ap.add_argument(
-        "--outside",
-        action="append",
-        metavar="DIR[,DIR...]",
-        help="a group of folders of ELF files outside the corpus (repeatable; default: /usr/bin,/usr/lib/x86_64-linux-gnu "
-        "and, as a second group never used to choose a rule, /usr/sbin,/usr/libexec,/usr/lib/python3,/usr/lib/gcc)",
-    )
-    ap.add_argument("--max-outside", type=int, default=1500, help="at most this many files from --outside")
-    ap.add_argument("--write-data", action="store_true", help="derive the helper list from the whole corpus and write it")
+    ap.add_argument("--corpus", choices=("debian", "static", "both"), default="both")
+    ap.add_argument("--per-pair", action="store_true", help="also one row per CPU pair")
+    ap.add_argument("--write-data", action="store_true", help="derive tx2_helpers.json from the Debian corpus and write it")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
     try:
-        items = load_corpus()
+        debian = load("debian")
     except BaseException as exc:  # pytest.skip outside pytest: the shared corpus is absent
         print(f"shared corpus not available: {exc}", file=sys.stderr)
         return 2
-    print(f"corpus: {len(items)} files, {len({i.label for i in items})} programs, {len({i.arch for i in items})} architectures  (features in {time.perf_counter() - t0:.1f} s)")
+    print(f"Debian corpus read in {time.perf_counter() - t0:.1f} s")
     if args.write_data:
-        data = cx.derive_helpers((i.label, i.arch, i.raw) for i in items)
-        DATA_PATH.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-        print(f"wrote {DATA_PATH}: {len(data['names'])} names, prefixes {data['prefixes']}")
-        cx.helper_data.cache_clear()
-        items = load_corpus()
-    sources = Counter(cx.features(Path(i.path).read_bytes())[0] for i in items)
-    print(f"telfhash-x sources: {dict(sources)}; hashed: telfhash {sum(1 for i in items if i.telfhash)}, telfhash-x {sum(1 for i in items if i.tx)}")
-
-    print("\n== shared corpus (helper list as shipped, derived from the whole corpus) ==")
-    ref = summary(items, [i.telfhash for i in items])
-    tx = summary(items, [i.tx for i in items])
-    print_table(ref, tx, per_pair=not args.overall_only)
-
-    print("\n== hold-out: helper list derived from half of the programs, evaluated on the other half ==")
-    for h in holdout(items):
-        print(
-            f"fold {h['train']}->{1 - h['train']}: {h['files']} files, {h['telfhash']['same_pairs']} same-program / {h['telfhash']['diff_pairs']} different-program pairs, "
-            f"{h['helpers']} helper names + prefixes {h['prefixes']}"
-        )
-        for name in ("telfhash", "telfhash_x"):
-            s = h[name]
-            print(
-                f"  {name:<11} same-program within {'/'.join(map(str, THRESHOLDS))}: {' '.join(pct(f) for f in s['same'])}   "
-                f"different-program: {' '.join(pct2(f) for f in s['diff'])}"
-            )
-    print("\n== hold-out by package: derived from coreutils only / from every other package, evaluated on the rest ==")
-    for h in holdout(items, by_package):
-        print(
-            f"{'coreutils -> others' if h['train'] else 'others -> coreutils'}: {h['files']} files, {h['telfhash']['same_pairs']} same-program / {h['telfhash']['diff_pairs']} different-program pairs, "
-            f"{h['helpers']} helper names + prefixes {h['prefixes']}"
-        )
-        for name in ("telfhash", "telfhash_x"):
-            s = h[name]
-            print(
-                f"  {name:<11} same-program within {'/'.join(map(str, THRESHOLDS))}: {' '.join(pct(f) for f in s['same'])}   "
-                f"different-program: {' '.join(pct2(f) for f in s['diff'])}"
-            )
-
-    print("\n== cost: hash_file over the corpus, one process, without and with the telfhash_x field ==")
-    from telfhash_core import hash_file
-
-    paths = [i.path for i in items]
-    for _ in range(2):  # alternate, to share the machine's noise
-        t1 = time.perf_counter()
-        for p in paths:
-            hash_file(p)
-        plain = time.perf_counter() - t1
-        t1 = time.perf_counter()
-        for p in paths:
-            hash_file(p, fields=[cx.FIELD])
-        both = time.perf_counter() - t1
-        print(f"  telfhash only {1000 * plain / len(paths):.2f} ms/file, with telfhash_x {1000 * both / len(paths):.2f} ms/file (x{both / plain:.2f})")
-
-    groups = args.outside or ["/usr/bin,/usr/lib/x86_64-linux-gnu", "/usr/sbin,/usr/libexec,/usr/lib/python3,/usr/lib/gcc"]
-    for group in groups:
-        dirs = [d for d in group.split(",") if os.path.isdir(d)]
-        if not dirs:
-            continue
-        t1 = time.perf_counter()
-        o = outside(dirs, args.max_outside)
-        print(f"\n== outside the corpus: {o['files']} distinct ELF files under {', '.join(dirs)} ({o['pairs']} pairs, all different programs; {time.perf_counter() - t1:.1f} s) ==")
-        for name in ("telfhash", "telfhash_x"):
-            print(f"  {name:<11} hashed {o[name + '_hashed']:>5}   different-program pairs within {'/'.join(map(str, THRESHOLDS))}: {' '.join(pct2(f) for f in o[name])}")
+        helpers = helpers_from(debian)
+        tx2.HELPERS_FILE.write_text(json.dumps(helpers, indent=1, sort_keys=True) + "\n")
+        print(f"wrote {tx2.HELPERS_FILE}: {len(helpers['names'])} names, prefixes {helpers['prefixes']}")
+        tx2.shipped.cache_clear()
+    data = tx2.shipped()
+    print(f"tx2 data: {len(data.toolchain)} toolchain strings from {len(data.toolchain.libcs)} toolchains; "
+          f"{len(data.helpers)} helper names + prefixes {list(data.prefixes)}")
+    if args.corpus in ("debian", "both"):
+        evaluate("shared corpus (Debian programs + small IoT programs)", debian, data, debian, args.per_pair)
+    if args.corpus in ("static", "both"):
+        try:
+            static = load("static")
+        except BaseException as exc:
+            print(f"shared static corpus not available: {exc}", file=sys.stderr)
+            return 2
+        evaluate("shared corpus-static (static, stripped)", static, data, debian, args.per_pair)
     print(f"\ntotal {time.perf_counter() - t0:.1f} s")
     return 0
 

@@ -239,16 +239,14 @@ def raw_strings(buf, facts: ElfFacts) -> list[bytes]:
     return out
 
 
-def program_strings(strings: list[bytes], toolchain: tc.ToolchainData | None, keyed=None) -> list[bytes]:
-    """``strings`` without the toolchain's: a string goes when it is a toolchain string, or when
-    a tail of it is, after junk bytes (printable table bytes run into the string after them):
-    a tail of 4 or more after up to ``MAX_TRIM`` bytes, a tail of 3 (``nan``) after 1 or 2.
-    ``keyed``: :func:`toolchain.suffix_keys` of ``strings``, when already computed."""
-    if toolchain is None or not strings:
-        return list(strings)
+def _known(strings: list[bytes], toolchain: tc.ToolchainData, keyed=None) -> np.ndarray:
+    """Which ``strings`` are the toolchain's: the whole string, or a tail of it after junk
+    bytes (printable table bytes run into the string after them): a tail of 4 or more after
+    up to ``MAX_TRIM`` bytes, a tail of 3 (``nan``) after 1 or 2."""
     keys, starts, ends = tc.suffix_keys(strings) if keyed is None else keyed
+    hit = np.zeros(len(strings), dtype=bool)
     if not keys.size:
-        return []
+        return hit
     whole = toolchain.contains(keys[starts])
     owner = np.repeat(np.arange(len(strings)), ends - starts)
     pos = np.arange(keys.size, dtype=np.int64)
@@ -256,10 +254,35 @@ def program_strings(strings: list[bytes], toolchain: tc.ToolchainData | None, ke
     rem = ends[owner] - pos
     cand = (off >= 1) & (off <= MAX_TRIM) & ((rem >= tc.MIN_STRING) | ((rem >= tc.MIN_TOOLCHAIN) & (off <= 2)))
     idx = np.flatnonzero(cand & ~whole[owner])
-    hit = np.zeros(len(strings), dtype=bool)
     if idx.size:
         hit[owner[idx[toolchain.contains(keys[idx])]]] = True
-    return [s for s, w, h in zip(strings, whole.tolist(), hit.tolist()) if not (w or h)]
+    return hit | whole
+
+
+def program_strings(strings: list[bytes], toolchain: tc.ToolchainData | None, keyed=None) -> list[bytes]:
+    """``strings`` without the toolchain's (see :func:`_known`), compared as they are and then
+    with CPU names and target triplets normalised (the shipped data holds both spellings), so
+    that ``/usr/lib/sh4-linux-gnu/`` goes even where no sh4 toolchain was derived from.
+    ``keyed``: :func:`toolchain.suffix_keys` of ``strings``, when already computed."""
+    if toolchain is None or not strings:
+        return list(strings)
+    left = [s for s, k in zip(strings, _known(strings, toolchain, keyed).tolist()) if not k]
+    if not left:
+        return left
+    norm = normalise_all([s.decode("ascii", "replace") for s in left])
+    changed = [i for i, (a, b) in enumerate(zip(left, norm)) if len(a) != len(b) or a.decode("ascii", "replace") != b]
+    drop = {i for i, s in enumerate(left) if _INTERNAL_RE.search(s)}
+    if changed:
+        gone = _known([norm[i].encode("ascii", "replace") for i in changed], toolchain)
+        drop.update(i for i, g in zip(changed, gone.tolist()) if g)
+    return [s for i, s in enumerate(left) if i not in drop]
+
+
+# The shapes of C library internals that differ from CPU to CPU, so that a toolchain that was
+# not derived from still loses them: glibc source paths (``../sysdeps/powerpc/…``), bare
+# source file names (``dl-support.c``, left by assertions), relocation type names
+# (``R_PPC_REL24``) and dynamic loader names (``ld-linux-x86-64.so.2``).
+_INTERNAL_RE = re.compile(rb"sysdeps/|^[\w.+-]+\.[ch]$|\bR_[A-Z0-9]+_[A-Z0-9_]+|\bld(?:-linux[\w.-]*|64)?\.so\b")
 
 
 _TEXT_RE = re.compile(rb"[A-Za-z]{3}")
@@ -326,32 +349,100 @@ def digest_tokens(tokens: list[str], expand: int = EXPAND) -> str | None:
 # ----------------------------------------------------------------------------- the value
 
 
-def features(buf, data: RuleData | None = None) -> tuple[str, list[str], str | None]:
-    """``(rule, tokens, digest)`` for an ELF image: ``imports`` (executables) or ``exports``
+class Material:
+    """What tx2 reads from one ELF image, before any derived data is applied.  Parts are read
+    on first use (a dynamic file with enough imports never needs its program strings'
+    toolchain test, for instance); :meth:`prepare` reads them all and lets go of the image
+    (evaluation keeps thousands of these)."""
+
+    def __init__(self, buf) -> None:
+        self.buf = buf
+        self.facts = elf_facts(buf)
+        table = symbol_table(self.facts)
+        self.library = self.facts.is_library or self.facts.e_type == ET_REL
+        self.raw_names: list[str] | None = None
+        if table is not None:
+            syms = read_symbols(buf, self.facts.header, table)
+            self.raw_names = syms.exported + syms.imported if self.library else list(syms.imported)
+        self._strings: list[bytes] | None = None
+        self._keyed = None
+        self._symbol_strings: list[str] | None = None
+        self._calls: list[str] | None = None
+
+    @property
+    def strings(self) -> list[bytes]:
+        if self._strings is None:
+            self._strings = raw_strings(self.buf, self.facts)
+        return self._strings
+
+    @property
+    def keyed(self):
+        if self._keyed is None:
+            self._keyed = tc.suffix_keys(self.strings)
+        return self._keyed
+
+    @property
+    def symbol_strings(self) -> list[str]:
+        if self._symbol_strings is None:
+            self._symbol_strings = symbol_string_tokens(self.strings)
+        return self._symbol_strings
+
+    def calls(self) -> list[str]:
+        if self._calls is None:
+            self._calls = call_targets(self.buf, self.facts)
+        return self._calls
+
+    def prepare(self, toolchain: tc.ToolchainData | None = None) -> "Material":
+        """Read every part and let go of the image.  The code (the costly sweep) is read only
+        when the file has no program strings under ``toolchain`` (default: the shipped data),
+        the largest toolchain data it will be used with: less data removes fewer strings."""
+        self.strings, self.keyed, self.symbol_strings  # noqa: B018 (read them all)
+        toolchain = shipped().toolchain if toolchain is None else toolchain
+        if not string_tokens(program_strings(self.strings, toolchain, self.keyed)):
+            self.calls()
+            if not self._calls:
+                self._chunks = code_chunks(self.buf, self.facts)
+        else:
+            self._calls = []
+        self.buf = None
+        return self
+
+    def chunks(self) -> list[str]:
+        if self.buf is None:
+            return getattr(self, "_chunks", [])
+        return code_chunks(self.buf, self.facts)
+
+
+def decide(m: Material, data: RuleData) -> tuple[str, list[str]]:
+    """``(rule, tokens)`` of one file under ``data``.  ``imports`` (executables) or ``exports``
     (libraries: their exports and imports) when the dynamic interface has at least
-    ``MIN_SYMBOLS`` names; else ``strings`` (program strings, toolchain's removed); else
-    ``calls`` (direct-call destinations, same-CPU similarity only)."""
-    data = shipped() if data is None else data
-    facts = elf_facts(buf)
-    table = symbol_table(facts)
+    ``MIN_SYMBOLS`` names, with the file's strings added; else ``strings`` (program strings,
+    the toolchain's removed); else ``calls``."""
     names: list[str] = []
-    if table is not None:
-        syms = read_symbols(buf, facts.header, table)
-        library = facts.is_library or facts.e_type == ET_REL
-        names = normalise_names(syms.exported + syms.imported if library else syms.imported, data)
+    if m.raw_names is not None:
+        names = normalise_names(m.raw_names, data)
         if len(names) >= MIN_SYMBOLS:
-            tokens = names + symbol_string_tokens(raw_strings(buf, facts))
-            return ("exports" if library else "imports"), tokens, digest_tokens(tokens)
-    tokens = string_tokens(program_strings(raw_strings(buf, facts), data.toolchain))
+            return ("exports" if m.library else "imports"), names + m.symbol_strings
+    tokens = string_tokens(program_strings(m.strings, data.toolchain, m.keyed if m._keyed is not None else None))
     if tokens:
-        return "strings", tokens, digest_tokens(tokens)
+        return "strings", tokens
     # No program strings: the code.  Direct-call destinations (same-CPU similarity only), the
     # few symbol names there are, and without either (``true``: a handful of instructions) the
     # entry point's code itself, so that every file with code gets a value.
-    calls = call_targets(buf, facts) + ["\x00" + n for n in names]
-    if not calls:
-        calls = code_chunks(buf, facts)
-    return "calls", calls, digest_tokens(calls)
+    calls = m.calls() + ["\x00" + n for n in names]
+    return "calls", calls or m.chunks()
+
+
+def features(buf, data: RuleData | None = None) -> tuple[str, list[str], str | None]:
+    """``(rule, tokens, digest)`` for an ELF image (see :func:`decide`)."""
+    rule, tokens = decide(Material(buf), shipped() if data is None else data)
+    return rule, tokens, digest_tokens(tokens)
+
+
+def value_from(m: Material, data: RuleData | None = None) -> str | None:
+    rule, tokens = decide(m, shipped() if data is None else data)
+    d = digest_tokens(tokens)
+    return f"{VERSION}:{rule}:{d}" if d else None
 
 
 CHUNK = 8  # bytes of code per token when a file has nothing else
@@ -384,10 +475,4 @@ def value_of(buf, data: RuleData | None = None) -> str | None:
 
 def raw_import_names(buf) -> list[str]:
     """The names the helper derivation starts from (before folding)."""
-    facts = elf_facts(buf)
-    table = symbol_table(facts)
-    if table is None:
-        return []
-    syms = read_symbols(buf, facts.header, table)
-    library = facts.is_library or facts.e_type == ET_REL
-    return syms.exported + syms.imported if library else list(syms.imported)
+    return Material(buf).raw_names or []

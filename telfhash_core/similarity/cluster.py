@@ -49,6 +49,14 @@ class Item:
     name: str
     digest: str | None
     arch: str | None = None
+    version: str | None = None  # a companion value's rule set ("tx1", "tx2"); never compared across
+
+
+def _version_part(value: Any) -> str | None:
+    """The rule-set tag of a companion value (``tx2:strings:t1…`` -> ``tx2``), else None."""
+    if isinstance(value, str) and ":" in value:
+        return value.strip().split(":", 1)[0]
+    return None
 
 
 _digest_part = tagged_body  # the 70 hex of a digest in any spelling, also ``tag:t1…``
@@ -78,14 +86,15 @@ def to_items(items: Iterable[Any], key: str = "telfhash") -> list[Item]:
         if isinstance(obj, Item):
             out.append(obj)
         elif isinstance(obj, str):
-            out.append(Item(obj.strip(), _digest_part(obj)))
+            out.append(Item(obj.strip(), _digest_part(obj), None, _version_part(obj)))
         elif isinstance(obj, (Result, dict)):
             if isinstance(obj, Result):
                 name, arch = obj.file, obj.arch
             else:
                 name = obj.get("file") or obj.get("path") or obj.get("sha256") or f"#{k}"
                 arch = obj.get("arch")
-            out.append(Item(str(name), _digest_part(_field(obj, key)), arch if isinstance(arch, str) else None))
+            value = _field(obj, key)
+            out.append(Item(str(name), _digest_part(value), arch if isinstance(arch, str) else None, _version_part(value)))
         else:
             out.append(Item(f"#{k}", None))
     return out
@@ -187,8 +196,19 @@ def cluster(
       largest first, then by first appearance; every usable item is in exactly one cluster;
     * ``ungroupable`` -- names of the items without a usable digest (``-``, ``tnull``, missing).
     """
+    its = to_items(items, key)
+    versions = {it.version for it in its if it.digest is not None}
+    if len(versions) > 1:  # companion values of different rule sets (tx1, tx2): each grouped on its own
+        first: dict[str, int] = {}
+        for k, it in enumerate(its):
+            first.setdefault(it.name, k)
+        out: list[Cluster] = []
+        for v in sorted(versions, key=lambda x: (x is None, x or "")):
+            out += cluster([it for it in its if it.digest is not None and it.version == v], threshold, key, threads=threads)[0]
+        out.sort(key=lambda c: (-c.size, first.get(c.members[0], 0)))
+        return out, [it.name for it in its if it.digest is None]
     cols = Columns()
-    for it in to_items(items, key):
+    for it in its:
         cols.add(it.name, it.digest, it.arch)
     grouping = group_columns(cols, threshold, threads=threads)
     return list(grouping.clusters()), grouping.ungroupable
