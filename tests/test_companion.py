@@ -21,7 +21,8 @@ import corpus
 import telfhash_core as tc
 from telfhash_core import companion as cx
 
-VALUE_RE = re.compile(r"^tx1:t1[0-9a-f]{70}$")
+VALUE_RE = re.compile(r"^tx2:(?:imports|exports|strings|calls):t1[0-9a-f]{70}$")  # the field: tx2
+TX1_RE = re.compile(r"^tx1:t1[0-9a-f]{70}$")
 
 
 def _entry(path_part: str) -> dict:

@@ -92,6 +92,11 @@ def telfhash_commands(subparsers):
     lb.add_argument("--clear", action="store_true", help="remove the label")
     lb.set_defaults(func=_cmd_label)
 
+    rx = actions.add_parser("recompute-x", help="recompute stored tx1 companion values as tx2 (files that still exist)")
+    common(rx)
+    rx.add_argument("-f", "--format", choices=("table", "json"), default="table")
+    rx.set_defaults(func=_cmd_recompute_x)
+
     st = actions.add_parser("stats", help="what the index holds")
     common(st)
     st.add_argument("-f", "--format", choices=("table", "json"), default="table")
@@ -209,6 +214,20 @@ def _cmd_clusters(args) -> int:
             print(f"  {star} {mbr['sha256']}  {mbr['arch'] or '-':<14}  {mbr['path'] or ''}")
     if not groups:
         print(f"no cluster of {args.min_size} or more entries at threshold {args.threshold}", file=sys.stderr)
+    return 0
+
+
+@_guard
+def _cmd_recompute_x(args) -> int:
+    with _open(args, create=False) as ix:
+        counts = ix.recompute_x()
+    if args.format == "json":
+        print(json.dumps(counts))
+    else:
+        print(
+            f"{counts['old']} older companion values: {counts['recomputed']} recomputed as tx2, {counts['no_value']} cleared "
+            f"(no tx2 value), {counts['missing']} kept (file gone), {counts['changed']} kept (file changed)"
+        )
     return 0
 
 

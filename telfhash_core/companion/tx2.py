@@ -285,7 +285,8 @@ def program_strings(strings: list[bytes], toolchain: tc.ToolchainData | None, ke
 _INTERNAL_RE = re.compile(rb"sysdeps/|^[\w.+-]+\.[ch]$|\bR_[A-Z0-9]+_[A-Z0-9_]+|\bld(?:-linux[\w.-]*|64)?\.so\b")
 
 
-_TEXT_RE = re.compile(rb"[A-Za-z]{3}")
+_TEXT_RE = re.compile(rb"[a-z]{3}")
+_WORDLIKE_RE = re.compile(r"[a-z0-9_]{1,12}")
 _ALNUM_RE = re.compile(rb"[A-Za-z0-9 ]")
 
 
@@ -307,7 +308,8 @@ def string_tokens(strings: list[bytes]) -> list[str]:
     text = [s.decode("ascii", "replace") for s in strings if is_text(s)]
     if len(text) < SMALL_STRINGS:
         return words(text)
-    return sorted(set(normalise_all(text)))
+    # a bare short lower-case word says little and is often a CPU feature name (hwcap: cmov, zarch, vis2)
+    return sorted({t for t in normalise_all(text) if not _WORDLIKE_RE.fullmatch(t)})
 
 
 def symbol_string_tokens(strings: list[bytes]) -> list[str]:

@@ -54,7 +54,7 @@ DEFAULT_BATCH = 2000  # results per committed transaction
 SNAPSHOT_MIN_ROWS = 20_000  # store the digest matrix when this many entries are not in it yet
 SNAPSHOT_PART_ROWS = 1_000_000  # rows per stored blob (SQLite limits a blob to 1 GB)
 COMMIT_SECONDS = 2.0  # ... or at least this often while hashing files
-COMPANION_TAG = "tx1"
+COMPANION_TAGS = ("tx1", "tx2")  # companion rule sets read; a search or cluster never mixes them
 DIGEST_HEX = TLSH_HEX_LEN  # hex characters of a digest without its "t1"; packed: PACKED_LEN bytes
 
 _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -127,9 +127,25 @@ def _utcnow() -> str:
 
 
 def _companion_digest(value: Any) -> bytes | None:
-    """The packed digest inside a companion value ``"tx1:t1…"``, or None."""
-    body = tagged_body(value, COMPANION_TAG)
-    return bytes.fromhex(body) if body is not None else None
+    """The packed digest inside a companion value (``"tx2:strings:t1…"``, ``"tx1:t1…"``), or None."""
+    from ..companion import parse
+
+    p = parse(value)
+    return pack(p[2]) if p is not None and p[0] in COMPANION_TAGS else None
+
+
+def _companion_body(value: Any) -> str | None:
+    """The 70 hex characters of a companion value's digest (any rule set read), or None."""
+    from ..companion import parse
+
+    p = parse(value)
+    return tagged_body(p[2]) if p is not None and p[0] in COMPANION_TAGS else None
+
+
+def _companion_version(value: Any) -> str | None:
+    from ..companion import version_of
+
+    return version_of(value)
 
 
 _EVEN = np.uint64(0x5555555555555555)
@@ -964,7 +980,7 @@ class Index:
         if isinstance(query, Result):
             value = query.telfhash if key == "telfhash" else query.extra.get("telfhash_x")
             if key == "telfhash_x":
-                body = tagged_body(value, COMPANION_TAG)
+                body = _companion_body(value)
                 value = spell(body) if body else None
             if not value:
                 raise ValueError(f"{query.file}: the result has no {key} to search with")
@@ -981,7 +997,7 @@ class Index:
         text = query.strip()
         if is_digest(text):
             return normalize(text)
-        body = tagged_body(text, COMPANION_TAG) if key == "telfhash_x" else None
+        body = _companion_body(text) if key == "telfhash_x" else None
         if body is not None:
             return spell(body)
         if "\x00" not in query and len(query) < 4096 and os.path.isfile(query):
@@ -1026,6 +1042,9 @@ class Index:
                 d = packed_distances(packed, digest)  # exact; no bit planes to build for one query
                 hit = np.flatnonzero(d <= max_distance)
                 d = d[hit]
+                if key == "telfhash_x" and hit.size:  # only values of the query's rule set
+                    keep = self._same_rule_set(query, ids[hit])
+                    hit, d = hit[keep], d[keep]
                 sort = np.lexsort((ids[hit], d))
                 order, d = hit[sort], d[sort]
                 if limit is not None:
@@ -1048,6 +1067,9 @@ class Index:
             d = one_to_many(m.enc, digest)
             hit = np.flatnonzero(d <= max_distance)
             d = d[hit]
+        if key == "telfhash_x" and hit.size:  # only values of the query's rule set (tx1 never meets tx2)
+            keep = self._same_rule_set(query, m.ids[hit])
+            hit, d = hit[keep], d[keep]
         sort = np.lexsort((m.ids[hit], d))
         order, d = hit[sort], d[sort]
         if limit is not None:
@@ -1080,6 +1102,18 @@ class Index:
             raise ValueError(f"unknown key {key!r}; use one of {', '.join(_KEYS)}")
         if isinstance(max_distance, bool) or not isinstance(max_distance, (int, np.integer)) or max_distance < 0:
             raise ValueError(f"max_distance must be a whole number >= 0, not {max_distance!r}")
+        want: dict[str, set[str]] = {}  # companion key: digest -> rule sets asked for (bare digest: the current one)
+        if key == "telfhash_x":
+            from ..companion import VERSION, parse
+
+            plain = []
+            for q in queries:
+                p = parse(q) if isinstance(q, str) else None
+                d, v = (p[2], p[0]) if p else (q, VERSION)
+                if isinstance(d, str) and is_digest(d):
+                    want.setdefault(normalize(d, "t1"), set()).add(v)
+                    plain.append(d)
+            queries = plain
         distinct = sorted({normalize(q, "t1") for q in queries if isinstance(q, str) and is_digest(q)})
         m = self._load(_KEYS[key])
         if not distinct or not len(m.ids):
@@ -1126,10 +1160,43 @@ class Index:
                     [np.full(len(mm), dd, dtype=np.int32) for mm, dd in zip(members, d[sel].tolist())]
                 )
                 hits.append((k, rows[np.concatenate(members)], dist))
+        if key == "telfhash_x" and hits:  # tx1 rows answer tx1 queries only, tx2 rows tx2 queries
+            versions = self._versions(sorted({int(x) for _k, r, _d in hits for x in m.ids[r].tolist()}))
+            kept = []
+            for k, r, d in hits:
+                ok = np.array([versions.get(int(x)) in want.get(distinct[k], ()) for x in m.ids[r].tolist()], dtype=bool)
+                if ok.any():
+                    kept.append((k, r[ok], d[ok]))
+            hits = kept
         out: dict[str, list[Match]] = {}
         for k, r, d in hits:
             order = np.lexsort((m.ids[r], d))
             out[distinct[k]] = self._matches(m.ids[r[order]], d[order], m.packed[r[order]])
+        return out
+
+    def _same_rule_set(self, query: Any, ids: np.ndarray) -> np.ndarray:
+        """Which of the rows ``ids`` hold a companion value of the query's rule set."""
+        want = self._query_version(query)
+        versions = self._versions(ids.tolist())
+        return np.array([versions.get(int(i)) == want for i in ids.tolist()], dtype=bool)
+
+    def _query_version(self, query: Any) -> str:
+        """The companion rule set of a query: its own tag, else the current one (a bare digest,
+        or a file, which is hashed with the current rule set)."""
+        from ..companion import VERSION
+
+        if isinstance(query, Result):
+            query = query.extra.get("telfhash_x")
+        return (_companion_version(query.strip()) if isinstance(query, str) else None) or VERSION
+
+    def _versions(self, ids: list[int]) -> dict[int, str | None]:
+        """id -> rule-set tag of its companion value."""
+        out: dict[int, str | None] = {}
+        for i in range(0, len(ids), 900):
+            chunk = ids[i : i + 900]
+            q = f"SELECT id, telfhash_x FROM entries WHERE id IN ({','.join('?' * len(chunk))})"
+            for r in self._conn.execute(q, chunk):
+                out[r[0]] = _companion_version(r[1])
         return out
 
     def _matches(self, ids: np.ndarray, dist: np.ndarray, packed: np.ndarray) -> list[Match]:
@@ -1223,7 +1290,9 @@ class Index:
         if not len(m.ids):
             return []
         hexes = m.packed.tobytes().hex().upper()
-        items = [Item(str(i), hexes[70 * k : 70 * k + 70]) for k, i in enumerate(m.ids.tolist())]
+        versions = self._versions(m.ids.tolist()) if key == "telfhash_x" else {}
+        # companion values of different rule sets (tx1, tx2) are grouped separately, never together
+        items = [Item(str(i), hexes[70 * k : 70 * k + 70], None, versions.get(i)) for k, i in enumerate(m.ids.tolist())]
         groups, _ = cluster(items, int(threshold), key="telfhash")
         groups = [g for g in groups if g.size >= max(1, int(min_size))]
         meta: dict[int, tuple] = {}
@@ -1260,6 +1329,56 @@ class Index:
                 }
             )
         return out
+
+    def recompute_x(self, *, batch_size: int = 200) -> dict[str, int]:
+        """Recompute stored companion values of an older rule set (``tx1``) with the current one
+        (``tx2``), re-hashing each file whose recorded path still exists and still has the
+        recorded SHA-256.  A row whose file is gone (or has changed since) keeps its old value:
+        it is still read, shown and searched -- with values of its own rule set only.  Returns
+        counts: ``old`` (rows with an older value), ``recomputed``, ``no_value`` (the file has
+        no tx2 value: the old one is cleared), ``missing`` and ``changed`` (kept as they are)."""
+        import hashlib
+
+        from ..companion import VERSION, telfhash_x_of
+
+        rows = self._conn.execute("SELECT id, sha256, path, telfhash_x FROM entries WHERE telfhash_x IS NOT NULL ORDER BY id").fetchall()
+        counts = {"old": 0, "recomputed": 0, "no_value": 0, "missing": 0, "changed": 0}
+        updates: list[tuple] = []
+        for id_, sha, path, tx in rows:
+            if _companion_version(tx) == VERSION:
+                continue
+            counts["old"] += 1
+            try:
+                with open(path, "rb") as fh:
+                    data = fh.read()
+            except (OSError, TypeError, ValueError):
+                counts["missing"] += 1
+                continue
+            if hashlib.sha256(data).hexdigest() != sha:
+                counts["changed"] += 1
+                continue
+            value = telfhash_x_of(data)
+            counts["recomputed" if value else "no_value"] += 1
+            updates.append((value, _companion_digest(value), id_))
+            if len(updates) >= batch_size:
+                self._update_x(updates)
+                updates = []
+        if updates:
+            self._update_x(updates)
+        return counts
+
+    def _update_x(self, updates: list[tuple]) -> None:
+        c = self._conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.executemany("UPDATE entries SET telfhash_x = ?, digest_x = ? WHERE id = ?", updates)
+            c.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+            c.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'rewrites'")
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
 
     def stats(self) -> dict[str, Any]:
         """Counts: entries, with/without a telfhash (by reason), distinct digests, by architecture
