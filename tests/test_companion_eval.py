@@ -1,7 +1,12 @@
-"""The companion hash's targets on the shared corpus, checked by the evaluation script itself
-(``benchmarks/eval_companion.py``): same-program cross-architecture pairs within distance 50
-at least 90%, different-program pairs within 50 at most 1% -- with the shipped helper list and
-with a helper list derived from the other half of the programs (hold-out)."""
+"""The companion value's targets on both shared corpora, checked by the evaluation script itself
+(``benchmarks/eval_companion.py``): same-program cross-CPU pairs within distance 50 at least
+95%, different-program pairs within 50 at most 1% -- for tx2 as shipped, and with one program
+held out.  With one CPU held out the Debian corpus meets the same targets; on corpus-static
+the held-out-CPU figure is recorded as a floor (see docs/companion.md: strings that only one
+CPU's C library has stay when that CPU's toolchain is not in the data).
+
+Each corpus skips with one line when absent.  The run takes a few minutes (feature extraction
+of ~3,000 files, then one pass per held-out CPU)."""
 
 from __future__ import annotations
 
@@ -24,38 +29,48 @@ def ev():
 
 
 @pytest.fixture(scope="module")
-def items(ev):
+def debian(ev):
     corpus.manifest()  # skips with a clear message when the shared corpus is absent
-    return ev.load_corpus()
+    return ev.load("debian")
 
 
-T50 = 1  # index of threshold 50 in THRESHOLDS
+def _rate(r, part):
+    return [h / r[part]["all"][0] for h in r[part]["all"][1:]]
 
 
 def test_thresholds(ev):
-    assert ev.THRESHOLDS[T50] == 50
+    assert ev.THRESHOLDS[ev.T50] == 50
 
 
-def test_targets_on_the_shared_corpus(ev, items):
-    tx = ev.summary(items, [i.tx for i in items])
-    ref = ev.summary(items, [i.telfhash for i in items])
-    assert tx["same_pairs"] == ref["same_pairs"] > 5000
-    assert tx["same"][T50] >= 0.90, tx["same"]
-    assert tx["diff"][T50] <= 0.01, tx["diff"]
-    assert tx["same"][T50] > ref["same"][T50] + 0.4  # the point of the companion
-    # every architecture pair with enough same-program pairs gains
-    for key, row in tx["raw"]["same"].items():
-        if key != "all" and row[0] >= 100:
-            assert ev.fractions(row)[T50] >= 0.8, (key, ev.fractions(row))
+def test_debian_corpus_targets(ev, debian):
+    from telfhash_core.companion import tx2
+
+    out = ev.evaluate("shared corpus", debian, tx2.shipped(), debian, per_pair=False)
+    for name in ("tx2", "held_out_program", "held_out_cpu"):
+        same, diff = _rate(out[name], "same")[ev.T50], _rate(out[name], "diff")[ev.T50]
+        assert same >= 0.95 and diff <= 0.01, (name, same, diff)
+    assert out["tx2"]["same"]["all"][0] > 5000
+    assert _rate(out["tx2"], "same")[ev.T50] > _rate(out["telfhash (reference)"], "same")[ev.T50] + 0.4
 
 
-def test_targets_hold_out(ev, items):
-    for h in ev.holdout(items):
-        s = h["telfhash_x"]
-        assert s["same"][T50] >= 0.90, h
-        assert s["diff"][T50] <= 0.01, h
+def test_static_corpus_targets(ev, debian):
+    from telfhash_core.companion import tx2
+
+    corpus.static_manifest()  # skips with a clear message when the static corpus is absent
+    static = ev.load("static")
+    out = ev.evaluate("shared corpus-static", static, tx2.shipped(), debian, per_pair=False)
+    for name in ("tx2", "held_out_program"):
+        same, diff = _rate(out[name], "same")[ev.T50], _rate(out[name], "diff")[ev.T50]
+        assert same >= 0.95 and diff <= 0.01, (name, same, diff)
+    assert _rate(out["tx1"], "diff")[ev.T50] > 0.5  # what tx2 is for: tx1 linked most unrelated static programs
+    same, diff = _rate(out["held_out_cpu"], "same")[ev.T50], _rate(out["held_out_cpu"], "diff")[ev.T50]
+    assert diff <= 0.01 and same >= 0.55, (same, diff)
+    assert all(i.tx2(tx2.shipped()) for i in static)  # every file gets a value
 
 
-def test_evaluation_is_deterministic(ev, items):
-    again = ev.load_corpus()
-    assert [i.tx for i in again] == [i.tx for i in items]
+def test_evaluation_matches_the_api(ev, debian):
+    """The evaluation's cached path gives the same values as the API."""
+    from telfhash_core.companion import telfhash_x_of
+
+    for it in debian[::97]:
+        assert it.tx2(ev.tx2.shipped()) == telfhash_x_of(Path(it.path).read_bytes()), it.path

@@ -47,8 +47,12 @@ MAX_NAME = 4096
 MIN_SYMBOLS = 8
 # Fewer program strings than this (after the toolchain's are removed): hash words instead.
 SMALL_STRINGS = 16
-# Each token becomes this many bytes of its SHAKE-128 expansion before TLSH.
-EXPAND = 256
+# The TLSH input is about this long whatever the number of tokens: each token becomes
+# BUDGET // n bytes of its SHAKE-128 stream (at least MIN_EXPAND), so that TLSH's length code
+# does not move with the number of tokens (two length steps cost 24).
+BUDGET = 1 << 16
+MIN_EXPAND = 32
+EXPAND = 256  # the per-token expansion measured against joined text (docs/companion.md)
 # At most this many tokens (the first in hash order: a consistent sample) are hashed.
 MAX_TOKENS = 4096
 # A dynamic file's strings join its imports/exports, at most this many (first in hash order).
@@ -330,7 +334,7 @@ def _order_key(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "ignore")).digest()
 
 
-def digest_tokens(tokens: list[str], expand: int = EXPAND) -> str | None:
+def digest_tokens(tokens: list[str], expand: int | None = None) -> str | None:
     """TLSH over the tokens' SHAKE-128 expansions (``expand`` bytes each), in hash order.
 
     A set of names joined as text gives TLSH so little input that its header (length and
@@ -341,6 +345,8 @@ def digest_tokens(tokens: list[str], expand: int = EXPAND) -> str | None:
     if not tokens:
         return None
     ordered = sorted(set(tokens), key=_order_key)[:MAX_TOKENS]
+    if expand is None:
+        expand = max(MIN_EXPAND, BUDGET // len(ordered))
     data = b"".join(hashlib.shake_128(t.encode("utf-8", "ignore")).digest(expand) for t in ordered)
     import tlsh
 
