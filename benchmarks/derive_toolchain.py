@@ -36,15 +36,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from telfhash_core.companion import toolchain as tc  # noqa: E402
-from telfhash_core.companion import tx2  # noqa: E402
+from telfhash_core.companion import toolchain as tc
+from telfhash_core.companion import tx2
 
 # The archives a static C program links from the toolchain (sanitizers, OpenMP, gcov are left out).
-ARCHIVES = (
-    "libc.a libm.a libpthread.a librt.a libdl.a libresolv.a libutil.a libanl.a libc_nonshared.a "
-    "libpthread_nonshared.a libBrokenLocale.a libmcheck.a libg.a libmvec.a libcrypt.a libxnet.a "
-    "libgcc.a libgcc_eh.a libatomic.a libssp_nonshared.a"
-).split()
+ARCHIVES = ["libc.a", "libm.a", "libpthread.a", "librt.a", "libdl.a", "libresolv.a", "libutil.a", "libanl.a", "libc_nonshared.a", "libpthread_nonshared.a", "libBrokenLocale.a", "libmcheck.a", "libg.a", "libmvec.a", "libcrypt.a", "libxnet.a", "libgcc.a", "libgcc_eh.a", "libatomic.a", "libssp_nonshared.a"]
 KIND_CRT = "crt*.o"
 KINDS = ARCHIVES + [KIND_CRT]
 

@@ -39,10 +39,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from telfhash_core import companion as cx  # noqa: E402
-from telfhash_core.companion import toolchain as tcd  # noqa: E402
-from telfhash_core.companion import tx2  # noqa: E402
-from telfhash_core.similarity import tlshdist  # noqa: E402
+from telfhash_core import companion as cx
+from telfhash_core.companion import tx2
+from telfhash_core.similarity import tlshdist
 
 THRESHOLDS = (30, 50, 70)
 T50 = 1
@@ -55,7 +54,7 @@ PROGRAM_FOLDS = 10  # programs are held out in this many groups (by a hash of th
 class Item:
     """One corpus file: its labels, the reference telfhash, tx1, and tx2's material."""
 
-    __slots__ = ("label", "family", "arch", "path", "telfhash", "tx1", "mat")
+    __slots__ = ("arch", "family", "label", "mat", "path", "telfhash", "tx1")
 
     def __init__(self, entry: dict, family: str) -> None:
         self.label, self.family, self.arch, self.path = entry["label"], family, entry["arch"], entry["abspath"]
@@ -63,9 +62,10 @@ class Item:
         self.telfhash = ref if ref.startswith("t1") else None
         buf = Path(self.path).read_bytes()
         self.tx1 = cx.tx1_of(buf)
+        self.mat: tx2.Material | None
         try:
             self.mat = tx2.Material(buf).prepare()
-        except Exception:  # not ELF / unusable: no value (counted as not linked)
+        except Exception:  # noqa: BLE001 (not ELF / unusable: no value (counted as not linked)
             self.mat = None
 
     def tx2(self, data: tx2.RuleData) -> str | None:
@@ -141,7 +141,7 @@ def rates(items, values, focus=None) -> dict:
                     row[k] += 1
     for rows in (same, diff):
         allrow = [0] * (1 + len(THRESHOLDS))
-        for key, row in list(rows.items()):
+        for row in list(rows.values()):
             allrow = [x + y for x, y in zip(allrow, row)]
         rows["all"] = allrow
     return {"same": dict(same), "diff": dict(diff), "variant": variant}
@@ -208,7 +208,7 @@ def focused(g: Groups, hits, focus: np.ndarray) -> dict:
     def cross_pairs(mask):
         lab_cpu = np.bincount(g.label[mask] * (g.arch.max() + 1) + g.arch[mask], minlength=(g.label.max() + 1) * (g.arch.max() + 1))
         lab = np.bincount(g.label[mask], minlength=g.label.max() + 1)
-        return int((_c2(lab).sum() - _c2(lab_cpu).sum()))
+        return int(_c2(lab).sum() - _c2(lab_cpu).sum())
 
     same_den = cross_pairs(np.ones(n, dtype=bool)) - cross_pairs(~f)
     fam_all = np.bincount(g.fam, minlength=g.fam.max() + 1)
@@ -233,7 +233,7 @@ def frac(row) -> list[float]:
 
 
 def add(r1: dict, r2: dict) -> dict:
-    out = {}
+    out: dict = {}
     for part in ("same", "diff"):
         keys = set(r1[part]) | set(r2[part])
         z = [0] * (1 + len(THRESHOLDS))
@@ -294,8 +294,9 @@ def evaluate(name: str, items: list[Item], data: tx2.RuleData, debian_items: lis
     # one CPU held out: derived data without that CPU's toolchains and builds
     g = Groups(items)
     archs = np.array([i.arch for i in items])
-    full = tx2.shipped().toolchain if data.toolchain is None else data.toolchain
-    total = None
+    full = data.toolchain or tx2.shipped().toolchain
+    assert full is not None
+    total: dict | None = None
     for cpu in sorted(set(archs.tolist())):
         held_tc = full.without([n for n in full.libcs if n == cpu or n.endswith("-" + cpu)])
         helpers = helpers_from(debian_items, exclude=lambda i, c=cpu: i.arch == c)
@@ -303,6 +304,7 @@ def evaluate(name: str, items: list[Item], data: tx2.RuleData, debian_items: lis
         vals = [i.tx2(d) for i in items]
         rr = focused(g, hits_of(vals), archs == cpu)
         total = rr if total is None else add(total, rr)
+    assert total is not None
     print(header().replace(" " * 22, "held-out CPU".ljust(22), 1))
     print(row_text("tx2, each CPU held out", total))
     out["held_out_cpu"] = total
@@ -327,6 +329,7 @@ def evaluate(name: str, items: list[Item], data: tx2.RuleData, debian_items: lis
             cache[key] = hits_of([i.tx2(tx2.RuleData.from_helpers(helpers, data.toolchain)) for i in items])
         rr = focused(g, cache[key], fold == k)
         total = rr if total is None else add(total, rr)
+    assert total is not None
     print(row_text("tx2, each program held", total))
     out["held_out_program"] = total
     print(f"  ({time.perf_counter() - t0:.1f} s; {len(cache) - 1} of {PROGRAM_FOLDS} held-out groups changed the helper list)")
@@ -343,7 +346,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     try:
         debian = load("debian")
-    except BaseException as exc:  # pytest.skip outside pytest: the shared corpus is absent
+    except BaseException as exc:  # noqa: BLE001 (pytest.skip outside pytest: the shared corpus is absent
         print(f"shared corpus not available: {exc}", file=sys.stderr)
         return 2
     print(f"Debian corpus read in {time.perf_counter() - t0:.1f} s")
@@ -353,6 +356,7 @@ def main(argv=None) -> int:
         print(f"wrote {tx2.HELPERS_FILE}: {len(helpers['names'])} names, prefixes {helpers['prefixes']}")
         tx2.shipped.cache_clear()
     data = tx2.shipped()
+    assert data.toolchain is not None
     print(f"tx2 data: {len(data.toolchain)} toolchain strings from {len(data.toolchain.libcs)} toolchains; "
           f"{len(data.helpers)} helper names + prefixes {list(data.prefixes)}")
     if args.corpus in ("debian", "both"):
@@ -360,7 +364,7 @@ def main(argv=None) -> int:
     if args.corpus in ("static", "both"):
         try:
             static = load("static")
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 (as above)
             print(f"shared static corpus not available: {exc}", file=sys.stderr)
             return 2
         evaluate("shared corpus-static (static, stripped)", static, data, debian, args.per_pair)

@@ -13,9 +13,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-import pytest
-
 import corpus
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 

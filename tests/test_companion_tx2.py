@@ -15,9 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import corpus
 import pytest
 
-import corpus
 import telfhash_core as tc
 from telfhash_core import companion as cx
 from telfhash_core.companion import toolchain as tcd
@@ -45,7 +45,7 @@ def _static(path_part: str) -> dict:
 
 def test_suffix_keys_agree_with_whole_string_keys():
     strings = [b"hello world", b"abc", b"xhello world", b"nan", b"\x7f"]
-    keys, starts, ends = tcd.suffix_keys(strings)
+    keys, starts, _ends = tcd.suffix_keys(strings)
     assert keys[starts].tolist() == tcd.string_keys(strings).tolist()
     assert int(keys[starts[2] + 1]) == tcd.string_key(b"hello world")
     assert len(set(tcd.string_keys([b"ab", b"ba", b"abc", b"abd"]).tolist())) == 4
@@ -91,7 +91,7 @@ def test_value_shape_and_rule_through_the_api():
         r = tc.hash_file(_entry(path)["abspath"], fields=["telfhash_x"])
         v = r.extra["telfhash_x"]
         assert TX2_RE.match(v) and cx.parse(v)[:2] == ("tx2", rule), (path, v)
-    lib = [f for f in corpus.files() if f["path"].endswith(".so") and f["arch"] == "amd64"][0]
+    lib = next(f for f in corpus.files() if f["path"].endswith(".so") and f["arch"] == "amd64")
     assert cx.parse(tc.hash_file(lib["abspath"], fields=["telfhash_x"]).extra["telfhash_x"])[1] == "exports"
 
 
@@ -167,7 +167,9 @@ def test_one_name_out_of_twenty_or_more_costs_little():
 
 def _tx1_and_tx2(path: str) -> tuple[str, str]:
     buf = Path(path).read_bytes()
-    return cx.tx1_of(buf), cx.telfhash_x_of(buf)
+    v1, v2 = cx.tx1_of(buf), cx.telfhash_x_of(buf)
+    assert v1 and v2
+    return v1, v2
 
 
 def test_tx1_values_still_read_and_compare_only_with_tx1():
@@ -187,7 +189,7 @@ def test_cluster_never_groups_tx1_with_tx2():
     from telfhash_core.similarity.cluster import cluster
 
     f = _entry("amd64/coreutils/bin__ls")
-    v1, v2 = _tx1_and_tx2(f["abspath"])
+    _v1, v2 = _tx1_and_tx2(f["abspath"])
     same_digest_other_version = "tx1:" + cx.split(v2)[1]  # identical digests, different rule sets
     rows = [{"file": "a", "telfhash_x": v2}, {"file": "b", "telfhash_x": same_digest_other_version}, {"file": "c", "telfhash_x": v2}]
     clusters, bad = cluster(rows, 50, key="telfhash_x")
@@ -222,7 +224,7 @@ def test_index_searches_one_rule_set_and_recomputes_tx1_as_tx2(tmp_path):
         assert {m.sha256 for m in ix.search(q1, 1000, key="telfhash_x")} == {rows[2]["sha256"]}
         groups = ix.clusters(1000, key="telfhash_x", min_size=1)
         assert sorted(g["size"] for g in groups) == [1, 2]
-    out = subprocess.run([sys.executable, "-m", "telfhash_core.cli", "index", "--db", str(db), "recompute-x", "-f", "json"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(check=False, args=[sys.executable, "-m", "telfhash_core.cli", "index", "--db", str(db), "recompute-x", "-f", "json"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"old": 1, "recomputed": 0, "no_value": 0, "missing": 1, "changed": 0}
     with sqlite3.connect(db) as c:
@@ -233,7 +235,7 @@ def test_hostile_strings_are_bounded():
     """A file whose read-only data is one huge printable run, or millions of tiny strings."""
     base = bytearray(Path(_entry("armel/coreutils/bin__ls")["abspath"]).read_bytes())
     facts = cx.elf_facts(bytes(base))
-    ro = [s for s in facts.sections if s.name == ".rodata"][0]
+    ro = next(s for s in facts.sections if s.name == ".rodata")
     for fill in (b"A", b"ab\x00"):
         data = bytearray(base)
         data[ro.offset : ro.offset + ro.size] = (fill * (ro.size // len(fill) + 1))[: ro.size]

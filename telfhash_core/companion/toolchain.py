@@ -18,8 +18,9 @@ from __future__ import annotations
 import functools
 import json
 import re
+import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -89,7 +90,9 @@ def suffix_keys(strings: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarra
 def string_keys(strings) -> np.ndarray:
     """Keys of ``strings`` (bytes) as a uint64 array."""
     strings = list(strings)
-    out, batch, size = [], [], 0
+    out: list[np.ndarray] = []
+    batch: list[bytes] = []
+    size = 0
     for x in strings + [None]:
         if x is None or (size + len(x) > _BATCH and batch):
             if batch:
@@ -147,11 +150,12 @@ def ar_members(buf: bytes) -> Iterator[tuple[str, bytes]]:
 def object_strings(obj: bytes) -> set[bytes]:
     """Strings in the allocated, non-executable data sections (``.rodata*``, ``.data*``...) of
     one relocatable object (or any ELF image with section headers)."""
+    from ..hashing.elf import NotELF
     from . import elf_facts
 
     try:
         facts = elf_facts(obj)
-    except Exception:  # not ELF (e.g. a linker script member): nothing
+    except (NotELF, ValueError, struct.error, IndexError):  # not ELF (e.g. a linker script member): nothing
         return set()
     out: set[bytes] = set()
     n = len(obj)
@@ -168,7 +172,7 @@ def object_strings(obj: bytes) -> set[bytes]:
 
 
 @functools.lru_cache(maxsize=1)
-def shipped() -> "ToolchainData":
+def shipped() -> ToolchainData:
     """The derived toolchain strings shipped with the package."""
     return ToolchainData.load(DATA_FILE)
 
@@ -187,7 +191,7 @@ class ToolchainData:
         self.kinds: list[str] = list(meta["kinds"])
 
     @classmethod
-    def load(cls, path: Path) -> "ToolchainData":
+    def load(cls, path: Path) -> ToolchainData:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             return cls(z["keys"], z["libc_mask"], z["kind_mask"], meta)
@@ -200,7 +204,7 @@ class ToolchainData:
     def __len__(self) -> int:
         return int(self.keys.size)
 
-    def without(self, libcs) -> "ToolchainData":
+    def without(self, libcs) -> ToolchainData:
         """The data as if the C libraries ``libcs`` had not been used (hold-out evaluation)."""
         drop = 0
         for name in libcs:

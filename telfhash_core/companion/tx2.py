@@ -140,7 +140,7 @@ class RuleData:
     meta: dict = field(default_factory=dict)
 
     @classmethod
-    def from_helpers(cls, helpers: dict, toolchain: tc.ToolchainData | None) -> "RuleData":
+    def from_helpers(cls, helpers: dict, toolchain: tc.ToolchainData | None) -> RuleData:
         return cls(frozenset(helpers["names"]), tuple(helpers.get("prefixes", ())), toolchain, helpers)
 
 
@@ -172,14 +172,7 @@ def derive(builds) -> dict:
 # ----------------------------------------------------------------------------- strings
 
 
-_CPU_WORDS = (
-    "x86_64 x86-64 x64 amd64 i386 i486 i586 i686 x86 x32 ia32 arm armel armhf arm64 aarch64 aarch64_be arm7 "
-    "armv4 armv4t armv5 armv5te armv5tel armv6 armv6l armv7 armv7l armv7a armv8 armv8l armeb thumb mips mipsel "
-    "mipseb mips32 mips64 mips64el mipsn32 mipsn32el mipsr6 mipsr6el mips64r6 mips64r6el mpsl powerpc ppc ppc32 "
-    "ppc64 ppc64le ppc64el ppcle powerpc64 powerpc64le s390 s390x sh sh4 sh4a sh4eb m68k m68020 sparc sparc64 "
-    "sparcv9 riscv riscv32 riscv64 alpha hppa parisc arc loongarch64 loong64 microblaze or1k xtensa ia64 spc "
-    "gnueabi gnueabihf gnuabi64 gnuabin32 gnuspe eabi eabihf"
-).split()
+_CPU_WORDS = ["x86_64", "x86-64", "x64", "amd64", "i386", "i486", "i586", "i686", "x86", "x32", "ia32", "arm", "armel", "armhf", "arm64", "aarch64", "aarch64_be", "arm7", "armv4", "armv4t", "armv5", "armv5te", "armv5tel", "armv6", "armv6l", "armv7", "armv7l", "armv7a", "armv8", "armv8l", "armeb", "thumb", "mips", "mipsel", "mipseb", "mips32", "mips64", "mips64el", "mipsn32", "mipsn32el", "mipsr6", "mipsr6el", "mips64r6", "mips64r6el", "mpsl", "powerpc", "ppc", "ppc32", "ppc64", "ppc64le", "ppc64el", "ppcle", "powerpc64", "powerpc64le", "s390", "s390x", "sh", "sh4", "sh4a", "sh4eb", "m68k", "m68020", "sparc", "sparc64", "sparcv9", "riscv", "riscv32", "riscv64", "alpha", "hppa", "parisc", "arc", "loongarch64", "loong64", "microblaze", "or1k", "xtensa", "ia64", "spc", "gnueabi", "gnueabihf", "gnuabi64", "gnuabin32", "gnuspe", "eabi", "eabihf"]
 
 
 def _trie(words: list[str]) -> str:
@@ -400,7 +393,7 @@ class Material:
             self._calls = call_targets(self.buf, self.facts)
         return self._calls
 
-    def prepare(self, toolchain: tc.ToolchainData | None = None) -> "Material":
+    def prepare(self, toolchain: tc.ToolchainData | None = None) -> Material:
         """Read every part and let go of the image.  The code (the costly sweep) is read only
         when the file has no program strings under ``toolchain`` (default: the shipped data),
         the largest toolchain data it will be used with: less data removes fewer strings."""
