@@ -21,6 +21,7 @@ import hashlib
 import json
 import re
 import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -313,9 +314,8 @@ def symbol_string_tokens(strings: list[bytes]) -> list[str]:
     """A dynamic file's strings as extra tokens of its imports/exports rule: text only, a
     consistent sample of at most ``MAX_SYMBOL_STRINGS`` (first in hash order), normalised,
     marked so that a string never meets a symbol name."""
-    if len(strings) > MAX_SYMBOL_STRINGS:  # sample by key first: the text test is the costly part
-        order = np.argsort(tc.string_keys(strings), kind="stable")[: 4 * MAX_SYMBOL_STRINGS]
-        strings = [strings[i] for i in order.tolist()]
+    if len(strings) > MAX_SYMBOL_STRINGS:  # sample by CRC-32 first: the text test is the costly part
+        strings = sorted(strings, key=zlib.crc32)[: 4 * MAX_SYMBOL_STRINGS]
     text = [s for s in strings if is_text(s)][:MAX_SYMBOL_STRINGS]
     return ["\x00" + t for t in normalise_all([b.decode("ascii", "replace") for b in text])]
 
