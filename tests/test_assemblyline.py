@@ -485,7 +485,7 @@ def test_size_limit_time_budget_and_bad_settings_are_reported(identify, tasking,
     validate(res)
     notes = sections(res)["telfhash: configuration problems"]["body"]
     assert all(k in notes for k in ("threshold", "max_neighbours", "time_budget", "max_file_size", "companion"))
-    assert kv(main_section(res))["telfhash_x"].startswith("tx1:")  # the default (on) was kept
+    assert kv(main_section(res))["telfhash_x"].startswith("tx2:")  # the default (on) was kept
 
     res = run(Telfhash({"companion": "false"}), identify, tasking, str(slow))
     assert kv(main_section(res))["telfhash_x"] == "-" and kv(main_section(res))["telfhash"].startswith("t1")
