@@ -30,7 +30,7 @@ def ev():
 @pytest.fixture(scope="module")
 def debian(ev):
     corpus.manifest()  # skips with a clear message when the shared corpus is absent
-    return ev.load("debian")
+    return ev.load("debian", tx1=False)
 
 
 def _rate(r, part):
@@ -56,12 +56,11 @@ def test_static_corpus_targets(ev, debian):
     from telfhash_core.companion import tx2
 
     corpus.static_manifest()  # skips with a clear message when the static corpus is absent
-    static = ev.load("static")
+    static = ev.load("static", tx1=False)
     out = ev.evaluate("shared corpus-static", static, tx2.shipped(), debian, per_pair=False)
     for name in ("tx2", "held_out_program"):
         same, diff = _rate(out[name], "same")[ev.T50], _rate(out[name], "diff")[ev.T50]
         assert same >= 0.95 and diff <= 0.01, (name, same, diff)
-    assert _rate(out["tx1"], "diff")[ev.T50] > 0.5  # what tx2 is for: tx1 linked most unrelated static programs
     same, diff = _rate(out["held_out_cpu"], "same")[ev.T50], _rate(out["held_out_cpu"], "diff")[ev.T50]
     assert diff <= 0.01 and same >= 0.55, (same, diff)
     assert all(i.tx2(tx2.shipped()) for i in static)  # every file gets a value

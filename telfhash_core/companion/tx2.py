@@ -61,6 +61,7 @@ MAX_SYMBOL_STRINGS = 256
 # Leading bytes tried off a string that is not the toolchain's as a whole (table bytes that
 # happen to be printable run into the string after them).
 MAX_TRIM = 64
+MIN_TAIL = 8  # ... leaving a toolchain string of at least this many (3 after 1 or 2 junk bytes)
 
 
 # ----------------------------------------------------------------------------- symbols
@@ -239,8 +240,10 @@ def raw_strings(buf, facts: ElfFacts) -> list[bytes]:
 
 def _known(strings: list[bytes], toolchain: tc.ToolchainData, keyed=None) -> np.ndarray:
     """Which ``strings`` are the toolchain's: the whole string, or a tail of it after junk
-    bytes (printable table bytes run into the string after them): a tail of 4 or more after
-    up to ``MAX_TRIM`` bytes, a tail of 3 (``nan``) after 1 or 2."""
+    bytes (printable table bytes run into the string after them): a tail of ``MIN_TAIL`` or
+    more after up to ``MAX_TRIM`` bytes, a tail of 3 or more (``Xout of memory``, ``znan``)
+    after 1 or 2.  (A short tail after a long head is the program's own text ending in a
+    common piece: ``fclose %s:`` ends in the C library's `` %s:``.)"""
     keys, starts, ends = tc.suffix_keys(strings) if keyed is None else keyed
     hit = np.zeros(len(strings), dtype=bool)
     if not keys.size:
@@ -250,7 +253,7 @@ def _known(strings: list[bytes], toolchain: tc.ToolchainData, keyed=None) -> np.
     pos = np.arange(keys.size, dtype=np.int64)
     off = pos - starts[owner]
     rem = ends[owner] - pos
-    cand = (off >= 1) & (off <= MAX_TRIM) & ((rem >= tc.MIN_STRING) | ((rem >= tc.MIN_TOOLCHAIN) & (off <= 2)))
+    cand = (off >= 1) & (off <= MAX_TRIM) & ((rem >= MIN_TAIL) | ((rem >= tc.MIN_TOOLCHAIN) & (off <= 2)))
     idx = np.flatnonzero(cand & ~whole[owner])
     if idx.size:
         hit[owner[idx[toolchain.contains(keys[idx])]]] = True
@@ -284,7 +287,7 @@ _INTERNAL_RE = re.compile(rb"sysdeps/|^[\w.+-]+\.[ch]$|\bR_[A-Z0-9]+_[A-Z0-9_]+|
 
 
 _TEXT_RE = re.compile(rb"[a-z]{3}")
-_WORDLIKE_RE = re.compile(r"[a-z0-9_]{1,12}")
+_WORDLIKE_RE = re.compile(r"[a-z0-9_]{1,12}|[A-Za-z_][A-Za-z0-9_]*")
 _ALNUM_RE = re.compile(rb"[A-Za-z0-9 ]")
 
 
@@ -302,11 +305,11 @@ def normalise_all(text: list[str]) -> list[str]:
 
 
 def string_tokens(strings: list[bytes]) -> list[str]:
-    """Normalised whole strings, or (fewer than ``SMALL_STRINGS``) their words."""
+    """Normalised whole strings, or (fewer than ``SMALL_STRINGS`` text strings) their words."""
     text = [s.decode("ascii", "replace") for s in strings if is_text(s)]
     if len(text) < SMALL_STRINGS:
         return words(text)
-    # a bare short lower-case word says little and is often a CPU feature name (hwcap: cmov, zarch, vis2)
+    # a bare word or identifier says little and is often a CPU feature name (cmov, zarch, vis2)
     return sorted({t for t in normalise_all(text) if not _WORDLIKE_RE.fullmatch(t)})
 
 
