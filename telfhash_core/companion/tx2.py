@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import re
 import struct
@@ -319,7 +320,7 @@ def symbol_string_tokens(strings: list[bytes]) -> list[str]:
     marked so that a string never meets a symbol name."""
     if len(strings) > MAX_SYMBOL_STRINGS:  # sample by CRC-32 first: the text test is the costly part
         strings = sorted(strings, key=zlib.crc32)[: 4 * MAX_SYMBOL_STRINGS]
-    text = [s for s in strings if is_text(s)][:MAX_SYMBOL_STRINGS]
+    text = list(itertools.islice((s for s in strings if is_text(s)), MAX_SYMBOL_STRINGS))
     return ["\x00" + t for t in normalise_all([b.decode("ascii", "replace") for b in text])]
 
 
