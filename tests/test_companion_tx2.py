@@ -149,7 +149,7 @@ def test_one_name_out_of_twenty_or_more_costs_little():
     rng = random.Random(11)
     words = [f"{rng.choice(['get', 'set', 'read', 'write', 'open', 'sock', 'str', 'mem'])}{rng.choice(['name', 'opt', 'line', 'buf', 'cpy', 'len', 'at', 'ctl'])}{k}" for k in range(400)]
     cost_tx2, cost_text = [], []
-    for k in range(60):
+    for _ in range(60):
         s = rng.sample(words, rng.randint(20, 60))
         t = list(s)
         t.remove(rng.choice(t))

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..hashing.elfconst import SHT_PROGBITS
+
 DATA_FILE = Path(__file__).with_name("toolchain_strings.npz")
 
 MIN_STRING = 4  # printable runs of at least this many characters are a binary's strings
@@ -31,7 +33,6 @@ MIN_TOOLCHAIN = 3  # the toolchain's are kept from 3 on: a 3-character tail ("na
 STRING_RE = re.compile(rb"[\x20-\x7e\t\n\r]{%d,}" % MIN_STRING)
 TOOLCHAIN_RE = re.compile(rb"[\x20-\x7e\t\n\r]{%d,}" % MIN_TOOLCHAIN)
 
-SHT_PROGBITS = 1
 SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 1, 2, 4
 MAX_MEMBER = 64 << 20
 

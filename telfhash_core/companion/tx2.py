@@ -28,7 +28,20 @@ from pathlib import Path
 
 import numpy as np
 
-from ..hashing.elf import _SYM_DTYPE, Header, NotELF, SymbolTable
+from ..hashing.elf import Header, NotELF, SymbolTable
+from ..hashing.elfconst import (
+    SHN_UNDEF,
+    SHT_DYNSYM,
+    SHT_STRTAB,
+    SHT_SYMTAB,
+    STB_GLOBAL,
+    STB_WEAK,
+    STT_FUNC,
+    STT_GNU_IFUNC,
+    STV_DEFAULT,
+    STV_PROTECTED,
+)
+from ..hashing.elfconst import SYM_DTYPE as _SYM_DTYPE
 from . import ElfFacts, _readonly_regions, call_targets, derive_helpers, elf_facts, fold_name
 from . import toolchain as tc
 
@@ -37,11 +50,7 @@ RULES = ("imports", "exports", "strings", "calls")
 HELPERS_FILE = Path(__file__).with_name("tx2_helpers.json")
 
 ET_REL = 1
-SHT_SYMTAB, SHT_STRTAB, SHT_DYNSYM = 2, 3, 11
-SHN_UNDEF = 0
-STT_NOTYPE, STT_FUNC, STT_GNU_IFUNC = 0, 2, 10
-STB_GLOBAL, STB_WEAK = 1, 2
-STV_DEFAULT, STV_PROTECTED = 0, 3
+STT_NOTYPE = 0
 MAX_NAME = 4096
 
 # Fewer names than this say which interface a file has, not which program it is (glibc's
