@@ -241,3 +241,19 @@ def test_hostile_strings_are_bounded():
         data[ro.offset : ro.offset + ro.size] = (fill * (ro.size // len(fill) + 1))[: ro.size]
         v = cx.telfhash_x_of(bytes(data))
         assert v is None or TX2_RE.match(v)
+
+
+def test_shipped_helper_list_is_what_the_corpus_gives():
+    items = []
+    for f in corpus.files():
+        buf = Path(f["abspath"]).read_bytes()
+        try:
+            m = tx2.Material(buf)
+        except Exception:  # noqa: BLE001 (a file tx2 cannot read says nothing here)
+            continue
+        if m.raw_names is not None:
+            items.append((f["label"], f["arch"], m.raw_names))
+    derived = tx2.derive(items)
+    shipped = json.loads(tx2.HELPERS_FILE.read_text())
+    assert (derived["names"], derived["prefixes"]) == (shipped["names"], shipped["prefixes"])
+    assert "itm_registertmclonetable" in derived["names"] and "aeabi_" in derived["prefixes"]
