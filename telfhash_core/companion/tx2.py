@@ -292,8 +292,13 @@ def program_strings(strings: list[bytes], toolchain: tc.ToolchainData | None, ke
 # The shapes of C library internals that differ from CPU to CPU, so that a toolchain that was
 # not derived from still loses them: glibc source paths (``../sysdeps/powerpc/…``), bare
 # source file names (``dl-support.c``, left by assertions), relocation type names
-# (``R_PPC_REL24``) and dynamic loader names (``ld-linux-x86-64.so.2``).
-_INTERNAL_RE = re.compile(rb"sysdeps/|^[\w.+-]+\.[ch]$|\bR_[A-Z0-9]+_[A-Z0-9_]+|\bld(?:-linux[\w.-]*|64)?\.so\b")
+# (``R_PPC_REL24``), dynamic loader names (``ld-linux-x86-64.so.2``), reserved identifiers
+# (``_dl_aux_init``, ``__global_pointer$``), symbol version names (``LINUX_4.15``,
+# ``GLIBC_2.17``) and assertion expressions (``l->l_relocated || l->l_type == lt_executable``).
+_INTERNAL_RE = re.compile(
+    rb"sysdeps/|^[\w.+-]+\.[ch]$|\bR_[A-Z0-9]+_[A-Z0-9_]+|\bld(?:-linux[\w.-]*|64)?\.so\b"
+    rb"|^_[\w$]+$|^[\w$]+\$$|^[A-Z]+_[0-9][0-9.]*$|\w->\w|\s(?:==|!=|\|\||&&)\s"
+)
 
 
 _TEXT_RE = re.compile(rb"[a-z]{3}")
