@@ -133,9 +133,13 @@ def main() -> int:
         t2 = timed_batch(files, 2, tmp)
         c2 = CPU["last"]
         print(f"  1 worker : {t1:7.2f} s  {n / t1:8.0f} files/s   CPU {c1:6.2f} s ({n / c1:.0f} files per CPU-second)")
-        print(f"  2 workers: {t2:7.2f} s  {n / t2:8.0f} files/s   CPU {c2:6.2f} s ({n / c2:.0f} files per CPU-second)"
-              f"   ratio 2/1 = {t1 / t2:.2f}")
-        print("  (wall-clock ratio; on a machine busy with other work it stays near 1 while CPU per file shows the pool's cost)")
+        print(
+            f"  2 workers: {t2:7.2f} s  {n / t2:8.0f} files/s   CPU {c2:6.2f} s ({n / c2:.0f} files per CPU-second)"
+            f"   ratio 2/1 = {t1 / t2:.2f}"
+        )
+        print(
+            "  (wall-clock ratio; on a machine busy with other work it stays near 1 while CPU per file shows the pool's cost)"
+        )
         # ---------------------------------------------------------------- reference, same sample
         py = reference_python(args.reference_python)
         sample = files[:: max(1, n // args.reference_sample)][: args.reference_sample]
@@ -152,23 +156,40 @@ def main() -> int:
 
                 ref_s = json.loads(res.stdout.strip().splitlines()[-1])["seconds"]
                 ours = timed_batch(sample, 1, tmp)
-                print(f"\n== same {len(sample)} files, one process: reference telfhash.telfhash() vs telfhash batch -j 1")
+                print(
+                    f"\n== same {len(sample)} files, one process: reference telfhash.telfhash() vs telfhash batch -j 1"
+                )
                 print(f"  reference: {ref_s:7.2f} s  {len(sample) / ref_s:8.0f} files/s")
-                print(f"  batch    : {ours:7.2f} s  {len(sample) / ours:8.0f} files/s   speed-up {ref_s / ours:.1f}x "
-                      "(batch also computes SHA-256 and writes JSONL)")
+                print(
+                    f"  batch    : {ours:7.2f} s  {len(sample) / ours:8.0f} files/s   speed-up {ref_s / ours:.1f}x "
+                    "(batch also computes SHA-256 and writes JSONL)"
+                )
         if args.no_dask:
             return 0
         # ---------------------------------------------------------------- Dask
         from distributed import Client, LocalCluster
 
         t = time.perf_counter()
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address="127.0.0.1:0", silence_logs=40)
+        cluster = LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+            silence_logs=40,
+        )
         client = Client(cluster)
         t_start = time.perf_counter() - t
         try:
             client.run(lambda: __import__("telfhash_core.batch.run"))
-            batch.run_batch(files[:64], os.path.join(tmp, "warm.parquet"), fmt="parquet", engine="dask", client=client, progress=False)
+            batch.run_batch(
+                files[:64],
+                os.path.join(tmp, "warm.parquet"),
+                fmt="parquet",
+                engine="dask",
+                client=client,
+                progress=False,
+            )
             t = time.perf_counter()
             s = batch.run_batch(files, os.path.join(tmp, "dask.jsonl"), engine="dask", client=client, progress=False)
             td = time.perf_counter() - t
@@ -187,8 +208,10 @@ def main() -> int:
             t = time.perf_counter()
             labels, info = cluster_digests(digests, T, engine="dask", client=client)
             tc = time.perf_counter() - t
-            print(f"  dask, 2 workers   : {tc:7.1f} s  ({info['tasks']} partitions, {info['distinct']} distinct, "
-                  f"{info['clusters']} groups, {info['multi']} with 2+)")
+            print(
+                f"  dask, 2 workers   : {tc:7.1f} s  ({info['tasks']} partitions, {info['distinct']} distinct, "
+                f"{info['clusters']} groups, {info['multi']} with 2+)"
+            )
             t = time.perf_counter()
             name, expected = single_machine(digests, T)
             ts = time.perf_counter() - t

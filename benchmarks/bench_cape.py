@@ -55,7 +55,11 @@ json.dump({"elapsed": elapsed, "hash": t_hash, "groups": [list(g) for g in group
 def find_reference(path: str | None) -> str | None:
     if path:
         return path
-    for cand in (os.environ.get("TELFHASH_REFERENCE_PYTHON"), "/work/refvenv/bin/python", str(corpus.CACHE / "refvenv" / "bin" / "python")):
+    for cand in (
+        os.environ.get("TELFHASH_REFERENCE_PYTHON"),
+        "/work/refvenv/bin/python",
+        str(corpus.CACHE / "refvenv" / "bin" / "python"),
+    ):
         if cand and Path(cand).exists():
             return cand
     return None
@@ -72,8 +76,13 @@ def run_reference(python: str, paths: list[str], threshold: int) -> dict:
 
 def make_results(files: list[dict]) -> dict:
     def fd(f):
-        return {"name": Path(f["path"]).name, "path": f["abspath"], "sha256": f["sha256"], "size": f["size"],
-                "type": "ELF executable"}
+        return {
+            "name": Path(f["path"]).name,
+            "path": f["abspath"],
+            "sha256": f["sha256"],
+            "size": f["size"],
+            "type": "ELF executable",
+        }
 
     return {"target": {"category": "file", "file": fd(files[0])}, "dropped": [fd(f) for f in files[1:]]}
 
@@ -100,8 +109,10 @@ def main() -> int:
     pool = [f for f in corpus.files() if f["size"] <= args.max_size]
     files = random.Random(args.seed).sample(pool, min(args.files, len(pool)))
     paths = [f["abspath"] for f in files]
-    print(f"analysis: {len(files)} ELF files, {sum(f['size'] for f in files) / 1e6:.1f} MB, "
-          f"{len({f['arch'] for f in files})} architectures, threshold {args.threshold}")
+    print(
+        f"analysis: {len(files)} ELF files, {sum(f['size'] for f in files) / 1e6:.1f} MB, "
+        f"{len({f['arch'] for f in files})} architectures, threshold {args.threshold}"
+    )
     ref_python = find_reference(args.reference_python)
     print(f"reference: {ref_python or 'not found (give --reference-python PATH)'}")
 
@@ -115,16 +126,24 @@ def main() -> int:
     from telfhash_plugins.cape import worker
 
     run_ours(results, Settings(threshold=args.threshold), reuse=True)  # the analysis before: starts the shared worker
-    for label, timeout, reuse in (("ours: enrich(), new worker process", 30.0, False),
-                                  ("ours: enrich(), reused worker (CAPE)", 30.0, True),
-                                  ("ours: enrich(), in-process", 0.0, False)):
+    for label, timeout, reuse in (
+        ("ours: enrich(), new worker process", 30.0, False),
+        ("ours: enrich(), reused worker (CAPE)", 30.0, True),
+        ("ours: enrich(), in-process", 0.0, False),
+    ):
         secs, summary, res = run_ours(results, Settings(timeout=timeout, threshold=args.threshold), reuse)
         got = [res["target"]["file"].get("telfhash")] + [d.get("telfhash") for d in res["dropped"]]
         bad = sum(g != e for g, e in zip(got, expected))
         assert bad == 0, f"{bad} telfhash values differ from the reference's"
         assert summary["hashing"]["mode"] == ("worker" if timeout else "in-process")
         started = summary["hashing"].get("workers_started")
-        rows.append((label, secs, f"{len(summary['groups'])} groups of 2+" + (f", {started} worker(s) started" if timeout else "")))
+        rows.append(
+            (
+                label,
+                secs,
+                f"{len(summary['groups'])} groups of 2+" + (f", {started} worker(s) started" if timeout else ""),
+            )
+        )
     for h in worker._SHARED.values():
         h.close()
     base = rows[0][1] if ref_python else None

@@ -173,11 +173,15 @@ def side_by_side(py: str | None, n: int, threshold: int) -> None:
         times.append(time.perf_counter() - t)
     ours_t = sorted(times)[1]
     print(f"\n== side by side: group() on the same {len(entries)} real digests (corpus manifest), T={threshold}")
-    print(f"ours       group(): {ours_t * 1000:9.1f} ms   (median of 3)  {len(ours['grouped'])} groups, "
-          f"{len(ours['nogroup'])} ungrouped")
+    print(
+        f"ours       group(): {ours_t * 1000:9.1f} ms   (median of 3)  {len(ours['grouped'])} groups, "
+        f"{len(ours['nogroup'])} ungrouped"
+    )
     if py is None:
-        print("reference  group(): not run -- no interpreter with 'import telfhash' "
-              f"(tried --reference-python, {DEFAULT_REFERENCE}, {sys.executable})")
+        print(
+            "reference  group(): not run -- no interpreter with 'import telfhash' "
+            f"(tried --reference-python, {DEFAULT_REFERENCE}, {sys.executable})"
+        )
         return
     import tempfile
 
@@ -192,13 +196,21 @@ def side_by_side(py: str | None, n: int, threshold: int) -> None:
         print(f"reference  group(): failed: {out.stderr.strip().splitlines()[-1:]}")
         return
     ref = json.loads(out.stdout)
-    print(f"reference  group(): {ref['seconds'] * 1000:9.1f} ms   ({py})  {len(ref['grouped'])} groups "
-          f"(overlapping allowed), {len(ref['nogroup'])} ungrouped")
+    print(
+        f"reference  group(): {ref['seconds'] * 1000:9.1f} ms   ({py})  {len(ref['grouped'])} groups "
+        f"(overlapping allowed), {len(ref['nogroup'])} ungrouped"
+    )
     print(f"ratio: ours is {ref['seconds'] / ours_t:,.0f}x faster")
-    same = sorted(ours["grouped"]) == merge_overlapping(ref["grouped"]) and sorted(ours["nogroup"]) == sorted(ref["nogroup"])
-    overlaps = sum(1 for a in range(len(ref["grouped"])) for b in range(a) if set(ref["grouped"][a]) & set(ref["grouped"][b]))
-    print(f"reference groups merged where they overlap == our components: {same} "
-          f"({overlaps} overlapping pairs of reference groups)")
+    same = sorted(ours["grouped"]) == merge_overlapping(ref["grouped"]) and sorted(ours["nogroup"]) == sorted(
+        ref["nogroup"]
+    )
+    overlaps = sum(
+        1 for a in range(len(ref["grouped"])) for b in range(a) if set(ref["grouped"][a]) & set(ref["grouped"][b])
+    )
+    print(
+        f"reference groups merged where they overlap == our components: {same} "
+        f"({overlaps} overlapping pairs of reference groups)"
+    )
 
 
 # ----------------------------------------------------------------------------- main
@@ -208,7 +220,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="10000,100000", help="comma-separated digest counts (default 10000,100000)")
     ap.add_argument("--threshold", type=int, default=50)
-    ap.add_argument("--reference-python", default=None, help="interpreter with telfhash 0.9.8 (default $TELFHASH_REFERENCE_PYTHON)")
+    ap.add_argument(
+        "--reference-python", default=None, help="interpreter with telfhash 0.9.8 (default $TELFHASH_REFERENCE_PYTHON)"
+    )
     ap.add_argument("--reference-n", type=int, default=800, help="digests for the side-by-side run (default 800)")
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--cluster-max", type=int, default=200_000, help="run cluster() up to this size (default 200000)")
@@ -226,18 +240,31 @@ def main() -> int:
         print(f"shared corpus not available: {exc}")
         return 1
 
-    print(f"== exact grouping of synthetic families (~30% duplicates), T={args.threshold}, "
-          f"{os.cpu_count()} cores; one process per size")
+    print(
+        f"== exact grouping of synthetic families (~30% duplicates), T={args.threshold}, "
+        f"{os.cpu_count()} cores; one process per size"
+    )
     print("times: wall seconds (CPU seconds of the process, all threads)")
-    print(f"{'digests':>9} {'distinct':>9} {'components()':>16} {'cluster()':>16} {'groups':>7} {'largest':>8} "
-          f"{'singles':>8} {'peak RSS':>9}")
+    print(
+        f"{'digests':>9} {'distinct':>9} {'components()':>16} {'cluster()':>16} {'groups':>7} {'largest':>8} "
+        f"{'singles':>8} {'peak RSS':>9}"
+    )
     prev = None
     r = {}
     for n in [int(x) for x in args.sizes.split(",") if x.strip()]:
         out = subprocess.run(
-            [sys.executable, __file__, "--one", str(n), "--threshold", str(args.threshold),
-             "--cluster-max", str(args.cluster_max)],
-            capture_output=True, text=True,
+            [
+                sys.executable,
+                __file__,
+                "--one",
+                str(n),
+                "--threshold",
+                str(args.threshold),
+                "--cluster-max",
+                str(args.cluster_max),
+            ],
+            capture_output=True,
+            text=True,
         )
         if out.returncode != 0:
             print(f"{n:>9} failed: {out.stderr.strip().splitlines()[-1:]}")
@@ -246,11 +273,15 @@ def main() -> int:
         growth = f"  x{r['components_cpu'] / prev[1]:.1f} CPU for x{n / prev[0]:.0f} digests" if prev else ""
         comp = f"{r['components_s']:.2f}s ({r['components_cpu']:.1f})"
         clu = f"{r['cluster_s']:.2f}s ({r['cluster_cpu']:.1f})" if r["cluster_s"] is not None else "not run"
-        print(f"{r['n']:>9,} {r['unique']:>9,} {comp:>16} {clu:>16} {r['groups']:>7,} "
-              f"{r['largest']:>8,} {r['singletons']:>8,} {r['peak_mb']:>7.0f}MB{growth}")
+        print(
+            f"{r['n']:>9,} {r['unique']:>9,} {comp:>16} {clu:>16} {r['groups']:>7,} "
+            f"{r['largest']:>8,} {r['singletons']:>8,} {r['peak_mb']:>7.0f}MB{growth}"
+        )
         prev = (n, r["components_cpu"])
-    print(f"(numba kernels: {r.get('numba', '?')}, threads: {r.get('threads', '?')}; generation time not included; "
-          f"load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    print(
+        f"(numba kernels: {r.get('numba', '?')}, threads: {r.get('threads', '?')}; generation time not included; "
+        f"load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+    )
     if not args.skip_reference:
         side_by_side(reference_python(args.reference_python), args.reference_n, args.threshold)
     return 0

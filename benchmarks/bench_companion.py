@@ -60,10 +60,14 @@ def main(argv=None) -> int:
             both += timed(paths, ["telfhash_x"])
         n = len(paths) * args.rounds
         tot_plain, tot_both, n_all = tot_plain + plain, tot_both + both, n_all + n
-        print(f"{name:<22} {len(paths):>5} files: telfhash alone {1000 * plain / n:7.2f} ms/file, "
-              f"telfhash + tx2 {1000 * both / n:7.2f} ms/file, ratio x{both / plain:.2f}")
-    print(f"{'both corpora':<22} {n_all // args.rounds:>5} files: telfhash alone {1000 * tot_plain / n_all:7.2f} ms/file, "
-          f"telfhash + tx2 {1000 * tot_both / n_all:7.2f} ms/file, ratio x{tot_both / tot_plain:.2f}")
+        print(
+            f"{name:<22} {len(paths):>5} files: telfhash alone {1000 * plain / n:7.2f} ms/file, "
+            f"telfhash + tx2 {1000 * both / n:7.2f} ms/file, ratio x{both / plain:.2f}"
+        )
+    print(
+        f"{'both corpora':<22} {n_all // args.rounds:>5} files: telfhash alone {1000 * tot_plain / n_all:7.2f} ms/file, "
+        f"telfhash + tx2 {1000 * tot_both / n_all:7.2f} ms/file, ratio x{tot_both / tot_plain:.2f}"
+    )
     return 0
 
 

@@ -58,7 +58,11 @@ json.dump({"elapsed": elapsed, "values": out}, open(sys.argv[2], "w"))
 def find_reference(args) -> str | None:
     if args.reference_python:
         return args.reference_python
-    for cand in (os.environ.get("TELFHASH_REFERENCE_PYTHON"), "/work/refvenv/bin/python", str(corpus.CACHE / "refvenv" / "bin" / "python")):
+    for cand in (
+        os.environ.get("TELFHASH_REFERENCE_PYTHON"),
+        "/work/refvenv/bin/python",
+        str(corpus.CACHE / "refvenv" / "bin" / "python"),
+    ):
         if cand and Path(cand).exists():
             return cand
     if args.install_reference:
@@ -122,7 +126,9 @@ def whole_process(args, ref_python: str | None, expected: dict[str, str], groups
     rounds = 1 if args.quick else max(1, args.rounds)
     env_note = "" if ref_python else " (reference not found: ours only)"
     print(f"whole process: CPU seconds of the child (start-up included), {rounds} round(s){env_note}")
-    print(f"ours: {' '.join(OURS_COMMAND)}; reference: {' '.join(reference_command(ref_python)) if ref_python else '-'}")
+    print(
+        f"ours: {' '.join(OURS_COMMAND)}; reference: {' '.join(reference_command(ref_python)) if ref_python else '-'}"
+    )
     print(f"{'job':<34}{'n':>6}{'reference s':>13}{'ours s':>9}{'ratio':>9}  identical")
 
     def row(name: str, paths: list[str], extra: list[str], n_runs: int, pick) -> None:
@@ -155,9 +161,13 @@ def whole_process(args, ref_python: str | None, expected: dict[str, str], groups
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reference-python", help="interpreter where `import telfhash` (0.9.8) works")
-    ap.add_argument("--install-reference", action="store_true", help="create a virtualenv with the reference if none is found")
+    ap.add_argument(
+        "--install-reference", action="store_true", help="create a virtualenv with the reference if none is found"
+    )
     ap.add_argument("--rounds", type=int, default=2, help="repeat each measurement, keep the fastest (default 2)")
-    ap.add_argument("--whole-process", action="store_true", help="CPU seconds of each tool's command, start-up included")
+    ap.add_argument(
+        "--whole-process", action="store_true", help="CPU seconds of each tool's command, start-up included"
+    )
     ap.add_argument("--quick", action="store_true", help="--whole-process: 300 symbol-table files, one round")
     args = ap.parse_args()
 
@@ -191,7 +201,9 @@ def main() -> int:
             ref_t = min(r[0] for r in ref_runs)
             same = same and ref_runs[0][1] == ours_values
             ref_cell, ratio_cell = f"{len(paths) / ref_t:,.0f}", f"{ref_t / ours_t:.1f}x"
-        print(f"{name:<22}{len(paths):>6}{ref_cell:>15}{len(paths) / ours_t:>12,.0f}{ratio_cell:>9}  {'yes' if same else 'NO'}")
+        print(
+            f"{name:<22}{len(paths):>6}{ref_cell:>15}{len(paths) / ours_t:>12,.0f}{ratio_cell:>9}  {'yes' if same else 'NO'}"
+        )
 
     print()
     everything = [f["abspath"] for f in files]
@@ -201,7 +213,9 @@ def main() -> int:
         n = sum(1 for _ in hash_paths(everything, jobs=jobs, ordered=False))
         el = time.perf_counter() - t
         base = base or el
-        print(f"whole corpus, {jobs} process{'es' if jobs > 1 else ''}: {n / el:,.0f} files/s, speed-up {base / el:.2f}x")
+        print(
+            f"whole corpus, {jobs} process{'es' if jobs > 1 else ''}: {n / el:,.0f} files/s, speed-up {base / el:.2f}x"
+        )
     return 0
 
 

@@ -145,7 +145,9 @@ def build(args, seeds: list[str], rng: np.random.Generator, db: Path) -> tuple[n
     """Create the index of ``args.entries`` synthetic results, timing the adds."""
     t = time.perf_counter()
     packed = synthetic(seeds, args.entries, rng)
-    print(f"synthetic digests: {args.entries:,} ({len(np.unique(packed.view('V35')))/args.entries:.0%} distinct) in {time.perf_counter() - t:.1f} s")
+    print(
+        f"synthetic digests: {args.entries:,} ({len(np.unique(packed.view('V35'))) / args.entries:.0%} distinct) in {time.perf_counter() - t:.1f} s"
+    )
 
     first = min(args.add, args.entries)
     rows = results(packed[:first], 0, rng)
@@ -153,7 +155,9 @@ def build(args, seeds: list[str], rng: np.random.Generator, db: Path) -> tuple[n
         t = time.perf_counter()
         st = ix.add_results(rows, source="bench")
         t_add = time.perf_counter() - t
-        print(f"add {first:,} results to an empty index: {t_add:.1f} s ({first / t_add:,.0f}/s)  [target <= 60 s for 100,000]  {st}")
+        print(
+            f"add {first:,} results to an empty index: {t_add:.1f} s ({first / t_add:,.0f}/s)  [target <= 60 s for 100,000]  {st}"
+        )
         shas = [r["sha256"] for r in rows]
         del rows
         t = time.perf_counter()
@@ -165,7 +169,9 @@ def build(args, seeds: list[str], rng: np.random.Generator, db: Path) -> tuple[n
         if args.entries > first:
             more = args.entries - first
             el = time.perf_counter() - t
-            print(f"add {more:,} more (including building the dicts): {el:.1f} s ({more / el:,.0f}/s); index {len(ix):,} entries, {db.stat().st_size / 1e6:.0f} MB")
+            print(
+                f"add {more:,} more (including building the dicts): {el:.1f} s ({more / el:,.0f}/s); index {len(ix):,} entries, {db.stat().st_size / 1e6:.0f} MB"
+            )
 
     return packed, shas
 
@@ -196,7 +202,12 @@ def main() -> int:
         packed, shas = build(args, seeds, rng, db)
 
     # queries: half are entries of the index, half fresh family members
-    qrows = np.concatenate([packed[rng.integers(0, args.entries, args.queries - args.queries // 2)], synthetic(seeds, args.queries // 2, rng)])
+    qrows = np.concatenate(
+        [
+            packed[rng.integers(0, args.entries, args.queries - args.queries // 2)],
+            synthetic(seeds, args.queries // 2, rng),
+        ]
+    )
     queries = ["t1" + r.tobytes().hex() for r in qrows]
 
     with Index(db) as ix:
@@ -225,7 +236,9 @@ def main() -> int:
             one_to_many(enc, q)
             passes.append(time.perf_counter() - t)
     times_ms = np.array(times) * 1000
-    print(f"first search on a newly opened index (reads only the header classes that can match): {cold:.2f} s, {len(res0)} matches")
+    print(
+        f"first search on a newly opened index (reads only the header classes that can match): {cold:.2f} s, {len(res0)} matches"
+    )
     print(
         f"warm search at T={args.threshold} over {args.entries:,} entries: median {np.median(times_ms):.1f} ms, "
         f"max {times_ms.max():.1f} ms per query ({args.queries} queries, {int(np.median(found))} matches median, {max(found)} max)  [target <= 500 ms]"

@@ -81,9 +81,15 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=600, help="corpus files to share (default 600; 0 = all)")
     ap.add_argument("--threshold", type=int, default=50)
     ap.add_argument("--no-validate", action="store_true", help="skip stix2-validator (the slowest stage)")
-    ap.add_argument("--quick", action="store_true", help="smaller sizes: 20,000 Files to import, stock medallion on 600 objects")
-    ap.add_argument("--files", type=int, default=None, help="Files in the import figure (default 200,000; --quick 20,000)")
-    ap.add_argument("--only-receivers", action="store_true", help="skip the stage table, print the receiver figures only")
+    ap.add_argument(
+        "--quick", action="store_true", help="smaller sizes: 20,000 Files to import, stock medallion on 600 objects"
+    )
+    ap.add_argument(
+        "--files", type=int, default=None, help="Files in the import figure (default 200,000; --quick 20,000)"
+    )
+    ap.add_argument(
+        "--only-receivers", action="store_true", help="skip the stage table, print the receiver figures only"
+    )
     args = ap.parse_args()
     if args.only_receivers:
         return receivers(args)
@@ -112,7 +118,11 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as d:
             Path(d, "p.json").write_text(json.dumps(paths))
             Path(d, "s.py").write_text(REF_SCRIPT)
-            p = subprocess.run([ref_py, str(Path(d, "s.py")), str(Path(d, "p.json")), str(Path(d, "o.json"))], capture_output=True, text=True)
+            p = subprocess.run(
+                [ref_py, str(Path(d, "s.py")), str(Path(d, "p.json")), str(Path(d, "o.json"))],
+                capture_output=True,
+                text=True,
+            )
             if p.returncode == 0:
                 t_ref = json.loads(Path(d, "o.json").read_text())["seconds"]
             else:
@@ -138,13 +148,27 @@ def main() -> int:
         from telfhash_plugins.stix import validate_bundle
 
         rep, t_val = timed(validate_bundle, bundle)
-        rows.append(("stix2-validator --strict + stix2.parse", t_val, None, "valid" if rep.ok else f"INVALID: {rep.lines()[:1]}"))
+        rows.append(
+            (
+                "stix2-validator --strict + stix2.parse",
+                t_val,
+                None,
+                "valid" if rep.ok else f"INVALID: {rep.lines()[:1]}",
+            )
+        )
     report, t_read = timed(read_bundle, text)
     rows.append(("import: read telfhashes", t_read, None, f"{len(report.telfhashes())} telfhashes"))
     local_results = list(tc.hash_paths([e["abspath"] for e in local]))
     match_local(report, local_results[:1], args.threshold)  # compile the distance kernels first
     matches, t_match = timed(match_local, report, local_results, args.threshold)
-    rows.append(("import: match local samples", t_match, None, f"{len(local_results)} x {len(report.digests)} -> {len(matches)} matches"))
+    rows.append(
+        (
+            "import: match local samples",
+            t_match,
+            None,
+            f"{len(local_results)} x {len(report.digests)} -> {len(matches)} matches",
+        )
+    )
 
     print(f"\n{'stage':<40} {'ours (s)':>10} {'reference (s)':>14} {'ratio':>7}  notes")
     for name, ours, ref, note in rows:
@@ -185,7 +209,9 @@ def misp_figures(rows, clusters, threshold) -> None:
     from pymisp import MISPEvent
 
     for layout in (True, False):
-        b = export_bundle(rows, clusters, threshold=threshold, timestamp="2026-11-27T00:00:00Z", misp_layout=layout, hash_files=False)
+        b = export_bundle(
+            rows, clusters, threshold=threshold, timestamp="2026-11-27T00:00:00Z", misp_layout=layout, hash_files=False
+        )
         ext = "extension-definition--1e6507bc-d6fa-48a6-b047-009557ebe233"
         sha_of = {f["id"]: f["hashes"]["SHA-256"] for f in b["objects"] if f["type"] == "file"}
         want = {
@@ -238,19 +264,28 @@ def yara_table(entries, rows, clusters, threshold) -> None:
             continue
         name = rule_name(f"grouping--{k:08d}-0000-4000-8000-000000000000")
         rm = [RuleMember(m["sha256"], m["telfhash"]) for m in ms]
-        rules += [cluster_rule(name, rm, threshold=threshold), cluster_rule(name + "_t", rm, threshold=threshold, by_sha256=False)]
+        rules += [
+            cluster_rule(name, rm, threshold=threshold),
+            cluster_rule(name + "_t", rm, threshold=threshold, by_sha256=False),
+        ]
         for m in ms:
             members.setdefault(m["sha256"], set()).add(name)
     src = ruleset(rules)
     engines = {"yara-python": yara.compile(source=src), "yara-x": yara_x.Scanner(yara_x.compile(src))}
     print(f"\nYARA match table: {len(rules) // 2} cluster rules, {len(members)} members, {len(entries)} corpus files")
-    print(f"{'engine':<12} {'by telfhash':>12} {'SHA-256 only':>13} {'unmatched':>10} {'other files hit':>16} {'scan (s)':>9}")
+    print(
+        f"{'engine':<12} {'by telfhash':>12} {'SHA-256 only':>13} {'unmatched':>10} {'other files hit':>16} {'scan (s)':>9}"
+    )
     datas = [(e["sha256"], Path(e["abspath"]).read_bytes()) for e in entries]
     for name, eng in engines.items():
         t = time.perf_counter()
         by_t = by_sha = miss = fp = 0
         for sha, data in datas:
-            hit = {m.rule for m in eng.match(data=data)} if name == "yara-python" else {m.identifier for m in eng.scan(data).matching_rules}
+            hit = (
+                {m.rule for m in eng.match(data=data)}
+                if name == "yara-python"
+                else {m.identifier for m in eng.scan(data).matching_rules}
+            )
             full = {h for h in hit if not h.endswith("_t")}
             telf = {h[:-2] for h in hit if h.endswith("_t")}
             want = members.get(sha, set())
@@ -263,7 +298,9 @@ def yara_table(entries, rows, clusters, threshold) -> None:
                 else:
                     by_sha += 1
         print(f"{name:<12} {by_t:>12} {by_sha:>13} {miss:>10} {fp:>16} {time.perf_counter() - t:>9.1f}")
-    print("SHA-256 only: no symbol table (neither engine has the reference's fallback), or yara-x's TLSH differs from py-tlsh")
+    print(
+        "SHA-256 only: no symbol table (neither engine has the reference's fallback), or yara-x's TLSH differs from py-tlsh"
+    )
 
 
 def import_figures(n, rows, rnd, hashlib) -> None:
@@ -271,8 +308,17 @@ def import_figures(n, rows, rnd, hashlib) -> None:
     from telfhash_plugins.stix import add_to_index, search_index
 
     seeds = [r["telfhash"] for r in rows[:: max(1, len(rows) // 50)]][:50]
-    shared = [{"file": f"s{i}", "telfhash": seeds[i % len(seeds)], "sha256": hashlib.sha256(b"s%d" % i).hexdigest()} for i in range(n)]
-    b = export_bundle(shared, [{"members": [r["file"] for r in shared]}], hash_files=False, timestamp="2026-11-27T00:00:00Z", yara=False)
+    shared = [
+        {"file": f"s{i}", "telfhash": seeds[i % len(seeds)], "sha256": hashlib.sha256(b"s%d" % i).hexdigest()}
+        for i in range(n)
+    ]
+    b = export_bundle(
+        shared,
+        [{"members": [r["file"] for r in shared]}],
+        hash_files=False,
+        timestamp="2026-11-27T00:00:00Z",
+        yara=False,
+    )
     text = dumps(b)
     with tempfile.TemporaryDirectory() as d:
         db = str(Path(d, "ix.sqlite"))
@@ -291,7 +337,11 @@ def import_figures(n, rows, rnd, hashlib) -> None:
             f"{st['added']:,} added, {len(matches)} local matches"
         )
         k = min(2000, n)
-        small = read_bundle(dumps(export_bundle(shared[:k], [{"members": [r["file"] for r in shared[:k]]}], hash_files=False, yara=False)))
+        small = read_bundle(
+            dumps(
+                export_bundle(shared[:k], [{"members": [r["file"] for r in shared[:k]]}], hash_files=False, yara=False)
+            )
+        )
         db2 = str(Path(d, "small.sqlite"))  # the local samples and the 2,000 shared ones only
         with Index(db2) as ix:
             ix.add_results([{"file": r["file"], "telfhash": r["telfhash"], "sha256": r["sha256"]} for r in rows])
@@ -304,7 +354,9 @@ def import_figures(n, rows, rnd, hashlib) -> None:
             t = time.perf_counter()
             ix.search_many([dg.telfhash for dg in small.digests], 50, exclude_sources=[small.source])
             new = time.perf_counter() - t
-        print(f"search of {k:,} shared digests: one search each {old:.2f} s, one pass over distinct digests {new:.3f} s ({old / max(new, 1e-9):.0f}x)")
+        print(
+            f"search of {k:,} shared digests: one search each {old:.2f} s, one pass over distinct digests {new:.3f} s ({old / max(new, 1e-9):.0f}x)"
+        )
 
 
 def pull_figures(n_objects: int) -> None:
@@ -320,10 +372,24 @@ def pull_figures(n_objects: int) -> None:
             return so.getsockname()[1]
 
     n_files = max(1, n_objects * 20 // 24)
-    rows = [{"file": f"s{i}", "telfhash": "t1" + "579297300e9da0e22294ddabf313f175b9324c7a9df8357011127d46dee9e8a4c2e993"[:-4] + "%04x" % i,
-             "sha256": hashlib.sha256(b"%d" % i).hexdigest()} for i in range(n_files)]
-    b = export_bundle(rows, [{"members": [f"s{i}" for i in range(k, min(n_files, k + 20))]} for k in range(0, n_files, 20)],
-                      hash_files=False, yara=False, misp_layout=False, timestamp="2026-11-27T00:00:00Z")
+    rows = [
+        {
+            "file": f"s{i}",
+            "telfhash": "t1"
+            + "579297300e9da0e22294ddabf313f175b9324c7a9df8357011127d46dee9e8a4c2e993"[:-4]
+            + "%04x" % i,
+            "sha256": hashlib.sha256(b"%d" % i).hexdigest(),
+        }
+        for i in range(n_files)
+    ]
+    b = export_bundle(
+        rows,
+        [{"members": [f"s{i}" for i in range(k, min(n_files, k + 20))]} for k in range(0, n_files, 20)],
+        hash_files=False,
+        yara=False,
+        misp_layout=False,
+        timestamp="2026-11-27T00:00:00Z",
+    )
     user, pw = "bench", "bench-password"
     env = {"TELFHASH_TAXII_USER": user, "TELFHASH_TAXII_PASSWORD": pw}
     figures = {}
@@ -335,12 +401,18 @@ def pull_figures(n_objects: int) -> None:
             d = tempfile.mkdtemp(prefix="bench-medallion-")
             data, config = srv.server_config("127.0.0.1", p, user, pw)
             Path(d, "data.json").write_text(json.dumps(data))
-            config["backend"] = {"module": "medallion.backends.memory_backend", "module_class": "MemoryBackend",
-                                 "filename": str(Path(d, "data.json"))}
+            config["backend"] = {
+                "module": "medallion.backends.memory_backend",
+                "module_class": "MemoryBackend",
+                "filename": str(Path(d, "data.json")),
+            }
             cfg = Path(d, "config.json")
             cfg.write_text(json.dumps(config))
-            proc = subprocess.Popen([sys.executable, "-m", "medallion.scripts.run", "--host", "127.0.0.1", "--port", str(p), str(cfg)],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "medallion.scripts.run", "--host", "127.0.0.1", "--port", str(p), str(cfg)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         try:
             srv.wait_ready(proc, "127.0.0.1", p)
             st = load_settings(url=srv.collection_url("127.0.0.1", p), environ=env)
@@ -366,9 +438,14 @@ def poisoning(entries) -> None:
 
     fs = [e for e in entries if e["reference"]["telfhash"].startswith("t1")]
     real, other = fs[0], fs[-1]
-    b = export_bundle([{"file": "x/a", "telfhash": other["reference"]["telfhash"], "sha256": real["sha256"]},
-                       {"file": "x/b", "telfhash": other["reference"]["telfhash"], "sha256": "00" * 32}],
-                      [{"members": ["x/a", "x/b"]}], hash_files=False)
+    b = export_bundle(
+        [
+            {"file": "x/a", "telfhash": other["reference"]["telfhash"], "sha256": real["sha256"]},
+            {"file": "x/b", "telfhash": other["reference"]["telfhash"], "sha256": "00" * 32},
+        ],
+        [{"members": ["x/a", "x/b"]}],
+        hash_files=False,
+    )
     with tempfile.TemporaryDirectory() as d:
         db = str(Path(d, "ix.sqlite"))
         add_to_index(read_bundle(b), db)
@@ -377,8 +454,10 @@ def poisoning(entries) -> None:
             e = ix.get(real["sha256"])
             found = [m.sha256 for m in ix.search(real["abspath"], max_distance=0)]
         wins = e["telfhash"] == real["reference"]["telfhash"] and real["sha256"] in found
-        print(f"\npoisoning (claim first, then index add of the real file): the local value {'wins' if wins else 'LOSES'}; "
-              f"search with the real file finds it: {real['sha256'] in found}")
+        print(
+            f"\npoisoning (claim first, then index add of the real file): the local value {'wins' if wins else 'LOSES'}; "
+            f"search with the real file finds it: {real['sha256'] in found}"
+        )
 
 
 if __name__ == "__main__":

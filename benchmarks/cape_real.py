@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO / "tests"))
 import corpus
 
 # Runs in CAPE's Python with the CAPE root as working directory and first on sys.path.
-INNER = r'''
+INNER = r"""
 import json, os, sys, time
 sys.path.insert(0, os.getcwd())
 mode, out = sys.argv[1], sys.argv[2]
@@ -78,7 +78,7 @@ elapsed = time.perf_counter() - t0
 loaded = sorted(m.__name__ for m in list_plugins(group="processing"))
 with open(out, "w") as fh:
     json.dump({"results": results, "seconds": elapsed, "import_seconds": t_import, "loaded": loaded}, fh, default=str)
-'''
+"""
 
 REF = "import json,sys,telfhash;print(json.dumps([r['telfhash'] for r in telfhash.telfhash(*sys.argv[1:])]))"
 
@@ -188,7 +188,9 @@ def main() -> int:
             return 1
         if cmd[0] == "status":
             for line in p.stdout.splitlines():
-                if any(w in line for w in ("pyelftools", "tlsh", "verdict", "module", "drop-in", "settings", "patches")):
+                if any(
+                    w in line for w in ("pyelftools", "tlsh", "verdict", "module", "drop-in", "settings", "patches")
+                ):
                     print("   ", line.strip())
 
     # 2. the analysis
@@ -207,13 +209,24 @@ def main() -> int:
     meta = []
     for f in dropped:
         shutil.copyfile(f["abspath"], an / "files" / f["sha256"])
-        meta.append({"path": f"files/{f['sha256']}", "filepath": "/tmp/" + os.path.basename(f["path"]), "pids": [4242], "metadata": ""})
+        meta.append(
+            {
+                "path": f"files/{f['sha256']}",
+                "filepath": "/tmp/" + os.path.basename(f["path"]),
+                "pids": [4242],
+                "metadata": "",
+            }
+        )
     (an / "files" / ("a" * 64)).write_text("#!/bin/sh\necho not an ELF file\n")
     meta.append({"path": "files/" + "a" * 64, "filepath": "/tmp/run.sh", "pids": [4242], "metadata": ""})
-    meta.append({"path": "files/" + "b" * 64, "filepath": "/tmp/gone", "pids": [4242], "metadata": ""})  # its file is missing
+    meta.append(
+        {"path": "files/" + "b" * 64, "filepath": "/tmp/gone", "pids": [4242], "metadata": ""}
+    )  # its file is missing
     (an / "files" / ("c" * 64)).symlink_to(an / "files" / "deleted")  # a dropped path that leads nowhere
     (an / "files.json").write_text("".join(json.dumps(m) + "\n" for m in meta))
-    print(f"analysis {tid}: target {target['arch']}, {len(dropped)} dropped ELF, 1 non-ELF, 1 files.json entry without file, 1 dangling symlink")
+    print(
+        f"analysis {tid}: target {target['arch']}, {len(dropped)} dropped ELF, 1 non-ELF, 1 files.json entry without file, 1 dangling symlink"
+    )
 
     # 3. CAPE's processing, with and without the module
     conf = root / "custom" / "conf" / "processing.conf.d" / "telfhash.conf"
@@ -229,12 +242,17 @@ def main() -> int:
                 return 1
             r = json.loads(out.read_text())
             r["log"] = [line for line in p.stderr.splitlines() if line.startswith(("WARNING", "ERROR", "CRITICAL"))]
-            r["log"] += [line for line in p.stdout.splitlines() if "Unable to import plugin" in line]  # import_plugin prints
+            r["log"] += [
+                line for line in p.stdout.splitlines() if "Unable to import plugin" in line
+            ]  # import_plugin prints
             runs[mode].append(r)
     conf.write_text(text)
     w, wo = runs["with"][0], runs["without"][0]
     print(f"processing modules CAPE loaded (with): {', '.join(w['loaded'])}")
-    print("processing statistics (with): " + ", ".join(f"{m['name']} {m['time']}s" for m in w["results"]["statistics"]["processing"]))
+    print(
+        "processing statistics (with): "
+        + ", ".join(f"{m['name']} {m['time']}s" for m in w["results"]["statistics"]["processing"])
+    )
     for line in dict.fromkeys(w["log"]):
         n = w["log"].count(line)
         print(f"CAPE log (with): {line[:200]}{f' (x{n})' if n > 1 else ''}")
@@ -265,14 +283,20 @@ def main() -> int:
         print("MISSING: some placed ELF files got no telfhash")
     for i, fd in enumerate(res.get("dropped") or []):
         if isinstance(fd, dict) and "ELF" not in str(fd.get("type")):
-            print(f"dropped[{i}] (non-ELF, {str(fd.get('type'))[:30]}): telfhash keys added: "
-                  f"{sorted(k for k in fd if k.startswith('telfhash')) or 'none'}")
+            print(
+                f"dropped[{i}] (non-ELF, {str(fd.get('type'))[:30]}): telfhash keys added: "
+                f"{sorted(k for k in fd if k.startswith('telfhash')) or 'none'}"
+            )
     listed = {os.path.basename(str(fd.get("path"))) for fd in res.get("dropped") or [] if isinstance(fd, dict)}
-    print(f"files.json entry without file / dangling symlink: CAPE made a file dict for them: "
-          f"{'b' * 64 in listed} / {'c' * 64 in listed} (so the module never sees them)")
+    print(
+        f"files.json entry without file / dangling symlink: CAPE made a file dict for them: "
+        f"{'b' * 64 in listed} / {'c' * 64 in listed} (so the module never sees them)"
+    )
     s = res.get("telfhash", {})
-    print(f"summary: elf_files {s.get('elf_files')}, hashed {s.get('hashed')}, groups {len(s.get('groups', []))}, "
-          f"errors {s.get('errors')}")
+    print(
+        f"summary: elf_files {s.get('elf_files')}, hashed {s.get('hashed')}, groups {len(s.get('groups', []))}, "
+        f"errors {s.get('errors')}"
+    )
     for f in s.get("files", []):
         if f.get("error"):
             print(f"  summary file error: {f.get('where')} {f.get('error')}")
@@ -284,29 +308,42 @@ def main() -> int:
     # what differs between two runs without the module (times, ...) is not ours
     noise = set()
     for other in runs["without"][1:] + runs["with"][1:]:
-        noise |= set(differences({k: v for k, v in strip(other["results"]).items() if k not in ("telfhash", "statistics")}, b))
+        noise |= set(
+            differences({k: v for k, v in strip(other["results"]).items() if k not in ("telfhash", "statistics")}, b)
+        )
     ours_diff = [d for d in diff if d not in noise]
-    print(f"\nother modules' results with vs without the module: {len(diff)} differing fields, "
-          f"{len(diff) - len(ours_diff)} of them also differ between runs without it; "
-          f"{'unchanged' if not ours_diff else 'CHANGED: ' + ', '.join(ours_diff[:10])}")
+    print(
+        f"\nother modules' results with vs without the module: {len(diff)} differing fields, "
+        f"{len(diff) - len(ours_diff)} of them also differ between runs without it; "
+        f"{'unchanged' if not ours_diff else 'CHANGED: ' + ', '.join(ours_diff[:10])}"
+    )
     if noise:
         print(f"  (differ between runs anyway: {', '.join(sorted(noise)[:8])}{' ...' if len(noise) > 8 else ''})")
     ok &= not ours_diff
     names_w = [m["name"] for m in res["statistics"]["processing"]]
     names_wo = [m["name"] for m in wo["results"]["statistics"]["processing"]]
-    print(f"modules run: with {len(names_w)} ({'Telfhash last' if names_w[-1:] == ['Telfhash'] else 'order: ' + str(names_w)}), "
-          f"without {len(names_wo)}; same others: {[n for n in names_w if n != 'Telfhash'] == names_wo}")
+    print(
+        f"modules run: with {len(names_w)} ({'Telfhash last' if names_w[-1:] == ['Telfhash'] else 'order: ' + str(names_w)}), "
+        f"without {len(names_wo)}; same others: {[n for n in names_w if n != 'Telfhash'] == names_wo}"
+    )
 
     # 6. time
     tw = [r["seconds"] for r in runs["with"]]
     two = [r["seconds"] for r in runs["without"]]
-    tel = [next((m["time"] for m in r["results"]["statistics"]["processing"] if m["name"] == "Telfhash"), 0) for r in runs["with"]]
+    tel = [
+        next((m["time"] for m in r["results"]["statistics"]["processing"] if m["name"] == "Telfhash"), 0)
+        for r in runs["with"]
+    ]
     mw, mwo = statistics.median(tw), statistics.median(two)
-    print(f"\nRunProcessing wall time, median of {repeat}: with {mw:.2f} s, without {mwo:.2f} s, "
-          f"ratio {mw / mwo:.2f}; the Telfhash module alone {statistics.median(tel):.2f} s "
-          f"({len(elf)} ELF dicts, {n_elf} files; worker start-up included)")
-    print(f"reference tool on the same files: {t_ref:.2f} s (one process, start-up included); "
-          f"module / reference: {statistics.median(tel) / t_ref:.2f}")
+    print(
+        f"\nRunProcessing wall time, median of {repeat}: with {mw:.2f} s, without {mwo:.2f} s, "
+        f"ratio {mw / mwo:.2f}; the Telfhash module alone {statistics.median(tel):.2f} s "
+        f"({len(elf)} ELF dicts, {n_elf} files; worker start-up included)"
+    )
+    print(
+        f"reference tool on the same files: {t_ref:.2f} s (one process, start-up included); "
+        f"module / reference: {statistics.median(tel) / t_ref:.2f}"
+    )
     print("RESULT:", "all checks passed" if ok else "FAILED")
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)

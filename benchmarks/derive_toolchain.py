@@ -40,7 +40,28 @@ from telfhash_core.companion import toolchain as tc
 from telfhash_core.companion import tx2
 
 # The archives a static C program links from the toolchain (sanitizers, OpenMP, gcov are left out).
-ARCHIVES = ["libc.a", "libm.a", "libpthread.a", "librt.a", "libdl.a", "libresolv.a", "libutil.a", "libanl.a", "libc_nonshared.a", "libpthread_nonshared.a", "libBrokenLocale.a", "libmcheck.a", "libg.a", "libmvec.a", "libcrypt.a", "libxnet.a", "libgcc.a", "libgcc_eh.a", "libatomic.a", "libssp_nonshared.a"]
+ARCHIVES = [
+    "libc.a",
+    "libm.a",
+    "libpthread.a",
+    "librt.a",
+    "libdl.a",
+    "libresolv.a",
+    "libutil.a",
+    "libanl.a",
+    "libc_nonshared.a",
+    "libpthread_nonshared.a",
+    "libBrokenLocale.a",
+    "libmcheck.a",
+    "libg.a",
+    "libmvec.a",
+    "libcrypt.a",
+    "libxnet.a",
+    "libgcc.a",
+    "libgcc_eh.a",
+    "libatomic.a",
+    "libssp_nonshared.a",
+]
 KIND_CRT = "crt*.o"
 KINDS = ARCHIVES + [KIND_CRT]
 
@@ -71,7 +92,9 @@ def package_versions(debs: Path) -> dict[str, str]:
     return {d.name.split("_")[0]: d.name.split("_")[1] for d in sorted(debs.glob("*.deb"))}
 
 
-def derive(root: Path, exclude=(), host_arch: str = "amd64", versions: dict | None = None, log=print) -> tc.ToolchainData:
+def derive(
+    root: Path, exclude=(), host_arch: str = "amd64", versions: dict | None = None, log=print
+) -> tc.ToolchainData:
     per_key_libc: dict[int, int] = defaultdict(int)
     per_key_kind: dict[int, int] = defaultdict(int)
     libcs: list[str] = []
@@ -83,7 +106,9 @@ def derive(root: Path, exclude=(), host_arch: str = "amd64", versions: dict | No
         if chain not in libcs:
             libcs.append(chain)
         bit = 1 << libcs.index(chain)
-        sources[chain].append(pkgdir.name + ("=" + versions[pkgdir.name] if versions and pkgdir.name in versions else ""))
+        sources[chain].append(
+            pkgdir.name + ("=" + versions[pkgdir.name] if versions and pkgdir.name in versions else "")
+        )
         t0, found = time.perf_counter(), 0
         for path in sorted(pkgdir.rglob("*")):
             if not path.is_file() or path.is_symlink():
@@ -103,7 +128,9 @@ def derive(root: Path, exclude=(), host_arch: str = "amd64", versions: dict | No
                 strings = sorted(tc.object_strings(obj))
                 # also each string with CPU names and target triplets normalised, as tx2 compares them
                 text = [x.decode("ascii", "replace") for x in strings]
-                strings += sorted({n.encode("ascii", "replace") for n, t in zip(tx2.normalise_all(text), text) if n != t})
+                strings += sorted(
+                    {n.encode("ascii", "replace") for n, t in zip(tx2.normalise_all(text), text) if n != t}
+                )
                 for k in tc.string_keys(strings).tolist():
                     per_key_libc[k] |= bit
                     per_key_kind[k] |= 1 << kind
@@ -135,7 +162,9 @@ def main(argv=None) -> int:
     exclude = {x for x in args.exclude.split(",") if x}
     data = derive(root, exclude, args.host_arch, package_versions(args.debs))
     data.save(args.out)
-    print(f"wrote {args.out}: {len(data)} strings from {len(data.libcs)} toolchains ({args.out.stat().st_size / 1e6:.2f} MB)")
+    print(
+        f"wrote {args.out}: {len(data)} strings from {len(data.libcs)} toolchains ({args.out.stat().st_size / 1e6:.2f} MB)"
+    )
     return 0
 
 

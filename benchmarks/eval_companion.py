@@ -208,9 +208,12 @@ def focused(g: Groups, hits, focus: np.ndarray) -> dict:
     hundreds of times)."""
     f = focus.astype(bool)
     n, nf = g.n, int(f.sum())
+
     # same label, different CPU, touching focus: all cross-CPU pairs of the label minus those with no focused member
     def cross_pairs(mask):
-        lab_cpu = np.bincount(g.label[mask] * (g.arch.max() + 1) + g.arch[mask], minlength=(g.label.max() + 1) * (g.arch.max() + 1))
+        lab_cpu = np.bincount(
+            g.label[mask] * (g.arch.max() + 1) + g.arch[mask], minlength=(g.label.max() + 1) * (g.arch.max() + 1)
+        )
         lab = np.bincount(g.label[mask], minlength=g.label.max() + 1)
         return int(_c2(lab).sum() - _c2(lab_cpu).sum())
 
@@ -277,9 +280,13 @@ def evaluate(name: str, items: list[Item], data: tx2.RuleData, debian_items: lis
     t0 = time.perf_counter()
     values = [i.tx2(data) for i in items]
     rules = Counter(v.split(":")[1] if v else "none" for v in values)
-    print(f"\n== {name}: {len(items)} files, {len({i.label for i in items})} programs, {len({i.arch for i in items})} CPUs ==")
-    print(f"  tx2 rules: {dict(rules)}; files with a value: telfhash {sum(1 for i in items if i.telfhash)}, "
-          f"tx1 {sum(1 for i in items if i.tx1)}, tx2 {sum(1 for v in values if v)}")
+    print(
+        f"\n== {name}: {len(items)} files, {len({i.label for i in items})} programs, {len({i.arch for i in items})} CPUs =="
+    )
+    print(
+        f"  tx2 rules: {dict(rules)}; files with a value: telfhash {sum(1 for i in items if i.telfhash)}, "
+        f"tx1 {sum(1 for i in items if i.tx1)}, tx2 {sum(1 for v in values if v)}"
+    )
     print(header())
     out = {}
     rows = [("telfhash (reference)", [i.telfhash for i in items]), ("tx1", [i.tx1 for i in items]), ("tx2", values)]
@@ -291,8 +298,10 @@ def evaluate(name: str, items: list[Item], data: tx2.RuleData, debian_items: lis
         print(row_text(hname, r))
     r = out["tx2"]
     if r["variant"][0]:
-        print(f"  (other version of the same tool, neither same nor different: {r['variant'][0]} pairs, tx2 links "
-              f"{' '.join(pct(f) for f in frac(r['variant']))})")
+        print(
+            f"  (other version of the same tool, neither same nor different: {r['variant'][0]} pairs, tx2 links "
+            f"{' '.join(pct(f) for f in frac(r['variant']))})"
+        )
     if per_pair:
         print("  tx2 per CPU pair:")
         for key in sorted(k for k in r["same"] if k != "all"):
@@ -342,7 +351,9 @@ def evaluate(name: str, items: list[Item], data: tx2.RuleData, debian_items: lis
     assert total is not None
     print(row_text("tx2, each program held", total))
     out["held_out_program"] = total
-    print(f"  ({time.perf_counter() - t0:.1f} s; {len(cache) - 1} of {PROGRAM_FOLDS} held-out groups changed the helper list)")
+    print(
+        f"  ({time.perf_counter() - t0:.1f} s; {len(cache) - 1} of {PROGRAM_FOLDS} held-out groups changed the helper list)"
+    )
     return out
 
 
@@ -350,7 +361,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", choices=("debian", "static", "both"), default="both")
     ap.add_argument("--per-pair", action="store_true", help="also one row per CPU pair")
-    ap.add_argument("--write-data", action="store_true", help="derive tx2_helpers.json from the Debian corpus and write it")
+    ap.add_argument(
+        "--write-data", action="store_true", help="derive tx2_helpers.json from the Debian corpus and write it"
+    )
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -367,8 +380,10 @@ def main(argv=None) -> int:
         tx2.shipped.cache_clear()
     data = tx2.shipped()
     assert data.toolchain is not None
-    print(f"tx2 data: {len(data.toolchain)} toolchain strings from {len(data.toolchain.libcs)} toolchains; "
-          f"{len(data.helpers)} helper names + prefixes {list(data.prefixes)}")
+    print(
+        f"tx2 data: {len(data.toolchain)} toolchain strings from {len(data.toolchain.libcs)} toolchains; "
+        f"{len(data.helpers)} helper names + prefixes {list(data.prefixes)}"
+    )
     if args.corpus in ("debian", "both"):
         evaluate("shared corpus (Debian programs + small IoT programs)", debian, data, debian, args.per_pair)
     if args.corpus in ("static", "both"):

@@ -76,7 +76,9 @@ def main(argv=None) -> int:
             data = tx2.RuleData(full.helpers, full.prefixes, tcd.without([n for n in tcd.libcs if n == arch]))
         held.append(tx2.value_of(Path(p).read_bytes(), data))
     n_extra = sum(1 for r in rows if r[2])
-    print(f"{n_extra} files outside the corpora ({', '.join(sorted({r[1] for r in rows if r[2]}))}), with {len(rows) - n_extra} corpus-static builds of fam_a/fam_b")
+    print(
+        f"{n_extra} files outside the corpora ({', '.join(sorted({r[1] for r in rows if r[2]}))}), with {len(rows) - n_extra} corpus-static builds of fam_a/fam_b"
+    )
     print(f"  telfhash                         {rates(rows, ref)}")
     print(f"  tx2 as shipped                   {rates(rows, shipped)}")
     print(f"  tx2, the file's CPU held out     {rates(rows, held)}")

@@ -62,7 +62,9 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
         lo, hi = rng.choice(regions)
         hi = min(max(hi, lo + 1), len(d))
         pos, width = rng.randrange(lo, hi), rng.choice([1, 2, 4, 8])
-        v = rng.choice([0, 1, 0xFF, 0xFFFF, 2**31 - 1, 2**32 - 1, rng.getrandbits(64), rng.getrandbits(16), rng.getrandbits(8)])
+        v = rng.choice(
+            [0, 1, 0xFF, 0xFFFF, 2**31 - 1, 2**32 - 1, rng.getrandbits(64), rng.getrandbits(16), rng.getrandbits(8)]
+        )
         d[pos : pos + width] = (v % (1 << (8 * width))).to_bytes(width, "little")[: max(0, len(d) - pos)]
     if rng.random() < 0.2:
         d = d[: rng.randint(1, len(d))]

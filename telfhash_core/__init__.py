@@ -1,9 +1,9 @@
 """telfhash-core: the telfhash of ELF files, exactly as the reference computes it, only faster.
 
-    >>> from telfhash_core import hash_file, telfhash, distance
-    >>> hash_file("/bin/ls").telfhash            # 't1…' or None (then .reason / .detail say why)
-    >>> telfhash("/bin/ls", "/bin/cp")           # the reference's list of {"file", "telfhash", "msg"}
-    >>> distance("t1…", "T1…")                   # TLSH distance; t1…, T1… or bare 70-hex accepted
+>>> from telfhash_core import hash_file, telfhash, distance
+>>> hash_file("/bin/ls").telfhash            # 't1…' or None (then .reason / .detail say why)
+>>> telfhash("/bin/ls", "/bin/cp")           # the reference's list of {"file", "telfhash", "msg"}
+>>> distance("t1…", "T1…")                   # TLSH distance; t1…, T1… or bare 70-hex accepted
 """
 
 from .digest import DEFAULT_THRESHOLD, distance, is_digest, normalize

@@ -90,14 +90,18 @@ def hash_parser(command_names: Iterable[str] = (), *, plugins: bool = True) -> a
         description="Compute the telfhash of ELF files (identical to the reference tool's values).",
         epilog=epilog,
     )
-    p.add_argument("-g", "--group", action="store_true", help="group the files whose telfhashes are within the threshold")
+    p.add_argument(
+        "-g", "--group", action="store_true", help="group the files whose telfhashes are within the threshold"
+    )
     add_threshold(p, "TLSH distance for -g")
     p.add_argument("-r", "--recursive", action="store_true", help="walk folders given as PATH")
     p.add_argument("-o", "--output", default=None, help="write the output to this file instead of stdout")
     p.add_argument(
         "-f", "--format", default=None, choices=sorted(formats), help="output format (default: aligned file and hash)"
     )
-    p.add_argument("-j", "--jobs", type=non_negative_int, default=0, help="processes to use (default: all cores; 1 = no pool)")
+    p.add_argument(
+        "-j", "--jobs", type=non_negative_int, default=0, help="processes to use (default: all cores; 1 = no pool)"
+    )
     p.add_argument("--details", action="store_true", help="-f json: include reason, arch, method, size... per file")
     p.add_argument("--sha256", action="store_true", help="also compute each file's SHA-256 (json/jsonl)")
     p.add_argument(
@@ -168,7 +172,10 @@ def _check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
                 where = "the default format" if fmt == "default" else "-f " + fmt
                 parser.error(f"{flag} has no effect with {where}; use {hint}")
             if fmt == "jsonl" and flag == "--details":
-                print("telfhash: warning: --details has no effect with -f jsonl (it always has every field)", file=sys.stderr)
+                print(
+                    "telfhash: warning: --details has no effect with -f jsonl (it always has every field)",
+                    file=sys.stderr,
+                )
     if args.fields:
         from .plugins import field_functions
 
@@ -215,9 +222,7 @@ def run_hash(args: argparse.Namespace, *, plugins: bool = True) -> int:
     call (see :func:`telfhash_core.plugins.hashing_needs_plugins`), so none is loaded."""
     # the walk is counted first (a counter on a terminal), then the bar has its total
     bar = Progress(None, enabled=args.progress)
-    files = expand_paths(
-        args.files, args.recursive, on_error=lambda m: bar.write(f"telfhash: {m}"), on_file=bar.found
-    )
+    files = expand_paths(args.files, args.recursive, on_error=lambda m: bar.write(f"telfhash: {m}"), on_file=bar.found)
     bar.set_total(len(files))
     if not files:
         bar.close(summary=False)

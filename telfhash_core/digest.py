@@ -89,7 +89,6 @@ def hex_body(digest: object) -> str | None:
     return d.upper()
 
 
-
 def split_tag(value: str) -> tuple[str, str]:
     """``("tx1", "t1…")`` from a tagged value such as a companion hash (the digest follows the
     last ``:``); ``("", value)`` when there is no tag."""

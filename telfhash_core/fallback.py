@@ -4,5 +4,7 @@ import importlib
 import sys
 import warnings
 
-warnings.warn("telfhash_core.fallback is deprecated: import telfhash_core.hashing.fallback", DeprecationWarning, stacklevel=2)
+warnings.warn(
+    "telfhash_core.fallback is deprecated: import telfhash_core.hashing.fallback", DeprecationWarning, stacklevel=2
+)
 sys.modules[__name__] = importlib.import_module("telfhash_core.hashing.fallback")

@@ -148,7 +148,9 @@ def plugin_infos() -> list[PluginInfo]:
     return list(_infos)
 
 
-def by_name(groups: Iterable[Iterable[Any] | None], what: str, name_of: Callable[[Any], str] = lambda x: x.name) -> dict:
+def by_name(
+    groups: Iterable[Iterable[Any] | None], what: str, name_of: Callable[[Any], str] = lambda x: x.name
+) -> dict:
     """``{name: item}`` over the hook results ``groups``; a name offered twice is refused."""
     found: dict[str, Any] = {}
     for group in groups:

@@ -141,7 +141,11 @@ class Result:
         if telf is None and reason is None:
             reason = infer_reason(value, d.get("msg"))
         known = {f for f in cls.__dataclass_fields__}
-        extra = {k: v for k, v in d.items() if k not in known and k not in ("msg", "ok", "reason", "detail", "telfhash", "file")}
+        extra = {
+            k: v
+            for k, v in d.items()
+            if k not in known and k not in ("msg", "ok", "reason", "detail", "telfhash", "file")
+        }
         return cls(
             file=d.get("file", ""),
             telfhash=telf,

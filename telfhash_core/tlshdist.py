@@ -4,5 +4,7 @@ import importlib
 import sys
 import warnings
 
-warnings.warn("telfhash_core.tlshdist is deprecated: import telfhash_core.similarity.tlshdist", DeprecationWarning, stacklevel=2)
+warnings.warn(
+    "telfhash_core.tlshdist is deprecated: import telfhash_core.similarity.tlshdist", DeprecationWarning, stacklevel=2
+)
 sys.modules[__name__] = importlib.import_module("telfhash_core.similarity.tlshdist")

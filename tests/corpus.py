@@ -110,20 +110,6 @@ def _fixture_root() -> Path:
     return dest
 
 
-def static_available() -> bool:
-    return (STATIC / "manifest.json").is_file() and (STATIC / "elf-corpus.tar.xz").is_file()
-
-
-@lru_cache(maxsize=None)
-def static_files() -> list[dict]:
-    """Entries of the static, stripped corpus's manifest, each with an added ``abspath``."""
-    if not static_available():
-        pytest.skip(f"static corpus not found at {STATIC} (set TELFHASH_CORPUS_STATIC to its folder)")
-    m = json.loads((STATIC / "manifest.json").read_text())
-    base = _extract(STATIC, m, "corpus-static")
-    return [dict(f, abspath=str(base / f["path"])) for f in m["files"]]
-
-
 def _extract(folder: Path, m: dict, prefix: str) -> Path:
     tarball = folder / "elf-corpus.tar.xz"
     st = tarball.stat()
@@ -150,9 +136,6 @@ def files() -> list[dict]:
     return [dict(f, abspath=str(base / f["path"])) for f in entries]
 
 
-STATIC = Path(os.environ.get("TELFHASH_CORPUS_STATIC", REPO.parent / "shared" / "corpus-static"))
-
-
 def static_available() -> bool:
     return (STATIC / "manifest.json").is_file() and (STATIC / "elf-corpus.tar.xz").is_file()
 
@@ -171,20 +154,7 @@ def static_manifest() -> dict:
 @lru_cache(maxsize=None)
 def static_root() -> Path:
     """The extracted static corpus folder (extracting on first use; ~900 MB)."""
-    m = static_manifest()
-    tarball = STATIC / "elf-corpus.tar.xz"
-    st = tarball.stat()
-    dest = CACHE / f"corpus-static-{st.st_size}-{int(st.st_mtime)}"
-    marker = dest / ".complete"
-    if not marker.exists():
-        dest.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(tarball) as tf:
-            tf.extractall(dest, filter="data") if hasattr(tarfile, "data_filter") else tf.extractall(dest)
-        missing = [f["path"] for f in m["files"] if not (dest / f["path"]).is_file()]
-        if missing:
-            raise RuntimeError(f"static corpus extraction incomplete: {len(missing)} files missing, e.g. {missing[:3]}")
-        marker.write_text("ok\n")
-    return dest
+    return _extract(STATIC, static_manifest(), "corpus-static")
 
 
 def static_files() -> list[dict]:

@@ -88,8 +88,13 @@ def test_local_engine_equals_reference(local_rows, subset):
 def dask_client():
     distributed = pytest.importorskip("distributed")
     cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
-        protocol="tcp", silence_logs=40,
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        protocol="tcp",
+        silence_logs=40,
     )
     client = distributed.Client(cluster)
     try:
@@ -166,8 +171,23 @@ def test_kill_and_resume_every_file_exactly_once(tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text("".join(f["abspath"] + "\n" for f in entries))
     out = tmp_path / "out.jsonl"
-    cmd = [sys.executable, "-m", "telfhash_core.cli", "batch", "--from-list", str(listing), "-o", str(out),
-           "-j", "1", "--chunk", "1", "--flush-rows", "5", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "telfhash_core.cli",
+        "batch",
+        "--from-list",
+        str(listing),
+        "-o",
+        str(out),
+        "-j",
+        "1",
+        "--chunk",
+        "1",
+        "--flush-rows",
+        "5",
+        "--no-progress",
+    ]
     env = dict(os.environ, TELFHASH_NO_ENTRY_POINTS="1")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     try:
@@ -217,7 +237,10 @@ def test_parquet_resume_and_leftover_temp_part(tmp_path, subset):
 
 def test_changed_file_is_hashed_again_and_listed_once(tmp_path, subset):
     with_digest = [f for f in subset if f["reference"]["telfhash"].startswith("t1")]
-    a, b = with_digest[0], next(f for f in with_digest if f["reference"]["telfhash"] != with_digest[0]["reference"]["telfhash"])
+    a, b = (
+        with_digest[0],
+        next(f for f in with_digest if f["reference"]["telfhash"] != with_digest[0]["reference"]["telfhash"]),
+    )
     target = tmp_path / "sample"
     shutil.copyfile(a["abspath"], target)
     out = tmp_path / "out.jsonl"
@@ -272,7 +295,10 @@ def test_inputs_lists_stdin_urls_and_hostile_files(tmp_path, subset, monkeypatch
     file_url = "file://" + good[3]["abspath"]
     s = batch.run_batch(
         [f"@{lst}", "-", str(hostile), file_url, "memory://telfhash-test/x", good[0]["abspath"]],
-        str(out), from_lists=[str(lst2)], jobs=1, progress=False,
+        str(out),
+        from_lists=[str(lst2)],
+        jobs=1,
+        progress=False,
     )
     rows = {r["path"]: r for r in read_jsonl(out)}
     assert s.written == len(rows) == 10  # the repeated path is hashed once
@@ -337,11 +363,15 @@ def test_sha256_key_on_dask_workers(tmp_path, subset, dask_client):
     for k, f in enumerate(src):
         shutil.copyfile(f["abspath"], folder / f"a{k}")
     out = tmp_path / "out.parquet"
-    s1 = batch.run_batch([str(folder)], str(out), fmt="parquet", resume_key="sha256", engine="dask", client=dask_client, progress=False)
+    s1 = batch.run_batch(
+        [str(folder)], str(out), fmt="parquet", resume_key="sha256", engine="dask", client=dask_client, progress=False
+    )
     assert s1.written == 3
     shutil.copyfile(src[1]["abspath"], folder / "copy-of-a1")  # known content under a new name: skipped by a worker
     shutil.copyfile(subset[-1]["abspath"], folder / "new")
-    s2 = batch.run_batch([str(folder)], str(out), fmt="parquet", resume_key="sha256", engine="dask", client=dask_client, progress=False)
+    s2 = batch.run_batch(
+        [str(folder)], str(out), fmt="parquet", resume_key="sha256", engine="dask", client=dask_client, progress=False
+    )
     assert (s2.written, s2.skipped) == (1, 4)  # a0, a1, a2 and the copy are known
     shas = pq.read_table(out).column("sha256").to_pylist()
     assert sorted(shas) == sorted([f["sha256"] for f in src] + [subset[-1]["sha256"]])

@@ -57,7 +57,10 @@ def lcode(d: str) -> int:
 @pytest.mark.parametrize("threshold", [0, 1, 23, 24, 50, 100])
 def test_plan_covers_every_pair_whose_length_codes_allow_it(threshold):
     rng = np.random.default_rng(threshold)
-    for L in (np.sort(rng.integers(0, 256, size=300)), np.sort(np.r_[np.zeros(50, int), np.full(50, 255), rng.integers(0, 256, 60)])):
+    for L in (
+        np.sort(rng.integers(0, 256, size=300)),
+        np.sort(np.r_[np.zeros(50, int), np.full(50, 255), rng.integers(0, 256, 60)]),
+    ):
         tasks = plan(L, threshold, 7)
         covered = set()
         for lo, hi, fwd, wrap in tasks:
@@ -115,7 +118,10 @@ def test_cluster_command_on_corpus_results(tmp_path):
     with open(results, "w") as fh:
         for e in entries:  # the reference's values, as a batch run would have written them
             t = e["reference"]["telfhash"]
-            fh.write(json.dumps({"path": e["path"], "sha256": e["sha256"], "telfhash": t if t.startswith("t1") else None}) + "\n")
+            fh.write(
+                json.dumps({"path": e["path"], "sha256": e["sha256"], "telfhash": t if t.startswith("t1") else None})
+                + "\n"
+            )
     out = tmp_path / "clusters.parquet"
     assert batch.main(["cluster", str(results), "-o", str(out), "-t", "50", "-j", "2"]) == 0
     pq = pytest.importorskip("pyarrow.parquet")
@@ -188,8 +194,13 @@ def test_numpy_path_without_numba_gives_the_same_groups(tmp_path):
     )
     import os
 
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env=dict(os.environ, TELFHASH_NO_NUMBA="1"))
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, TELFHASH_NO_NUMBA="1"),
+    )
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout) == brute_force(digests, 50).tolist()
 

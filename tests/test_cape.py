@@ -91,7 +91,7 @@ UTILS_USED = {
     "HAVE_TMPFS = False",
     'if hasattr(config, "tmpfs"):',
     "log = logging.getLogger(__name__)",
-    "CATEGORIES_NEEDING_VM: Final[Tuple[str]] = (\"file\", \"url\")",
+    'CATEGORIES_NEEDING_VM: Final[Tuple[str]] = ("file", "url")',
     "def load_categories",
     "def get_memdump_path",
     "def create_folder",
@@ -118,7 +118,9 @@ def _stdlib_import(node: ast.stmt) -> bool:
     return False
 
 
-def load_real(root: Path, name: str, *, skip: dict[str, str] | None = None, only: set[str] | None = None) -> types.ModuleType:
+def load_real(
+    root: Path, name: str, *, skip: dict[str, str] | None = None, only: set[str] | None = None
+) -> types.ModuleType:
     """Module ``name`` from the real CAPE file in ``root``: its top-level statements, run in order,
     except those in ``skip`` (or only stdlib imports and those in ``only``)."""
     path = root / (name.replace(".", "/") + ".py")
@@ -171,8 +173,9 @@ def make_cape_root(tmp: Path, abstracts_text: str | None = None) -> Path:
     root = tmp / "CAPEv2"
     for src in FIX.rglob("*"):
         rel = src.relative_to(FIX)
-        if src.is_file() and (src.suffix == ".txt" and rel.parts[0] in ("lib", "modules", "data")
-                              or rel.parts[:2] == ("conf", "default")):
+        if src.is_file() and (
+            src.suffix == ".txt" and rel.parts[0] in ("lib", "modules", "data") or rel.parts[:2] == ("conf", "default")
+        ):
             dest = root / (str(rel)[: -len(".txt")] if src.suffix == ".txt" else rel)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dest)
@@ -242,8 +245,17 @@ ELF_TYPE = "ELF 32-bit LSB executable, ARM, EABI5 version 1 (SYSV), dynamically 
 
 
 def _fd(f: dict, path: Path) -> dict:
-    return {"name": os.path.basename(f["path"]), "path": str(path), "size": f["size"], "sha256": f["sha256"],
-            "md5": "0" * 32, "type": ELF_TYPE, "tlsh": "T1" + "A" * 70, "yara": [], "cape_yara": []}
+    return {
+        "name": os.path.basename(f["path"]),
+        "path": str(path),
+        "size": f["size"],
+        "sha256": f["sha256"],
+        "md5": "0" * 32,
+        "type": ELF_TYPE,
+        "tlsh": "T1" + "A" * 70,
+        "yara": [],
+        "cape_yara": [],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +286,9 @@ def analysis(tmp_path_factory):
     shutil.copyfile(chosen["target"]["abspath"], an / "binary")
     text = an / "files" / "notes.txt"
     text.write_text("not an ELF file\n")
-    dropped = [_fd(chosen[k], place(chosen[k], "files")) for k in ("d_fam_a2", "d_fam_b1", "d_chroot", "d_dash", "d_tnull")]
+    dropped = [
+        _fd(chosen[k], place(chosen[k], "files")) for k in ("d_fam_a2", "d_fam_b1", "d_chroot", "d_dash", "d_tnull")
+    ]
     dropped += [
         {"name": "notes.txt", "path": str(text), "size": 16, "sha256": "1" * 64, "type": "ASCII text"},
         None,
@@ -284,17 +298,29 @@ def analysis(tmp_path_factory):
     ]
     (an / "dropped.json").write_text(json.dumps(dropped))
     nested = _fd(chosen["nested"], place(chosen["nested"], "selfextracted"))
-    payload = dict(_fd(chosen["payload"], place(chosen["payload"], "CAPE")),
-                   selfextract={"7zip": {"extracted_files": [nested, {"name": "x.txt", "type": "data", "path": "/nonexistent"}],
-                                         "extracted_files_time": 0.1, "password": ""}})
+    payload = dict(
+        _fd(chosen["payload"], place(chosen["payload"], "CAPE")),
+        selfextract={
+            "7zip": {
+                "extracted_files": [nested, {"name": "x.txt", "type": "data", "path": "/nonexistent"}],
+                "extracted_files_time": 0.1,
+                "password": "",
+            }
+        },
+    )
     results = {
         "info": {"id": 17, "category": "file"},
         "statistics": {"processing": []},
         "target": {"category": "file", "file": _fd(chosen["target"], an / "binary")},
         "CAPE": {"payloads": [payload, None], "configs": []},
         "procdump": [_fd(chosen["procdump"], place(chosen["procdump"], "procdump"))],
-        "suricata": {"files": [{"file_info": _fd(chosen["suricata"], place(chosen["suricata"], "files")), "id": 1},
-                               {"file_info": None}], "alerts": []},
+        "suricata": {
+            "files": [
+                {"file_info": _fd(chosen["suricata"], place(chosen["suricata"], "files")), "id": 1},
+                {"file_info": None},
+            ],
+            "alerts": [],
+        },
         "behavior": {"processes": []},
     }
     return {"dir": an, "results": results, "chosen": chosen, "tmp": tmp}
@@ -344,7 +370,7 @@ def _components(digests: dict[str, str], threshold: int) -> set[frozenset]:
         return k
 
     for i, a in enumerate(keys):
-        for b in keys[i + 1:]:
+        for b in keys[i + 1 :]:
             if tlsh.diff("T1" + digests[a][2:].upper(), "T1" + digests[b][2:].upper()) <= threshold:
                 parent[find(a)] = find(b)
     comps: dict[str, set] = {}
@@ -400,8 +426,13 @@ def test_nothing_else_changes(cape_root, analysis, tmp_path):
     assert [m["name"] for m in disabled.pop("statistics")["processing"]] == ["Builder"]
     assert _strip(enabled) == disabled
     # and the non-ELF dicts are untouched, None entries stay None
-    assert enabled["dropped"][5] == {"name": "notes.txt", "path": str(analysis["dir"] / "files" / "notes.txt"), "size": 16,
-                                     "sha256": "1" * 64, "type": "ASCII text"}
+    assert enabled["dropped"][5] == {
+        "name": "notes.txt",
+        "path": str(analysis["dir"] / "files" / "notes.txt"),
+        "size": 16,
+        "sha256": "1" * 64,
+        "type": "ASCII text",
+    }
     assert enabled["dropped"][6] is None and enabled["CAPE"]["payloads"][1] is None
 
 
@@ -420,7 +451,9 @@ def test_summary_files_and_groups(cape_root, analysis):
         assert by_sha[f["sha256"]]["telfhash"] == (ref if ref.startswith("t1") else None)
     assert s["hashed"] == sum(f["reference"]["telfhash"].startswith("t1") for f in chosen.values())
     # groups: brute force over the reference digests with py-tlsh
-    digests = {f["sha256"]: f["reference"]["telfhash"] for f in chosen.values() if f["reference"]["telfhash"].startswith("t1")}
+    digests = {
+        f["sha256"]: f["reference"]["telfhash"] for f in chosen.values() if f["reference"]["telfhash"].startswith("t1")
+    }
     expected = _components(digests, 120)
     assert expected, "the chosen files should form at least one group at threshold 120"
     got = {frozenset(m["sha256"] for m in g["members"]) for g in s["groups"]}
@@ -448,10 +481,17 @@ def test_hostile_shapes_never_raise(cape_root, analysis, tmp_path):
     os.mkfifo(fifo)
     results = {
         "target": {"category": "file", "file": {"type": "ELF", "path": str(fifo)}},
-        "dropped": ["text", 5, None, {"type": 7, "path": None}, {"type": "ELF", "path": None},
-                    {"type": "ELF", "path": str(tmp_path)}, {"type": "ELF", "path": "bad\x00path"},
-                    {"type": "ELF", "path": str(analysis["dir"] / "files" / "notes.txt"), "sha256": "3" * 64},
-                    {"type": "ELF", "path": 12}],
+        "dropped": [
+            "text",
+            5,
+            None,
+            {"type": 7, "path": None},
+            {"type": "ELF", "path": None},
+            {"type": "ELF", "path": str(tmp_path)},
+            {"type": "ELF", "path": "bad\x00path"},
+            {"type": "ELF", "path": str(analysis["dir"] / "files" / "notes.txt"), "sha256": "3" * 64},
+            {"type": "ELF", "path": 12},
+        ],
         "procdump": {"not": "a list"},
         "CAPE": [],
         "suricata": {"files": [None, {"file_info": "x"}, {}]},
@@ -470,14 +510,23 @@ def test_hostile_shapes_never_raise(cape_root, analysis, tmp_path):
 def test_known_neighbours_from_an_index(cape_root, analysis, tmp_path):
     from telfhash_core.store.index import Index
 
-    files = [f for f in corpus.files() if f["label"].startswith("iot-fam-") and f["reference"]["telfhash"].startswith("t1")]
+    files = [
+        f for f in corpus.files() if f["label"].startswith("iot-fam-") and f["reference"]["telfhash"].startswith("t1")
+    ]
     files = [f for f in files if f["sha256"] != analysis["chosen"]["target"]["sha256"]]
     db = tmp_path / "known.db"
     with Index(db) as ix:
-        ix.add_results([{"sha256": f["sha256"], "file": f["path"], "telfhash": f["reference"]["telfhash"], "arch": f["arch"]}
-                        for f in files], source="test")
+        ix.add_results(
+            [
+                {"sha256": f["sha256"], "file": f["path"], "telfhash": f["reference"]["telfhash"], "arch": f["arch"]}
+                for f in files
+            ],
+            source="test",
+        )
     conf = cape_root / inst.CONFIG_REL
-    conf.write_text(conf.read_text().replace("index = \n", f"index = {db}\n").replace("max_neighbours = 10", "max_neighbours = 50"))
+    conf.write_text(
+        conf.read_text().replace("index = \n", f"index = {db}\n").replace("max_neighbours = 10", "max_neighbours = 50")
+    )
     results = _run(cape_root, analysis)
     s = results["telfhash"]
     assert s["index"]["entries"] == len(files) and s["errors"] == []
@@ -504,8 +553,11 @@ def test_missing_index_is_reported_not_raised(cape_root, analysis, tmp_path):
 def test_size_cap_and_max_files(cape_root, analysis):
     conf = cape_root / inst.CONFIG_REL
     small = min(f["size"] for f in analysis["chosen"].values())
-    conf.write_text(conf.read_text().replace("max_file_size = 67108864", f"max_file_size = {small}")
-                    .replace("max_files = 500", "max_files = 3"))
+    conf.write_text(
+        conf.read_text()
+        .replace("max_file_size = 67108864", f"max_file_size = {small}")
+        .replace("max_files = 500", "max_files = 3")
+    )
     results = _run(cape_root, analysis)
     s = results["telfhash"]
     errs = [f.get("error") for f in s["files"]]
@@ -593,7 +645,9 @@ def test_a_base_class_without_results_is_caught(tmp_path, analysis):
     """If CAPE's ``Processing`` stopped handing the results dict to modules (``self.results``), the
     module could enrich nothing: the real base class is what makes the other tests pass."""
     text = (FIX / "lib/cuckoo/common/abstracts.py.txt").read_text()
-    block = "        self.task = None\n        self.options = None\n        self.results = results\n"  # Processing.__init__
+    block = (
+        "        self.task = None\n        self.options = None\n        self.results = results\n"  # Processing.__init__
+    )
     assert text.count(block) == 1
     root = make_cape_root(tmp_path, text.replace(block, block.replace("= results", "= None")))
     assert cape_main(["install", "--cape-root", str(root)]) == 0

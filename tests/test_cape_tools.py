@@ -41,8 +41,24 @@ def _digest(p: Path) -> str:
 
 def test_install_writes_both_files_marked_and_parsable(tmp_path, capsys):
     root = cape_tree(tmp_path)
-    assert main(["install", "--cape-root", str(root), "--index", "/srv/known.db", "--threshold", "70",
-                 "--max-file-size", "8M", "--timeout", "12"]) == 0
+    assert (
+        main(
+            [
+                "install",
+                "--cape-root",
+                str(root),
+                "--index",
+                "/srv/known.db",
+                "--threshold",
+                "70",
+                "--max-file-size",
+                "8M",
+                "--timeout",
+                "12",
+            ]
+        )
+        == 0
+    )
     mod, conf = root / inst.MODULE_REL, root / inst.CONFIG_REL
     assert mod.read_text().startswith(inst.MARKER) and conf.read_text().startswith(inst.MARKER)
     text = mod.read_text()
@@ -52,7 +68,12 @@ def test_install_writes_both_files_marked_and_parsable(tmp_path, capsys):
     cp.read(conf)
     sec = cp["telfhash"]
     assert sec.getboolean("enabled") is True
-    assert (sec["index"], sec.getint("threshold"), sec.getint("max_file_size"), sec.getfloat("timeout")) == ("/srv/known.db", 70, 8 << 20, 12.0)
+    assert (sec["index"], sec.getint("threshold"), sec.getint("max_file_size"), sec.getfloat("timeout")) == (
+        "/srv/known.db",
+        70,
+        8 << 20,
+        12.0,
+    )
     # the rest of the tree is untouched
     assert (root / "conf/processing.conf").read_text() == "[behavior]\nenabled = yes\n"
     assert main(["status", "--cape-root", str(root)]) == 0
@@ -149,8 +170,13 @@ def old_report(tmp_path):
         shutil.copyfile(f["abspath"], an / "files" / f["sha256"])
 
     def fd(f, rel):
-        return {"name": Path(f["path"]).name, "path": f"/opt/CAPEv2/storage/analyses/9/{rel}", "sha256": f["sha256"],
-                "size": f["size"], "type": "ELF 32-bit LSB executable"}
+        return {
+            "name": Path(f["path"]).name,
+            "path": f"/opt/CAPEv2/storage/analyses/9/{rel}",
+            "sha256": f["sha256"],
+            "size": f["size"],
+            "type": "ELF 32-bit LSB executable",
+        }
 
     report = {
         "info": {"id": 9},
@@ -212,8 +238,23 @@ def test_reprocess_settings_from_the_cape_drop_in(old_report, tmp_path):
     assert main(["reprocess", "--analysis", str(old_report["dir"]), "--cape-root", str(root), "-o", str(out)]) == 0
     new = json.loads(out.read_text())
     assert new["target"]["file"]["telfhash_error"] == "too_large"
-    assert main(["reprocess", "--analysis", str(old_report["dir"]), "--cape-root", str(root), "-o", str(out), "--force",
-                 "--max-file-size", "64M"]) == 0
+    assert (
+        main(
+            [
+                "reprocess",
+                "--analysis",
+                str(old_report["dir"]),
+                "--cape-root",
+                str(root),
+                "-o",
+                str(out),
+                "--force",
+                "--max-file-size",
+                "64M",
+            ]
+        )
+        == 0
+    )
     assert json.loads(out.read_text())["target"]["file"]["telfhash"] == old_report["files"][0]["reference"]["telfhash"]
 
 
@@ -281,10 +322,28 @@ def test_worker_leaves_no_process_behind():
 
 
 def test_settings_from_cape_style_options():
-    s = Settings.from_options({"enabled": True, "max_file_size": "2M", "timeout": 5, "threshold": 0, "index": "",
-                               "index_add": "yes", "max_files": 1, "max_neighbours": 3})
+    s = Settings.from_options(
+        {
+            "enabled": True,
+            "max_file_size": "2M",
+            "timeout": 5,
+            "threshold": 0,
+            "index": "",
+            "index_add": "yes",
+            "max_files": 1,
+            "max_neighbours": 3,
+        }
+    )
     assert (s.max_file_size, s.timeout, s.threshold, s.index, s.index_add, s.max_files, s.max_neighbours, s.errors) == (
-        2 << 20, 5.0, 0, "", True, 1, 3, [])
+        2 << 20,
+        5.0,
+        0,
+        "",
+        True,
+        1,
+        3,
+        [],
+    )
     bad = Settings.from_options({"max_file_size": "lots", "threshold": -1, "timeout": "nan", "index_add": "perhaps"})
     assert bad.to_dict() == Settings().to_dict() and len(bad.errors) == 4
     assert Settings.from_options(None).to_dict() == Settings().to_dict()
@@ -315,7 +374,9 @@ def test_cuckoo3_old_import_path_is_an_alias(tmp_path, monkeypatch):
 def test_index_add_records_the_analysis_and_a_later_one_finds_it(tmp_path):
     from telfhash_plugins.cape.enrich import enrich
 
-    fam = [f for f in corpus.files() if f["label"] == "iot-fam-b:v1_dyn" and f["reference"]["telfhash"].startswith("t1")]
+    fam = [
+        f for f in corpus.files() if f["label"] == "iot-fam-b:v1_dyn" and f["reference"]["telfhash"].startswith("t1")
+    ]
     if len(fam) < 2:
         pytest.skip("corpus lacks iot-fam-b:v1_dyn files")
     a, b = fam[0], fam[1]
@@ -330,5 +391,7 @@ def test_index_add_records_the_analysis_and_a_later_one_finds_it(tmp_path):
     import tlsh
 
     expect = tlsh.diff("T1" + a["reference"]["telfhash"][2:].upper(), "T1" + b["reference"]["telfhash"][2:].upper())
-    assert [(m["sha256"], m["distance"], m["source"]) for m in s2["files"][0]["known"]] == [(a["sha256"], expect, "cape")]
+    assert [(m["sha256"], m["distance"], m["source"]) for m in s2["files"][0]["known"]] == [
+        (a["sha256"], expect, "cape")
+    ]
     assert "added" not in s2["index"]

@@ -16,7 +16,9 @@ REF = {str(FIX / e["fixture"]): e["reference"] for e in ENTRIES}
 
 
 def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "telfhash_core.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "telfhash_core.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
 
 
 def test_default_output_is_the_references_layout():
@@ -95,7 +97,13 @@ def test_a_mistyped_subcommand_gets_did_you_mean(tmp_path):
 
 
 def test_options_without_effect_are_errors():
-    for args in (["--sha256"], ["--details"], ["--field", "telfhash_x"], ["-f", "tsv", "--sha256"], ["-f", "json", "--sha256"]):
+    for args in (
+        ["--sha256"],
+        ["--details"],
+        ["--field", "telfhash_x"],
+        ["-f", "tsv", "--sha256"],
+        ["-f", "json", "--sha256"],
+    ):
         p = run(*args, PATHS[0])
         assert p.returncode == 2 and "has no effect" in p.stderr and p.stdout == "", args
     p = run("-f", "json", "--details", "--sha256", PATHS[0])

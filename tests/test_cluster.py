@@ -221,8 +221,10 @@ def test_group_matches_the_reference_up_to_transitivity(real, seed):
     rng = random.Random(seed)
     sample = rng.sample(real, 90)
     entries = [{"file": n, "telfhash": d, "msg": ""} for n, d, _ in sample]
-    entries += [{"file": "none.bin", "telfhash": "-", "msg": "No symbols found"},
-                {"file": "short.bin", "telfhash": "tnull", "msg": ""}]
+    entries += [
+        {"file": "none.bin", "telfhash": "-", "msg": "No symbols found"},
+        {"file": "short.bin", "telfhash": "tnull", "msg": ""},
+    ]
     rng.shuffle(entries)
     ref = run_reference_group(entries, 50)
     ours = group(entries, 50)
@@ -256,9 +258,12 @@ def test_dash_g_prints_the_reference_layout(real):
     names = corpus_paths(real, ["q_atm.so", "/jq/usr__bin__jq", "iproute2/bin__ss"])
     names += [f["path"] for f in corpus.manifest()["files"] if "klibc__bin__false" in f["path"]][:3]  # '-' files
     assert len(names) >= 12
-    ref = subprocess.run([REF_PYTHON, "-m", "telfhash", "-g", *names], cwd=root, capture_output=True, text=True, timeout=120)
+    ref = subprocess.run(
+        [REF_PYTHON, "-m", "telfhash", "-g", *names], cwd=root, capture_output=True, text=True, timeout=120
+    )
     ours = subprocess.run([*TELFHASH, "-g", *names], cwd=root, capture_output=True, text=True, timeout=120)
     assert ours.returncode == 0, ours.stderr
+
     # the reference orders groups by size, equal sizes (and 'Ungrouped') in set order, which
     # changes from run to run: compare the hash lines exactly and the groups as collections
     def split(text):
@@ -266,7 +271,13 @@ def test_dash_g_prints_the_reference_layout(real):
         body, _, ungrouped = rest.partition("Ungrouped:\n")
         groups = [tuple(g.split("\n    ")[1:]) for g in ("Group 1:\n" + body).rstrip("\n").split("\nGroup ")]
         groups = [tuple(m.strip() for m in g) for g in groups]
-        return head + sep, [len(g) for g in groups], sorted(groups), sorted(ungrouped.splitlines()), text.endswith("\n\n")
+        return (
+            head + sep,
+            [len(g) for g in groups],
+            sorted(groups),
+            sorted(ungrouped.splitlines()),
+            text.endswith("\n\n"),
+        )
 
     assert split(ours.stdout) == split(ref.stdout)
     sizes = split(ours.stdout)[1]
@@ -391,8 +402,19 @@ def test_cluster_is_a_dataclass_with_to_dict():
 
 def test_hostile_items_are_ungroupable_not_errors(real):
     d = real[0][1]
-    items = [None, 5, 3.5, ["x"], {"file": 7, "telfhash": ["t1"]}, {"telfhash": {"a": 1}}, {"file": "ok", "telfhash": d},
-             {"file": "ok2", "telfhash": d.upper()}, "t1" + "z" * 70, "\x00" * 72, {"file": "big", "telfhash": "t1" + "0" * 10**6}]
+    items = [
+        None,
+        5,
+        3.5,
+        ["x"],
+        {"file": 7, "telfhash": ["t1"]},
+        {"telfhash": {"a": 1}},
+        {"file": "ok", "telfhash": d},
+        {"file": "ok2", "telfhash": d.upper()},
+        "t1" + "z" * 70,
+        "\x00" * 72,
+        {"file": "big", "telfhash": "t1" + "0" * 10**6},
+    ]
     clusters, bad = cluster(items, 50)
     assert [c.members for c in clusters] == [["ok", "ok2"]]
     assert len(bad) == len(items) - 2
@@ -418,7 +440,9 @@ def test_png_plot_labels_each_group(tmp_path, monkeypatch):
     clusters, _ = cl.cluster(items, threshold=30)
     texts: list[str] = []
     real_text = Axes.text
-    monkeypatch.setattr(Axes, "text", lambda self, x, y, s, *a, **k: texts.append(s) or real_text(self, x, y, s, *a, **k))
+    monkeypatch.setattr(
+        Axes, "text", lambda self, x, y, s, *a, **k: texts.append(s) or real_text(self, x, y, s, *a, **k)
+    )
     png = tmp_path / "g.png"
     cl.plot(clusters, str(png), threshold=30)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -66,14 +66,26 @@ def _sample(n_per_arch: int = 3) -> list[dict]:
         ("__localtime64_r", "localtime_r"),
         ("__time64", "time"),
         ("_Znwj", "_Znwm"),  # operator new(unsigned int) on ILP32, (unsigned long) on LP64
-        ("_ZNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEE9_M_createERjj", "_ZNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEE9_M_createERmm"),
+        (
+            "_ZNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEE9_M_createERjj",
+            "_ZNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEE9_M_createERmm",
+        ),
     ],
 )
 def test_variants_fold_onto_the_base_name(variant, base):
     assert cx.fold_name(variant) == cx.fold_name(base)
 
 
-@pytest.mark.parametrize("name, folded", [("printf", "printf"), ("a64l", "a64l"), ("SSL_read", "ssl_read"), ("__errno_location", "errno_location"), ("x", "x")])
+@pytest.mark.parametrize(
+    "name, folded",
+    [
+        ("printf", "printf"),
+        ("a64l", "a64l"),
+        ("SSL_read", "ssl_read"),
+        ("__errno_location", "errno_location"),
+        ("x", "x"),
+    ],
+)
 def test_ordinary_names_are_only_lowercased_and_unprefixed(name, folded):
     assert cx.fold_name(name) == folded
 
@@ -139,7 +151,10 @@ def _pyelftools_functions(path: str):
         return None
     imp, exp = [], []
     for s in table.iter_symbols():
-        if s["st_info"]["type"] not in ("STT_FUNC", "STT_LOOS") or s["st_info"]["bind"] not in ("STB_GLOBAL", "STB_WEAK"):
+        if s["st_info"]["type"] not in ("STT_FUNC", "STT_LOOS") or s["st_info"]["bind"] not in (
+            "STB_GLOBAL",
+            "STB_WEAK",
+        ):
             continue
         if s["st_other"]["visibility"] not in ("STV_DEFAULT", "STV_PROTECTED") or not s.name:
             continue
@@ -175,7 +190,11 @@ def test_library_or_executable_agrees_with_the_file_name():
 
 
 def test_strings_match_a_plain_scan_of_rodata():
-    for path in ["mipsel/klibc-utils/usr__lib__klibc__bin__cpio", "s390x/klibc-utils/usr__lib__klibc__bin__kinit", "m68k/iot-fam-a/fam_a_v1_m68k_static"]:
+    for path in [
+        "mipsel/klibc-utils/usr__lib__klibc__bin__cpio",
+        "s390x/klibc-utils/usr__lib__klibc__bin__kinit",
+        "m68k/iot-fam-a/fam_a_v1_m68k_static",
+    ]:
         f = _entry(path)
         data = Path(f["abspath"]).read_bytes()
         elf = ELFFile(BytesIO(data))
@@ -211,7 +230,9 @@ def _reference_mode_calls(path: str, arch, mode, mnemonics) -> int:
     data = Path(path).read_bytes()
     elf = ELFFile(BytesIO(data))
     text = elf.get_section_by_name(".text")
-    return len({op for _a, _s, mn, op in capstone.Cs(arch, mode).disasm_lite(text.data(), text["sh_addr"]) if mn in mnemonics})
+    return len(
+        {op for _a, _s, mn, op in capstone.Cs(arch, mode).disasm_lite(text.data(), text["sh_addr"]) if mn in mnemonics}
+    )
 
 
 def test_call_fallback_decodes_each_cpu_in_its_own_mode():
@@ -227,12 +248,22 @@ def test_call_fallback_decodes_each_cpu_in_its_own_mode():
     # the reference's modes (MIPS always big-endian, ARM never Thumb) see almost nothing here
     mipsel = _entry("mipsel/klibc-utils/usr__lib__klibc__bin__cpio")["abspath"]
     armhf = _entry("armhf/klibc-utils/usr__lib__klibc__bin__cpio")["abspath"]
-    assert _reference_mode_calls(mipsel, capstone.CS_ARCH_MIPS, capstone.CS_MODE_MIPS32 | capstone.CS_MODE_BIG_ENDIAN, {"jal"}) <= 2
+    assert (
+        _reference_mode_calls(
+            mipsel, capstone.CS_ARCH_MIPS, capstone.CS_MODE_MIPS32 | capstone.CS_MODE_BIG_ENDIAN, {"jal"}
+        )
+        <= 2
+    )
     assert _reference_mode_calls(armhf, capstone.CS_ARCH_ARM, capstone.CS_MODE_ARM, {"bl", "blx"}) <= 2
 
 
 def test_call_fallback_covers_big_endian_and_other_cpus():
-    for path in ["mips/iot-fam-a/fam_a_v1_mips_static", "powerpc/iot-fam-a/fam_a_v1_powerpc_static", "sh4/iot-fam-a/fam_a_v1_sh4_static", "m68k/iot-fam-a/fam_a_v1_m68k_static"]:
+    for path in [
+        "mips/iot-fam-a/fam_a_v1_mips_static",
+        "powerpc/iot-fam-a/fam_a_v1_powerpc_static",
+        "sh4/iot-fam-a/fam_a_v1_sh4_static",
+        "m68k/iot-fam-a/fam_a_v1_m68k_static",
+    ]:
         data = Path(_entry(path)["abspath"]).read_bytes()
         targets = cx.call_targets(data, cx.elf_facts(data))
         assert len(targets) >= 100, path  # static programs: hundreds of libc functions
@@ -296,8 +327,18 @@ def test_cli_field_jsonl():
 
 def test_hostile_input_gives_none_or_a_value_never_an_exception():
     rng = random.Random(8)
-    seeds = [Path(_entry(p)["abspath"]).read_bytes() for p in ["armel/coreutils/bin__ls", "mipsel/klibc-utils/usr__lib__klibc__bin__cpio"]]
-    cases = [b"", b"\x7fELF", b"\x7fELF\x02\x01\x01" + b"\x00" * 9, b"not an elf at all" * 10, seeds[0][:64], seeds[0][:5000]]
+    seeds = [
+        Path(_entry(p)["abspath"]).read_bytes()
+        for p in ["armel/coreutils/bin__ls", "mipsel/klibc-utils/usr__lib__klibc__bin__cpio"]
+    ]
+    cases = [
+        b"",
+        b"\x7fELF",
+        b"\x7fELF\x02\x01\x01" + b"\x00" * 9,
+        b"not an elf at all" * 10,
+        seeds[0][:64],
+        seeds[0][:5000],
+    ]
     for seed in seeds:
         for _ in range(150):
             data = bytearray(seed[: rng.choice([len(seed), 2048, 65536])])
@@ -314,9 +355,13 @@ def test_hostile_input_gives_none_or_a_value_never_an_exception():
 
 def test_clustering_runs_on_the_companion_field():
     import telfhash_core.similarity.cluster as cluster  # our own module: a broken import must fail, not skip
+
     archs = ["amd64", "arm64", "armel", "armhf", "i386", "mips64el", "mipsel", "ppc64el", "s390x"]
     results = [tc.hash_file(_entry(f"{a}/coreutils/bin__ls")["abspath"], fields=["telfhash_x"]) for a in archs]
-    results += [tc.hash_file(_entry(f"{a}/klibc-utils/usr__lib__klibc__bin__cpio")["abspath"], fields=["telfhash_x"]) for a in archs]
+    results += [
+        tc.hash_file(_entry(f"{a}/klibc-utils/usr__lib__klibc__bin__cpio")["abspath"], fields=["telfhash_x"])
+        for a in archs
+    ]
     clusters, _ungroupable = cluster.cluster(results, 50, key="telfhash_x")
     groups = sorted(sorted(Path(m).parent.parent.name for m in c.members) for c in clusters if len(c.members) > 1)
     assert groups == [sorted(archs), sorted(archs)]
@@ -330,7 +375,22 @@ def _minimal_elf(machine: int, code: bytes, entry_offset: int = 0, big_endian: b
     ehdr_size, phdr_size, vaddr = 52, 32, 0x10000
     off = ehdr_size + phdr_size
     ident = b"\x7fELF" + bytes([1, 2 if big_endian else 1, 1]) + b"\x00" * 9
-    ehdr = ident + struct.pack(e + "HHIIIIIHHHHHH", 2, machine, 1, vaddr + off + entry_offset, ehdr_size, 0, 0, ehdr_size, phdr_size, 1, 40, 0, 0)
+    ehdr = ident + struct.pack(
+        e + "HHIIIIIHHHHHH",
+        2,
+        machine,
+        1,
+        vaddr + off + entry_offset,
+        ehdr_size,
+        0,
+        0,
+        ehdr_size,
+        phdr_size,
+        1,
+        40,
+        0,
+        0,
+    )
     phdr = struct.pack(e + "IIIIIIII", 1, off, vaddr + off, vaddr + off, len(code), len(code), 5, 0x1000)
     return ehdr + phdr + code
 
@@ -369,7 +429,11 @@ def test_call_sweep_decodes_a_thumb_entry_point_as_thumb():
     thumb = bytes.fromhex("80b5") + bytes.fromhex("00f07ef8") + bytes.fromhex("80bd") + b"\x00\x00" * 200
     data = _minimal_elf(40, thumb, entry_offset=1)  # odd entry point: Thumb
     facts = cx.elf_facts(data)
-    expected = [op for _a, _s, mn, op in capstone.Cs(capstone.CS_ARCH_ARM, capstone.CS_MODE_THUMB).disasm_lite(thumb[:8], 0) if mn == "bl"]
+    expected = [
+        op
+        for _a, _s, mn, op in capstone.Cs(capstone.CS_ARCH_ARM, capstone.CS_MODE_THUMB).disasm_lite(thumb[:8], 0)
+        if mn == "bl"
+    ]
     assert len(expected) == 1
     targets = cx.call_targets(data, facts)
     assert targets == [f"+{int(expected[0].lstrip('#'), 16):x}"]

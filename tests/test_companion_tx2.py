@@ -54,7 +54,23 @@ def test_suffix_keys_agree_with_whole_string_keys():
 def test_shipped_toolchain_data_names_its_evidence():
     data = tcd.shipped()
     assert len(data) > 20000
-    for cpu in ("amd64", "i386", "armel", "armhf", "arm64", "mips", "mipsel", "mips64el", "powerpc", "ppc64el", "s390x", "sh4", "m68k", "sparc64", "riscv64"):
+    for cpu in (
+        "amd64",
+        "i386",
+        "armel",
+        "armhf",
+        "arm64",
+        "mips",
+        "mipsel",
+        "mips64el",
+        "powerpc",
+        "ppc64el",
+        "s390x",
+        "sh4",
+        "m68k",
+        "sparc64",
+        "riscv64",
+    ):
         assert cpu in data.libcs, cpu
     assert any(n.startswith("musl-") for n in data.libcs)
     # glibc's own message, in the C library of every CPU
@@ -122,7 +138,10 @@ def test_mips_undefined_func_imports_read_like_notype_elsewhere():
                 want = {
                     s.name
                     for s in dynsym.iter_symbols()
-                    if s["st_shndx"] == "SHN_UNDEF" and s["st_info"]["bind"] in ("STB_GLOBAL", "STB_WEAK") and s["st_info"]["type"] in ("STT_FUNC", "STT_NOTYPE", "STT_GNU_IFUNC") and s.name
+                    if s["st_shndx"] == "SHN_UNDEF"
+                    and s["st_info"]["bind"] in ("STB_GLOBAL", "STB_WEAK")
+                    and s["st_info"]["type"] in ("STT_FUNC", "STT_NOTYPE", "STT_GNU_IFUNC")
+                    and s.name
                 }
             buf = Path(p).read_bytes()
             facts = cx.elf_facts(buf)
@@ -147,7 +166,10 @@ def test_small_programs_hash_words_with_cpu_names_and_triplets_normalised():
 def test_one_name_out_of_twenty_or_more_costs_little():
     """Measured against the text encoding tx1 uses: removing one of 20-60 names."""
     rng = random.Random(11)
-    words = [f"{rng.choice(['get', 'set', 'read', 'write', 'open', 'sock', 'str', 'mem'])}{rng.choice(['name', 'opt', 'line', 'buf', 'cpy', 'len', 'at', 'ctl'])}{k}" for k in range(400)]
+    words = [
+        f"{rng.choice(['get', 'set', 'read', 'write', 'open', 'sock', 'str', 'mem'])}{rng.choice(['name', 'opt', 'line', 'buf', 'cpy', 'len', 'at', 'ctl'])}{k}"
+        for k in range(400)
+    ]
     cost_tx2, cost_text = [], []
     for _ in range(60):
         s = rng.sample(words, rng.randint(20, 60))
@@ -191,7 +213,11 @@ def test_cluster_never_groups_tx1_with_tx2():
     f = _entry("amd64/coreutils/bin__ls")
     _v1, v2 = _tx1_and_tx2(f["abspath"])
     same_digest_other_version = "tx1:" + cx.split(v2)[1]  # identical digests, different rule sets
-    rows = [{"file": "a", "telfhash_x": v2}, {"file": "b", "telfhash_x": same_digest_other_version}, {"file": "c", "telfhash_x": v2}]
+    rows = [
+        {"file": "a", "telfhash_x": v2},
+        {"file": "b", "telfhash_x": same_digest_other_version},
+        {"file": "c", "telfhash_x": v2},
+    ]
     clusters, bad = cluster(rows, 50, key="telfhash_x")
     assert not bad
     assert sorted(sorted(c.members) for c in clusters) == [["a", "c"], ["b"]]
@@ -200,13 +226,17 @@ def test_cluster_never_groups_tx1_with_tx2():
 def test_index_searches_one_rule_set_and_recomputes_tx1_as_tx2(tmp_path):
     from telfhash_core.store.index import Index
 
-    paths = [_entry(p)["abspath"] for p in ("amd64/coreutils/bin__ls", "arm64/coreutils/bin__ls", "i386/coreutils/bin__ls")]
+    paths = [
+        _entry(p)["abspath"] for p in ("amd64/coreutils/bin__ls", "arm64/coreutils/bin__ls", "i386/coreutils/bin__ls")
+    ]
     gone = tmp_path / "gone"
     gone.write_bytes(Path(paths[2]).read_bytes())
     rows = []
     for p in paths[:2] + [str(gone)]:
         data = Path(p).read_bytes()
-        rows.append({"file": p, "sha256": hashlib.sha256(data).hexdigest(), "telfhash": None, "telfhash_x": cx.tx1_of(data)})
+        rows.append(
+            {"file": p, "sha256": hashlib.sha256(data).hexdigest(), "telfhash": None, "telfhash_x": cx.tx1_of(data)}
+        )
     db = tmp_path / "ix.sqlite"
     with Index(db) as ix:
         ix.add_results(rows)
@@ -224,7 +254,13 @@ def test_index_searches_one_rule_set_and_recomputes_tx1_as_tx2(tmp_path):
         assert {m.sha256 for m in ix.search(q1, 1000, key="telfhash_x")} == {rows[2]["sha256"]}
         groups = ix.clusters(1000, key="telfhash_x", min_size=1)
         assert sorted(g["size"] for g in groups) == [1, 2]
-    out = subprocess.run(check=False, args=[sys.executable, "-m", "telfhash_core.cli", "index", "--db", str(db), "recompute-x", "-f", "json"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        check=False,
+        args=[sys.executable, "-m", "telfhash_core.cli", "index", "--db", str(db), "recompute-x", "-f", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"old": 1, "recomputed": 0, "no_value": 0, "missing": 1, "changed": 0}
     with sqlite3.connect(db) as c:

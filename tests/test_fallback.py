@@ -69,18 +69,16 @@ def test_sweep_equals_reference_loop_on_random_bytes(arch):
         code = bytearray(rng.randbytes(rng.randint(0, 400)))
         for _k in range(rng.randint(0, 20)):
             pos = rng.randrange(0, len(code) + 1)
-            code[pos:pos] = rng.choice([b"\xe8", b"\xeb", b"\x8f\xbc\x00\x00", b"\x00\x00\x00\xeb", b"\xff\xff\x99\x8f"])
+            code[pos:pos] = rng.choice(
+                [b"\xe8", b"\xeb", b"\x8f\xbc\x00\x00", b"\x00\x00\x00\xeb", b"\xff\xff\x99\x8f"]
+            )
         address = rng.choice([0, 0x400000, 0x8048000, 0xFFFFFFF0, 0xFFFFFFFFFFFFFF00])
         assert fallback.sweep(bytes(code), address, arch) == reference_sweep(bytes(code), address, arch)
 
 
 def test_sweep_on_corpus_static_binaries_equals_reference_loop():
     """Large real code: busybox/sash for every supported architecture (the slow part of the suite)."""
-    picked = [
-        f
-        for f in corpus.files()
-        if f["pkg"] in ("sash",) or (f["pkg"] == "iot-fam-a" and "static" in f["path"])
-    ]
+    picked = [f for f in corpus.files() if f["pkg"] in ("sash",) or (f["pkg"] == "iot-fam-a" and "static" in f["path"])]
     checked = 0
     for f in picked:
         data = Path(f["abspath"]).read_bytes()
@@ -98,7 +96,18 @@ def test_x86_without_printing_equals_the_reference_loop_on_call_heavy_bytes(arch
     """Prefixed, far, short-target and wrapping calls: the engine that does not print must give
     the texts capstone prints."""
     rng = random.Random(99)
-    calls = [b"\xe8", b"\x66\xe8", b"\xf2\xe8", b"\x48\xe8", b"\x3e\xe8", b"\x9a", b"\xff\x15", b"\xff\xd0", b"\x41\xff\xd3", b"\xf0\xe8"]
+    calls = [
+        b"\xe8",
+        b"\x66\xe8",
+        b"\xf2\xe8",
+        b"\x48\xe8",
+        b"\x3e\xe8",
+        b"\x9a",
+        b"\xff\x15",
+        b"\xff\xd0",
+        b"\x41\xff\xd3",
+        b"\xf0\xe8",
+    ]
     for _ in range(300):
         code = bytearray()
         for _k in range(rng.randint(1, 40)):

@@ -72,7 +72,22 @@ def header(data: bytes) -> list:
 
 
 def with_header(data: bytes, **fields) -> bytes:
-    names = ["ident", "type", "machine", "version", "entry", "phoff", "shoff", "flags", "ehsize", "phentsize", "phnum", "shentsize", "shnum", "shstrndx"]
+    names = [
+        "ident",
+        "type",
+        "machine",
+        "version",
+        "entry",
+        "phoff",
+        "shoff",
+        "flags",
+        "ehsize",
+        "phentsize",
+        "phnum",
+        "shentsize",
+        "shnum",
+        "shstrndx",
+    ]
     h = header(data)
     for k, v in fields.items():
         h[names.index(k)] = v
@@ -128,26 +143,29 @@ CRAFTED = {
 # What the reference tool (telfhash 0.9.8) printed for each crafted file, run on this machine
 # (ext4, 24 GiB of memory); None = it never returned.
 REFERENCE_ON_CRAFTED = {
-    'code section past the end': ('-', 'Unknown error'),
-    'compressed code section': ('t16ca002744810af4cf146f18551d60351991507155b050f545af09c540d03fe14986511', ''),
-    'dynsym entry size odd': ('-', 'Could not parse file as ELF'),
-    'dynsym entry size zero': ('-', 'Could not parse file as ELF'),
-    'dynsym offset past the end': ('-', 'Could not parse file as ELF'),
-    'dynsym size huge': ('-', 'Could not parse file as ELF'),
-    'dynsym string table link past the end': ('-', 'Could not parse file as ELF'),
-    'dynsym string table link wrong': ('-', 'Could not parse file as ELF'),
-    'entry in a huge NOBITS section': ('-', 'Unknown error'),
-    'entry point zero': ('-', 'No symbols found'),
-    'extended section count from section 0': ('t15cb0120604e9544813e2bd5c085748940014e0840316cc8490a40d5040233588c04f9e', ''),
-    'huge section count': ('t15cb0120604e9544813e2bd5c085748940014e0840316cc8490a40d5040233588c04f9e', ''),
-    'names past the end': ('-', 'No symbols found'),
-    'no program headers, header size zero (reference loops forever)': None,
-    'no section headers': ('t16ca002744810af4cf146f18551d60351991507155b050f545af09c540d03fe14986511', ''),
-    'program header size too small': ('-', 'Could not parse file as ELF'),
-    'program headers past the end': ('-', 'Unknown error'),
-    'section header size too small': ('-', 'Could not parse file as ELF'),
-    'section table past the end': ('-', 'Could not parse file as ELF'),
-    'string-table index out of range': ('-', 'Could not parse file as ELF'),
+    "code section past the end": ("-", "Unknown error"),
+    "compressed code section": ("t16ca002744810af4cf146f18551d60351991507155b050f545af09c540d03fe14986511", ""),
+    "dynsym entry size odd": ("-", "Could not parse file as ELF"),
+    "dynsym entry size zero": ("-", "Could not parse file as ELF"),
+    "dynsym offset past the end": ("-", "Could not parse file as ELF"),
+    "dynsym size huge": ("-", "Could not parse file as ELF"),
+    "dynsym string table link past the end": ("-", "Could not parse file as ELF"),
+    "dynsym string table link wrong": ("-", "Could not parse file as ELF"),
+    "entry in a huge NOBITS section": ("-", "Unknown error"),
+    "entry point zero": ("-", "No symbols found"),
+    "extended section count from section 0": (
+        "t15cb0120604e9544813e2bd5c085748940014e0840316cc8490a40d5040233588c04f9e",
+        "",
+    ),
+    "huge section count": ("t15cb0120604e9544813e2bd5c085748940014e0840316cc8490a40d5040233588c04f9e", ""),
+    "names past the end": ("-", "No symbols found"),
+    "no program headers, header size zero (reference loops forever)": None,
+    "no section headers": ("t16ca002744810af4cf146f18551d60351991507155b050f545af09c540d03fe14986511", ""),
+    "program header size too small": ("-", "Could not parse file as ELF"),
+    "program headers past the end": ("-", "Unknown error"),
+    "section header size too small": ("-", "Could not parse file as ELF"),
+    "section table past the end": ("-", "Could not parse file as ELF"),
+    "string-table index out of range": ("-", "Could not parse file as ELF"),
 }
 
 
@@ -211,7 +229,11 @@ def mutated(draw):
         hi = min(max(hi, lo + 1), len(data))
         pos = draw(st.integers(lo, hi - 1))
         width = draw(st.sampled_from([1, 2, 4, 8]))
-        value = draw(st.sampled_from([0, 1, 0xFF, 0xFFFF, 0x7FFFFFFF, 2**32 - 1, 2**63, 2**64 - 1, draw(st.integers(0, 2**64 - 1))]))
+        value = draw(
+            st.sampled_from(
+                [0, 1, 0xFF, 0xFFFF, 0x7FFFFFFF, 2**32 - 1, 2**63, 2**64 - 1, draw(st.integers(0, 2**64 - 1))]
+            )
+        )
         data[pos : pos + width] = (value % (1 << (8 * width))).to_bytes(width, "little")[: max(0, len(data) - pos)]
     if draw(st.booleans()):
         data = data[: draw(st.integers(1, len(data)))]
@@ -243,7 +265,13 @@ def test_paths_that_are_not_regular_files(tmp_path):
     assert [r.file for r in results] == paths
     reasons = [r.reason for r in results]
     assert reasons[:7] == [
-        Reason.NOT_REGULAR, Reason.DIRECTORY, Reason.EMPTY, Reason.NOT_FOUND, Reason.UNREADABLE, Reason.NOT_FOUND, Reason.UNREADABLE
+        Reason.NOT_REGULAR,
+        Reason.DIRECTORY,
+        Reason.EMPTY,
+        Reason.NOT_FOUND,
+        Reason.UNREADABLE,
+        Reason.NOT_FOUND,
+        Reason.UNREADABLE,
     ]
     assert results[7].ok
     for r in results[:7]:

@@ -83,7 +83,12 @@ def corpus_index(tmp_path_factory, rows):
 def run_cli(*args, env=None, input=None):
     e = dict(os.environ, TELFHASH_NO_ENTRY_POINTS="1", **(env or {}))
     return subprocess.run(
-        [sys.executable, "-m", "telfhash_core.cli", *args], capture_output=True, text=True, env=e, input=input, timeout=120
+        [sys.executable, "-m", "telfhash_core.cli", *args],
+        capture_output=True,
+        text=True,
+        env=e,
+        input=input,
+        timeout=120,
     )
 
 
@@ -130,7 +135,13 @@ def test_search_entry_fields_come_from_the_first_sighting(corpus_index, rows):
     r = next(r for r in uniq.values() if r["telfhash"].startswith("t1"))
     with Index(db) as ix:
         m = next(m for m in ix.search(r["telfhash"], 0) if m.sha256 == r["sha256"])
-    assert (m.path, m.telfhash, m.arch, m.size, m.source) == (r["file"], r["telfhash"], r["arch"], r["size"], "manifest")
+    assert (m.path, m.telfhash, m.arch, m.size, m.source) == (
+        r["file"],
+        r["telfhash"],
+        r["arch"],
+        r["size"],
+        "manifest",
+    )
     d = m.to_dict()
     assert d["distance"] == 0 and d["sha256"] == r["sha256"] and d["added"].endswith("Z")
 
@@ -226,7 +237,9 @@ def test_add_files_records_reference_values(tmp_path):
     db = tmp_path / "f.sqlite"
     with Index(db) as ix:
         seen = []
-        st = ix.add_files([f["abspath"] for f in files], jobs=1, progress=lambda done, total: seen.append((done, total)))
+        st = ix.add_files(
+            [f["abspath"] for f in files], jobs=1, progress=lambda done, total: seen.append((done, total))
+        )
         assert seen[-1] == (len(files), len(files))
         assert st.seen == len(files) and st.skipped == 0
         by_sha = {e["sha256"]: e for e in ix.entries()}
@@ -324,7 +337,13 @@ def test_hostile_query_files_and_arguments(corpus_index, tmp_path):
         for bad in (not_elf, tmp_path, str(tmp_path / "missing")):
             with pytest.raises(ValueError):
                 ix.search(bad)
-        for kw in ({"max_distance": -1}, {"max_distance": True}, {"max_distance": "50"}, {"limit": -1}, {"key": "sha256"}):
+        for kw in (
+            {"max_distance": -1},
+            {"max_distance": True},
+            {"max_distance": "50"},
+            {"limit": -1},
+            {"key": "sha256"},
+        ):
             with pytest.raises(ValueError):
                 ix.search(q, **kw)
         with pytest.raises(ValueError):
@@ -343,7 +362,13 @@ def test_hostile_jsonl_goes_on_after_bad_lines(tmp_path, rows):
         json.dumps({"file": "y", "telfhash": "t1" + "ab" * 35, "sha256": "zz"}),
         json.dumps(dict(good[1], telfhash="garbage", size="huge", arch=["x"], symbols=-5)),
         "",
-        json.dumps(dict(good[2], file="\udcff odd name".encode("utf-8", "surrogatepass").decode("utf-8", "replace"), extra={"k": [1, 2]})),
+        json.dumps(
+            dict(
+                good[2],
+                file="\udcff odd name".encode("utf-8", "surrogatepass").decode("utf-8", "replace"),
+                extra={"k": [1, 2]},
+            )
+        ),
         "\xff\xfe binary junk",
     ]
     p = tmp_path / "in.jsonl"
@@ -529,7 +554,9 @@ def test_planes_match_tlshdist_on_random_bytes():
     assert np.array_equal(packed_planes(packed), tlshdist.encode(digests).planes)
     enc = encode_packed(packed, hex=False)
     for k in (0, 17, 499):
-        assert np.array_equal(tlshdist.one_to_many(enc, digests[k]), [tlsh.diff("T1" + digests[k][2:], "T1" + d[2:]) for d in digests])
+        assert np.array_equal(
+            tlshdist.one_to_many(enc, digests[k]), [tlsh.diff("T1" + digests[k][2:], "T1" + d[2:]) for d in digests]
+        )
 
 
 def test_companion_hash_is_recorded_and_searchable(tmp_path):

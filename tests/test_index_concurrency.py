@@ -80,8 +80,12 @@ def test_two_readers_while_one_process_adds(tmp_path):
     packed = rng.integers(0, 256, (n, 35), dtype=np.uint8)
     packed[:, 1] = 0x51
     query = "t1" + packed[5].tobytes().hex()
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db), str(n), str(batch)], stdout=subprocess.PIPE, text=True, env=_env())
-    reader = subprocess.Popen([sys.executable, "-c", READER, str(db), query, str(n)], stdout=subprocess.PIPE, text=True, env=_env())
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(db), str(n), str(batch)], stdout=subprocess.PIPE, text=True, env=_env()
+    )
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(db), query, str(n)], stdout=subprocess.PIPE, text=True, env=_env()
+    )
     # this process is the second reader
     mine = []
     with Index(db, create=False) as ix:
@@ -135,7 +139,9 @@ def test_killed_add_keeps_committed_batches_and_rerun_completes(tmp_path):
     listing = tmp_path / "paths.json"
     listing.write_text(json.dumps(paths))
     db = tmp_path / "kill.sqlite"
-    proc = subprocess.Popen([sys.executable, "-c", ADDER, str(db), str(listing)], stdout=subprocess.PIPE, text=True, env=_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ADDER, str(db), str(listing)], stdout=subprocess.PIPE, text=True, env=_env()
+    )
     committed = 0
     deadline = time.time() + 60
     try:

@@ -112,7 +112,9 @@ def test_missing_stale_or_damaged_by_header_snapshot_is_not_trusted(tmp_path):
     with Index(path) as ix:
         assert ix._search_by_header("digest", q, 60) is not None
     # damaged rows
-    con.execute("UPDATE snapshot_by_header SET packed = x'00ff' WHERE rowid = (SELECT min(rowid) FROM snapshot_by_header)")
+    con.execute(
+        "UPDATE snapshot_by_header SET packed = x'00ff' WHERE rowid = (SELECT min(rowid) FROM snapshot_by_header)"
+    )
     con.commit()
     with Index(path) as ix:
         assert ix._search_by_header("digest", q, 60) is None

@@ -105,7 +105,15 @@ def test_stix2_validator_command_strict_accepts_the_default_export(sample_set, t
     path = tmp_path / "b.json"
     path.write_text(dumps(b))
     exe = Path(sys.executable).with_name("stix2_validator")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "import sys; from stix2validator.scripts.stix2_validator import main; sys.exit(main())"]
+    cmd = (
+        [str(exe)]
+        if exe.exists()
+        else [
+            sys.executable,
+            "-c",
+            "import sys; from stix2validator.scripts.stix2_validator import main; sys.exit(main())",
+        ]
+    )
     p = subprocess.run(cmd + ["--strict", "--version", "2.1", str(path)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "Valid" in p.stdout and "[!] Warning" not in p.stdout and "Warning" not in p.stdout, p.stdout
@@ -113,6 +121,7 @@ def test_stix2_validator_command_strict_accepts_the_default_export(sample_set, t
 
 def test_clusters_from_the_core_clustering_also_validate(sample_set):
     import telfhash_core.similarity.cluster as cluster_mod  # our own module: a broken import fails
+
     clusters, _ = cluster_mod.cluster(sample_set["results"], threshold=50)
     assert clusters, "the corpus sample forms no cluster at 50"
     b = export_bundle(sample_set["results"], clusters, timestamp=TS)
@@ -144,7 +153,9 @@ def test_files_have_standard_hashes_and_stix2_ids(default_bundle, sample_set):
         assert f["hashes"] == want[f["hashes"]["SHA-256"]]  # standard hashes only
         assert "name" not in f and "extensions" not in f
         assert f["id"] == stix2.File(hashes=f["hashes"]).id
-        assert f["size"] == os.path.getsize(next(e["abspath"] for e in sample_set["entries"] if e["sha256"] == f["hashes"]["SHA-256"]))
+        assert f["size"] == os.path.getsize(
+            next(e["abspath"] for e in sample_set["entries"] if e["sha256"] == f["hashes"]["SHA-256"])
+        )
 
 
 def test_cluster_objects_carry_the_reference_telfhashes(default_bundle, sample_set):
@@ -204,7 +215,8 @@ def test_cluster_objects_carry_the_reference_telfhashes(default_bundle, sample_s
         assert {"t1" + v.strip("'") for _, _, v in comparisons} == exp["telfhashes"]
         assert {r["relationship_type"] for r in rel} == {"indicates"}
         assert {(r["source_ref"], r["target_ref"]) for r in rel} == {
-            (indicator[0]["id"], malware[0]["id"]), (yara_ind[0]["id"], malware[0]["id"])
+            (indicator[0]["id"], malware[0]["id"]),
+            (yara_ind[0]["id"], malware[0]["id"]),
         }
     assert len(seen) == len(expected_clusters)
 
@@ -283,8 +295,11 @@ def test_exporter_hook_and_cli(tmp_path, sample_set, default_bundle, capsys):
 def test_cli_pipeline_with_core_clusters(tmp_path, sample_set, capsys):
     """`telfhash -f jsonl --sha256` -> `telfhash cluster` -> `telfhash stix export --clusters`."""
     import telfhash_core.similarity.cluster  # noqa: F401  (our own module: a broken import fails)
+
     res_file = tmp_path / "results.jsonl"
-    rc, _, err = _cli(["-f", "jsonl", "--sha256", "-o", res_file, *[e["abspath"] for e in sample_set["entries"]]], capsys)
+    rc, _, err = _cli(
+        ["-f", "jsonl", "--sha256", "-o", res_file, *[e["abspath"] for e in sample_set["entries"]]], capsys
+    )
     assert rc == 0, err
     cl_file = tmp_path / "clusters.json"
     rc, _, err = _cli(["cluster", res_file, "-t", "30", "-o", cl_file], capsys)
@@ -317,7 +332,9 @@ def test_import_reads_every_telfhash_and_matches_local_samples(default_bundle, s
 
     # local samples: other corpus files; expected matches by brute force over the reference values
     shared = {e["abspath"] for e in sample_set["entries"]}
-    others = [e for e in corpus.files() if e["abspath"] not in shared and e["reference"]["telfhash"].startswith("t1")][::7]
+    others = [e for e in corpus.files() if e["abspath"] not in shared and e["reference"]["telfhash"].startswith("t1")][
+        ::7
+    ]
     threshold = 40
     cluster_telfs = collections.defaultdict(set)
     for d in report.digests:
@@ -378,7 +395,9 @@ def test_bundle_exported_by_misp_is_read_back_with_every_telfhash(sample_set):
     from misp_stix_converter import MISPtoSTIX21Parser
     from pymisp import MISPEvent, MISPObject
 
-    telf_key_bundle = export_bundle(sample_set["results"], sample_set["clusters"], timestamp=TS, telfhash_key="TELFHASH")
+    telf_key_bundle = export_bundle(
+        sample_set["results"], sample_set["clusters"], timestamp=TS, telfhash_key="TELFHASH"
+    )
     files = _by_type(telf_key_bundle, "file")
     event = MISPEvent()
     event.info = "telfhash cluster exchange"
@@ -400,7 +419,9 @@ def test_bundle_exported_by_misp_is_read_back_with_every_telfhash(sample_set):
     misp_bundle = json.loads(parser.bundle.serialize())
     # misp-stix writes the bare attribute as File hashes TELFHASH, spelled as our option spells it
     misp_values = {
-        o["hashes"]["TELFHASH"] for o in misp_bundle["objects"] if o["type"] == "file" and "TELFHASH" in o.get("hashes", {})
+        o["hashes"]["TELFHASH"]
+        for o in misp_bundle["objects"]
+        if o["type"] == "file" and "TELFHASH" in o.get("hashes", {})
     }
     assert misp_values == standalone
     report = read_bundle(misp_bundle)
@@ -457,11 +478,16 @@ def test_bad_objects_and_missing_refs_are_reported_and_the_rest_is_read(default_
     b["objects"] = [o for o in b["objects"] if o["id"] != dropped]
     b["objects"].append("not an object")
     b["objects"].append({"type": "indicator", "id": "indicator--nope"})
-    b["objects"].append({"type": "malware", "spec_version": "2.0", "id": "malware--5d04ee1f-300d-4c7a-986d-77726bda1e1d"})
+    b["objects"].append(
+        {"type": "malware", "spec_version": "2.0", "id": "malware--5d04ee1f-300d-4c7a-986d-77726bda1e1d"}
+    )
     b["objects"].append(
         {
-            "type": "indicator", "spec_version": "2.1", "id": "indicator--6d04ee1f-300d-4c7a-986d-77726bda1e1d",
-            "pattern": "[file:hashes.TELFHASH = 'zz']", "pattern_type": "stix",
+            "type": "indicator",
+            "spec_version": "2.1",
+            "id": "indicator--6d04ee1f-300d-4c7a-986d-77726bda1e1d",
+            "pattern": "[file:hashes.TELFHASH = 'zz']",
+            "pattern_type": "stix",
         }
     )
     report = read_bundle(b)
@@ -489,7 +515,10 @@ def test_cli_reports_hostile_input_without_traceback(tmp_path, capsys):
     bad.write_bytes(b"\x7fELF not a bundle")
     # one real process: what the user sees
     p = subprocess.run(
-        [sys.executable, "-m", "telfhash_core.cli", "stix", "import", str(bad)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "telfhash_core.cli", "stix", "import", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert p.returncode == 1 and "not JSON" in p.stderr and "Traceback" not in p.stderr + p.stdout, p.stderr
     for args in (
@@ -516,7 +545,9 @@ def test_export_rejects_bad_options_and_skips_unusable_items(sample_set):
         {"file": "/nonexistent/b", "telfhash": sample_set["results"][0].telfhash, "msg": ""},  # no SHA-256
         42,
     ]
-    b = export_bundle(items, [{"members": ["/nonexistent/a", "/nonexistent/b"]}, {"members": "x"}], timestamp=TS, report=rep)
+    b = export_bundle(
+        items, [{"members": ["/nonexistent/a", "/nonexistent/b"]}, {"members": "x"}], timestamp=TS, report=rep
+    )
     assert len(rep.skipped) >= 4
     assert [o["type"] for o in b["objects"]] == ["identity", "extension-definition"]
     assert validate_bundle(b).ok
@@ -555,7 +586,24 @@ def test_mutated_bundles_and_results_never_raise_anything_else(default_bundle, s
     import random
 
     rng = random.Random(11)
-    odd = [None, 0, -1, 1.5, True, "", "x", [], {}, [1], {"a": 1}, "t1" + "0" * 70, "a\0b", "2.0", "'", "file--00000000-0000-4000-8000-000000000000"]
+    odd = [
+        None,
+        0,
+        -1,
+        1.5,
+        True,
+        "",
+        "x",
+        [],
+        {},
+        [1],
+        {"a": 1},
+        "t1" + "0" * 70,
+        "a\0b",
+        "2.0",
+        "'",
+        "file--00000000-0000-4000-8000-000000000000",
+    ]
 
     def mutate(o):
         if isinstance(o, dict) and o:

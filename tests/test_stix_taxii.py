@@ -44,32 +44,61 @@ def taxii(tmp_path_factory):
     api = f"http://127.0.0.1:{port}/api1/"
     coll = str(uuid.uuid4())
     data = {
-        "/discovery": {"title": "test", "description": "test server", "contact": "-", "default": api, "api_roots": [api]},
+        "/discovery": {
+            "title": "test",
+            "description": "test server",
+            "contact": "-",
+            "default": api,
+            "api_roots": [api],
+        },
         "api1": {
             "information": {
-                "title": "api1", "description": "test", "versions": ["application/taxii+json;version=2.1"],
+                "title": "api1",
+                "description": "test",
+                "versions": ["application/taxii+json;version=2.1"],
                 "max_content_length": 100_000_000,
             },
             "status": [],
             "collections": [
                 {
-                    "id": coll, "title": "telfhash clusters", "description": "test", "can_read": True, "can_write": True,
-                    "media_types": ["application/stix+json;version=2.1"], "objects": [], "manifest": [],
+                    "id": coll,
+                    "title": "telfhash clusters",
+                    "description": "test",
+                    "can_read": True,
+                    "can_write": True,
+                    "media_types": ["application/stix+json;version=2.1"],
+                    "objects": [],
+                    "manifest": [],
                 }
             ],
         },
     }
     (d / "data.json").write_text(json.dumps(data))
     config = {
-        "backend": {"module": "medallion.backends.memory_backend", "module_class": "MemoryBackend", "filename": str(d / "data.json")},
+        "backend": {
+            "module": "medallion.backends.memory_backend",
+            "module_class": "MemoryBackend",
+            "filename": str(d / "data.json"),
+        },
         "users": {USER: PASSWORD},
         "taxii": {"max_page_size": 100},
     }
     (d / "config.json").write_text(json.dumps(config))
     log = open(d / "server.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "medallion.scripts.run", "--host", "127.0.0.1", "--port", str(port), str(d / "config.json")],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "medallion.scripts.run",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            str(d / "config.json"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
     )
     url = f"{api}collections/{coll}/"
     try:
@@ -78,7 +107,9 @@ def taxii(tmp_path_factory):
             if proc.poll() is not None:
                 raise RuntimeError("medallion exited: " + (d / "server.log").read_text(errors="replace")[-2000:])
             try:
-                r = requests.get(url, auth=(USER, PASSWORD), headers={"Accept": "application/taxii+json;version=2.1"}, timeout=2)
+                r = requests.get(
+                    url, auth=(USER, PASSWORD), headers={"Accept": "application/taxii+json;version=2.1"}, timeout=2
+                )
                 if r.status_code == 200:
                     break
             except requests.ConnectionError:
@@ -140,7 +171,9 @@ def test_publish_then_pull_with_filters_gives_the_same_objects(taxii, bundle):
 
 def test_wrong_credentials_and_url_give_clear_errors(taxii, bundle):
     with pytest.raises(TaxiiError, match="401"):
-        publish(bundle, load_settings(url=taxii, environ={"TELFHASH_TAXII_USER": USER, "TELFHASH_TAXII_PASSWORD": "nope"}))
+        publish(
+            bundle, load_settings(url=taxii, environ={"TELFHASH_TAXII_USER": USER, "TELFHASH_TAXII_PASSWORD": "nope"})
+        )
     with pytest.raises(TaxiiError, match="404|no such"):
         pull(load_settings(url=taxii.replace("/api1/", "/nope/"), environ=_env()))
     with pytest.raises(TaxiiError, match="no collection URL"):
@@ -160,7 +193,9 @@ def test_cli_publish_and_import_with_credentials_from_env_and_config(taxii, bund
     m = re.search(r"(\d+) added \(\d+ as new versions\), (\d+) already there, 0 failed, 0 pending", p.stdout)
     assert m and int(m.group(1)) + int(m.group(2)) == n, p.stdout
     p = subprocess.run(cmd + ["publish", str(bfile)], env=env, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0 and f"0 added (0 as new versions), {n} already there, 0 failed" in p.stdout, p.stdout + p.stderr  # nothing sent twice
+    assert p.returncode == 0 and f"0 added (0 as new versions), {n} already there, 0 failed" in p.stdout, (
+        p.stdout + p.stderr
+    )  # nothing sent twice
     assert PASSWORD not in p.stdout + p.stderr
 
     # a second user: credentials in a config file, readable by the owner only
@@ -168,13 +203,18 @@ def test_cli_publish_and_import_with_credentials_from_env_and_config(taxii, bund
     cfg.write_text(f"[taxii]\nurl = {taxii}\nuser = {USER}\npassword = {PASSWORD}\n")
     os.chmod(cfg, 0o644)
     env2 = {k: v for k, v in env.items() if not k.startswith("TELFHASH_TAXII")}
-    p = subprocess.run(cmd + ["import", "--taxii", "--config", str(cfg)], env=env2, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        cmd + ["import", "--taxii", "--config", str(cfg)], env=env2, capture_output=True, text=True, timeout=120
+    )
     assert p.returncode == 1 and "chmod 600" in p.stderr and "Traceback" not in p.stderr
     os.chmod(cfg, stat.S_IRUSR | stat.S_IWUSR)
     local = [e["abspath"] for e in corpus.files() if e["reference"]["telfhash"].startswith("t1")][:400:9]
     p = subprocess.run(
         cmd + ["import", "--taxii", "--config", str(cfg), "--local", *local, "-t", "60", "-f", "json"],
-        env=env2, capture_output=True, text=True, timeout=120,
+        env=env2,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
@@ -190,7 +230,10 @@ def test_stix_serve_runs_a_local_collection(bundle, tmp_path):
     env = dict(os.environ, **_env())
     proc = subprocess.Popen(
         [sys.executable, "-m", "telfhash_core.cli", "stix", "serve", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
         start_new_session=True,  # the server and its medallion child end together below
     )
     try:

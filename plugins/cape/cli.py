@@ -25,20 +25,50 @@ from .enrich import KEY, Settings, enrich
 def _settings_args(p: argparse.ArgumentParser) -> None:
     d = Settings()
     p.add_argument("--index", default=None, help="telfhash-core index file for known neighbours")
-    p.add_argument("--threshold", type=int, default=None, help=f"TLSH distance for groups and neighbours (default {d.threshold})")
+    p.add_argument(
+        "--threshold", type=int, default=None, help=f"TLSH distance for groups and neighbours (default {d.threshold})"
+    )
     p.add_argument("--max-file-size", default=None, help=f"bytes, K/M/G accepted (default {d.max_file_size})")
-    p.add_argument("--timeout", type=float, default=None, help=f"seconds per file (default {d.timeout:g}; 0: no worker)")
-    p.add_argument("--max-neighbours", type=int, default=None, help=f"known samples listed per file (default {d.max_neighbours})")
+    p.add_argument(
+        "--timeout", type=float, default=None, help=f"seconds per file (default {d.timeout:g}; 0: no worker)"
+    )
+    p.add_argument(
+        "--max-neighbours", type=int, default=None, help=f"known samples listed per file (default {d.max_neighbours})"
+    )
     p.add_argument("--max-files", type=int, default=None, help=f"distinct ELF files hashed (default {d.max_files})")
-    p.add_argument("--budget", type=float, default=None, help="seconds for all files of an analysis (default 0: a quarter of CAPE's processing timeout)")
-    p.add_argument("--detections", action="store_true", default=None, help="add CAPE family detections from labelled known neighbours")
-    p.add_argument("--detection-distance", type=int, default=None, help=f"... at this TLSH distance or closer (default {d.detection_distance})")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds for all files of an analysis (default 0: a quarter of CAPE's processing timeout)",
+    )
+    p.add_argument(
+        "--detections",
+        action="store_true",
+        default=None,
+        help="add CAPE family detections from labelled known neighbours",
+    )
+    p.add_argument(
+        "--detection-distance",
+        type=int,
+        default=None,
+        help=f"... at this TLSH distance or closer (default {d.detection_distance})",
+    )
 
 
 def _settings(args, base: dict | None = None) -> Settings:
     opts = dict(base or {})
-    for name in ("index", "threshold", "max_file_size", "timeout", "max_neighbours", "max_files", "budget", "detections",
-                 "detection_distance"):
+    for name in (
+        "index",
+        "threshold",
+        "max_file_size",
+        "timeout",
+        "max_neighbours",
+        "max_files",
+        "budget",
+        "detections",
+        "detection_distance",
+    ):
         v = getattr(args, name, None)
         if v is not None:
             opts[name] = v
@@ -50,7 +80,9 @@ def _settings(args, base: dict | None = None) -> Settings:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="telfhash-cape", description="telfhash for CAPEv2: module installer and offline report enrichment")
+    p = argparse.ArgumentParser(
+        prog="telfhash-cape", description="telfhash for CAPEv2: module installer and offline report enrichment"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     pi = sub.add_parser("install", help="write the processing module and its [telfhash] drop-in into a CAPE checkout")
@@ -58,8 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     _settings_args(pi)
     pi.add_argument("--disabled", action="store_true", help="write the drop-in with enabled = no")
     pi.add_argument("--index-add", action="store_true", help="record each analysis' ELF files in the index")
-    pi.add_argument("--overwrite-config", action="store_true", help="replace an existing drop-in of ours (default: keep it)")
-    pi.add_argument("--ui", action="store_true", help="also patch CAPE's templates and search for telfhash (reverted by uninstall)")
+    pi.add_argument(
+        "--overwrite-config", action="store_true", help="replace an existing drop-in of ours (default: keep it)"
+    )
+    pi.add_argument(
+        "--ui", action="store_true", help="also patch CAPE's templates and search for telfhash (reverted by uninstall)"
+    )
     pi.set_defaults(func=_cmd_install)
 
     pu = sub.add_parser("uninstall", help="remove the files written by install (and nothing else)")
@@ -127,7 +163,9 @@ def _cmd_status(args) -> int:
         for e in s.errors:
             print(f"  warning: {e}")
     if st.get("settings_error"):
-        print(f"settings: CAPE CANNOT READ its processing configuration, so it processes nothing: {st['settings_error']}")
+        print(
+            f"settings: CAPE CANNOT READ its processing configuration, so it processes nothing: {st['settings_error']}"
+        )
         bad = True
     elif s is None:
         print("settings: no [telfhash] section in CAPE's processing configuration")
@@ -221,7 +259,8 @@ def _cmd_reprocess(args) -> int:
         raise
     print(
         f"{dest}: {summary.get('elf_files', 0)} ELF files, {summary.get('hashed', 0)} with a telfhash, "
-        f"{len(summary.get('groups') or [])} groups" + (f", {len(summary['errors'])} errors" if summary.get("errors") else ""),
+        f"{len(summary.get('groups') or [])} groups"
+        + (f", {len(summary['errors'])} errors" if summary.get("errors") else ""),
         file=sys.stderr,
     )
     for e in summary.get("errors") or []:

@@ -356,7 +356,12 @@ def time_budget(
 
 
 def enrich(
-    results: Any, settings: Settings | None = None, analysis_path: str | None = None, *, hasher=None, reuse_worker: bool = False
+    results: Any,
+    settings: Settings | None = None,
+    analysis_path: str | None = None,
+    *,
+    hasher=None,
+    reuse_worker: bool = False,
 ) -> dict[str, Any]:
     """Edit the ELF file dicts of ``results`` in place and return the summary.  Never raises.
 
@@ -388,7 +393,9 @@ def enrich(
     return summary
 
 
-def _enrich(results: Any, settings: Settings, analysis_path: str | None, summary: dict, hasher, t0: float, reuse: bool) -> None:
+def _enrich(
+    results: Any, settings: Settings, analysis_path: str | None, summary: dict, hasher, t0: float, reuse: bool
+) -> None:
     from . import env
     from .worker import Hasher, shared
 
@@ -449,15 +456,24 @@ def _enrich(results: Any, settings: Settings, analysis_path: str | None, summary
             elif not e["path"]:
                 r = {"telfhash": None, "reason": "no_path", "detail": "the report gives no path for this file"}
             elif time.monotonic() >= deadline:
-                r = {"telfhash": None, "reason": "budget", "detail": f"not hashed: the analysis' budget of {budget['seconds']:g} s was used up"}
+                r = {
+                    "telfhash": None,
+                    "reason": "budget",
+                    "detail": f"not hashed: the analysis' budget of {budget['seconds']:g} s was used up",
+                }
             else:
                 r = hasher.hash(e["path"])
             e["result"] = r
     finally:
         if own:
             hasher.close()
-    summary["hashing"] = {"mode": hasher.mode, "timeout": settings.timeout, "max_file_size": settings.max_file_size,
-                          "budget": budget, "workers_started": getattr(hasher, "started", None)}
+    summary["hashing"] = {
+        "mode": hasher.mode,
+        "timeout": settings.timeout,
+        "max_file_size": settings.max_file_size,
+        "budget": budget,
+        "workers_started": getattr(hasher, "started", None),
+    }
     if hasher.restarts:
         summary["hashing"]["worker_restarts"] = hasher.restarts
     summary["errors"].extend(hasher.notes)
@@ -469,8 +485,18 @@ def _enrich(results: Any, settings: Settings, analysis_path: str | None, summary
         digest = r.get("telfhash") if isinstance(r.get("telfhash"), str) else None
         reason = None if digest else (r.get("reason") or "internal")
         # the reference's output exists only for a file that was actually read
-        read = reason not in ("not_found", "unreadable", "directory", "not_regular", "too_large", "timeout",
-                              "worker_failed", "skipped", "no_path", "budget")
+        read = reason not in (
+            "not_found",
+            "unreadable",
+            "directory",
+            "not_regular",
+            "too_large",
+            "timeout",
+            "worker_failed",
+            "skipped",
+            "no_path",
+            "budget",
+        )
         ref = r.get("reference_telfhash") if read else None
         for fd in e["dicts"]:
             for k in ADDED_KEYS:
@@ -538,13 +564,25 @@ def _detections(settings: Settings, summary: dict, results: Any) -> None:
         return
     found = results.get("detections")
     existing: list = found if isinstance(found, list) else []
-    identified = {v for b in existing if isinstance(b, dict) for d in (b.get("details") or []) if isinstance(d, dict)
-                  for v in d.values()}
+    identified = {
+        v
+        for b in existing
+        if isinstance(b, dict)
+        for d in (b.get("details") or [])
+        if isinstance(d, dict)
+        for v in d.values()
+    }
     added = []
     for item in summary["files"]:
         sha = item.get("sha256")
-        labelled = [k for k in item.get("known") or [] if k.get("label") and k.get("distance") is not None
-                    and k["distance"] <= settings.detection_distance and k.get("sha256") != sha]
+        labelled = [
+            k
+            for k in item.get("known") or []
+            if k.get("label")
+            and k.get("distance") is not None
+            and k["distance"] <= settings.detection_distance
+            and k.get("sha256") != sha
+        ]
         if not sha or not labelled or sha in identified:
             continue
         best = min(labelled, key=lambda k: k["distance"])
@@ -581,9 +619,20 @@ def _neighbours(settings: Settings, summary: dict, entries: list[dict]) -> None:
                 rows = []
                 for e in entries:
                     r = e.get("result") or {}
-                    if e.get("sha256") and r.get("reason") not in ("timeout", "worker_failed", "skipped", "no_path", "not_found"):
+                    if e.get("sha256") and r.get("reason") not in (
+                        "timeout",
+                        "worker_failed",
+                        "skipped",
+                        "no_path",
+                        "not_found",
+                    ):
                         d = {k: r.get(k) for k in ("telfhash", "reason", "arch", "method", "symbols", "size")}
-                        d.update(sha256=e["sha256"], md5=e.get("md5"), sha1=e.get("sha1"), file=e.get("name") or e.get("path"))
+                        d.update(
+                            sha256=e["sha256"],
+                            md5=e.get("md5"),
+                            sha1=e.get("sha1"),
+                            file=e.get("name") or e.get("path"),
+                        )
                         rows.append(d)
                 st = ix.add_results(rows, source="cape")
                 info["added"] = st.added

@@ -76,6 +76,7 @@ def _ini_value(value: object) -> str:
 
 def config_text(settings: Settings | None = None) -> str:
     s = settings or Settings()
+
     def yn(b: bool) -> str:
         return "yes" if b else "no"
 
@@ -289,7 +290,9 @@ def install(
     foreign = [str(s.path) for s in (sm, sc) if s.state == "foreign"]
     if foreign:
         raise InstallError(
-            "refusing to overwrite files not written by telfhash-cape: " + ", ".join(foreign) + " (move them away first)"
+            "refusing to overwrite files not written by telfhash-cape: "
+            + ", ".join(foreign)
+            + " (move them away first)"
         )
     write_conf = sc.state == "missing" or overwrite_config
     settings = settings or Settings()
@@ -310,7 +313,9 @@ def install(
         try:
             cape_read(files, {conf: text})
         except (configparser.Error, UnicodeDecodeError) as exc:
-            raise InstallError(f"CAPE cannot read its processing configuration even now: {exc}; nothing written") from None
+            raise InstallError(
+                f"CAPE cannot read its processing configuration even now: {exc}; nothing written"
+            ) from None
         problems = validate(settings)
         if problems:
             raise InstallError("; ".join(problems) + "; nothing written")
@@ -367,7 +372,11 @@ def uninstall(root: str | os.PathLike) -> tuple[list[str], list[str]]:
         pass
     from . import ui as ui_mod
 
-    if any(st in ("applied", "edited") for _, st in ui_mod.status(r)) or (r / ui_mod.PANEL_REL).exists() or (r / ui_mod.SERVICES_REL).exists():
+    if (
+        any(st in ("applied", "edited") for _, st in ui_mod.status(r))
+        or (r / ui_mod.PANEL_REL).exists()
+        or (r / ui_mod.SERVICES_REL).exists()
+    ):
         d, rf = ui_mod.revert(r)
         done.extend(d)
         refused.extend(rf)
@@ -392,8 +401,12 @@ def status(root: str | os.PathLike) -> dict:
     out["environment"] = env.check()
     out["ui"] = ui.status(r)
     # a [telfhash] section elsewhere overrides or duplicates ours, depending on read order
-    for cand in (r / "conf/processing.conf", r / "custom/conf/processing.conf", *sorted((r / "conf/processing.conf.d").glob("*.conf")),
-                 *sorted((r / CONFIG_REL.parent).glob("*.conf"))):
+    for cand in (
+        r / "conf/processing.conf",
+        r / "custom/conf/processing.conf",
+        *sorted((r / "conf/processing.conf.d").glob("*.conf")),
+        *sorted((r / CONFIG_REL.parent).glob("*.conf")),
+    ):
         if cand == r / CONFIG_REL or not cand.is_file():
             continue
         try:

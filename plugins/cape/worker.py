@@ -104,7 +104,9 @@ class Hasher:
 
     START_TIMEOUT = 60.0  # importing the hashing code in a fresh interpreter on a busy machine
 
-    def __init__(self, timeout: float = 30.0, max_size: int = 64 << 20, python: str | None = None, deadline: float | None = None):
+    def __init__(
+        self, timeout: float = 30.0, max_size: int = 64 << 20, python: str | None = None, deadline: float | None = None
+    ):
         self.timeout = float(timeout)
         self.max_size = int(max_size)
         self.python = python or sys.executable
@@ -226,7 +228,9 @@ class Hasher:
         for attempt in range(2):
             try:
                 assert self.proc is not None and self.proc.stdin is not None
-                self.proc.stdin.write(json.dumps({"path": path, "max_size": self.max_size, "timeout": self.timeout}) + "\n")
+                self.proc.stdin.write(
+                    json.dumps({"path": path, "max_size": self.max_size, "timeout": self.timeout}) + "\n"
+                )
                 self.proc.stdin.flush()
                 break
             except (OSError, ValueError, AssertionError):
@@ -244,7 +248,11 @@ class Hasher:
             if alive and wait < self.timeout:
                 return dict(BUDGET_RESULT, detail="the analysis' time budget ran out while hashing this file; stopped")
             if alive:
-                return {"telfhash": None, "reason": "timeout", "detail": f"not hashed within {self.timeout:g} s; stopped"}
+                return {
+                    "telfhash": None,
+                    "reason": "timeout",
+                    "detail": f"not hashed within {self.timeout:g} s; stopped",
+                }
             return {"telfhash": None, "reason": "worker_failed", "detail": "the hashing worker stopped on this file"}
         return d
 

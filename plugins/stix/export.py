@@ -239,7 +239,14 @@ def to_sample(item: Any, *, hash_files: bool = True, report: ExportReport | None
         return None
     method = item.method if isinstance(getattr(item, "method", None), str) else None
     return Sample(
-        file=name, telfhash=normalize(item.telfhash, "t1"), sha256=sha256, md5=md5, sha1=sha1, arch=arch, size=size, method=method
+        file=name,
+        telfhash=normalize(item.telfhash, "t1"),
+        sha256=sha256,
+        md5=md5,
+        sha1=sha1,
+        arch=arch,
+        size=size,
+        method=method,
     )
 
 
@@ -515,7 +522,9 @@ def cluster_objects(
     exec_envs = sorted({_ARCH_OV[a] for a in archs if a in _ARCH_OV})
     n = len(spec.members)
     label = f"telfhash cluster {short}"
-    what = f"{n} ELF sample{'s' if n != 1 else ''}" + (f" on {len(archs)} architecture{'s' if len(archs) != 1 else ''} ({', '.join(archs)})" if archs else "")
+    what = f"{n} ELF sample{'s' if n != 1 else ''}" + (
+        f" on {len(archs)} architecture{'s' if len(archs) != 1 else ''} ({', '.join(archs)})" if archs else ""
+    )
 
     malware: dict[str, Any] = {
         "type": "malware",
@@ -635,7 +644,12 @@ def cluster_objects(
         "description": f"{what}: one family by telfhash (threshold {spec.threshold}).",
         "context": "malware-analysis",
         "object_refs": [
-            malware["id"], indicator["id"], relationship["id"], *(o["id"] for o in extra), *files, *(o["id"] for o in samples)
+            malware["id"],
+            indicator["id"],
+            relationship["id"],
+            *(o["id"] for o in extra),
+            *files,
+            *(o["id"] for o in samples),
         ],
         **({"labels": [MISP_TOOL_LABEL]} if misp_layout else {}),
         "extensions": {EXTENSION_ID: ext},

@@ -199,7 +199,12 @@ def read_bundle(bundle: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ImportRep
             report.problems.append(f"object #{i}: not a JSON object ({type(obj).__name__})")
             continue
         oid, kind = obj.get("id"), obj.get("type")
-        if not isinstance(oid, str) or not _ID_RE.match(oid) or not isinstance(kind, str) or not oid.startswith(kind + "--"):
+        if (
+            not isinstance(oid, str)
+            or not _ID_RE.match(oid)
+            or not isinstance(kind, str)
+            or not oid.startswith(kind + "--")
+        ):
             report.problems.append(f"object #{i}: missing or invalid id/type ({_short(oid)}, {_short(kind)})")
             continue
         sv = obj.get("spec_version")
@@ -351,14 +356,18 @@ def read_bundle(bundle: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ImportRep
                     continue
                 ref, sha = file_info(m.get("file_ref"))
                 if ref is None and m.get("file_ref") is not None:
-                    report.problems.append(f"{oid}: member #{j} file_ref {_short(m.get('file_ref'))} is not in the bundle")
+                    report.problems.append(
+                        f"{oid}: member #{j} file_ref {_short(m.get('file_ref'))} is not in the bundle"
+                    )
                 arch = m.get("arch") if isinstance(m.get("arch"), str) else None
                 add(SharedDigest(t1, oid, name, sha, ref or None, arch, "extension"))
         elif kind == "file":
             values: list[tuple[Any, str]] = []
             hashes = obj.get("hashes")
             if isinstance(hashes, dict):
-                values += [(v, "file-hashes") for k, v in hashes.items() if isinstance(k, str) and "telfhash" in k.lower()]
+                values += [
+                    (v, "file-hashes") for k, v in hashes.items() if isinstance(k, str) and "telfhash" in k.lower()
+                ]
             values += [(obj.get(p), "file-property") for p in _TELF_PROPS if p in obj]
             for v, origin in values:
                 t1 = _digest(v)
@@ -394,8 +403,11 @@ def read_bundle(bundle: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ImportRep
     for d in report.digests:
         if d.cluster not in report.clusters:
             report.clusters[d.cluster] = {
-                "name": d.cluster_name, "threshold": None, "size": None,
-                "representative": d.telfhash, "representative_sha256": d.sha256,
+                "name": d.cluster_name,
+                "threshold": None,
+                "size": None,
+                "representative": d.telfhash,
+                "representative_sha256": d.sha256,
             }
     if report.digests:
         sizes: dict[str, set[str]] = {}
@@ -417,15 +429,25 @@ def _unclustered(obj: dict) -> bool:
 
 def _spec_version_problem(sv: Any) -> str:
     if isinstance(sv, (int, float)) and not isinstance(sv, bool):
-        return f"wrong spec_version: the number {sv!r}, where STIX 2.1 writes the text \"2.1\""
+        return f'wrong spec_version: the number {sv!r}, where STIX 2.1 writes the text "2.1"'
     return f"wrong spec_version {_short(sv)} (only STIX 2.1 is read)"
 
 
 _FILE_REF_RE = re.compile(r"^file--[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _T1_RE = re.compile(r"^t1[0-9a-f]{70}$")
 _EXT_KEYS = frozenset(
-    {"extension_type", "threshold", "linkage", "size", "max_distance", "max_distance_exact", "representative_ref",
-     "representative_telfhash", "architectures", "members"}
+    {
+        "extension_type",
+        "threshold",
+        "linkage",
+        "size",
+        "max_distance",
+        "max_distance_exact",
+        "representative_ref",
+        "representative_telfhash",
+        "architectures",
+        "members",
+    }
 )
 _EXT_REQUIRED = ("extension_type", "threshold", "size", "representative_ref", "representative_telfhash", "members")
 _MEMBER_KEYS = frozenset({"file_ref", "telfhash", "arch", "distance_to_representative"})
@@ -467,10 +489,18 @@ def extension_errors(ext: Any, limit: int = 5) -> list[str]:
         ("threshold", lambda v: _int_in(v, 0, MAX_DISTANCE_VALUE), f"must be a whole number 0..{MAX_DISTANCE_VALUE}"),
         ("linkage", lambda v: _str_max(v, 64), "must be text of at most 64 characters"),
         ("size", lambda v: _int_in(v, 1, 100_000_000), "must be a whole number 1..100000000"),
-        ("max_distance", lambda v: _int_in(v, 0, MAX_DISTANCE_VALUE), f"must be a whole number 0..{MAX_DISTANCE_VALUE}"),
+        (
+            "max_distance",
+            lambda v: _int_in(v, 0, MAX_DISTANCE_VALUE),
+            f"must be a whole number 0..{MAX_DISTANCE_VALUE}",
+        ),
         ("max_distance_exact", lambda v: isinstance(v, bool), "must be true or false"),
         ("representative_ref", lambda v: isinstance(v, str) and _FILE_REF_RE.match(v) is not None, "must be a File id"),
-        ("representative_telfhash", lambda v: isinstance(v, str) and _T1_RE.match(v) is not None, "must be t1 + 70 lower-case hex"),
+        (
+            "representative_telfhash",
+            lambda v: isinstance(v, str) and _T1_RE.match(v) is not None,
+            "must be t1 + 70 lower-case hex",
+        ),
         (
             "architectures",
             lambda v: isinstance(v, list) and len(v) <= 256 and all(_str_max(a, 64) for a in v),
@@ -490,19 +520,28 @@ def extension_errors(ext: Any, limit: int = 5) -> list[str]:
                 return out
             continue
         ref, telf = m.get("file_ref"), m.get("telfhash")
-        if not (isinstance(ref, str) and _FILE_REF_RE.match(ref)) and bad(f"members/{j}/file_ref", f"{_short(ref)} is not a File id"):
+        if not (isinstance(ref, str) and _FILE_REF_RE.match(ref)) and bad(
+            f"members/{j}/file_ref", f"{_short(ref)} is not a File id"
+        ):
             return out
-        if not (isinstance(telf, str) and _T1_RE.match(telf)) and bad(f"members/{j}/telfhash", f"{_short(telf)} is not t1 + 70 lower-case hex"):
+        if not (isinstance(telf, str) and _T1_RE.match(telf)) and bad(
+            f"members/{j}/telfhash", f"{_short(telf)} is not t1 + 70 lower-case hex"
+        ):
             return out
         if len(m) > 2:
             extra = [k for k in m if k not in _MEMBER_KEYS]
             if extra and bad(f"members/{j}", f"property {_short(extra[0])} not in the schema"):
                 return out
-            if "arch" in m and not _str_max(m["arch"], 64) and bad(f"members/{j}/arch", "must be text of at most 64 characters"):
+            if (
+                "arch" in m
+                and not _str_max(m["arch"], 64)
+                and bad(f"members/{j}/arch", "must be text of at most 64 characters")
+            ):
                 return out
             dist = m.get("distance_to_representative", 0)
             if not _int_in(dist, 0, MAX_DISTANCE_VALUE) and bad(
-                f"members/{j}/distance_to_representative", f"{_short(dist)} must be a whole number 0..{MAX_DISTANCE_VALUE}"
+                f"members/{j}/distance_to_representative",
+                f"{_short(dist)} must be a whole number 0..{MAX_DISTANCE_VALUE}",
             ):
                 return out
     return out
@@ -510,9 +549,24 @@ def extension_errors(ext: Any, limit: int = 5) -> list[str]:
 
 _SCO_TYPES = frozenset(
     {
-        "artifact", "autonomous-system", "directory", "domain-name", "email-addr", "email-message",
-        "file", "ipv4-addr", "ipv6-addr", "mac-addr", "mutex", "network-traffic", "process", "software",
-        "url", "user-account", "windows-registry-key", "x509-certificate",
+        "artifact",
+        "autonomous-system",
+        "directory",
+        "domain-name",
+        "email-addr",
+        "email-message",
+        "file",
+        "ipv4-addr",
+        "ipv6-addr",
+        "mac-addr",
+        "mutex",
+        "network-traffic",
+        "process",
+        "software",
+        "url",
+        "user-account",
+        "windows-registry-key",
+        "x509-certificate",
     }
 )
 

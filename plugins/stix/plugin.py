@@ -61,8 +61,6 @@ def telfhash_exporters():
 MAX_PROBLEM_LINES = 50
 
 
-
-
 @hookimpl
 def telfhash_commands(subparsers):
     p = subparsers.add_parser(
@@ -74,11 +72,28 @@ def telfhash_commands(subparsers):
     p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1])
 
     e = sub.add_parser("export", help="cluster ELF files or results and write a STIX 2.1 bundle")
-    e.add_argument("inputs", nargs="+", metavar="INPUT", help="ELF files/folders (-r), or results from 'telfhash -f json|jsonl --sha256'")
+    e.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="ELF files/folders (-r), or results from 'telfhash -f json|jsonl --sha256'",
+    )
     e.add_argument("-r", "--recursive", action="store_true", help="walk folders given as INPUT")
-    e.add_argument("-t", "--threshold", type=non_negative_int, default=DEFAULT_THRESHOLD, help=f"TLSH distance for clustering (default {DEFAULT_THRESHOLD})")
-    e.add_argument("--clusters", metavar="FILE", help="use these clusters (JSON list of Cluster.to_dict()) instead of clustering")
-    e.add_argument("--linkage", default="single", help="linkage recorded in the extension (default: single, as the core's clustering)")
+    e.add_argument(
+        "-t",
+        "--threshold",
+        type=non_negative_int,
+        default=DEFAULT_THRESHOLD,
+        help=f"TLSH distance for clustering (default {DEFAULT_THRESHOLD})",
+    )
+    e.add_argument(
+        "--clusters", metavar="FILE", help="use these clusters (JSON list of Cluster.to_dict()) instead of clustering"
+    )
+    e.add_argument(
+        "--linkage",
+        default="single",
+        help="linkage recorded in the extension (default: single, as the core's clustering)",
+    )
     e.add_argument(
         "--telfhash-key",
         choices=TELFHASH_KEYS,
@@ -100,23 +115,31 @@ def telfhash_commands(subparsers):
         help="an earlier export of these clusters: unchanged objects keep its timestamps, changed ones get a new 'modified'",
     )
     e.add_argument("-o", "--output", default="-", help="bundle file (default stdout)")
-    e.add_argument("--validate", action="store_true", help="validate the bundle (stix2-validator --strict, stix2.parse)")
+    e.add_argument(
+        "--validate", action="store_true", help="validate the bundle (stix2-validator --strict, stix2.parse)"
+    )
     e.set_defaults(func=_guarded(cmd_export))
 
     v = sub.add_parser("validate", help="stix2-validator --strict and stix2.parse on bundles")
     v.add_argument("bundles", nargs="+", metavar="BUNDLE")
     v.add_argument("--no-strict", dest="strict", action="store_false", help="warnings are not errors")
-    v.add_argument("--max-bytes", type=non_negative_int, default=DEFAULT_MAX_BYTES, help="refuse larger bundles (0: no limit)")
+    v.add_argument(
+        "--max-bytes", type=non_negative_int, default=DEFAULT_MAX_BYTES, help="refuse larger bundles (0: no limit)"
+    )
     v.set_defaults(func=_guarded(cmd_validate))
 
     taxii_help = "collection URL, user and password from $TELFHASH_TAXII_* or the config file (never argv)"
     pub = sub.add_parser("publish", help="add a bundle's objects to a TAXII 2.1 collection", description=taxii_help)
     pub.add_argument("bundle", metavar="BUNDLE")
     _taxii_args(pub)
-    pub.add_argument("--chunk", type=non_negative_int, default=500, help="objects per request (0: all in one; default 500)")
+    pub.add_argument(
+        "--chunk", type=non_negative_int, default=500, help="objects per request (0: all in one; default 500)"
+    )
     pub.add_argument("--timeout", type=non_negative_int, default=60, help="seconds to wait for each request's status")
     pub.add_argument("--resend", action="store_true", help="send every object, even those the collection already holds")
-    pub.add_argument("--max-bytes", type=non_negative_int, default=DEFAULT_MAX_BYTES, help="refuse larger bundles (0: no limit)")
+    pub.add_argument(
+        "--max-bytes", type=non_negative_int, default=DEFAULT_MAX_BYTES, help="refuse larger bundles (0: no limit)"
+    )
     pub.set_defaults(func=_guarded(cmd_publish))
 
     pl = sub.add_parser("pull", help="read a TAXII 2.1 collection into a bundle file", description=taxii_help)
@@ -143,15 +166,27 @@ def telfhash_commands(subparsers):
     im.add_argument("--index", metavar="PATH", help="local index: add the shared telfhashes and search it")
     im.add_argument("--local", nargs="+", default=[], metavar="PATH", help="local ELF files/folders to compare")
     im.add_argument("-r", "--recursive", action="store_true", help="walk folders given to --local")
-    im.add_argument("-t", "--threshold", type=non_negative_int, default=DEFAULT_THRESHOLD, help=f"report local samples within this distance (default {DEFAULT_THRESHOLD})")
+    im.add_argument(
+        "-t",
+        "--threshold",
+        type=non_negative_int,
+        default=DEFAULT_THRESHOLD,
+        help=f"report local samples within this distance (default {DEFAULT_THRESHOLD})",
+    )
     im.add_argument("-f", "--format", choices=("text", "json"), default="text")
-    im.add_argument("--max-bytes", type=non_negative_int, default=DEFAULT_MAX_BYTES, help="refuse larger bundles (0: no limit)")
+    im.add_argument(
+        "--max-bytes", type=non_negative_int, default=DEFAULT_MAX_BYTES, help="refuse larger bundles (0: no limit)"
+    )
     im.set_defaults(func=_guarded(cmd_import))
 
 
 def _taxii_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", help="collection URL (…/api-root/collections/<id>/); also $TELFHASH_TAXII_URL or url= in the config")
-    p.add_argument("--config", metavar="PATH", help="INI file with a [taxii] section (default ~/.config/telfhash/taxii.ini)")
+    p.add_argument(
+        "--url", help="collection URL (…/api-root/collections/<id>/); also $TELFHASH_TAXII_URL or url= in the config"
+    )
+    p.add_argument(
+        "--config", metavar="PATH", help="INI file with a [taxii] section (default ~/.config/telfhash/taxii.ini)"
+    )
 
 
 def _guarded(fn):
@@ -258,7 +293,7 @@ def read_clusters_file(path: str) -> list[Any]:
         threshold = data.get("threshold") if isinstance(data.get("threshold"), int) else None
         data = data.get("clusters")
     if not isinstance(data, list):
-        raise ExportError(f"{path}: expected a JSON list of clusters (or {{\"clusters\": [...]}})")
+        raise ExportError(f'{path}: expected a JSON list of clusters (or {{"clusters": [...]}})')
     if threshold is not None:
         data = [dict(c, threshold=c.get("threshold", threshold)) if isinstance(c, dict) else c for c in data]
     return data

@@ -268,7 +268,10 @@ def publish(
             [
                 o["id"]
                 for o in objects
-                if isinstance(o, dict) and "modified" in o and o.get("id") in present_ids and o.get("type") != "extension-definition"
+                if isinstance(o, dict)
+                and "modified" in o
+                and o.get("id") in present_ids
+                and o.get("type") != "extension-definition"
             ],
         )
     except Exception as exc:

@@ -38,7 +38,9 @@ def cluster_results(
     try:
         if engine == "dask" and client is None:
             client = own = dask_client(scheduler, jobs)
-        labels, info = cluster_digests([r["telfhash"] for r in rows], threshold, engine=engine, client=client, jobs=jobs)
+        labels, info = cluster_digests(
+            [r["telfhash"] for r in rows], threshold, engine=engine, client=client, jobs=jobs
+        )
     finally:
         close_client(own)
     sizes = np.bincount(labels) if labels.size else _EMPTY
@@ -56,7 +58,13 @@ def cluster_results(
         pa = need("pyarrow")
         pq = need("pyarrow.parquet")
         schema = pa.schema(
-            [("path", pa.string()), ("sha256", pa.string()), ("telfhash", pa.string()), ("cluster", pa.int64()), ("cluster_size", pa.int64())]
+            [
+                ("path", pa.string()),
+                ("sha256", pa.string()),
+                ("telfhash", pa.string()),
+                ("cluster", pa.int64()),
+                ("cluster_size", pa.int64()),
+            ]
         )
         tmp = output + ".tmp"
         pq.write_table(pa.Table.from_pylist(out, schema=schema), tmp, compression="zstd")

@@ -139,7 +139,9 @@ def _hash_url(url: str, skip_sha256) -> dict[str, Any] | None:
     if info.get("type") == "directory":
         return _error_row(url, Reason.DIRECTORY, "is a directory", None, mtime)
     if size is not None and size > DEFAULT_MAX_SIZE:
-        return _error_row(url, Reason.TOO_LARGE, f"object is {size} bytes, over the limit of {DEFAULT_MAX_SIZE}", size, mtime)
+        return _error_row(
+            url, Reason.TOO_LARGE, f"object is {size} bytes, over the limit of {DEFAULT_MAX_SIZE}", size, mtime
+        )
     try:
         data = fs.cat_file(p)
     except Exception as exc:
@@ -208,7 +210,9 @@ def _dask_engine(chunks: list[list[str]], client, skip) -> Work:
         return set(distributed.wait(list(pending), return_when="FIRST_COMPLETED").done)
 
     for c, outcome in _outcomes(
-        bounded(chunks, lambda c: client.submit(hash_chunk, c, skip_f, pure=False), max(8, nworkers * 8), wait_any=wait_any)
+        bounded(
+            chunks, lambda c: client.submit(hash_chunk, c, skip_f, pure=False), max(8, nworkers * 8), wait_any=wait_any
+        )
     ):
         yield c, outcome
 
@@ -345,7 +349,9 @@ def run_batch(
             for paths, rows in work:
                 if isinstance(rows, BaseException):
                     summary.failed_chunks += 1
-                    note(f"{plural(len(paths), 'file')} not hashed ({type(rows).__name__}: {rows}); rerun to retry them")
+                    note(
+                        f"{plural(len(paths), 'file')} not hashed ({type(rows).__name__}: {rows}); rerun to retry them"
+                    )
                     bar.update(len(paths))
                 else:
                     for r in rows:

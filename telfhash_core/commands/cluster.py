@@ -111,7 +111,9 @@ def run_cluster(args: argparse.Namespace) -> int:
     )
     if args.plot:
         try:
-            summary = plot(drawn, args.plot, args.threshold, max_nodes=args.plot_max_nodes, total=ngroups or len(grouping))
+            summary = plot(
+                drawn, args.plot, args.threshold, max_nodes=args.plot_max_nodes, total=ngroups or len(grouping)
+            )
         except ImportError as exc:
             print(f"{PROG}: --plot {args.plot}: {exc} (install telfhash-core[plot])", file=sys.stderr)
             return 1

@@ -84,7 +84,9 @@ class ElfFacts:
     header: Header
     e_type: int
     sections: list[Section] = field(default_factory=list)
-    segments: list[tuple[int, int, int, int, int, int]] = field(default_factory=list)  # type, flags, offset, vaddr, filesz, memsz
+    segments: list[tuple[int, int, int, int, int, int]] = field(
+        default_factory=list
+    )  # type, flags, offset, vaddr, filesz, memsz
     interp: bool = False
     soname: bool = False
     pie_flag: bool = False
@@ -195,7 +197,9 @@ def symbol_table(facts: ElfFacts) -> SymbolTable | None:
                 strtab = facts.sections[s.link]
                 if strtab.type != SHT_STRTAB:
                     continue
-                return SymbolTable("dynsym" if wanted == SHT_DYNSYM else "symtab", s.offset, s.size, s.entsize, strtab.offset)
+                return SymbolTable(
+                    "dynsym" if wanted == SHT_DYNSYM else "symtab", s.offset, s.size, s.entsize, strtab.offset
+                )
     return None
 
 
@@ -319,7 +323,10 @@ def _readonly_regions(buf, facts: ElfFacts) -> list[tuple[int, int]]:
     regions = [
         (s.offset, s.size)
         for s in facts.sections
-        if s.type == SHT_PROGBITS and s.name.startswith(".rodata") and s.flags & SHF_ALLOC and not s.flags & SHF_EXECINSTR
+        if s.type == SHT_PROGBITS
+        and s.name.startswith(".rodata")
+        and s.flags & SHF_ALLOC
+        and not s.flags & SHF_EXECINSTR
     ]
     if not regions and not any(s.type == SHT_PROGBITS for s in facts.sections):
         loads = [seg for seg in facts.segments if seg[0] == PT_LOAD]
@@ -355,7 +362,18 @@ MAX_CODE = 8 << 20  # bytes of code swept at most
 MAX_INSNS = 1_000_000  # instructions decoded plus undecodable units skipped, at most
 MAX_SKIPS = 1 << 15  # undecodable units skipped at most (beyond that the region is not code)
 WINDOW = 1 << 16  # bytes handed to capstone per call (resuming never copies the whole region)
-EM_386, EM_68K, EM_MIPS, EM_PPC, EM_PPC64, EM_S390, EM_ARM, EM_SH, EM_X86_64, EM_AARCH64 = 3, 4, 8, 20, 21, 22, 40, 42, 62, 183
+EM_386, EM_68K, EM_MIPS, EM_PPC, EM_PPC64, EM_S390, EM_ARM, EM_SH, EM_X86_64, EM_AARCH64 = (
+    3,
+    4,
+    8,
+    20,
+    21,
+    22,
+    40,
+    42,
+    62,
+    183,
+)
 
 # e_machine -> (capstone arch, extra mode, call mnemonics, resync step after an undecodable unit)
 _CALLS = {
@@ -668,7 +686,9 @@ def derive_helpers(builds) -> dict:
         if sep and head and not head.isdigit():
             families.setdefault(head + "_", set()).add(name)
     prefixes = sorted(
-        p for p, members in families.items() if len(members) >= MIN_FAMILY and not any(n.startswith(p) for n in everywhere)
+        p
+        for p, members in families.items()
+        if len(members) >= MIN_FAMILY and not any(n.startswith(p) for n in everywhere)
     )
     return {
         "version": TX1,

@@ -199,7 +199,11 @@ class ToolchainData:
 
     def save(self, path: Path) -> None:
         np.savez_compressed(
-            path, keys=self.keys, libc_mask=self.libc_mask, kind_mask=self.kind_mask, meta=np.array(json.dumps(self.meta, sort_keys=True))
+            path,
+            keys=self.keys,
+            libc_mask=self.libc_mask,
+            kind_mask=self.kind_mask,
+            meta=np.array(json.dumps(self.meta, sort_keys=True)),
         )
 
     def __len__(self) -> int:

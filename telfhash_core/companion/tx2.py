@@ -88,7 +88,9 @@ def _table(facts: ElfFacts, wanted: int) -> SymbolTable | None:
         if s.type == wanted and s.size > 0 and s.entsize > 0 and s.link < len(facts.sections):
             strtab = facts.sections[s.link]
             if strtab.type == SHT_STRTAB:
-                return SymbolTable("dynsym" if wanted == SHT_DYNSYM else "symtab", s.offset, s.size, s.entsize, strtab.offset)
+                return SymbolTable(
+                    "dynsym" if wanted == SHT_DYNSYM else "symtab", s.offset, s.size, s.entsize, strtab.offset
+                )
     return None
 
 
@@ -184,7 +186,94 @@ def derive(builds) -> dict:
 # ----------------------------------------------------------------------------- strings
 
 
-_CPU_WORDS = ["x86_64", "x86-64", "x64", "amd64", "i386", "i486", "i586", "i686", "x86", "x32", "ia32", "arm", "armel", "armhf", "arm64", "aarch64", "aarch64_be", "arm7", "armv4", "armv4t", "armv5", "armv5te", "armv5tel", "armv6", "armv6l", "armv7", "armv7l", "armv7a", "armv8", "armv8l", "armeb", "thumb", "mips", "mipsel", "mipseb", "mips32", "mips64", "mips64el", "mipsn32", "mipsn32el", "mipsr6", "mipsr6el", "mips64r6", "mips64r6el", "mpsl", "powerpc", "ppc", "ppc32", "ppc64", "ppc64le", "ppc64el", "ppcle", "powerpc64", "powerpc64le", "s390", "s390x", "sh", "sh4", "sh4a", "sh4eb", "m68k", "m68020", "sparc", "sparc64", "sparcv9", "riscv", "riscv32", "riscv64", "alpha", "hppa", "parisc", "arc", "loongarch64", "loong64", "microblaze", "or1k", "xtensa", "ia64", "spc", "gnueabi", "gnueabihf", "gnuabi64", "gnuabin32", "gnuspe", "eabi", "eabihf"]
+_CPU_WORDS = [
+    "x86_64",
+    "x86-64",
+    "x64",
+    "amd64",
+    "i386",
+    "i486",
+    "i586",
+    "i686",
+    "x86",
+    "x32",
+    "ia32",
+    "arm",
+    "armel",
+    "armhf",
+    "arm64",
+    "aarch64",
+    "aarch64_be",
+    "arm7",
+    "armv4",
+    "armv4t",
+    "armv5",
+    "armv5te",
+    "armv5tel",
+    "armv6",
+    "armv6l",
+    "armv7",
+    "armv7l",
+    "armv7a",
+    "armv8",
+    "armv8l",
+    "armeb",
+    "thumb",
+    "mips",
+    "mipsel",
+    "mipseb",
+    "mips32",
+    "mips64",
+    "mips64el",
+    "mipsn32",
+    "mipsn32el",
+    "mipsr6",
+    "mipsr6el",
+    "mips64r6",
+    "mips64r6el",
+    "mpsl",
+    "powerpc",
+    "ppc",
+    "ppc32",
+    "ppc64",
+    "ppc64le",
+    "ppc64el",
+    "ppcle",
+    "powerpc64",
+    "powerpc64le",
+    "s390",
+    "s390x",
+    "sh",
+    "sh4",
+    "sh4a",
+    "sh4eb",
+    "m68k",
+    "m68020",
+    "sparc",
+    "sparc64",
+    "sparcv9",
+    "riscv",
+    "riscv32",
+    "riscv64",
+    "alpha",
+    "hppa",
+    "parisc",
+    "arc",
+    "loongarch64",
+    "loong64",
+    "microblaze",
+    "or1k",
+    "xtensa",
+    "ia64",
+    "spc",
+    "gnueabi",
+    "gnueabihf",
+    "gnuabi64",
+    "gnuabin32",
+    "gnuspe",
+    "eabi",
+    "eabihf",
+]
 
 
 def _trie(words: list[str]) -> str:
@@ -208,7 +297,9 @@ def _trie(words: list[str]) -> str:
     return emit(tree)
 
 
-_CPU_RE = re.compile(r"(?<![A-Za-z0-9])" + _trie(sorted({w.lower() for w in _CPU_WORDS})) + r"(?![A-Za-z0-9])", re.IGNORECASE)
+_CPU_RE = re.compile(
+    r"(?<![A-Za-z0-9])" + _trie(sorted({w.lower() for w in _CPU_WORDS})) + r"(?![A-Za-z0-9])", re.IGNORECASE
+)
 # A target triplet: CPU-[vendor-]linux-ABI (x86_64-linux-gnu, arm-linux-gnueabihf, mipsel-unknown-linux-musl).
 _TRIPLET_RE = re.compile(
     r"(?<![A-Za-z0-9])[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)?-linux(?:-[A-Za-z0-9_]+)?(?![A-Za-z0-9])", re.IGNORECASE

@@ -280,7 +280,6 @@ def _hash_paths(
                 yield from fut.result()
 
 
-
 def _hash_chunk(chunk: list[_Work]) -> list[Result]:
     return [_hash_one(w) for w in chunk]
 

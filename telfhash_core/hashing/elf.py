@@ -313,8 +313,8 @@ def read_header(buf) -> Header:
     fmt = e + ("16sHHIIIIIHHHHHH" if bits == 32 else "16sHHIQQQIHHHHHH")
     if len(buf) < struct.calcsize(fmt):
         raise _GiveUp
-    (_, _t, machine, _v, entry, phoff, shoff, _f, _eh, phentsize, phnum, shentsize, shnum, shstrndx) = struct.unpack_from(
-        fmt, buf, 0
+    (_, _t, machine, _v, entry, phoff, shoff, _f, _eh, phentsize, phnum, shentsize, shnum, shstrndx) = (
+        struct.unpack_from(fmt, buf, 0)
     )
     return Header(bits, e, machine, entry, phoff, shoff, phentsize, phnum, shentsize, shnum, shstrndx)
 
@@ -479,7 +479,9 @@ def _kept_name_offsets_numpy(buf, h: Header, table: SymbolTable, whole: int) -> 
     import numpy as np
 
     dtype = _sym_dtypes()[(h.bits, h.endian)]
-    syms = np.ndarray(shape=(whole,), dtype=dtype, buffer=buf, offset=table.offset if whole else 0, strides=(table.entsize,))
+    syms = np.ndarray(
+        shape=(whole,), dtype=dtype, buffer=buf, offset=table.offset if whole else 0, strides=(table.entsize,)
+    )
     names_rel = syms["name"]
     if table.strtab_offset <= MAX_FILE_OFFSET:
         bad_name = np.flatnonzero(names_rel.astype(np.uint64) > MAX_FILE_OFFSET - table.strtab_offset)
@@ -562,7 +564,9 @@ def _hash_buffer(buf, name: str, exact: bool) -> Result:
     digest = tlsh_digest(items)
     if digest == "tnull":
         result.reason = Reason.TOO_FEW_SYMBOLS
-        result.detail = f"too few or too uniform symbols for TLSH ({len(items)} {'addresses' if method == 'fallback' else 'names'})"
+        result.detail = (
+            f"too few or too uniform symbols for TLSH ({len(items)} {'addresses' if method == 'fallback' else 'names'})"
+        )
     else:
         result.telfhash = digest
     return result

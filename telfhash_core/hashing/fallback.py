@@ -58,7 +58,19 @@ _INSN_DTYPE = np.dtype(
     {
         "names": ["id", "address", "size", "bytes", "mn2", "mn3", "mn5", "op_str", "op2", "op3", "op5"],
         "formats": ["=u4", "=u8", "=u2", ("u1", 24), "S2", "S3", "S5", "S160", "S2", "S3", "S5"],
-        "offsets": [0, _cs_insn.address.offset, _cs_insn.size.offset, _cs_insn.bytes.offset, _MN, _MN, _MN, _OP, _OP, _OP, _OP],
+        "offsets": [
+            0,
+            _cs_insn.address.offset,
+            _cs_insn.size.offset,
+            _cs_insn.bytes.offset,
+            _MN,
+            _MN,
+            _MN,
+            _OP,
+            _OP,
+            _OP,
+            _OP,
+        ],
         "itemsize": _INSN_SIZE,
     }
 )
@@ -69,7 +81,14 @@ def _cs_disasm():
     lib = ctypes.CDLL(capstone._cs._name)  # our own function object: capstone's prototypes stay untouched
     fn = lib.cs_disasm
     fn.restype = ctypes.c_size_t
-    fn.argtypes = [ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint64, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p)]
+    fn.argtypes = [
+        ctypes.c_size_t,
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_uint64,
+        ctypes.c_size_t,
+        ctypes.POINTER(ctypes.c_void_p),
+    ]
     free = lib.cs_free
     free.restype = None
     free.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
@@ -99,7 +118,12 @@ _X86_PREFIXES = frozenset(b"\xf0\xf2\xf3\x2e\x36\x3e\x26\x64\x65\x66\x67") | fro
 
 
 class _DlInfo(ctypes.Structure):
-    _fields_ = [("fname", ctypes.c_char_p), ("fbase", ctypes.c_void_p), ("sname", ctypes.c_char_p), ("saddr", ctypes.c_void_p)]
+    _fields_ = [
+        ("fname", ctypes.c_char_p),
+        ("fbase", ctypes.c_void_p),
+        ("sname", ctypes.c_char_p),
+        ("saddr", ctypes.c_void_p),
+    ]
 
 
 @functools.lru_cache(maxsize=None)
@@ -141,7 +165,9 @@ def _x86_calls(arch: str, insns: np.ndarray) -> list[tuple[int, str]]:
     idx = cand[plain]
     if idx.size:
         b = raw[plain].astype(np.uint64)
-        rel = (b[:, 1] | (b[:, 2] << np.uint64(8)) | (b[:, 3] << np.uint64(16)) | (b[:, 4] << np.uint64(24))).astype(np.int64)
+        rel = (b[:, 1] | (b[:, 2] << np.uint64(8)) | (b[:, 3] << np.uint64(16)) | (b[:, 4] << np.uint64(24))).astype(
+            np.int64
+        )
         rel = np.where(rel >= 1 << 31, rel - (1 << 32), rel)  # sign-extend rel32
         target = insns["address"][idx] + np.uint64(5) + rel.astype(np.uint64)  # wraps like capstone's int64 sum
         if arch == "x86":
@@ -265,7 +291,9 @@ def image_base(elf: ELFFile, buf) -> int:
     step = 1 << 16
     for first in range(0, count, step):
         k = min(step, count - first)
-        types = np.ndarray((k,), dtype=endian + "u4", buffer=buf, offset=phoff + first * phentsize, strides=(phentsize,))
+        types = np.ndarray(
+            (k,), dtype=endian + "u4", buffer=buf, offset=phoff + first * phentsize, strides=(phentsize,)
+        )
         hits = np.flatnonzero(types == 1)
         if hits.size:
             pos = phoff + (first + int(hits[0])) * phentsize
@@ -315,6 +343,10 @@ def call_destinations(elf: ELFFile, buf) -> tuple[list[str], Reason, str]:
         code = _section_data(region)
     arch = elf.get_machine_arch()
     if arch not in MODES:
-        return [], Reason.UNSUPPORTED_ARCH, f"no symbol table, and no call-destination fallback for {arch} (the reference covers x86, x86-64, ARM and MIPS)"
+        return (
+            [],
+            Reason.UNSUPPORTED_ARCH,
+            f"no symbol table, and no call-destination fallback for {arch} (the reference covers x86, x86-64, ARM and MIPS)",
+        )
     found = sweep(bytes(code), address, arch)
     return found, Reason.NO_CALLS, "no symbol table, and the fallback found no direct call destinations"

@@ -94,7 +94,9 @@ def to_items(items: Iterable[Any], key: str = "telfhash") -> list[Item]:
                 name = obj.get("file") or obj.get("path") or obj.get("sha256") or f"#{k}"
                 arch = obj.get("arch")
             value = _field(obj, key)
-            out.append(Item(str(name), _digest_part(value), arch if isinstance(arch, str) else None, _version_part(value)))
+            out.append(
+                Item(str(name), _digest_part(value), arch if isinstance(arch, str) else None, _version_part(value))
+            )
         else:
             out.append(Item(f"#{k}", None))
     return out
@@ -204,7 +206,9 @@ def cluster(
             first.setdefault(it.name, k)
         out: list[Cluster] = []
         for v in sorted(versions, key=lambda x: (x is None, x or "")):
-            out += cluster([it for it in its if it.digest is not None and it.version == v], threshold, key, threads=threads)[0]
+            out += cluster(
+                [it for it in its if it.digest is not None and it.version == v], threshold, key, threads=threads
+            )[0]
         out.sort(key=lambda c: (-c.size, first.get(c.members[0], 0)))
         return out, [it.name for it in its if it.digest is None]
     cols = Columns()
@@ -395,8 +399,22 @@ def print_groups(results: Iterable[Any], threshold: int = DEFAULT_THRESHOLD, out
 # ----------------------------------------------------------------------------- pictures
 
 _PALETTE = [
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-    "#bcbd22", "#17becf", "#393b79", "#ad494a", "#637939", "#8c6d31", "#7b4173", "#3182bd",
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#393b79",
+    "#ad494a",
+    "#637939",
+    "#8c6d31",
+    "#7b4173",
+    "#3182bd",
 ]
 
 
@@ -551,15 +569,31 @@ def _plot_png(shown, edges, positions, colour, path, threshold, summary) -> None
         ax.scatter(xs, ys, s=size, c=col, label=f"{arch} ({len(xs)})", zorder=2, edgecolors="white", linewidths=0.3)
     reps = [pos[c.members.index(c.representative)] for c, pos in zip(shown, positions) if c.size > 1]
     if reps:
-        ax.scatter([p[0] for p in reps], [p[1] for p in reps], s=size * 2.2, facecolors="none", edgecolors="black",
-                   linewidths=0.8, zorder=3, label="representative")
+        ax.scatter(
+            [p[0] for p in reps],
+            [p[1] for p in reps],
+            s=size * 2.2,
+            facecolors="none",
+            edgecolors="black",
+            linewidths=0.8,
+            zorder=3,
+            label="representative",
+        )
     if nodes <= 80:
         for c, pos in zip(shown, positions):
             for k, m in enumerate(c.members):
                 ax.annotate(os.path.basename(m) or m, pos[k], fontsize=6, xytext=(3, 3), textcoords="offset points")
     for text, (x, y) in group_labels(shown, positions):
-        ax.text(x, y, text, fontsize=7, ha="center", va="bottom", zorder=4,
-                bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "#bbbbbb", "alpha": 0.85})
+        ax.text(
+            x,
+            y,
+            text,
+            fontsize=7,
+            ha="center",
+            va="bottom",
+            zorder=4,
+            bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "#bbbbbb", "alpha": 0.85},
+        )
     ax.set_title(f"telfhash groups, TLSH distance <= {threshold}: {summary}", fontsize=9)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, title="architecture")
     ax.set_aspect("equal")
@@ -621,9 +655,7 @@ def _plot_html(shown, edges, positions, colour, path, threshold, summary) -> Non
                 f'data-d="{html.escape(c.digests[k])}" cx="{pos[k][0]:.3f}" cy="{-pos[k][1]:.3f}" r="0.18" '
                 f'fill="{colour[arch]}"{rep_class}><title>{html.escape(m)}</title></circle>'
             )
-    legend = "".join(
-        f'<span style="background:{col}"></span>{html.escape(arch)}' for arch, col in colour.items()
-    )
+    legend = "".join(f'<span style="background:{col}"></span>{html.escape(arch)}' for arch, col in colour.items())
     vw, vh = (x1 - x0) * scale, (y1 - y0) * scale
     px = 1000
     doc = _HTML.format(

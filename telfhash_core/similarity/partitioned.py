@@ -64,8 +64,14 @@ if HAVE_NUMBA:
     @numba.njit(nogil=True, cache=True, inline="always")
     def _head(L, Q1, Q2, C, a, b):
         return _header(
-            np.int64(L[a]), np.int64(L[b]), np.int64(Q1[a]), np.int64(Q1[b]),
-            np.int64(Q2[a]), np.int64(Q2[b]), np.int64(C[a]), np.int64(C[b]),
+            np.int64(L[a]),
+            np.int64(L[b]),
+            np.int64(Q1[a]),
+            np.int64(Q1[b]),
+            np.int64(Q2[a]),
+            np.int64(Q2[b]),
+            np.int64(C[a]),
+            np.int64(C[b]),
         )
 
     @numba.njit(nogil=True, cache=True, inline="always")
@@ -221,7 +227,9 @@ def _cell_keys(enc: Encoded) -> np.ndarray:
     return enc.lvalue.astype(np.int64) * 256 + enc.q1.astype(np.int64) * 16 + enc.q2.astype(np.int64)
 
 
-def cluster_task(sorted_enc: Encoded, lo: int, hi: int, fwd_end: int, wrap_end: int, threshold: int, kernel: str = "auto"):
+def cluster_task(
+    sorted_enc: Encoded, lo: int, hi: int, fwd_end: int, wrap_end: int, threshold: int, kernel: str = "auto"
+):
     """One partition: the local forest of rows ``[lo, hi)`` against their candidates.
 
     ``sorted_enc``: the distinct digests, encoded and sorted by (length code, q1, q2).
@@ -250,8 +258,20 @@ def cluster_task(sorted_enc: Encoded, lo: int, hi: int, fwd_end: int, wrap_end: 
         allk = np.arange(65537, dtype=np.int64)
         fstarts = np.searchsorted(keys[:nfwd], allk, side="left").astype(np.int64)
         wstarts = np.searchsorted(keys[nfwd:], allk, side="left").astype(np.int64)
-        _scan_cells(enc.lvalue, enc.q1, enc.q2, enc.checksum, enc.planes, nhome, fstarts, nfwd, wstarts,
-                    cell_offsets(threshold), int(threshold), parent)
+        _scan_cells(
+            enc.lvalue,
+            enc.q1,
+            enc.q2,
+            enc.checksum,
+            enc.planes,
+            nhome,
+            fstarts,
+            nfwd,
+            wstarts,
+            cell_offsets(threshold),
+            int(threshold),
+            parent,
+        )
     elif HAVE_NUMBA:
         _scan_block(enc.lvalue, enc.q1, enc.q2, enc.checksum, enc.planes, nhome, nfwd, lm, int(threshold), parent)
     else:
@@ -329,7 +349,9 @@ def cluster_digests(
             pieces = [cluster_task(sorted_enc, lo, hi, fe, we, threshold, kernel) for lo, hi, fe, we in tasks]
         else:
             with ThreadPoolExecutor(nthreads) as ex:
-                pieces = list(ex.map(lambda t: cluster_task(sorted_enc, t[0], t[1], t[2], t[3], threshold, kernel), tasks))
+                pieces = list(
+                    ex.map(lambda t: cluster_task(sorted_enc, t[0], t[1], t[2], t[3], threshold, kernel), tasks)
+                )
     a = np.concatenate([p[0] for p in pieces]) if pieces else _EMPTY
     b = np.concatenate([p[1] for p in pieces]) if pieces else _EMPTY
     if HAVE_NUMBA:

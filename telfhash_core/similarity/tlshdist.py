@@ -255,7 +255,22 @@ _POPCOUNT = getattr(np, "bitwise_count", None)
 COMPILED_MIN_ROWS = 2_000
 COMPILED_MIN_ONE = 20_000_000  # one query against this many rows (NumPy with popcount is close)
 
-_KERNELS = ('_body', '_find', '_header', '_merge_parents', '_nb_class_candidates', '_nb_class_pass', '_nb_group_stats', '_nb_group_stats_half', '_nb_one_to_many', '_nb_qterm', '_nb_scan', '_njit', '_popcount', '_union')
+_KERNELS = (
+    "_body",
+    "_find",
+    "_header",
+    "_merge_parents",
+    "_nb_class_candidates",
+    "_nb_class_pass",
+    "_nb_group_stats",
+    "_nb_group_stats_half",
+    "_nb_one_to_many",
+    "_nb_qterm",
+    "_nb_scan",
+    "_njit",
+    "_popcount",
+    "_union",
+)
 
 
 @functools.lru_cache(maxsize=None)
@@ -320,8 +335,17 @@ def one_to_many(enc: Encoded, query, idx=None, *, compiled: bool | None = None) 
     K = _compiled_for(int(rows.size), COMPILED_MIN_ONE, compiled)  # compiled: force a path (default: by size)
     if K is not None:
         return K._nb_one_to_many(
-            enc.lvalue, enc.q1, enc.q2, enc.checksum, enc.planes, rows,
-            int(q.lvalue[0]), int(q.q1[0]), int(q.q2[0]), int(q.checksum[0]), q.planes,
+            enc.lvalue,
+            enc.q1,
+            enc.q2,
+            enc.checksum,
+            enc.planes,
+            rows,
+            int(q.lvalue[0]),
+            int(q.q1[0]),
+            int(q.q2[0]),
+            int(q.checksum[0]),
+            q.planes,
         )
     return _np_one_to_many(enc, q, rows)
 
@@ -354,8 +378,9 @@ def _scan(K, enc: Encoded, threshold: int, mode: int, threads: int | None):
     def work(t: int):
         # interleaved rows give each thread a similar share of every class
         positions = np.arange(t, n, nt, dtype=np.int64)
-        return K._nb_scan(*W, C, cls_of, cstart, indptr, cand, bound, positions, int(threshold), mode,
-                        parents[t if mode == 1 else 0])
+        return K._nb_scan(
+            *W, C, cls_of, cstart, indptr, cand, bound, positions, int(threshold), mode, parents[t if mode == 1 else 0]
+        )
 
     if nt == 1:
         outs = [work(0)]
@@ -504,9 +529,15 @@ def group_stats(
         mxs = np.zeros((nt, n), dtype=np.int64)
         sms = np.zeros((nt, n), dtype=np.int64)
         args = (
-            np.ascontiguousarray(enc.lvalue[order]), np.ascontiguousarray(enc.q1[order]),
-            np.ascontiguousarray(enc.q2[order]), np.ascontiguousarray(enc.checksum[order]), *W,
-            _LTERM_TABLE.astype(np.int64), _QTERM_TABLE.astype(np.int64), ptr, group_of,
+            np.ascontiguousarray(enc.lvalue[order]),
+            np.ascontiguousarray(enc.q1[order]),
+            np.ascontiguousarray(enc.q2[order]),
+            np.ascontiguousarray(enc.checksum[order]),
+            *W,
+            _LTERM_TABLE.astype(np.int64),
+            _QTERM_TABLE.astype(np.int64),
+            ptr,
+            group_of,
             np.ascontiguousarray(w[order]),
         )
 
@@ -526,8 +557,20 @@ def group_stats(
         sm = np.full(n, -1, dtype=np.int64)
 
         def work(t: int):
-            K._nb_group_stats(enc.lvalue, enc.q1, enc.q2, enc.checksum, enc.planes, order, ptr, group_of, w,
-                            positions[t::nt].copy(), mx, sm)
+            K._nb_group_stats(
+                enc.lvalue,
+                enc.q1,
+                enc.q2,
+                enc.checksum,
+                enc.planes,
+                order,
+                ptr,
+                group_of,
+                w,
+                positions[t::nt].copy(),
+                mx,
+                sm,
+            )
 
         if nt == 1:
             work(0)

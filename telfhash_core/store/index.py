@@ -282,8 +282,22 @@ class AddStats:
 
 
 _COLUMNS = (
-    "sha256", "path", "digest", "telfhash_x", "digest_x", "arch", "size", "method", "symbols", "reason", "added",
-    "source", "extra", "md5", "sha1", "label",
+    "sha256",
+    "path",
+    "digest",
+    "telfhash_x",
+    "digest_x",
+    "arch",
+    "size",
+    "method",
+    "symbols",
+    "reason",
+    "added",
+    "source",
+    "extra",
+    "md5",
+    "sha1",
+    "label",
 )
 
 _METHOD = _COLUMNS.index("method")
@@ -384,7 +398,11 @@ def _row(item: Any, source: str, added: str) -> tuple | str:
     sha = d.get("sha256")
     if not isinstance(sha, str) or not _SHA256_RE.match(sha):
         name = d.get("file")
-        return f"{name!r}: no SHA-256 (hash with --sha256 / sha256=True)" if sha is None else f"{d.get('file')!r}: bad sha256 {sha!r}"
+        return (
+            f"{name!r}: no SHA-256 (hash with --sha256 / sha256=True)"
+            if sha is None
+            else f"{d.get('file')!r}: bad sha256 {sha!r}"
+        )
     telf = d.get("telfhash")
     digest = pack(telf) if isinstance(telf, str) and is_digest(telf) else None
     reason = None
@@ -396,8 +414,23 @@ def _row(item: Any, source: str, added: str) -> tuple | str:
     tx = d.get("telfhash_x")
     digest_x = _companion_digest(tx)
     known = {
-        "file", "telfhash", "msg", "ok", "reason", "arch", "method", "symbols", "size", "sha256", "telfhash_x", "path",
-        "source", "added", "md5", "sha1", "label",
+        "file",
+        "telfhash",
+        "msg",
+        "ok",
+        "reason",
+        "arch",
+        "method",
+        "symbols",
+        "size",
+        "sha256",
+        "telfhash_x",
+        "path",
+        "source",
+        "added",
+        "md5",
+        "sha1",
+        "label",
     }
     extra = {k: v for k, v in d.items() if k not in known and v is not None}
     try:
@@ -494,7 +527,12 @@ class Index:
                             c.execute(statement)
                     c.executemany(
                         "INSERT OR IGNORE INTO meta VALUES (?, ?)",
-                        [("schema", str(SCHEMA_VERSION)), ("generation", "0"), ("rewrites", "0"), ("created", _utcnow())],
+                        [
+                            ("schema", str(SCHEMA_VERSION)),
+                            ("generation", "0"),
+                            ("rewrites", "0"),
+                            ("created", _utcnow()),
+                        ],
                     )
                 c.execute("COMMIT")
             except BaseException:
@@ -534,7 +572,9 @@ class Index:
         return row[0] if row else None
 
     def _generation(self) -> tuple[int, int]:
-        rows = dict(self._conn.execute("SELECT key, value FROM meta WHERE key IN ('generation', 'rewrites')").fetchall())
+        rows = dict(
+            self._conn.execute("SELECT key, value FROM meta WHERE key IN ('generation', 'rewrites')").fetchall()
+        )
         return int(rows.get("generation", 0)), int(rows.get("rewrites", 0))
 
     def close(self) -> None:
@@ -674,8 +714,11 @@ class Index:
         from ..progress import Progress
 
         errors: list[str] = []
-        bar = Progress(None, enabled=None if progress is None else bool(progress) and not callable(progress),
-                       prog="telfhash index add")
+        bar = Progress(
+            None,
+            enabled=None if progress is None else bool(progress) and not callable(progress),
+            prog="telfhash index add",
+        )
         # stored absolute, so that an entry says where the sample is whatever the working folder
         found = expand_paths([os.fspath(p) for p in paths], recursive, on_error=errors.append, on_file=bar.found)
         files = [os.path.abspath(f) for f in found]
@@ -732,7 +775,9 @@ class Index:
             out.append(f)
         return out
 
-    def add_jsonl(self, path_or_file: str | os.PathLike | IO, source: str | None = None, *, batch_size: int = DEFAULT_BATCH) -> AddStats:
+    def add_jsonl(
+        self, path_or_file: str | os.PathLike | IO, source: str | None = None, *, batch_size: int = DEFAULT_BATCH
+    ) -> AddStats:
         """Record results from a file written by ``telfhash -f jsonl --sha256`` (one JSON object
         per line; a JSON list, as ``-f json --details --sha256`` writes, is read too).
 
@@ -801,7 +846,9 @@ class Index:
             info = json.loads(self._meta(f"snapshot:{column}") or "null")
             if not isinstance(info, dict) or info.get("rewrites") != rewrites:
                 return None, 0
-            parts = c.execute("SELECT ids, packed, planes FROM snapshot WHERE col = ? ORDER BY part", (column,)).fetchall()
+            parts = c.execute(
+                "SELECT ids, packed, planes FROM snapshot WHERE col = ? ORDER BY part", (column,)
+            ).fetchall()
             if len(parts) != info.get("parts"):
                 return None, 0
             ids = [np.frombuffer(p[0], dtype="<i8") for p in parts]
@@ -812,9 +859,13 @@ class Index:
         except (ValueError, TypeError, sqlite3.Error):  # missing or damaged: read the rows instead
             return None, 0
         if not parts:
-            return (np.zeros(0, np.int64), np.zeros((0, 35), np.uint8), np.zeros((0, 6), np.uint64)), int(info["max_id"])
+            return (np.zeros(0, np.int64), np.zeros((0, 35), np.uint8), np.zeros((0, 6), np.uint64)), int(
+                info["max_id"]
+            )
         cat = lambda xs: xs[0] if len(xs) == 1 else np.concatenate(xs)  # noqa: E731
-        return (cat(ids).astype(np.int64, copy=False), cat(packed), cat(planes).astype(np.uint64, copy=False)), int(info["max_id"])
+        return (cat(ids).astype(np.int64, copy=False), cat(packed), cat(planes).astype(np.uint64, copy=False)), int(
+            info["max_id"]
+        )
 
     def save_snapshot(self, min_rows: int = SNAPSHOT_MIN_ROWS) -> bool:
         """Store the digest matrix in the file when at least ``min_rows`` entries are not in
@@ -931,7 +982,11 @@ class Index:
             if not isinstance(info, dict) or info.get("rewrites") != gen[1]:
                 return None
             bh = info.get("by_header")
-            if not isinstance(bh, dict) or not isinstance(bh.get("rows"), int) or not isinstance(info.get("max_id"), int):
+            if (
+                not isinstance(bh, dict)
+                or not isinstance(bh.get("rows"), int)
+                or not isinstance(info.get("max_id"), int)
+            ):
                 return None
             n_ids, n_packed = c.execute(
                 "SELECT coalesce(sum(length(ids)), 0), coalesce(sum(length(packed)), 0) FROM snapshot_by_header WHERE col = ?",
@@ -970,7 +1025,9 @@ class Index:
             ids_parts.append(ids)
             packed_parts.append(packed)
         width = PACKED_LEN
-        good = [r for r in tail if isinstance(r[1], bytes) and len(r[1]) == width]  # a foreign write never breaks a search
+        good = [
+            r for r in tail if isinstance(r[1], bytes) and len(r[1]) == width
+        ]  # a foreign write never breaks a search
         ids_parts.append(np.fromiter((r[0] for r in good), dtype=np.int64, count=len(good)))
         packed_parts.append(np.frombuffer(b"".join(r[1] for r in good), dtype=np.uint8).reshape(-1, width))
         return np.concatenate(ids_parts).astype(np.int64, copy=False), np.concatenate(packed_parts)
@@ -1012,7 +1069,9 @@ class Index:
             raise ValueError(f"{shown!r} is not a regular file")
         raise ValueError(f"{shown!r} is neither a telfhash digest (t1/T1 + 70 hex, or 70 hex) nor an existing file")
 
-    def search(self, query: Any, max_distance: int = DEFAULT_THRESHOLD, limit: int | None = None, key: str = "telfhash") -> list[Match]:
+    def search(
+        self, query: Any, max_distance: int = DEFAULT_THRESHOLD, limit: int | None = None, key: str = "telfhash"
+    ) -> list[Match]:
         """Every entry within ``max_distance`` (py-tlsh ``diff``, length term included) of the
         query, nearest first (ties in the order entries were added).
 
@@ -1109,10 +1168,10 @@ class Index:
             plain = []
             for q in queries:
                 p = parse(q) if isinstance(q, str) else None
-                d, v = (p[2], p[0]) if p else (q, VERSION)
-                if isinstance(d, str) and is_digest(d):
-                    want.setdefault(normalize(d, "t1"), set()).add(v)
-                    plain.append(d)
+                body, v = (p[2], p[0]) if p else (q, VERSION)
+                if isinstance(body, str) and is_digest(body):
+                    want.setdefault(normalize(body, "t1"), set()).add(v)
+                    plain.append(body)
             queries = plain
         distinct = sorted({normalize(q, "t1") for q in queries if isinstance(q, str) and is_digest(q)})
         m = self._load(_KEYS[key])
@@ -1164,7 +1223,9 @@ class Index:
             versions = self._versions(sorted({int(x) for _k, r, _d in hits for x in m.ids[r].tolist()}))
             kept = []
             for k, r, d in hits:
-                ok = np.array([versions.get(int(x)) in want.get(distinct[k], ()) for x in m.ids[r].tolist()], dtype=bool)
+                ok = np.array(
+                    [versions.get(int(x)) in want.get(distinct[k], ()) for x in m.ids[r].tolist()], dtype=bool
+                )
                 if ok.any():
                     kept.append((k, r[ok], d[ok]))
             hits = kept
@@ -1341,7 +1402,9 @@ class Index:
 
         from ..companion import VERSION, telfhash_x_of
 
-        rows = self._conn.execute("SELECT id, sha256, path, telfhash_x FROM entries WHERE telfhash_x IS NOT NULL ORDER BY id").fetchall()
+        rows = self._conn.execute(
+            "SELECT id, sha256, path, telfhash_x FROM entries WHERE telfhash_x IS NOT NULL ORDER BY id"
+        ).fetchall()
         counts = {"old": 0, "recomputed": 0, "no_value": 0, "missing": 0, "changed": 0}
         updates: list[tuple] = []
         for id_, sha, path, tx in rows:
@@ -1388,8 +1451,16 @@ class Index:
             "SELECT count(*), count(digest), count(digest_x), min(added), max(added) FROM entries"
         ).fetchone()
         distinct = c.execute("SELECT count(DISTINCT digest) FROM entries").fetchone()[0]
-        reasons = dict(c.execute("SELECT reason, count(*) FROM entries WHERE digest IS NULL GROUP BY reason ORDER BY 2 DESC").fetchall())
-        archs = dict(c.execute("SELECT coalesce(arch, 'unknown'), count(*) FROM entries GROUP BY 1 ORDER BY 2 DESC, 1").fetchall())
+        reasons = dict(
+            c.execute(
+                "SELECT reason, count(*) FROM entries WHERE digest IS NULL GROUP BY reason ORDER BY 2 DESC"
+            ).fetchall()
+        )
+        archs = dict(
+            c.execute(
+                "SELECT coalesce(arch, 'unknown'), count(*) FROM entries GROUP BY 1 ORDER BY 2 DESC, 1"
+            ).fetchall()
+        )
         sources = dict(c.execute("SELECT source, count(*) FROM entries GROUP BY 1 ORDER BY 2 DESC, 1").fetchall())
         size = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
         return {
@@ -1410,7 +1481,9 @@ class Index:
 
 
 def _no_digest(r: Result) -> str:
-    raise ValueError(f"{r.file}: no telfhash to search with ({r.reason.value if r.reason else '?'}: {r.detail or r.msg})")
+    raise ValueError(
+        f"{r.file}: no telfhash to search with ({r.reason.value if r.reason else '?'}: {r.detail or r.msg})"
+    )
 
 
 def _entry_dict(row: tuple) -> dict:
