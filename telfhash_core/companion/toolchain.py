@@ -152,7 +152,7 @@ def object_strings(obj: bytes) -> set[bytes]:
     """Strings in the allocated, non-executable data sections (``.rodata*``, ``.data*``...) of
     one relocatable object (or any ELF image with section headers)."""
     from ..hashing.elf import NotELF
-    from . import elf_facts
+    from .tx1 import elf_facts
 
     try:
         facts = elf_facts(obj)

@@ -42,7 +42,7 @@ from ..hashing.elfconst import (
     STV_PROTECTED,
 )
 from ..hashing.elfconst import SYM_DTYPE as _SYM_DTYPE
-from . import ElfFacts, _readonly_regions, call_targets, derive_helpers, elf_facts, fold_name
+from .tx1 import ElfFacts, _readonly_regions, call_targets, derive_helpers, elf_facts, fold_name
 from . import toolchain as tc
 
 VERSION = "tx2"
@@ -562,7 +562,7 @@ MAX_CHUNKS = 4096
 def code_chunks(buf, facts: ElfFacts) -> list[str]:
     """The code holding the entry point, as hex tokens of ``CHUNK`` bytes with their offset
     (at most ``MAX_CHUNKS``): identical code gives identical values."""
-    from . import _code_region
+    from .tx1 import _code_region
 
     region = _code_region(facts)
     if region is None:
