@@ -204,39 +204,48 @@ class Symbols:
     exported: list[str]
 
 
-def read_symbols(buf, h: Header, table: SymbolTable) -> Symbols:
-    """Global or weak functions (``STT_FUNC``/``STT_GNU_IFUNC``) of default or protected
-    visibility: undefined ones are imports, defined ones exports (names in table order)."""
+def symbol_array(buf, h: Header, table: SymbolTable):
+    """The symbol table as a NumPy view bounded by the buffer (fields ``name``, ``info``,
+    ``other``, ``shndx``, ...), or None when it holds no whole symbol."""
     dtype = _SYM_DTYPE[(h.bits, h.endian)]
     if table.entsize < dtype.itemsize or table.offset >= len(buf):
-        return Symbols([], [])
+        return None
     count = min(table.size, len(buf) - table.offset) // table.entsize
     if count and table.offset + (count - 1) * table.entsize + dtype.itemsize > len(buf):
         count -= 1
     if count <= 0:
+        return None
+    return np.ndarray(shape=(count,), dtype=dtype, buffer=buf, offset=table.offset, strides=(table.entsize,))
+
+
+def names_at(buf, table: SymbolTable, offsets) -> list[str]:
+    """The names at ``offsets`` of the table's string table (ASCII; empty ones skipped)."""
+    base, n = table.strtab_offset, len(buf)
+    out = []
+    for off in offsets.tolist():
+        pos = base + off
+        if pos >= n:
+            continue
+        end = buf.find(b"\x00", pos, pos + MAX_NAME)  # bounded: a crafted string table may have no NUL
+        if end < 0:
+            end = min(n, pos + MAX_NAME)
+        if end > pos:
+            out.append(bytes(buf[pos:end]).decode("ascii", "ignore"))
+    return out
+
+
+def read_symbols(buf, h: Header, table: SymbolTable) -> Symbols:
+    """Global or weak functions (``STT_FUNC``/``STT_GNU_IFUNC``) of default or protected
+    visibility: undefined ones are imports, defined ones exports (names in table order)."""
+    syms = symbol_array(buf, h, table)
+    if syms is None:
         return Symbols([], [])
-    syms = np.ndarray(shape=(count,), dtype=dtype, buffer=buf, offset=table.offset, strides=(table.entsize,))
     info, other, shndx = syms["info"], syms["other"], syms["shndx"]
     typ, bind, vis = info & 0xF, info >> 4, other & 3
     keep = ((typ == STT_FUNC) | (typ == STT_GNU_IFUNC)) & ((bind == STB_GLOBAL) | (bind == STB_WEAK))
     keep &= (vis == STV_DEFAULT) | (vis == STV_PROTECTED)
     undef = shndx == SHN_UNDEF
-    base, n = table.strtab_offset, len(buf)
-
-    def names(mask) -> list[str]:
-        out = []
-        for off in syms["name"][mask].tolist():
-            pos = base + off
-            if pos >= n:
-                continue
-            end = buf.find(b"\x00", pos, pos + MAX_NAME)  # bounded: a crafted string table may have no NUL
-            if end < 0:
-                end = min(n, pos + MAX_NAME)
-            if end > pos:
-                out.append(bytes(buf[pos:end]).decode("ascii", "ignore"))
-        return out
-
-    return Symbols(names(keep & undef), names(keep & ~undef))
+    return Symbols(names_at(buf, table, syms["name"][keep & undef]), names_at(buf, table, syms["name"][keep & ~undef]))
 
 
 # ----------------------------------------------------------------------------- normalisation

@@ -41,8 +41,7 @@ from ..hashing.elfconst import (
     STV_DEFAULT,
     STV_PROTECTED,
 )
-from ..hashing.elfconst import SYM_DTYPE as _SYM_DTYPE
-from .tx1 import ElfFacts, _readonly_regions, call_targets, derive_helpers, elf_facts, fold_name
+from .tx1 import ElfFacts, _readonly_regions, call_targets, derive_helpers, elf_facts, fold_name, names_at, symbol_array
 from . import toolchain as tc
 
 VERSION = "tx2"
@@ -51,7 +50,6 @@ HELPERS_FILE = Path(__file__).with_name("tx2_helpers.json")
 
 ET_REL = 1
 STT_NOTYPE = 0
-MAX_NAME = 4096
 
 # Fewer names than this say which interface a file has, not which program it is (glibc's
 # 234 gconv modules import and export the same six functions): such files go by strings.
@@ -108,36 +106,16 @@ def read_symbols(buf, h: Header, table: SymbolTable) -> Symbols:
     """Global or weak symbols of default or protected visibility.  Imports: undefined
     ``STT_FUNC``, ``STT_GNU_IFUNC`` *or* ``STT_NOTYPE`` (a plug-in's host functions are NOTYPE
     on most CPUs but FUNC with a stub address on MIPS).  Exports: defined functions."""
-    dtype = _SYM_DTYPE[(h.bits, h.endian)]
-    if table.entsize < dtype.itemsize or table.offset >= len(buf):
+    syms = symbol_array(buf, h, table)
+    if syms is None:
         return Symbols([], [])
-    count = min(table.size, len(buf) - table.offset) // table.entsize
-    if count and table.offset + (count - 1) * table.entsize + dtype.itemsize > len(buf):
-        count -= 1
-    if count <= 0:
-        return Symbols([], [])
-    syms = np.ndarray(shape=(count,), dtype=dtype, buffer=buf, offset=table.offset, strides=(table.entsize,))
     info, other, shndx = syms["info"], syms["other"], syms["shndx"]
     typ, bind, vis = info & 0xF, info >> 4, other & 3
     ok = ((bind == STB_GLOBAL) | (bind == STB_WEAK)) & ((vis == STV_DEFAULT) | (vis == STV_PROTECTED))
     func = (typ == STT_FUNC) | (typ == STT_GNU_IFUNC)
     undef = shndx == SHN_UNDEF
-    base, n = table.strtab_offset, len(buf)
-
-    def names(mask) -> list[str]:
-        out = []
-        for off in syms["name"][mask].tolist():
-            pos = base + off
-            if pos >= n:
-                continue
-            end = buf.find(b"\x00", pos, pos + MAX_NAME)
-            if end < 0:
-                end = min(n, pos + MAX_NAME)
-            if end > pos:
-                out.append(bytes(buf[pos:end]).decode("ascii", "ignore"))
-        return out
-
-    return Symbols(names(ok & undef & (func | (typ == STT_NOTYPE))), names(ok & func & ~undef))
+    imports = syms["name"][ok & undef & (func | (typ == STT_NOTYPE))]
+    return Symbols(names_at(buf, table, imports), names_at(buf, table, syms["name"][ok & func & ~undef]))
 
 
 # ----------------------------------------------------------------------------- derived data
