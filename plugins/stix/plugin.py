@@ -61,6 +61,29 @@ def telfhash_exporters():
 MAX_PROBLEM_LINES = 50
 
 
+def add_cluster_input_arguments(parser) -> None:
+    """INPUT..., -r, -t and --clusters: what is clustered, for `stix export` and `telfhash yara`."""
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="ELF files/folders (-r), or results from 'telfhash -f json|jsonl --sha256'",
+    )
+    parser.add_argument("-r", "--recursive", action="store_true", help="walk folders given as INPUT")
+    parser.add_argument(
+        "-t",
+        "--threshold",
+        type=non_negative_int,
+        default=DEFAULT_THRESHOLD,
+        help=f"TLSH distance for clustering (default {DEFAULT_THRESHOLD})",
+    )
+    parser.add_argument(
+        "--clusters",
+        metavar="FILE",
+        help="use these clusters (JSON, as 'telfhash cluster' writes) instead of clustering",
+    )
+
+
 @hookimpl
 def telfhash_commands(subparsers):
     p = subparsers.add_parser(
@@ -72,23 +95,7 @@ def telfhash_commands(subparsers):
     p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1])
 
     e = sub.add_parser("export", help="cluster ELF files or results and write a STIX 2.1 bundle")
-    e.add_argument(
-        "inputs",
-        nargs="+",
-        metavar="INPUT",
-        help="ELF files/folders (-r), or results from 'telfhash -f json|jsonl --sha256'",
-    )
-    e.add_argument("-r", "--recursive", action="store_true", help="walk folders given as INPUT")
-    e.add_argument(
-        "-t",
-        "--threshold",
-        type=non_negative_int,
-        default=DEFAULT_THRESHOLD,
-        help=f"TLSH distance for clustering (default {DEFAULT_THRESHOLD})",
-    )
-    e.add_argument(
-        "--clusters", metavar="FILE", help="use these clusters (JSON list of Cluster.to_dict()) instead of clustering"
-    )
+    add_cluster_input_arguments(e)
     e.add_argument(
         "--linkage",
         default="single",

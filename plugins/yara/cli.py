@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 
-from telfhash_core.cli import non_negative_int
 from telfhash_core.hookspecs import hookimpl
 
 IMPORTS = ('import "elf"', 'import "hash"')
@@ -28,21 +27,9 @@ def add_parser(subparsers) -> None:
         description="Cluster ELF files or results (as 'telfhash stix export' does) and write one YARA rule per "
         "cluster, the rules the STIX export carries as pattern_type 'yara' Indicators.",
     )
-    y.add_argument(
-        "inputs",
-        nargs="+",
-        metavar="INPUT",
-        help="ELF files/folders (-r), or results from 'telfhash -f json|jsonl --sha256'",
-    )
-    y.add_argument("-r", "--recursive", action="store_true", help="walk folders given as INPUT")
-    y.add_argument(
-        "-t", "--threshold", type=non_negative_int, default=50, help="TLSH distance for clustering (default 50)"
-    )
-    y.add_argument(
-        "--clusters",
-        metavar="FILE",
-        help="use these clusters (JSON, as 'telfhash cluster' writes) instead of clustering",
-    )
+    from telfhash_plugins.stix.plugin import add_cluster_input_arguments
+
+    add_cluster_input_arguments(y)
     y.add_argument("-o", "--output", default="-", help=".yar file (default stdout)")
     y.set_defaults(func=cmd_yara)
 
