@@ -20,6 +20,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,16 @@ def package_dir(package: str) -> Path:
     return Path(f).parent
 
 
+def _dropin_paths(items: list) -> Iterator[tuple[str, Path]]:
+    """``(package, path of our drop-in)`` for each Cuckoo package that takes one; a package that
+    cannot be imported becomes an error item instead."""
+    for package in DROPINS:
+        try:
+            yield package, package_dir(package) / MODULE_NAME
+        except ImportError as exc:
+            items.append(Item(f"drop-in {package}", "-", f"error: Cuckoo 3 is not importable here ({exc})"))
+
+
 def default_cwd() -> Path:
     """Cuckoo's default working directory: ``$CUCKOO_CWD`` or ``~/.cuckoocwd``."""
     try:
@@ -123,12 +134,7 @@ def install(
 ) -> list[Item]:
     """Write the drop-ins, the settings file (unless present) and the web block."""
     items: list[Item] = []
-    for package in DROPINS:
-        try:
-            path = package_dir(package) / MODULE_NAME
-        except ImportError as exc:
-            items.append(Item(f"drop-in {package}", "-", f"error: Cuckoo 3 is not importable here ({exc})"))
-            continue
+    for package, path in _dropin_paths(items):
         text = dropin_text(package)
         if path.exists() and not _ours(path):
             items.append(Item(f"drop-in {package}", str(path), "foreign"))
@@ -191,12 +197,7 @@ def _install_web(root: Path) -> Item:
 def uninstall(cwd: str | os.PathLike | None = None, *, purge: bool = False) -> list[Item]:
     """Remove the drop-ins (only ours) and the web block; the settings file too with ``purge``."""
     items: list[Item] = []
-    for package in DROPINS:
-        try:
-            path = package_dir(package) / MODULE_NAME
-        except ImportError as exc:
-            items.append(Item(f"drop-in {package}", "-", f"error: {exc}"))
-            continue
+    for package, path in _dropin_paths(items):
         if not path.exists():
             items.append(Item(f"drop-in {package}", str(path), "absent"))
         elif not _ours(path):
@@ -224,12 +225,7 @@ def uninstall(cwd: str | os.PathLike | None = None, *, purge: bool = False) -> l
 def status(cwd: str | os.PathLike | None = None) -> list[Item]:
     """What is in place; an item not ``installed`` needs ``install`` again."""
     items: list[Item] = []
-    for package in DROPINS:
-        try:
-            path = package_dir(package) / MODULE_NAME
-        except ImportError as exc:
-            items.append(Item(f"drop-in {package}", "-", f"error: {exc}"))
-            continue
+    for package, path in _dropin_paths(items):
         if not path.exists():
             state = "missing"
         elif not _ours(path):
