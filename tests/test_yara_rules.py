@@ -18,8 +18,8 @@ import sys
 import corpus
 import pytest
 
-yara = pytest.importorskip("yara", reason="yara-python is not installed (pip install 'telfhash-core[stix]')")
-yara_x = pytest.importorskip("yara_x", reason="yara-x is not installed (pip install 'telfhash-core[stix]')")
+yara = pytest.importorskip("yara", reason="yara-python is not installed (the stix extra: pip install -e '.[stix]')")
+yara_x = pytest.importorskip("yara_x", reason="yara-x is not installed (the stix extra: pip install -e '.[stix]')")
 
 from telfhash_plugins.stix import export_bundle  # noqa: E402
 from telfhash_plugins.yara.cli import rules_of_bundle  # noqa: E402

@@ -7,7 +7,7 @@
 * ``service_manifest.yml`` and ``Dockerfile`` -- what an Assemblyline deployment builds and loads.
 
 Importing this package does not import Assemblyline; :mod:`.service` needs the ``assemblyline``
-extra (``pip install 'telfhash-core[assemblyline]'``).
+extra (``pip install -e '.[assemblyline]'`` in a clone).
 """
 
 from pathlib import Path

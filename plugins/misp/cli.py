@@ -167,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import misp_modules  # noqa: F401
     except ImportError:
-        return _fail("misp-modules is not installed; install it with: pip install 'telfhash-core[misp]'", 2)
+        return _fail(
+            "misp-modules is not installed (extra telfhash-core[misp]): pip install -e '.[misp]' in the telfhash-core clone",
+            2,
+        )
     if not 0 < args.port < 65536:
         return _fail(f"bad port {args.port}", 2)
     env = dict(os.environ)

@@ -212,7 +212,9 @@ def _guarded(fn):
         except KeyboardInterrupt:
             return 130
         except ImportError as exc:  # stix2, stix2-validator, taxii2-client are the 'stix' extra
-            _err(f"{exc}: install the STIX dependencies with pip install 'telfhash-core[stix]'")
+            _err(
+                f"{exc}: install the STIX dependencies (extra telfhash-core[stix]): pip install -e '.[stix]' in the telfhash-core clone"
+            )
             return 1
         except OSError as exc:  # e.g. the output file cannot be written
             _err(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")

@@ -115,7 +115,9 @@ def start(port: int, user: str, password: str, host: str = "127.0.0.1", *, quiet
     try:
         import medallion  # noqa: F401
     except ImportError:
-        raise RuntimeError("medallion is not installed: pip install 'telfhash-core[stix]'") from None
+        raise RuntimeError(
+            "medallion is not installed (extra telfhash-core[stix]): pip install -e '.[stix]' in the telfhash-core clone"
+        ) from None
     data, config = server_config(host, port, user, password)
     data_fd = _pipe_with(json.dumps(data))
     config["backend"]["filename"] = f"/dev/fd/{data_fd}"

@@ -14,7 +14,9 @@ from typing import Any
 
 log = logging.getLogger("telfhash_core.batch")
 
-EXTRA_HINT = "install the optional dependencies with: pip install 'telfhash-core[dask]'"
+EXTRA_HINT = (
+    "install the optional dependencies (extra telfhash-core[dask]): pip install -e '.[dask]' in the telfhash-core clone"
+)
 
 
 class BatchError(Exception):

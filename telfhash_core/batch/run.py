@@ -12,7 +12,7 @@ Inputs are expanded by :mod:`~telfhash_core.batch.inputs`, rows are written by
 :mod:`~telfhash_core.batch.sinks`; this module hashes (one file -> one row), runs the engines and
 keeps the run resumable.
 
-Dask, pyarrow and fsspec are optional (``pip install telfhash-core[dask]``) and imported only
+Dask, pyarrow and fsspec are optional (the ``dask`` extra: ``pip install -e '.[dask]'``) and imported only
 when asked for.
 """
 

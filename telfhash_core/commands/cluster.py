@@ -115,7 +115,10 @@ def run_cluster(args: argparse.Namespace) -> int:
                 drawn, args.plot, args.threshold, max_nodes=args.plot_max_nodes, total=ngroups or len(grouping)
             )
         except ImportError as exc:
-            print(f"{PROG}: --plot {args.plot}: {exc} (install telfhash-core[plot])", file=sys.stderr)
+            print(
+                f"{PROG}: --plot {args.plot}: {exc} (extra telfhash-core[plot]: pip install -e '.[plot]' in the telfhash-core clone)",
+                file=sys.stderr,
+            )
             return 1
         except (ValueError, OSError) as exc:
             print(f"{PROG}: --plot: {exc}", file=sys.stderr)
