@@ -1,9 +1,8 @@
 """The companion value's targets on both shared corpora, checked by the evaluation script itself
 (``benchmarks/eval_companion.py``): same-program cross-CPU pairs within distance 50 at least
 95%, different-program pairs within 50 at most 1% -- for tx2 as shipped, and with one program
-held out.  With one CPU held out the Debian corpus meets the same targets; on corpus-static
-the held-out-CPU figure is recorded as a floor (see docs/companion.md: strings that only one
-CPU's C library has stay when that CPU's toolchain is not in the data).
+held out, and with one CPU held out (the toolchain strings and helper names derived without
+that CPU's C library and builds).
 
 Each corpus skips with one line when absent.  The run takes a few minutes (feature extraction
 of ~3,000 files, then one pass per held-out CPU)."""
@@ -58,11 +57,9 @@ def test_static_corpus_targets(ev, debian):
     corpus.static_manifest()  # skips with a clear message when the static corpus is absent
     static = ev.load("static", tx1=False)
     out = ev.evaluate("shared corpus-static", static, tx2.shipped(), debian, per_pair=False)
-    for name in ("tx2", "held_out_program"):
+    for name in ("tx2", "held_out_program", "held_out_cpu"):
         same, diff = _rate(out[name], "same")[ev.T50], _rate(out[name], "diff")[ev.T50]
         assert same >= 0.95 and diff <= 0.01, (name, same, diff)
-    same, diff = _rate(out["held_out_cpu"], "same")[ev.T50], _rate(out["held_out_cpu"], "diff")[ev.T50]
-    assert diff <= 0.01 and same >= 0.55, (same, diff)
     assert all(i.tx2(tx2.shipped()) for i in static)  # every file gets a value
 
 

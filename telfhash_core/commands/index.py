@@ -95,6 +95,11 @@ def telfhash_commands(subparsers):
     rx = actions.add_parser("recompute-x", help="recompute stored tx1 companion values as tx2 (files that still exist)")
     common(rx)
     rx.add_argument("-f", "--format", choices=("table", "json"), default="table")
+    rx.add_argument(
+        "--all",
+        action="store_true",
+        help="also recompute tx2 values (after an update that changed tx2's rules or derived data)",
+    )
     rx.set_defaults(func=_cmd_recompute_x)
 
     st = actions.add_parser("stats", help="what the index holds")
@@ -220,12 +225,12 @@ def _cmd_clusters(args) -> int:
 @_guard
 def _cmd_recompute_x(args) -> int:
     with _open(args, create=False) as ix:
-        counts = ix.recompute_x()
+        counts = ix.recompute_x(all_rows=args.all)
     if args.format == "json":
         print(json.dumps(counts))
     else:
         print(
-            f"{counts['old']} older companion values: {counts['recomputed']} recomputed as tx2, {counts['no_value']} cleared "
+            f"{counts['old']} {'stored' if args.all else 'older'} companion values: {counts['recomputed']} recomputed as tx2, {counts['no_value']} cleared "
             f"(no tx2 value), {counts['missing']} kept (file gone), {counts['changed']} kept (file changed)"
         )
     return 0

@@ -70,6 +70,14 @@ MAX_SYMBOL_STRINGS = 256
 # happen to be printable run into the string after them).
 MAX_TRIM = 64
 MIN_TAIL = 8  # ... leaving a toolchain string of at least this many (3 after 1 or 2 junk bytes)
+# The C library's part of a static binary's strings starts with a run of this many text
+# strings of which at least RUN_KNOWN are the toolchain's (see toolchain_start) ...
+RUN_LENGTH, RUN_KNOWN = 8, 6
+RUN_START = 3  # ... and begins where this many known ones follow in a row
+# ... and leaves at most this many unknown strings after it: a C library that was not derived
+# from left at most 19 per file (corpus-static, each CPU held out); busybox, whose own strings
+# come after its C library's tables, has over 2,000.
+MAX_LEFTOVERS = 64
 
 
 # ----------------------------------------------------------------------------- symbols
@@ -303,13 +311,14 @@ MAX_STRINGS_BYTES = 8 << 20  # string bytes kept at most (bounds the key arrays:
 
 
 def raw_strings(buf, facts: ElfFacts) -> list[bytes]:
-    """Printable runs (at least ``MIN_STRING``) in read-only data, unique, sorted; at most
-    ``MAX_STRINGS_BYTES`` of them (the first in sorted order)."""
-    found: set[bytes] = set()
+    """Printable runs (at least ``MIN_STRING``) in read-only data, unique, in the order they
+    first occur in the file (the order says which came from the program and which from its
+    C library: see :func:`toolchain_start`); at most ``MAX_STRINGS_BYTES`` of them."""
+    found: dict[bytes, None] = {}
     for off, size in _readonly_regions(buf, facts):
-        found.update(tc.strings_in(bytes(buf[off : off + size])))
+        found.update(dict.fromkeys(tc.strings_in(bytes(buf[off : off + size]))))
     out, total = [], 0
-    for s in sorted(found):
+    for s in found:
         total += len(s)
         if total > MAX_STRINGS_BYTES:
             break
@@ -346,7 +355,9 @@ def program_strings(strings: list[bytes], toolchain: tc.ToolchainData | None, ke
     ``keyed``: :func:`toolchain.suffix_keys` of ``strings``, when already computed."""
     if toolchain is None or not strings:
         return list(strings)
-    left = [s for s, k in zip(strings, _known(strings, toolchain, keyed).tolist()) if not k]
+    known = _known(strings, toolchain, keyed)
+    start = toolchain_start(strings, known)
+    left = [s for s, k in zip(strings[:start], known[:start].tolist()) if not k]
     if not left:
         return left
     norm = normalise_all([s.decode("ascii", "replace") for s in left])
@@ -358,15 +369,61 @@ def program_strings(strings: list[bytes], toolchain: tc.ToolchainData | None, ke
     return [s for i, s in enumerate(left) if i not in drop]
 
 
+def toolchain_start(strings: list[bytes], known: np.ndarray) -> int:
+    """Where the C library's part of a static binary's strings begins, in file order
+    (``len(strings)`` when it cannot be told).
+
+    The linker lays out read-only data in link order: the program's objects, then the static
+    archives (``libc.a``, ``libgcc.a``), and merges string literals in that order too.  So a
+    static binary's own strings come first and its C library's follow; strings of the C
+    library that no derived toolchain has (another CPU's or another build's) sit among known
+    ones after that point and can go with them.  The start is the first known text string
+    that begins a run of ``RUN_LENGTH`` text strings of which at least ``RUN_KNOWN`` are
+    known, after the first unknown one, moved on to where ``RUN_START`` known ones follow in
+    a row.  A binary whose program strings come after that point (busybox links with its
+    sections sorted by alignment, which puts the C library's tables first) shows it by
+    having many unknown strings after it: then nothing is cut (at most
+    ``MAX_LEFTOVERS``, or as many as before the start, are taken as the C library's)."""
+    text = [i for i, s in enumerate(strings) if is_text(s)]
+    n = len(text)
+    if n < RUN_KNOWN:
+        return len(strings)
+    flags = known[text]
+    runs = np.concatenate(([0], np.cumsum(flags)))
+    j = np.arange(n)
+    # the program's strings come first, and some of them may be the C library's too (sbase's cal
+    # begins with the twelve month names): the run is looked for after its first unknown one
+    first = np.flatnonzero(~flags)
+    dense = flags & (runs[np.minimum(j + RUN_LENGTH, n)] - runs[j] >= RUN_KNOWN)
+    starts = np.flatnonzero(dense & (j > first[0])) if first.size else first
+    if not starts.size:
+        return len(strings)
+    cut = int(starts[0])
+    # the run may begin with the program's last strings that the C library also has (sbase's
+    # "usage" before its own "ferror %s:"): start where RUN_START known ones follow in a row
+    solid = np.flatnonzero(
+        np.convolve(flags[cut:].astype(np.int64), np.ones(RUN_START, dtype=np.int64), "valid") == RUN_START
+    )
+    if solid.size:
+        cut += int(solid[0])
+    unknown = [
+        not k and not _WORDLIKE_RE.fullmatch(strings[i].decode("ascii", "replace"))
+        for i, k in zip(text, flags.tolist())
+    ]
+    before, after = sum(unknown[:cut]), sum(unknown[cut:])
+    return text[cut] if after <= max(before, MAX_LEFTOVERS) else len(strings)
+
+
 # The shapes of C library internals that differ from CPU to CPU, so that a toolchain that was
 # not derived from still loses them: glibc source paths (``../sysdeps/powerpc/…``), bare
 # source file names (``dl-support.c``, left by assertions), relocation type names
 # (``R_PPC_REL24``), dynamic loader names (``ld-linux-x86-64.so.2``), reserved identifiers
 # (``_dl_aux_init``, ``__global_pointer$``), symbol version names (``LINUX_4.15``,
-# ``GLIBC_2.17``) and assertion expressions (``l->l_relocated || l->l_type == lt_executable``).
+# ``GLIBC_2.17``) and assertion expressions (``l->l_relocated || l->l_type == lt_executable``:
+# by ``->``, ``==`` or ``!=``; not by ``&&`` or ``||``, which a program's shell commands have).
 _INTERNAL_RE = re.compile(
     rb"sysdeps/|^[\w.+-]+\.[ch]$|\bR_[A-Z0-9]+_[A-Z0-9_]+|\bld(?:-linux[\w.-]*|64)?\.so\b"
-    rb"|^_[\w$]+$|^[\w$]+\$$|^[A-Z]+_[0-9][0-9.]*$|\w->\w|\s(?:==|!=|\|\||&&)\s"
+    rb"|^_[\w$]+$|^[\w$]+\$$|^[A-Z]+_[0-9][0-9.]*$|\w->\w|\s(?:==|!=)\s"
 )
 
 
@@ -391,10 +448,13 @@ def normalise_all(text: list[str]) -> list[str]:
 def string_tokens(strings: list[bytes]) -> list[str]:
     """Normalised whole strings, or (fewer than ``SMALL_STRINGS`` text strings) their words."""
     text = [s.decode("ascii", "replace") for s in strings if is_text(s)]
+    # a bare word or identifier says little and is often a CPU feature name (cmov, zarch, vis2,
+    # arm64's falkor, thunderx2t99): it goes before the count that chooses words or strings,
+    # so that a CPU whose C library has more of them does not switch unit
+    text = [t for t in text if not _WORDLIKE_RE.fullmatch(t)]
     if len(text) < SMALL_STRINGS:
         return words(text)
-    # a bare word or identifier says little and is often a CPU feature name (cmov, zarch, vis2)
-    return sorted({t for t in normalise_all(text) if not _WORDLIKE_RE.fullmatch(t)})
+    return sorted(set(normalise_all(text)))
 
 
 def symbol_string_tokens(strings: list[bytes]) -> list[str]:

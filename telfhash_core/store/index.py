@@ -1391,10 +1391,11 @@ class Index:
             )
         return out
 
-    def recompute_x(self, *, batch_size: int = 200) -> dict[str, int]:
+    def recompute_x(self, *, all_rows: bool = False, batch_size: int = 200) -> dict[str, int]:
         """Recompute stored companion values of an older rule set (``tx1``) with the current one
         (``tx2``), re-hashing each file whose recorded path still exists and still has the
-        recorded SHA-256.  A row whose file is gone (or has changed since) keeps its old value:
+        recorded SHA-256.  ``all_rows``: values of the current rule set too (after an update
+        that changed its rules or derived data; ``old`` then counts every row with a value).  A row whose file is gone (or has changed since) keeps its old value:
         it is still read, shown and searched -- with values of its own rule set only.  Returns
         counts: ``old`` (rows with an older value), ``recomputed``, ``no_value`` (the file has
         no tx2 value: the old one is cleared), ``missing`` and ``changed`` (kept as they are)."""
@@ -1408,7 +1409,7 @@ class Index:
         counts = {"old": 0, "recomputed": 0, "no_value": 0, "missing": 0, "changed": 0}
         updates: list[tuple] = []
         for id_, sha, path, tx in rows:
-            if _companion_version(tx) == VERSION:
+            if _companion_version(tx) == VERSION and not all_rows:
                 continue
             counts["old"] += 1
             try:
