@@ -4,36 +4,35 @@ The reference finds a code region, sweeps it linearly with capstone (stopping at
 bytes capstone cannot decode) and collects, in order of first appearance, the targets of
 direct calls, spelled as capstone prints them.  We find the same region with pyelftools, the
 same way, and run the same capstone engine; what differs is how the instructions are read:
-capstone's C decoder fills an array of instructions in chunks and NumPy picks the calls from
-that array, instead of a Python object per instruction.
+capstone's C decoder fills an array of instructions in chunks, and the calls are picked from
+that array without a Python object per instruction.
+
+libcapstone is loaded here through ctypes, the way capstone's Python package loads it, but
+without importing that package (it imports every architecture's module: 0.04 CPU-s, a tenth of
+what ``telfhash`` spends on 30 static programs).  x86 needs neither it nor NumPy; ARM and MIPS
+pick their calls with NumPy.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import importlib.util
+import os
 import struct
 import zlib
 
-import capstone
-import numpy as np
-from capstone import (
-    CS_ARCH_ARM,
-    CS_ARCH_MIPS,
-    CS_ARCH_X86,
-    CS_MODE_32,
-    CS_MODE_64,
-    CS_MODE_ARM,
-    CS_MODE_BIG_ENDIAN,
-    CS_MODE_MIPS32,
-    _cs_insn,
-)
 from elftools.common.exceptions import ELFCompressionError, ELFError, ELFParseError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.segments import Segment
 
 from .elfconst import check_read, check_seek
 from ..result import Reason
+
+# capstone 5's C constants (tests compare them with its Python package's): architecture and mode.
+CS_ARCH_ARM, CS_ARCH_MIPS, CS_ARCH_X86 = 0, 2, 3
+CS_MODE_ARM, CS_MODE_32, CS_MODE_64, CS_MODE_MIPS32, CS_MODE_BIG_ENDIAN = 0, 1 << 2, 1 << 3, 1 << 2, 1 << 31
+X86_INS_CALL, X86_INS_LCALL = 62, 170
 
 # pyelftools machine name -> capstone engine, as the reference chooses them (note: MIPS is
 # always decoded big-endian and ARM never as Thumb; those are part of the value).
@@ -45,43 +44,68 @@ MODES = {
 }
 
 _PREFIX = 32  # bytes of op_str compared at once (a call target needs at most 19)
-CHUNK = 4096  # instructions per capstone call: ~1 MB of capstone records, cache-friendly (measured best)
+# Instructions per capstone call.  capstone grows its array 32, 83, 164, 293, 499, 828, ... entries:
+# 828 fills it exactly (205 KB), and glibc reuses that block from call to call; 4096 entries (1.5 MB)
+# took 25k-190k page faults over the 30 static programs of bench_core (0.1-0.25 s of system time), 828 took 5k.
+CHUNK = 828
 MAX_CODE = 256 << 20  # a compressed code section may not inflate beyond this
+_MASK64 = (1 << 64) - 1
+
+
+class _cs_insn(ctypes.Structure):
+    """capstone 5's ``cs_insn`` (tests compare it with the Python package's)."""
+
+    _fields_ = [
+        ("id", ctypes.c_uint),
+        ("address", ctypes.c_uint64),
+        ("size", ctypes.c_uint16),
+        ("bytes", ctypes.c_ubyte * 24),
+        ("mnemonic", ctypes.c_char * 32),
+        ("op_str", ctypes.c_char * 160),
+        ("detail", ctypes.c_void_p),
+    ]
+
 
 _INSN_SIZE = ctypes.sizeof(_cs_insn)
+_ID, _ADDR, _BYTES = _cs_insn.id.offset, _cs_insn.address.offset, _cs_insn.bytes.offset
 _MN, _OP = _cs_insn.mnemonic.offset, _cs_insn.op_str.offset
-# One view of capstone's instruction array; short overlapping fields give cheap prefix tests.
-# Capstone leaves whatever was in memory after each string's terminating NUL, so a field is
-# only compared up to a NUL it includes ("mn5" == b"call" means "call\0") and strings are cut
-# at their first NUL.
-_INSN_DTYPE = np.dtype(
-    {
-        "names": ["id", "address", "size", "bytes", "mn2", "mn3", "mn5", "op_str", "op2", "op3", "op5"],
-        "formats": ["=u4", "=u8", "=u2", ("u1", 24), "S2", "S3", "S5", "S160", "S2", "S3", "S5"],
-        "offsets": [
-            0,
-            _cs_insn.address.offset,
-            _cs_insn.size.offset,
-            _cs_insn.bytes.offset,
-            _MN,
-            _MN,
-            _MN,
-            _OP,
-            _OP,
-            _OP,
-            _OP,
-        ],
-        "itemsize": _INSN_SIZE,
-    }
-)
+# address, size and (after the opcode byte) rel32 of a record: the fields of a plain ``E8`` call
+_PLAIN = struct.Struct("<QH1xi")
+assert _cs_insn.size.offset == _ADDR + 8 and _BYTES == _ADDR + 10
+_LAST = struct.Struct("<QH")  # address and size
+# the ids of call and lcall as the 2 low bytes of the id field
+_CALL_IDS = X86_INS_CALL.to_bytes(2, "little"), X86_INS_LCALL.to_bytes(2, "little")
+
+
+def _library_path() -> str:
+    """The libcapstone capstone's Python package would load (its first two places: the
+    ``LIBCAPSTONE_PATH`` variable, then the ``lib`` folder of the package); else the package's own."""
+    name = "libcapstone.so"
+    spec = importlib.util.find_spec("capstone")
+    folders = [os.environ.get("LIBCAPSTONE_PATH")]
+    folders += [os.path.join(d, "lib") for d in (spec.submodule_search_locations or [])] if spec else []
+    for folder in folders:
+        for candidate in (os.path.join(folder, name), os.path.join(folder, name + ".5")) if folder else ():
+            if os.path.exists(candidate):
+                return candidate
+    import capstone  # elsewhere (a system library, another platform): let the package find it
+
+    return capstone._cs._name
 
 
 @functools.lru_cache(maxsize=None)
-def _cs_disasm():
-    lib = ctypes.CDLL(capstone._cs._name)  # our own function object: capstone's prototypes stay untouched
-    fn = lib.cs_disasm
-    fn.restype = ctypes.c_size_t
-    fn.argtypes = [
+def _lib() -> ctypes.CDLL:
+    lib = ctypes.CDLL(_library_path(), mode=getattr(os, "RTLD_DEEPBIND", 0))
+    lib.cs_version.restype = ctypes.c_int
+    lib.cs_version.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)]
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    lib.cs_version(ctypes.byref(major), ctypes.byref(minor))
+    if major.value != 5:
+        raise ImportError(f"the call-destination fallback needs capstone 5, found {major.value}.{minor.value}")
+    lib.cs_open.restype = ctypes.c_int
+    lib.cs_open.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_size_t)]
+    lib.cs_disasm.restype = ctypes.c_size_t
+    lib.cs_disasm.argtypes = [
         ctypes.c_size_t,
         ctypes.c_void_p,
         ctypes.c_size_t,
@@ -89,15 +113,19 @@ def _cs_disasm():
         ctypes.c_size_t,
         ctypes.POINTER(ctypes.c_void_p),
     ]
-    free = lib.cs_free
-    free.restype = None
-    free.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    return fn, free
+    lib.cs_free.restype = None
+    lib.cs_free.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    return lib
 
 
 @functools.lru_cache(maxsize=None)
-def _engine(arch: str) -> capstone.Cs:
-    return capstone.Cs(*MODES[arch])
+def _engine(arch: str) -> int:
+    """A capstone handle for ``arch`` (kept for the life of the process, as one ``Cs`` was)."""
+    handle = ctypes.c_size_t()
+    err = _lib().cs_open(*MODES[arch], ctypes.byref(handle))
+    if err:
+        raise OSError(f"capstone cs_open failed for {arch}: error {err}")
+    return handle.value
 
 
 # ----------------------------------------------------------------------------- x86 without printing
@@ -108,13 +136,15 @@ def _engine(arch: str) -> capstone.Cs:
 # printer is switched off: capstone's own decoder still decides every instruction boundary and
 # where the sweep stops, and reports each instruction's id and bytes.  The text of a call is then
 # the one capstone prints: for the plain ``E8 rel32`` form it is ``0x`` + the target in hex
-# (capstone's printPCRelImm: address + size + rel, 32 bits wide in 32-bit mode; 0-9 in decimal),
-# and any other call (prefixed, far) is printed by the normal engine.  Tests compare the result
-# with the reference's loop over capstone's own instruction objects.
-
-_X86_CALL_IDS = np.array([capstone.x86_const.X86_INS_CALL, capstone.x86_const.X86_INS_LCALL], dtype=np.uint32)
-# prefixes capstone may print as part of the mnemonic or that change the operand
-_X86_PREFIXES = frozenset(b"\xf0\xf2\xf3\x2e\x36\x3e\x26\x64\x65\x66\x67") | frozenset(range(0x40, 0x50))
+# (capstone's printPCRelImm: address + size + rel, 32 bits wide in 32-bit mode; 0-9 in decimal);
+# a call whose first byte is ``FF`` (no prefix: an indirect call, printed as a register or
+# ``... ptr [...]``) is never collected; any other call (prefixed, far) is printed by the normal
+# engine.  Tests compare the result with the reference's loop over capstone's own instruction
+# objects.
+#
+# The instructions are read without NumPy (whose import costs more than the reading): byte
+# columns of capstone's array (each instruction's first byte, the low 16 bits of its id) are
+# gathered by strided memoryview copies, and ``bytes.find`` walks the ids to the calls.
 
 
 class _DlInfo(ctypes.Structure):
@@ -127,15 +157,17 @@ class _DlInfo(ctypes.Structure):
 
 
 @functools.lru_cache(maxsize=None)
-def _quiet_engine(arch: str) -> capstone.Cs | None:
-    """A capstone engine for x86/x64 that decodes without printing, or None where capstone's
+def _quiet_engine(arch: str) -> int | None:
+    """A capstone handle for x86/x64 that decodes without printing, or None where capstone's
     handle does not have the layout this relies on (then the normal engine is used)."""
     if arch not in ("x86", "x64"):
         return None
     try:
-        md = capstone.Cs(*MODES[arch])
+        handle = ctypes.c_size_t()
+        if _lib().cs_open(*MODES[arch], ctypes.byref(handle)):
+            return None
         # capstone 5's handle starts: arch (4 bytes), mode (4 bytes), printer (function pointer)
-        head = (ctypes.c_uint64 * 2).from_address(md.csh.value)
+        head = (ctypes.c_uint64 * 2).from_address(handle.value)
         cs_arch, cs_mode = MODES[arch]
         if head[0] != cs_arch | (cs_mode << 32):
             return None
@@ -148,47 +180,91 @@ def _quiet_engine(arch: str) -> capstone.Cs | None:
         if not printer:
             return None
         head[1] = printer
-        return md
+        return handle.value
     except (OSError, AttributeError, ValueError):  # pragma: no cover - unusual platforms
         return None
 
 
-def _x86_calls(arch: str, insns: np.ndarray) -> list[tuple[int, str]]:
-    """(position, text) of the collected calls among instructions decoded without text."""
-    ids = insns["id"]
-    cand = np.flatnonzero((ids == _X86_CALL_IDS[0]) | (ids == _X86_CALL_IDS[1]))  # np.isin costs 40% of the sweep here
-    if cand.size == 0:
-        return []
-    raw = insns["bytes"][cand]
-    plain = (insns["size"][cand] == 5) & (raw[:, 0] == 0xE8)
-    found: list[tuple[int, str]] = []
-    idx = cand[plain]
-    if idx.size:
-        b = raw[plain].astype(np.uint64)
-        rel = (b[:, 1] | (b[:, 2] << np.uint64(8)) | (b[:, 3] << np.uint64(16)) | (b[:, 4] << np.uint64(24))).astype(
-            np.int64
-        )
-        rel = np.where(rel >= 1 << 31, rel - (1 << 32), rel)  # sign-extend rel32
-        target = insns["address"][idx] + np.uint64(5) + rel.astype(np.uint64)  # wraps like capstone's int64 sum
-        if arch == "x86":
-            target &= np.uint64(0xFFFFFFFF)
-        keep = target > 9  # capstone prints 0..9 in decimal: not a "0x" operand
-        uniq, first = np.unique(target[keep], return_index=True)
-        order = np.argsort(first, kind="stable")
-        pos = idx[keep]
-        found.extend((int(pos[first[k]]), format(int(uniq[k]), "x")) for k in order)
-    md = _engine(arch)
-    for k in cand[~plain]:  # prefixed or far calls: let capstone print them
-        code = bytes(insns["bytes"][k][: insns["size"][k]])
-        for _addr, _size, mnemonic, op_str in md.disasm_lite(code, int(insns["address"][k]), 1):
-            if mnemonic == "call" and op_str.startswith("0x"):
-                found.append((int(k), op_str[2:]))
-    found.sort()
-    return found
+def _printed(arch: str, code: bytes, address: int) -> tuple[str, str]:
+    """capstone's (mnemonic, op_str) for the first instruction of ``code``."""
+    lib, out = _lib(), ctypes.c_void_p()
+    n = lib.cs_disasm(_engine(arch), code, len(code), address, 1, ctypes.byref(out))
+    if n == 0 or out.value is None:  # pragma: no cover - the engine that does not print decoded it
+        return "", ""
+    try:
+        insn = _cs_insn.from_address(out.value)
+        return insn.mnemonic.decode("ascii"), insn.op_str.decode("ascii")
+    finally:
+        lib.cs_free(out, n)
 
 
-def _select(arch: str, insns: np.ndarray) -> list[str]:
-    """The distinct collected address strings among ``insns``, in order of first appearance."""
+def _x86_chunk(arch: str, view: memoryview, n: int, seen: dict) -> None:
+    """Add the collected call targets among ``n`` records decoded without text to ``seen``
+    (keys: the target as an int, or capstone's text where that is not plain hex)."""
+    call, lcall = _CALL_IDS
+    ids = view.cast("H")[_ID // 2 :: _INSN_SIZE // 2].tobytes()  # low 16 bits of each id (ids are < 2**16)
+    first = view[_BYTES::_INSN_SIZE].tobytes()  # first byte of each instruction
+    wide = 0xFFFFFFFF if arch == "x86" else _MASK64
+    where = _find_all(ids, call)
+    if lcall in ids:  # rare: merge the far calls in, in order
+        where = sorted(where + _find_all(ids, lcall))
+    for k in where:
+        b0 = first[k]
+        if b0 == 0xFF:  # an indirect call: a register or memory operand, never "0x..."
+            continue
+        pos = k * _INSN_SIZE
+        address, size, rel = _PLAIN.unpack_from(view, pos + _ADDR)
+        if b0 == 0xE8 and size == 5 and ids[2 * k : 2 * k + 2] == call:
+            target = (address + 5 + rel) & wide
+            if target > 9:  # capstone prints 0..9 in decimal: not a "0x" operand
+                seen.setdefault(target, None)
+            continue
+        mnemonic, op_str = _printed(arch, view[pos + _BYTES : pos + _BYTES + size].tobytes(), address)
+        if mnemonic == "call" and op_str.startswith("0x"):
+            text = op_str[2:]
+            try:
+                value: int | None = int(text, 16)
+            except ValueError:
+                value = None
+            seen.setdefault(value if value is not None and format(value, "x") == text else text, None)
+
+
+def _find_all(ids: bytes, key: bytes) -> list[int]:
+    """Record numbers whose 2-byte id column equals ``key``."""
+    out, pos = [], ids.find(key)
+    while pos >= 0:
+        if not pos & 1:
+            out.append(pos >> 1)
+        pos = ids.find(key, pos + 1)
+    return out
+
+
+# ----------------------------------------------------------------------------- printed text (ARM, MIPS)
+
+
+@functools.lru_cache(maxsize=None)
+def _insn_dtype():
+    """One NumPy view of capstone's instruction array; short overlapping fields give cheap prefix
+    tests.  Capstone leaves whatever was in memory after each string's terminating NUL, so a field
+    is only compared up to a NUL it includes ("mn5" == b"call" means "call\\0") and strings are cut
+    at their first NUL."""
+    import numpy as np
+
+    return np.dtype(
+        {
+            "names": ["mn2", "mn3", "mn5", "op_str", "op2", "op3", "op5"],
+            "formats": ["S2", "S3", "S5", "S160", "S2", "S3", "S5"],
+            "offsets": [_MN, _MN, _MN, _OP, _OP, _OP, _OP],
+            "itemsize": _INSN_SIZE,
+        }
+    )
+
+
+def _select(arch: str, view: memoryview, n: int) -> list[str]:
+    """The distinct collected address strings among ``n`` printed records, in order of first appearance."""
+    import numpy as np
+
+    insns = np.frombuffer(view, dtype=_insn_dtype(), count=n)
     if arch in ("x86", "x64"):
         hits, cut = (insns["mn5"] == b"call") & (insns["op2"] == b"0x"), slice(2, None)
     elif arch == "ARM":
@@ -198,11 +274,13 @@ def _select(arch: str, insns: np.ndarray) -> list[str]:
     return [s[cut] for s in _distinct_strings(insns["op_str"][np.flatnonzero(hits)])]
 
 
-def _distinct_strings(fields: np.ndarray) -> list[str]:
+def _distinct_strings(fields) -> list[str]:
     """Distinct C strings among capstone's fixed-size text fields, in order of first appearance.
 
     The bytes after each string's NUL are garbage, so they are zeroed before comparing.
     """
+    import numpy as np
+
     if fields.size == 0:
         return []
     raw = fields.view(np.uint8).reshape(len(fields), -1)[:, :_PREFIX]
@@ -223,30 +301,32 @@ def sweep(code: bytes, address: int, arch: str, *, quiet: bool = True) -> list[s
 
     ``quiet=False`` makes x86 use the printing engine too (tests compare the two).
     """
-    disasm, free = _cs_disasm()
-    engine = (_quiet_engine(arch) if quiet else None) or _engine(arch)
-    printed = engine is _engine(arch)
-    handle = engine.csh
+    lib = _lib()
+    quiet_handle = _quiet_engine(arch) if quiet else None
+    handle = quiet_handle or _engine(arch)
     base = ctypes.cast(ctypes.c_char_p(code), ctypes.c_void_p).value or 0
     total, off = len(code), 0
-    seen: dict[str, None] = {}
+    seen: dict = {}
     while off < total:
         out = ctypes.c_void_p()
-        n = disasm(handle, base + off, total - off, (address + off) & 0xFFFFFFFFFFFFFFFF, CHUNK, ctypes.byref(out))
+        start = (address + off) & _MASK64
+        n = lib.cs_disasm(handle, base + off, total - off, start, CHUNK, ctypes.byref(out))
         if n == 0:
             break
         try:
-            raw = (ctypes.c_ubyte * (n * _INSN_SIZE)).from_address(out.value)
-            insns = np.frombuffer(raw, dtype=_INSN_DTYPE, count=n)
-            texts = _select(arch, insns) if printed else [t for _, t in _x86_calls(arch, insns)]
-            for a in texts:  # distinct within the chunk; across chunks here
-                seen.setdefault(a, None)
-            off += int(insns["size"].sum(dtype=np.int64))
+            view = memoryview((ctypes.c_ubyte * (n * _INSN_SIZE)).from_address(out.value)).cast("B")
+            if quiet_handle:
+                _x86_chunk(arch, view, n, seen)
+            else:
+                for a in _select(arch, view, n):  # distinct within the chunk; across chunks here
+                    seen.setdefault(a, None)
+            last, size = _LAST.unpack_from(view, (n - 1) * _INSN_SIZE + _ADDR)
+            off += (last + size - start) & _MASK64
         finally:
-            free(out, n)
+            lib.cs_free(out, n)
         if n < CHUNK:  # capstone stopped: an instruction it cannot decode, or the end
             break
-    return list(seen)
+    return [t if isinstance(t, str) else format(t, "x") for t in seen]
 
 
 # ----------------------------------------------------------------------------- the region
@@ -288,6 +368,13 @@ def image_base(elf: ELFFile, buf) -> int:
         (ptype,) = struct.unpack_from(endian + "I", buf, phoff)
         return struct.unpack_from(vaddr_fmt, buf, phoff + vaddr_at)[0] if ptype == 1 else 0
     count = 0 if phoff + size > n else (n - size - phoff) // phentsize + 1
+    ptype = struct.Struct(endian + "I")
+    for k in range(min(count, 64)):  # the first PT_LOAD is nearly always among the first few
+        pos = phoff + k * phentsize
+        if ptype.unpack_from(buf, pos)[0] == 1:
+            return struct.unpack_from(vaddr_fmt, buf, pos + vaddr_at)[0]
+    import numpy as np  # many headers (a hostile file): read their types at once
+
     step = 1 << 16
     for first in range(0, count, step):
         k = min(step, count - first)
