@@ -22,11 +22,14 @@ import os
 import struct
 import zlib
 
-from elftools.common.exceptions import ELFCompressionError, ELFError, ELFParseError
-from elftools.elf.elffile import ELFFile
-from elftools.elf.segments import Segment
+from typing import TYPE_CHECKING
 
-from .elfconst import check_read, check_seek
+from elftools.common.exceptions import ELFCompressionError, ELFError, ELFParseError  # a small module
+
+if TYPE_CHECKING:
+    from elftools.elf.elffile import ELFFile
+
+from .elfconst import SHT_NOBITS, check_read, check_seek
 from ..result import Reason
 
 # capstone 5's C constants (tests compare them with its Python package's): architecture and mode.
@@ -70,11 +73,11 @@ _INSN_SIZE = ctypes.sizeof(_cs_insn)
 _ID, _ADDR, _BYTES = _cs_insn.id.offset, _cs_insn.address.offset, _cs_insn.bytes.offset
 _MN, _OP = _cs_insn.mnemonic.offset, _cs_insn.op_str.offset
 # address, size and (after the opcode byte) rel32 of a record: the fields of a plain ``E8`` call
-_PLAIN = struct.Struct("<QH1xi")
+_PLAIN = struct.Struct("<QHxi")
 assert _cs_insn.size.offset == _ADDR + 8 and _BYTES == _ADDR + 10
 _LAST = struct.Struct("<QH")  # address and size
-# the ids of call and lcall as the 2 low bytes of the id field
-_CALL_IDS = X86_INS_CALL.to_bytes(2, "little"), X86_INS_LCALL.to_bytes(2, "little")
+_CALL_IDS = (X86_INS_CALL, X86_INS_LCALL)
+_CALL_LOW_BYTE = b"".join(b"C" if i in (X86_INS_CALL & 0xFF, X86_INS_LCALL & 0xFF) else b"." for i in range(256))
 
 
 def _library_path() -> str:
@@ -142,9 +145,9 @@ def _engine(arch: str) -> int:
 # engine.  Tests compare the result with the reference's loop over capstone's own instruction
 # objects.
 #
-# The instructions are read without NumPy (whose import costs more than the reading): byte
-# columns of capstone's array (each instruction's first byte, the low 16 bits of its id) are
-# gathered by strided memoryview copies, and ``bytes.find`` walks the ids to the calls.
+# The instructions are read without NumPy (whose import costs more than the reading): one strided
+# memoryview copy gathers the low byte of every id, and ``bytes.find`` (memchr) walks from call
+# to call; a call costs one struct unpack.  About one instruction in 30 is a call.
 
 
 class _DlInfo(ctypes.Structure):
@@ -200,43 +203,39 @@ def _printed(arch: str, code: bytes, address: int) -> tuple[str, str]:
 
 def _x86_chunk(arch: str, view: memoryview, n: int, seen: dict) -> None:
     """Add the collected call targets among ``n`` records decoded without text to ``seen``
-    (keys: the target as an int, or capstone's text where that is not plain hex)."""
-    call, lcall = _CALL_IDS
-    ids = view.cast("H")[_ID // 2 :: _INSN_SIZE // 2].tobytes()  # low 16 bits of each id (ids are < 2**16)
-    first = view[_BYTES::_INSN_SIZE].tobytes()  # first byte of each instruction
+    (keys: the target as an int, or capstone's text where that is not plain hex; targets 0-9,
+    which capstone prints in decimal, are left for the caller to drop)."""
+    # The low byte of every id, marked "C" where it is that of call or lcall (a few rare vector
+    # instructions share it: the whole id is checked below, for records not starting with E8).
+    marks = view[_ID::_INSN_SIZE].tobytes().translate(_CALL_LOW_BYTE)
     wide = 0xFFFFFFFF if arch == "x86" else _MASK64
-    where = _find_all(ids, call)
-    if lcall in ids:  # rare: merge the far calls in, in order
-        where = sorted(where + _find_all(ids, lcall))
-    for k in where:
-        b0 = first[k]
-        if b0 == 0xFF:  # an indirect call: a register or memory operand, never "0x..."
-            continue
+    unpack = _PLAIN.unpack_from
+    k = marks.find(b"C")
+    while k >= 0:
         pos = k * _INSN_SIZE
-        address, size, rel = _PLAIN.unpack_from(view, pos + _ADDR)
-        if b0 == 0xE8 and size == 5 and ids[2 * k : 2 * k + 2] == call:
-            target = (address + 5 + rel) & wide
-            if target > 9:  # capstone prints 0..9 in decimal: not a "0x" operand
-                seen.setdefault(target, None)
-            continue
-        mnemonic, op_str = _printed(arch, view[pos + _BYTES : pos + _BYTES + size].tobytes(), address)
-        if mnemonic == "call" and op_str.startswith("0x"):
-            text = op_str[2:]
-            try:
-                value: int | None = int(text, 16)
-            except ValueError:
-                value = None
-            seen.setdefault(value if value is not None and format(value, "x") == text else text, None)
+        first = view[pos + _BYTES]
+        if first == 0xE8:  # opcode E8 without prefix: call rel32
+            address, size, rel = unpack(view, pos + _ADDR)
+            if size == 5:
+                seen.setdefault((address + rel + 5) & wide, None)
+            else:  # pragma: no cover - capstone decodes E8 as 5 bytes in 32- and 64-bit mode
+                _add_printed(arch, view, pos, seen)
+        elif first != 0xFF and view[pos + _ID] | view[pos + _ID + 1] << 8 in _CALL_IDS:
+            _add_printed(arch, view, pos, seen)
+        k = marks.find(b"C", k + 1)
 
 
-def _find_all(ids: bytes, key: bytes) -> list[int]:
-    """Record numbers whose 2-byte id column equals ``key``."""
-    out, pos = [], ids.find(key)
-    while pos >= 0:
-        if not pos & 1:
-            out.append(pos >> 1)
-        pos = ids.find(key, pos + 1)
-    return out
+def _add_printed(arch: str, view: memoryview, pos: int, seen: dict) -> None:
+    """The record at ``pos`` as capstone prints it: collected if a call to "0x..."."""
+    address, size = _LAST.unpack_from(view, pos + _ADDR)
+    mnemonic, op_str = _printed(arch, view[pos + _BYTES : pos + _BYTES + size].tobytes(), address)
+    if mnemonic == "call" and op_str.startswith("0x"):
+        text = op_str[2:]
+        try:
+            value: int | None = int(text, 16)
+        except ValueError:
+            value = None
+        seen.setdefault(value if value is not None and format(value, "x") == text else text, None)
 
 
 # ----------------------------------------------------------------------------- printed text (ARM, MIPS)
@@ -326,7 +325,8 @@ def sweep(code: bytes, address: int, arch: str, *, quiet: bool = True) -> list[s
             lib.cs_free(out, n)
         if n < CHUNK:  # capstone stopped: an instruction it cannot decode, or the end
             break
-    return [t if isinstance(t, str) else format(t, "x") for t in seen]
+    # capstone prints targets 0-9 in decimal: not "0x..." operands
+    return [t if isinstance(t, str) else format(t, "x") for t in seen if isinstance(t, str) or t > 9]
 
 
 # ----------------------------------------------------------------------------- the region
@@ -356,12 +356,14 @@ def image_base(elf: ELFFile, buf) -> int:
     stop (``e_phentsize`` of 0) we use 0, as the reference's current source does.
     """
     h = elf.header
-    phoff, phentsize = h["e_phoff"], h["e_phentsize"]
-    size = elf.structs.Elf_Phdr.sizeof()
+    return _image_base(buf, "<" if elf.little_endian else ">", elf.elfclass, h["e_phoff"], h["e_phentsize"])
+
+
+def _image_base(buf, endian: str, bits: int, phoff: int, phentsize: int) -> int:
+    size = 32 if bits == 32 else 56  # Elf_Phdr
     if phoff > 0 and phentsize < size:
         raise ELFError(f"Too small e_phentsize: {phentsize}")
-    endian = "<" if elf.little_endian else ">"
-    vaddr_at, vaddr_fmt = (8, endian + "I") if elf.elfclass == 32 else (16, endian + "Q")
+    vaddr_at, vaddr_fmt = (8, endian + "I") if bits == 32 else (16, endian + "Q")
     n = len(buf)
     if phentsize == 0:
         _read_fails_at(phoff, size, n)
@@ -418,6 +420,8 @@ def _inflate_bounded(section) -> bytes:
 
 def call_destinations(elf: ELFFile, buf) -> tuple[list[str], Reason, str]:
     """``(addresses, reason, detail)``: reason and detail say why when the list is empty."""
+    from elftools.elf.segments import Segment
+
     region = code_region(elf)
     if type(region) is Segment:
         address = elf.header.e_entry
@@ -436,4 +440,35 @@ def call_destinations(elf: ELFFile, buf) -> tuple[list[str], Reason, str]:
             f"no symbol table, and no call-destination fallback for {arch} (the reference covers x86, x86-64, ARM and MIPS)",
         )
     found = sweep(bytes(code), address, arch)
-    return found, Reason.NO_CALLS, "no symbol table, and the fallback found no direct call destinations"
+    return found, Reason.NO_CALLS, _NO_CALLS
+
+
+_NO_CALLS = "no symbol table, and the fallback found no direct call destinations"
+
+
+def call_destinations_fast(buf, h, sections, arch: str) -> tuple[list[str], Reason, str] | None:
+    """:func:`call_destinations` from the raw headers, for a file whose sections the fast
+    symbol-table route has walked to the end (``sections``: its ``_Sections``; ``arch``: pyelftools'
+    name of the machine) without finding
+    anything out of the ordinary.  Only the plain case: the entry point lies in a section with
+    bytes in the file, the architecture is one the fallback covers and the image base is found
+    without error; anything else returns None (pyelftools then takes the exact route)."""
+    if arch not in MODES:
+        return None
+    ep = h.entry
+    for i in range(h.shnum):  # code_region: the first section holding the entry point
+        hdr = sections.get(i)  # (name, type, flags, addr, offset, size, ...)
+        if hdr[3] <= ep <= hdr[3] + hdr[5] - 1:
+            break
+    else:
+        return None
+    _name, sh_type, _flags, _addr, offset, size = hdr[:6]
+    if sh_type == SHT_NOBITS or offset + size > len(buf):
+        return None
+    try:
+        base = _image_base(buf, h.endian, h.bits, h.phoff, h.phentsize)
+        check_read(size)
+    except Exception:  # the exact route raises it, the reference's way
+        return None
+    found = sweep(bytes(buf[offset : offset + size]), base + offset, arch)
+    return found, Reason.NO_CALLS, _NO_CALLS
