@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import hashlib
 import mmap
 import os
 import stat
@@ -88,6 +87,8 @@ def hash_file(
             result = hash_buffer(mm, name)
             _add_fields(mm, result, fields)
             if sha256:
+                import hashlib  # here: a plain hash needs no SHA-256
+
                 result.sha256 = hashlib.sha256(mm).hexdigest()
         except OSError as exc:  # e.g. the file shrank under us (SIGBUS is not raised for reads via mmap slices)
             result = _error(name, Reason.UNREADABLE, f"cannot read: {exc}", size)
@@ -110,6 +111,8 @@ def hash_bytes(
     _add_fields(buf, result, fields)
     result.size = len(buf)
     if sha256:
+        import hashlib
+
         result.sha256 = hashlib.sha256(buf).hexdigest()
     return result
 

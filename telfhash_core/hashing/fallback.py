@@ -72,8 +72,8 @@ class _cs_insn(ctypes.Structure):
 _INSN_SIZE = ctypes.sizeof(_cs_insn)
 _ID, _ADDR, _BYTES = _cs_insn.id.offset, _cs_insn.address.offset, _cs_insn.bytes.offset
 _MN, _OP = _cs_insn.mnemonic.offset, _cs_insn.op_str.offset
-# address, size and (after the opcode byte) rel32 of a record: the fields of a plain ``E8`` call
-_PLAIN = struct.Struct("<QHxi")
+# address, size, first byte and rel32 (after an E8 opcode) of a record: a plain call's fields
+_PLAIN = struct.Struct("<QHBi")
 assert _cs_insn.size.offset == _ADDR + 8 and _BYTES == _ADDR + 10
 _LAST = struct.Struct("<QH")  # address and size
 _CALL_IDS = (X86_INS_CALL, X86_INS_LCALL)
@@ -209,20 +209,16 @@ def _x86_chunk(arch: str, view: memoryview, n: int, seen: dict) -> None:
     # instructions share it: the whole id is checked below, for records not starting with E8).
     marks = view[_ID::_INSN_SIZE].tobytes().translate(_CALL_LOW_BYTE)
     wide = 0xFFFFFFFF if arch == "x86" else _MASK64
-    unpack = _PLAIN.unpack_from
-    k = marks.find(b"C")
+    unpack, find, add, stride = _PLAIN.unpack_from, marks.find, seen.setdefault, _INSN_SIZE  # locals: the loop is hot
+    k = find(b"C")
     while k >= 0:
-        pos = k * _INSN_SIZE
-        first = view[pos + _BYTES]
-        if first == 0xE8:  # opcode E8 without prefix: call rel32
-            address, size, rel = unpack(view, pos + _ADDR)
-            if size == 5:
-                seen.setdefault((address + rel + 5) & wide, None)
-            else:  # pragma: no cover - capstone decodes E8 as 5 bytes in 32- and 64-bit mode
-                _add_printed(arch, view, pos, seen)
+        pos = k * stride
+        address, size, first, rel = unpack(view, pos + _ADDR)
+        if first == 0xE8 and size == 5:  # opcode E8 without prefix: call rel32
+            add((address + rel + 5) & wide)
         elif first != 0xFF and view[pos + _ID] | view[pos + _ID + 1] << 8 in _CALL_IDS:
             _add_printed(arch, view, pos, seen)
-        k = marks.find(b"C", k + 1)
+        k = find(b"C", k + 1)
 
 
 def _add_printed(arch: str, view: memoryview, pos: int, seen: dict) -> None:
