@@ -3,7 +3,8 @@
 The reference finds a code region, sweeps it linearly with capstone (stopping at the first
 bytes capstone cannot decode) and collects, in order of first appearance, the targets of
 direct calls, spelled as capstone prints them.  We find the same region with pyelftools, the
-same way, and run the same capstone engine; what differs is how the instructions are read:
+same way (or from the raw headers, when the struct-based route of ``elf.py`` found them in
+order), and run the same capstone engine; what differs is how the instructions are read:
 capstone's C decoder fills an array of instructions in chunks, and the calls are picked from
 that array without a Python object per instruction.
 
