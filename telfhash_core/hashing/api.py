@@ -252,7 +252,7 @@ def _hash_paths(
     # seconds spent, and the rest estimated at POOL_MIN_REST or more at the rate so far (starting
     # the workers costs about 0.15 CPU-s each).  A short job never pays for processes, and the
     # workers of a long one, forked after these files, inherit the modules they needed (NumPy,
-    # capstone, pyelftools for the fallback) instead of importing them.
+    # libcapstone, pyelftools where those files needed them) instead of importing them.
     started = time.process_time()
     after_first = started  # the rate leaves the first file out: it pays for the imports
     done = 0

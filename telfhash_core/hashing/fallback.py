@@ -303,10 +303,11 @@ def sweep(code: bytes, address: int, arch: str, *, quiet: bool = True) -> list[s
     base = ctypes.cast(ctypes.c_char_p(code), ctypes.c_void_p).value or 0
     total, off = len(code), 0
     seen: dict = {}
+    out = ctypes.c_void_p()
+    out_ref = ctypes.byref(out)
     while off < total:
-        out = ctypes.c_void_p()
         start = (address + off) & _MASK64
-        n = lib.cs_disasm(handle, base + off, total - off, start, CHUNK, ctypes.byref(out))
+        n = lib.cs_disasm(handle, base + off, total - off, start, CHUNK, out_ref)
         if n == 0:
             break
         try:
