@@ -4,7 +4,10 @@ test fixtures), hash every mutant with the reference (telfhash 0.9.8) and with t
 print how many agree (telfhash and message).  The reference runs in its own interpreter; files
 on which it never finishes (it loops forever on some crafted program headers) are counted apart.
 
-    python benchmarks/fuzz_vs_reference.py [--count N] [--seed S] [--reference-python PATH]
+    python benchmarks/fuzz_vs_reference.py [--count N] [--seed S] [--reference-python PATH] [--add FILE...]
+
+``--add`` mutates these files too (e.g. static x86 programs of ``../shared/corpus-static``, whose
+``.rela.plt`` and code section the struct-based route reads).
 """
 
 from __future__ import annotations
@@ -77,12 +80,13 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--timeout", type=int, default=10, help="seconds before the reference counts as hanging")
     ap.add_argument("--reference-python", default="/work/refvenv/bin/python")
+    ap.add_argument("--add", nargs="*", default=[], metavar="FILE", help="more files to mutate")
     args = ap.parse_args()
     if not Path(args.reference_python).exists():
         print(f"reference interpreter not found: {args.reference_python} (pip install telfhash==0.9.8 in a venv)")
         return 1
     rng = random.Random(args.seed)
-    seeds = list(SEEDS.values())
+    seeds = list(SEEDS.values()) + [Path(p).read_bytes() for p in args.add]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp, "m")
         folder.mkdir()

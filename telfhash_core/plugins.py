@@ -18,7 +18,6 @@ plain hashing calls (a test checks this).
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -27,7 +26,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 if TYPE_CHECKING:
     import pluggy
 
-log = logging.getLogger(__name__)
+
+def _log():
+    """This module's logger (``logging`` is imported on first use: a plain hash needs none)."""
+    import logging
+
+    return logging.getLogger(__name__)
+
 
 # The core adds its own formats and commands through the same hooks third parties use.
 # Each module implements the hooks it needs; a module that is missing or whose optional
@@ -83,7 +88,7 @@ def _failed(name: str, origin: str, where: str, exc: BaseException) -> None:
     message = f"{name}: {type(exc).__name__}: {exc}"
     load_errors.append(message)
     _infos.append(PluginInfo(name, origin, where, [], error=f"{type(exc).__name__}: {exc}"))
-    log.warning("plugin %s not loaded: %s", name, exc)
+    _log().warning("plugin %s not loaded: %s", name, exc)
 
 
 def _entry_points() -> Iterable[Any]:
@@ -127,6 +132,9 @@ def get_plugin_manager() -> pluggy.PluginManager:
                 continue
             _infos.append(_info(ep.name, origin, plugin))
     if os.environ.get("TELFHASH_TRACE_HOOKS"):
+        import logging
+
+        log = _log()
         if not log.handlers:
             log.addHandler(logging.StreamHandler())
         log.setLevel(logging.DEBUG)

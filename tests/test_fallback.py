@@ -4,7 +4,10 @@ capstone's own Python API (one CsInsn per instruction), on real code and on rand
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -123,3 +126,68 @@ def test_x86_without_printing_equals_the_reference_loop_on_call_heavy_bytes(arch
 def test_quiet_engine_is_in_use_for_x86():
     assert fallback._quiet_engine("x64") is not None and fallback._quiet_engine("x86") is not None
     assert fallback._quiet_engine("ARM") is None
+
+
+def test_capstone_constants_and_record_layout_match_capstones_own():
+    """The fallback loads libcapstone without capstone's Python package: its copies of the
+    constants and of ``cs_insn`` must be the package's."""
+    import ctypes
+
+    import capstone
+    from capstone import x86_const
+
+    assert fallback.MODES == {
+        "x86": (capstone.CS_ARCH_X86, capstone.CS_MODE_32),
+        "x64": (capstone.CS_ARCH_X86, capstone.CS_MODE_64),
+        "ARM": (capstone.CS_ARCH_ARM, capstone.CS_MODE_ARM),
+        "MIPS": (capstone.CS_ARCH_MIPS, capstone.CS_MODE_MIPS32 | capstone.CS_MODE_BIG_ENDIAN),
+    }
+    assert (fallback.X86_INS_CALL, fallback.X86_INS_LCALL) == (x86_const.X86_INS_CALL, x86_const.X86_INS_LCALL)
+    ours, theirs = fallback._cs_insn, capstone._cs_insn
+    assert ctypes.sizeof(ours) == ctypes.sizeof(theirs)
+    assert [(n, getattr(ours, n).offset, getattr(ours, n).size) for n, _ in ours._fields_] == [
+        (n, getattr(theirs, n).offset, getattr(theirs, n).size) for n, _ in theirs._fields_
+    ]
+    assert os.path.samefile(fallback._library_path(), capstone._cs._name)
+
+
+def test_x86_sweep_loads_neither_numpy_nor_capstones_python_package():
+    code = (
+        "import sys\n"
+        "from telfhash_core.hashing import fallback\n"
+        "assert fallback.sweep(b'\\xe8\\x10\\x00\\x00\\x00\\xc3', 0x401000, 'x64') == ['401015']\n"
+        "print([m for m in ('numpy', 'capstone') if m in sys.modules])\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"
+
+
+def test_fallback_from_raw_headers_equals_the_pyelftools_route():
+    """Where the fast symbol-table route walked every section, the fallback's region, image base
+    and bytes come from the raw headers: the same answer as the pyelftools route, on every fixture
+    and on the static programs of the corpus; and the raw route is the one taken for most."""
+    from telfhash_core.hashing import elf as E
+
+    paths = [FIXTURES / e["fixture"] for e in json.loads((FIXTURES / "fixtures.json").read_text())["files"]]
+    try:
+        paths += [Path(f["abspath"]) for f in corpus.static_files()][::9]
+    except BaseException:  # pytest's Skipped: no static corpus here
+        pass
+    taken = compared = 0
+    for path in paths:
+        buf = path.read_bytes()
+        try:
+            h = E.read_header(buf)
+            table, sections = E._find_symbol_table_fast(buf, h)
+        except (E.NotELF, E._GiveUp):
+            continue
+        if table is not None or sections is None:
+            continue
+        arch = E.machine_name(h.machine)
+        fast = fallback.call_destinations_fast(buf, h, sections, arch)
+        compared += arch in fallback.MODES  # the others are left to the pyelftools route
+        if fast is not None:
+            taken += 1
+            assert fast == fallback.call_destinations(E.open_elf(buf), buf), path
+    assert compared >= 4 and taken * 2 >= compared, (taken, compared)

@@ -126,3 +126,30 @@ def test_declared_entry_points_match_importlib_metadata():
     assert sorted(set(plugins.declared_entry_points())) == sorted(
         {(e.name, e.value) for e in entry_points(group="telfhash")}
     )
+
+
+def test_static_x86_programs_import_no_numpy_capstone_package_or_pyelftools_parser():
+    """The call-destination fallback for x86/x86-64 reads the headers with struct and loads
+    libcapstone through ctypes."""
+    static = [
+        str(FIX / "elf" / n)
+        for n in ("amd64__klibc-utils__usr__lib__klibc__bin__nuke", "i386__klibc-utils__usr__lib__klibc__bin__cpio")
+    ]
+    probe = (
+        "import sys, io, contextlib, json\n"
+        "from telfhash_core.cli import main\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out):\n"
+        f"    main(['-f', 'json', *{static!r}])\n"
+        "print([r['telfhash'] for r in json.loads(out.getvalue())])\n"
+        "heavy = ['numpy', 'capstone', 'elftools.elf.elffile', 'elftools.construct', 'concurrent.futures']\n"
+        "print([m for m in heavy if m in sys.modules])\n"
+    )
+    env = dict(os.environ)
+    env.pop("TELFHASH_TRACE_HOOKS", None)
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 0, p.stderr
+    values, loaded = p.stdout.split("\n")[:2]
+    expected = {e["fixture"]: e["reference"]["telfhash"] for e in ENTRIES}
+    assert values == repr([expected["elf/" + Path(s).name] for s in static])
+    assert loaded == "[]"

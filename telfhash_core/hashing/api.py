@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import hashlib
 import mmap
 import os
 import stat
@@ -88,6 +87,8 @@ def hash_file(
             result = hash_buffer(mm, name)
             _add_fields(mm, result, fields)
             if sha256:
+                import hashlib  # here: a plain hash needs no SHA-256
+
                 result.sha256 = hashlib.sha256(mm).hexdigest()
         except OSError as exc:  # e.g. the file shrank under us (SIGBUS is not raised for reads via mmap slices)
             result = _error(name, Reason.UNREADABLE, f"cannot read: {exc}", size)
@@ -110,6 +111,8 @@ def hash_bytes(
     _add_fields(buf, result, fields)
     result.size = len(buf)
     if sha256:
+        import hashlib
+
         result.sha256 = hashlib.sha256(buf).hexdigest()
     return result
 
@@ -249,7 +252,7 @@ def _hash_paths(
     # seconds spent, and the rest estimated at POOL_MIN_REST or more at the rate so far (starting
     # the workers costs about 0.15 CPU-s each).  A short job never pays for processes, and the
     # workers of a long one, forked after these files, inherit the modules they needed (NumPy,
-    # capstone, pyelftools for the fallback) instead of importing them.
+    # libcapstone, pyelftools where those files needed them) instead of importing them.
     started = time.process_time()
     after_first = started  # the rate leaves the first file out: it pays for the imports
     done = 0

@@ -382,8 +382,13 @@ def find_symbol_table_fast(buf, h: Header) -> SymbolTable | None:
     Raises :class:`_GiveUp` whenever a section before the chosen one is anything that
     pyelftools would inspect more closely while walking the sections.
     """
+    return _find_symbol_table_fast(buf, h)[0]
+
+
+def _find_symbol_table_fast(buf, h: Header) -> tuple[SymbolTable | None, _Sections | None]:
+    """:func:`find_symbol_table_fast`, and the section headers when it walked all of them."""
     if h.shoff == 0:
-        return None  # pyelftools: no sections at all
+        return None, None  # pyelftools: no sections at all
     secs = _Sections(buf, h)  # reads the section-name table first, as pyelftools does
     word = 4 if h.bits == 32 else 8
     for i in range(h.shnum):
@@ -393,7 +398,7 @@ def find_symbol_table_fast(buf, h: Header) -> SymbolTable | None:
             strtab = secs.symtab(hdr)
             if size > 0 and t != SHT_SUNW_LDYNSYM:
                 kind = "dynsym" if t == SHT_DYNSYM else "symtab"
-                return SymbolTable(kind, hdr[4], size, hdr[9], strtab[4])
+                return SymbolTable(kind, hdr[4], size, hdr[9], strtab[4]), None
         elif t == SHT_GNU_HASH:
             secs.symtab(secs.get(hdr[6]), linked=True)
             secs.need(hdr[4], 16)
@@ -412,13 +417,17 @@ def find_symbol_table_fast(buf, h: Header) -> SymbolTable | None:
             secs.symtab(secs.get(hdr[6]), linked=True)
         elif t in (SHT_GNU_VERNEED, SHT_GNU_VERDEF):
             secs.strtab(hdr[6])
-        elif t in (SHT_REL, SHT_RELA, SHT_RELR, SHT_SYMTAB_SHNDX, SHT_SUNW_SYMINFO):
+        elif t in (SHT_REL, SHT_RELA):
+            # pyelftools' RelocationSection asserts sh_entsize == sizeof(Elf_Rel / Elf_Rela)
+            if hdr[9] != (3 if t == SHT_RELA else 2) * word:
+                raise _GiveUp
+        elif t in (SHT_RELR, SHT_SYMTAB_SHNDX, SHT_SUNW_SYMINFO):
             raise _GiveUp
         elif t == SHT_LOPROC_3 and h.machine in (EM_ARM, EM_RISCV):
             raise _GiveUp
         elif t == SHT_PROGBITS and secs.name(hdr) == b".stab":
             raise _GiveUp
-    return None
+    return None, secs
 
 
 def find_symbol_table_exact(elf: ELFFile) -> SymbolTable | None:
@@ -538,19 +547,22 @@ def _hash_buffer(buf, name: str, exact: bool) -> Result:
         h = read_header(buf)
         if exact:
             raise _GiveUp
-        table = find_symbol_table_fast(buf, h)
+        table, sections = _find_symbol_table_fast(buf, h)
     except _GiveUp:
         elf = open_elf(buf)
         if h is None:
             h = read_header(buf)
-        table = find_symbol_table_exact(elf)
+        table, sections = find_symbol_table_exact(elf), None
     arch = machine_name(h.machine)
     if table is None:
-        from .fallback import call_destinations
+        from .fallback import call_destinations, call_destinations_fast
 
-        if elf is None:
-            elf = open_elf(buf)
-        items, reason, detail = call_destinations(elf, buf)
+        found = call_destinations_fast(buf, h, sections, arch) if sections is not None else None
+        if found is None:
+            if elf is None:
+                elf = open_elf(buf)
+            found = call_destinations(elf, buf)
+        items, reason, detail = found
         method = "fallback"
     else:
         items = select_symbols(read_function_names(buf, h, table))

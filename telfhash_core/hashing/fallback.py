@@ -3,37 +3,40 @@
 The reference finds a code region, sweeps it linearly with capstone (stopping at the first
 bytes capstone cannot decode) and collects, in order of first appearance, the targets of
 direct calls, spelled as capstone prints them.  We find the same region with pyelftools, the
-same way, and run the same capstone engine; what differs is how the instructions are read:
-capstone's C decoder fills an array of instructions in chunks and NumPy picks the calls from
-that array, instead of a Python object per instruction.
+same way (or from the raw headers, when the struct-based route of ``elf.py`` found them in
+order), and run the same capstone engine; what differs is how the instructions are read:
+capstone's C decoder fills an array of instructions in chunks, and the calls are picked from
+that array without a Python object per instruction.
+
+libcapstone is loaded here through ctypes, the way capstone's Python package loads it, but
+without importing that package (it imports every architecture's module: 0.04 CPU-s, a tenth of
+what ``telfhash`` spends on 30 static programs).  x86 needs neither it nor NumPy; ARM and MIPS
+pick their calls with NumPy.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import importlib.util
+import os
 import struct
 import zlib
 
-import capstone
-import numpy as np
-from capstone import (
-    CS_ARCH_ARM,
-    CS_ARCH_MIPS,
-    CS_ARCH_X86,
-    CS_MODE_32,
-    CS_MODE_64,
-    CS_MODE_ARM,
-    CS_MODE_BIG_ENDIAN,
-    CS_MODE_MIPS32,
-    _cs_insn,
-)
-from elftools.common.exceptions import ELFCompressionError, ELFError, ELFParseError
-from elftools.elf.elffile import ELFFile
-from elftools.elf.segments import Segment
+from typing import TYPE_CHECKING
 
-from .elfconst import check_read, check_seek
+from elftools.common.exceptions import ELFCompressionError, ELFError, ELFParseError  # a small module
+
+if TYPE_CHECKING:
+    from elftools.elf.elffile import ELFFile
+
+from .elfconst import SHT_NOBITS, check_read, check_seek
 from ..result import Reason
+
+# capstone 5's C constants (tests compare them with its Python package's): architecture and mode.
+CS_ARCH_ARM, CS_ARCH_MIPS, CS_ARCH_X86 = 0, 2, 3
+CS_MODE_ARM, CS_MODE_32, CS_MODE_64, CS_MODE_MIPS32, CS_MODE_BIG_ENDIAN = 0, 1 << 2, 1 << 3, 1 << 2, 1 << 31
+X86_INS_CALL, X86_INS_LCALL = 62, 170
 
 # pyelftools machine name -> capstone engine, as the reference chooses them (note: MIPS is
 # always decoded big-endian and ARM never as Thumb; those are part of the value).
@@ -45,43 +48,68 @@ MODES = {
 }
 
 _PREFIX = 32  # bytes of op_str compared at once (a call target needs at most 19)
-CHUNK = 4096  # instructions per capstone call: ~1 MB of capstone records, cache-friendly (measured best)
+# Instructions per capstone call.  capstone grows its array 32, 83, 164, 293, 499, 828, ... entries:
+# 828 fills it exactly (205 KB), and glibc reuses that block from call to call; 4096 entries (1.5 MB)
+# took 25k-190k page faults over the 30 static programs of bench_core (0.1-0.25 s of system time), 828 took 5k.
+CHUNK = 828
 MAX_CODE = 256 << 20  # a compressed code section may not inflate beyond this
+_MASK64 = (1 << 64) - 1
+
+
+class _cs_insn(ctypes.Structure):
+    """capstone 5's ``cs_insn`` (tests compare it with the Python package's)."""
+
+    _fields_ = [
+        ("id", ctypes.c_uint),
+        ("address", ctypes.c_uint64),
+        ("size", ctypes.c_uint16),
+        ("bytes", ctypes.c_ubyte * 24),
+        ("mnemonic", ctypes.c_char * 32),
+        ("op_str", ctypes.c_char * 160),
+        ("detail", ctypes.c_void_p),
+    ]
+
 
 _INSN_SIZE = ctypes.sizeof(_cs_insn)
+_ID, _ADDR, _BYTES = _cs_insn.id.offset, _cs_insn.address.offset, _cs_insn.bytes.offset
 _MN, _OP = _cs_insn.mnemonic.offset, _cs_insn.op_str.offset
-# One view of capstone's instruction array; short overlapping fields give cheap prefix tests.
-# Capstone leaves whatever was in memory after each string's terminating NUL, so a field is
-# only compared up to a NUL it includes ("mn5" == b"call" means "call\0") and strings are cut
-# at their first NUL.
-_INSN_DTYPE = np.dtype(
-    {
-        "names": ["id", "address", "size", "bytes", "mn2", "mn3", "mn5", "op_str", "op2", "op3", "op5"],
-        "formats": ["=u4", "=u8", "=u2", ("u1", 24), "S2", "S3", "S5", "S160", "S2", "S3", "S5"],
-        "offsets": [
-            0,
-            _cs_insn.address.offset,
-            _cs_insn.size.offset,
-            _cs_insn.bytes.offset,
-            _MN,
-            _MN,
-            _MN,
-            _OP,
-            _OP,
-            _OP,
-            _OP,
-        ],
-        "itemsize": _INSN_SIZE,
-    }
-)
+# address, size, first byte and rel32 (after an E8 opcode) of a record: a plain call's fields
+_PLAIN = struct.Struct("<QHBi")
+assert _cs_insn.size.offset == _ADDR + 8 and _BYTES == _ADDR + 10
+_LAST = struct.Struct("<QH")  # address and size
+_CALL_IDS = (X86_INS_CALL, X86_INS_LCALL)
+_CALL_LOW_BYTE = b"".join(b"C" if i in (X86_INS_CALL & 0xFF, X86_INS_LCALL & 0xFF) else b"." for i in range(256))
+
+
+def _library_path() -> str:
+    """The libcapstone capstone's Python package would load (its first two places: the
+    ``LIBCAPSTONE_PATH`` variable, then the ``lib`` folder of the package); else the package's own."""
+    name = "libcapstone.so"
+    spec = importlib.util.find_spec("capstone")
+    folders = [os.environ.get("LIBCAPSTONE_PATH")]
+    folders += [os.path.join(d, "lib") for d in (spec.submodule_search_locations or [])] if spec else []
+    for folder in folders:
+        for candidate in (os.path.join(folder, name), os.path.join(folder, name + ".5")) if folder else ():
+            if os.path.exists(candidate):
+                return candidate
+    import capstone  # elsewhere (a system library, another platform): let the package find it
+
+    return capstone._cs._name
 
 
 @functools.lru_cache(maxsize=None)
-def _cs_disasm():
-    lib = ctypes.CDLL(capstone._cs._name)  # our own function object: capstone's prototypes stay untouched
-    fn = lib.cs_disasm
-    fn.restype = ctypes.c_size_t
-    fn.argtypes = [
+def _lib() -> ctypes.CDLL:
+    lib = ctypes.CDLL(_library_path(), mode=getattr(os, "RTLD_DEEPBIND", 0))
+    lib.cs_version.restype = ctypes.c_int
+    lib.cs_version.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)]
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    lib.cs_version(ctypes.byref(major), ctypes.byref(minor))
+    if major.value != 5:
+        raise ImportError(f"the call-destination fallback needs capstone 5, found {major.value}.{minor.value}")
+    lib.cs_open.restype = ctypes.c_int
+    lib.cs_open.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_size_t)]
+    lib.cs_disasm.restype = ctypes.c_size_t
+    lib.cs_disasm.argtypes = [
         ctypes.c_size_t,
         ctypes.c_void_p,
         ctypes.c_size_t,
@@ -89,15 +117,19 @@ def _cs_disasm():
         ctypes.c_size_t,
         ctypes.POINTER(ctypes.c_void_p),
     ]
-    free = lib.cs_free
-    free.restype = None
-    free.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    return fn, free
+    lib.cs_free.restype = None
+    lib.cs_free.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    return lib
 
 
 @functools.lru_cache(maxsize=None)
-def _engine(arch: str) -> capstone.Cs:
-    return capstone.Cs(*MODES[arch])
+def _engine(arch: str) -> int:
+    """A capstone handle for ``arch`` (kept for the life of the process, as one ``Cs`` was)."""
+    handle = ctypes.c_size_t()
+    err = _lib().cs_open(*MODES[arch], ctypes.byref(handle))
+    if err:
+        raise OSError(f"capstone cs_open failed for {arch}: error {err}")
+    return handle.value
 
 
 # ----------------------------------------------------------------------------- x86 without printing
@@ -108,13 +140,15 @@ def _engine(arch: str) -> capstone.Cs:
 # printer is switched off: capstone's own decoder still decides every instruction boundary and
 # where the sweep stops, and reports each instruction's id and bytes.  The text of a call is then
 # the one capstone prints: for the plain ``E8 rel32`` form it is ``0x`` + the target in hex
-# (capstone's printPCRelImm: address + size + rel, 32 bits wide in 32-bit mode; 0-9 in decimal),
-# and any other call (prefixed, far) is printed by the normal engine.  Tests compare the result
-# with the reference's loop over capstone's own instruction objects.
-
-_X86_CALL_IDS = np.array([capstone.x86_const.X86_INS_CALL, capstone.x86_const.X86_INS_LCALL], dtype=np.uint32)
-# prefixes capstone may print as part of the mnemonic or that change the operand
-_X86_PREFIXES = frozenset(b"\xf0\xf2\xf3\x2e\x36\x3e\x26\x64\x65\x66\x67") | frozenset(range(0x40, 0x50))
+# (capstone's printPCRelImm: address + size + rel, 32 bits wide in 32-bit mode; 0-9 in decimal);
+# a call whose first byte is ``FF`` (no prefix: an indirect call, printed as a register or
+# ``... ptr [...]``) is never collected; any other call (prefixed, far) is printed by the normal
+# engine.  Tests compare the result with the reference's loop over capstone's own instruction
+# objects.
+#
+# The instructions are read without NumPy (whose import costs more than the reading): one strided
+# memoryview copy gathers the low byte of every id, and ``bytes.find`` (memchr) walks from call
+# to call; a call costs one struct unpack.  About one instruction in 30 is a call.
 
 
 class _DlInfo(ctypes.Structure):
@@ -127,15 +161,17 @@ class _DlInfo(ctypes.Structure):
 
 
 @functools.lru_cache(maxsize=None)
-def _quiet_engine(arch: str) -> capstone.Cs | None:
-    """A capstone engine for x86/x64 that decodes without printing, or None where capstone's
+def _quiet_engine(arch: str) -> int | None:
+    """A capstone handle for x86/x64 that decodes without printing, or None where capstone's
     handle does not have the layout this relies on (then the normal engine is used)."""
     if arch not in ("x86", "x64"):
         return None
     try:
-        md = capstone.Cs(*MODES[arch])
+        handle = ctypes.c_size_t()
+        if _lib().cs_open(*MODES[arch], ctypes.byref(handle)):
+            return None
         # capstone 5's handle starts: arch (4 bytes), mode (4 bytes), printer (function pointer)
-        head = (ctypes.c_uint64 * 2).from_address(md.csh.value)
+        head = (ctypes.c_uint64 * 2).from_address(handle.value)
         cs_arch, cs_mode = MODES[arch]
         if head[0] != cs_arch | (cs_mode << 32):
             return None
@@ -148,47 +184,83 @@ def _quiet_engine(arch: str) -> capstone.Cs | None:
         if not printer:
             return None
         head[1] = printer
-        return md
+        return handle.value
     except (OSError, AttributeError, ValueError):  # pragma: no cover - unusual platforms
         return None
 
 
-def _x86_calls(arch: str, insns: np.ndarray) -> list[tuple[int, str]]:
-    """(position, text) of the collected calls among instructions decoded without text."""
-    ids = insns["id"]
-    cand = np.flatnonzero((ids == _X86_CALL_IDS[0]) | (ids == _X86_CALL_IDS[1]))  # np.isin costs 40% of the sweep here
-    if cand.size == 0:
-        return []
-    raw = insns["bytes"][cand]
-    plain = (insns["size"][cand] == 5) & (raw[:, 0] == 0xE8)
-    found: list[tuple[int, str]] = []
-    idx = cand[plain]
-    if idx.size:
-        b = raw[plain].astype(np.uint64)
-        rel = (b[:, 1] | (b[:, 2] << np.uint64(8)) | (b[:, 3] << np.uint64(16)) | (b[:, 4] << np.uint64(24))).astype(
-            np.int64
-        )
-        rel = np.where(rel >= 1 << 31, rel - (1 << 32), rel)  # sign-extend rel32
-        target = insns["address"][idx] + np.uint64(5) + rel.astype(np.uint64)  # wraps like capstone's int64 sum
-        if arch == "x86":
-            target &= np.uint64(0xFFFFFFFF)
-        keep = target > 9  # capstone prints 0..9 in decimal: not a "0x" operand
-        uniq, first = np.unique(target[keep], return_index=True)
-        order = np.argsort(first, kind="stable")
-        pos = idx[keep]
-        found.extend((int(pos[first[k]]), format(int(uniq[k]), "x")) for k in order)
-    md = _engine(arch)
-    for k in cand[~plain]:  # prefixed or far calls: let capstone print them
-        code = bytes(insns["bytes"][k][: insns["size"][k]])
-        for _addr, _size, mnemonic, op_str in md.disasm_lite(code, int(insns["address"][k]), 1):
-            if mnemonic == "call" and op_str.startswith("0x"):
-                found.append((int(k), op_str[2:]))
-    found.sort()
-    return found
+def _printed(arch: str, code: bytes, address: int) -> tuple[str, str]:
+    """capstone's (mnemonic, op_str) for the first instruction of ``code``."""
+    lib, out = _lib(), ctypes.c_void_p()
+    n = lib.cs_disasm(_engine(arch), code, len(code), address, 1, ctypes.byref(out))
+    if n == 0 or out.value is None:  # pragma: no cover - the engine that does not print decoded it
+        return "", ""
+    try:
+        insn = _cs_insn.from_address(out.value)
+        return insn.mnemonic.decode("ascii"), insn.op_str.decode("ascii")
+    finally:
+        lib.cs_free(out, n)
 
 
-def _select(arch: str, insns: np.ndarray) -> list[str]:
-    """The distinct collected address strings among ``insns``, in order of first appearance."""
+def _x86_chunk(arch: str, view: memoryview, n: int, seen: dict) -> None:
+    """Add the collected call targets among ``n`` records decoded without text to ``seen``
+    (keys: the target as an int, or capstone's text where that is not plain hex; targets 0-9,
+    which capstone prints in decimal, are left for the caller to drop)."""
+    # The low byte of every id, marked "C" where it is that of call or lcall (a few rare vector
+    # instructions share it: the whole id is checked below, for records not starting with E8).
+    marks = view[_ID::_INSN_SIZE].tobytes().translate(_CALL_LOW_BYTE)
+    wide = 0xFFFFFFFF if arch == "x86" else _MASK64
+    unpack, find, add, stride = _PLAIN.unpack_from, marks.find, seen.setdefault, _INSN_SIZE  # locals: the loop is hot
+    k = find(b"C")
+    while k >= 0:
+        pos = k * stride
+        address, size, first, rel = unpack(view, pos + _ADDR)
+        if first == 0xE8 and size == 5:  # opcode E8 without prefix: call rel32
+            add((address + rel + 5) & wide)
+        elif first != 0xFF and view[pos + _ID] | view[pos + _ID + 1] << 8 in _CALL_IDS:
+            _add_printed(arch, view, pos, seen)
+        k = find(b"C", k + 1)
+
+
+def _add_printed(arch: str, view: memoryview, pos: int, seen: dict) -> None:
+    """The record at ``pos`` as capstone prints it: collected if a call to "0x..."."""
+    address, size = _LAST.unpack_from(view, pos + _ADDR)
+    mnemonic, op_str = _printed(arch, view[pos + _BYTES : pos + _BYTES + size].tobytes(), address)
+    if mnemonic == "call" and op_str.startswith("0x"):
+        text = op_str[2:]
+        try:
+            value: int | None = int(text, 16)
+        except ValueError:
+            value = None
+        seen.setdefault(value if value is not None and format(value, "x") == text else text, None)
+
+
+# ----------------------------------------------------------------------------- printed text (ARM, MIPS)
+
+
+@functools.lru_cache(maxsize=None)
+def _insn_dtype():
+    """One NumPy view of capstone's instruction array; short overlapping fields give cheap prefix
+    tests.  Capstone leaves whatever was in memory after each string's terminating NUL, so a field
+    is only compared up to a NUL it includes ("mn5" == b"call" means "call\\0") and strings are cut
+    at their first NUL."""
+    import numpy as np
+
+    return np.dtype(
+        {
+            "names": ["mn2", "mn3", "mn5", "op_str", "op2", "op3", "op5"],
+            "formats": ["S2", "S3", "S5", "S160", "S2", "S3", "S5"],
+            "offsets": [_MN, _MN, _MN, _OP, _OP, _OP, _OP],
+            "itemsize": _INSN_SIZE,
+        }
+    )
+
+
+def _select(arch: str, view: memoryview, n: int) -> list[str]:
+    """The distinct collected address strings among ``n`` printed records, in order of first appearance."""
+    import numpy as np
+
+    insns = np.frombuffer(view, dtype=_insn_dtype(), count=n)
     if arch in ("x86", "x64"):
         hits, cut = (insns["mn5"] == b"call") & (insns["op2"] == b"0x"), slice(2, None)
     elif arch == "ARM":
@@ -198,11 +270,13 @@ def _select(arch: str, insns: np.ndarray) -> list[str]:
     return [s[cut] for s in _distinct_strings(insns["op_str"][np.flatnonzero(hits)])]
 
 
-def _distinct_strings(fields: np.ndarray) -> list[str]:
+def _distinct_strings(fields) -> list[str]:
     """Distinct C strings among capstone's fixed-size text fields, in order of first appearance.
 
     The bytes after each string's NUL are garbage, so they are zeroed before comparing.
     """
+    import numpy as np
+
     if fields.size == 0:
         return []
     raw = fields.view(np.uint8).reshape(len(fields), -1)[:, :_PREFIX]
@@ -223,30 +297,34 @@ def sweep(code: bytes, address: int, arch: str, *, quiet: bool = True) -> list[s
 
     ``quiet=False`` makes x86 use the printing engine too (tests compare the two).
     """
-    disasm, free = _cs_disasm()
-    engine = (_quiet_engine(arch) if quiet else None) or _engine(arch)
-    printed = engine is _engine(arch)
-    handle = engine.csh
+    lib = _lib()
+    quiet_handle = _quiet_engine(arch) if quiet else None
+    handle = quiet_handle or _engine(arch)
     base = ctypes.cast(ctypes.c_char_p(code), ctypes.c_void_p).value or 0
     total, off = len(code), 0
-    seen: dict[str, None] = {}
+    seen: dict = {}
+    out = ctypes.c_void_p()
+    out_ref = ctypes.byref(out)
     while off < total:
-        out = ctypes.c_void_p()
-        n = disasm(handle, base + off, total - off, (address + off) & 0xFFFFFFFFFFFFFFFF, CHUNK, ctypes.byref(out))
+        start = (address + off) & _MASK64
+        n = lib.cs_disasm(handle, base + off, total - off, start, CHUNK, out_ref)
         if n == 0:
             break
         try:
-            raw = (ctypes.c_ubyte * (n * _INSN_SIZE)).from_address(out.value)
-            insns = np.frombuffer(raw, dtype=_INSN_DTYPE, count=n)
-            texts = _select(arch, insns) if printed else [t for _, t in _x86_calls(arch, insns)]
-            for a in texts:  # distinct within the chunk; across chunks here
-                seen.setdefault(a, None)
-            off += int(insns["size"].sum(dtype=np.int64))
+            view = memoryview((ctypes.c_ubyte * (n * _INSN_SIZE)).from_address(out.value)).cast("B")
+            if quiet_handle:
+                _x86_chunk(arch, view, n, seen)
+            else:
+                for a in _select(arch, view, n):  # distinct within the chunk; across chunks here
+                    seen.setdefault(a, None)
+            last, size = _LAST.unpack_from(view, (n - 1) * _INSN_SIZE + _ADDR)
+            off += (last + size - start) & _MASK64
         finally:
-            free(out, n)
+            lib.cs_free(out, n)
         if n < CHUNK:  # capstone stopped: an instruction it cannot decode, or the end
             break
-    return list(seen)
+    # capstone prints targets 0-9 in decimal: not "0x..." operands
+    return [t if isinstance(t, str) else format(t, "x") for t in seen if isinstance(t, str) or t > 9]
 
 
 # ----------------------------------------------------------------------------- the region
@@ -276,18 +354,27 @@ def image_base(elf: ELFFile, buf) -> int:
     stop (``e_phentsize`` of 0) we use 0, as the reference's current source does.
     """
     h = elf.header
-    phoff, phentsize = h["e_phoff"], h["e_phentsize"]
-    size = elf.structs.Elf_Phdr.sizeof()
+    return _image_base(buf, "<" if elf.little_endian else ">", elf.elfclass, h["e_phoff"], h["e_phentsize"])
+
+
+def _image_base(buf, endian: str, bits: int, phoff: int, phentsize: int) -> int:
+    size = 32 if bits == 32 else 56  # Elf_Phdr
     if phoff > 0 and phentsize < size:
         raise ELFError(f"Too small e_phentsize: {phentsize}")
-    endian = "<" if elf.little_endian else ">"
-    vaddr_at, vaddr_fmt = (8, endian + "I") if elf.elfclass == 32 else (16, endian + "Q")
+    vaddr_at, vaddr_fmt = (8, endian + "I") if bits == 32 else (16, endian + "Q")
     n = len(buf)
     if phentsize == 0:
         _read_fails_at(phoff, size, n)
         (ptype,) = struct.unpack_from(endian + "I", buf, phoff)
         return struct.unpack_from(vaddr_fmt, buf, phoff + vaddr_at)[0] if ptype == 1 else 0
     count = 0 if phoff + size > n else (n - size - phoff) // phentsize + 1
+    ptype = struct.Struct(endian + "I")
+    for k in range(min(count, 64)):  # the first PT_LOAD is nearly always among the first few
+        pos = phoff + k * phentsize
+        if ptype.unpack_from(buf, pos)[0] == 1:
+            return struct.unpack_from(vaddr_fmt, buf, pos + vaddr_at)[0]
+    import numpy as np  # many headers (a hostile file): read their types at once
+
     step = 1 << 16
     for first in range(0, count, step):
         k = min(step, count - first)
@@ -331,6 +418,8 @@ def _inflate_bounded(section) -> bytes:
 
 def call_destinations(elf: ELFFile, buf) -> tuple[list[str], Reason, str]:
     """``(addresses, reason, detail)``: reason and detail say why when the list is empty."""
+    from elftools.elf.segments import Segment
+
     region = code_region(elf)
     if type(region) is Segment:
         address = elf.header.e_entry
@@ -349,4 +438,35 @@ def call_destinations(elf: ELFFile, buf) -> tuple[list[str], Reason, str]:
             f"no symbol table, and no call-destination fallback for {arch} (the reference covers x86, x86-64, ARM and MIPS)",
         )
     found = sweep(bytes(code), address, arch)
-    return found, Reason.NO_CALLS, "no symbol table, and the fallback found no direct call destinations"
+    return found, Reason.NO_CALLS, _NO_CALLS
+
+
+_NO_CALLS = "no symbol table, and the fallback found no direct call destinations"
+
+
+def call_destinations_fast(buf, h, sections, arch: str) -> tuple[list[str], Reason, str] | None:
+    """:func:`call_destinations` from the raw headers, for a file whose sections the fast
+    symbol-table route has walked to the end (``sections``: its ``_Sections``; ``arch``: pyelftools'
+    name of the machine) without finding
+    anything out of the ordinary.  Only the plain case: the entry point lies in a section with
+    bytes in the file, the architecture is one the fallback covers and the image base is found
+    without error; anything else returns None (pyelftools then takes the exact route)."""
+    if arch not in MODES:
+        return None
+    ep = h.entry
+    for i in range(h.shnum):  # code_region: the first section holding the entry point
+        hdr = sections.get(i)  # (name, type, flags, addr, offset, size, ...)
+        if hdr[3] <= ep <= hdr[3] + hdr[5] - 1:
+            break
+    else:
+        return None
+    _name, sh_type, _flags, _addr, offset, size = hdr[:6]
+    if sh_type == SHT_NOBITS or offset + size > len(buf):
+        return None
+    try:
+        base = _image_base(buf, h.endian, h.bits, h.phoff, h.phentsize)
+        check_read(size)
+    except Exception:  # the exact route raises it, the reference's way
+        return None
+    found = sweep(bytes(buf[offset : offset + size]), base + offset, arch)
+    return found, Reason.NO_CALLS, _NO_CALLS
