@@ -6,7 +6,9 @@ each other and with corpus-static's builds of the same programs for 14 CPUs.
 Families: ``fam_a`` and ``fam_b`` (v1 and v2, -O2 and -Os) and ``dl`` (the downloader, whose
 one long string names its CPU).  Printed: same-family cross-CPU pairs and different-family pairs
 within 30/50/70, for telfhash (telfhash-core's, equal to the reference), tx2 as shipped, and tx2
-with the extra file's CPU held out of the toolchain data.
+with the extra file's CPU held out of the toolchain data (for the ``musl-amd64`` builds: musl
+left out, so that their C library is one nothing in the data comes from; their pairs with the
+glibc builds for amd64 count as "other CPU").
 
     python benchmarks/eval_extra.py DIR
 """

@@ -118,6 +118,14 @@ def test_strings_after_the_c_library_begins_are_its_own():
     assert set(leftovers) <= set(tx2.program_strings(PROGRAM + LIBC + leftovers, None))
 
 
+def test_a_c_library_half_unknown_is_still_found():
+    """A C library that nothing in the data comes from still shares about half of its text
+    (errno texts, paths) with the others: its other half goes too."""
+    foreign = [f"Foreign C library text {i}, not in the data".encode() for i in range(40)]
+    libc = [x for pair in zip(LIBC, foreign) for x in pair]
+    assert tx2.program_strings(PROGRAM + libc, _toolchain_of(LIBC)) == PROGRAM
+
+
 def test_a_program_laid_out_after_its_c_library_loses_nothing():
     """Sections sorted by alignment (busybox) put the C library's tables first: with many
     unknown strings after the first known run, nothing is cut."""

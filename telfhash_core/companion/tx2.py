@@ -71,9 +71,10 @@ MAX_SYMBOL_STRINGS = 256
 MAX_TRIM = 64
 MIN_TAIL = 8  # ... leaving a toolchain string of at least this many (3 after 1 or 2 junk bytes)
 # The C library's part of a static binary's strings starts with a run of this many text
-# strings of which at least RUN_KNOWN are the toolchain's (see toolchain_start) ...
-RUN_LENGTH, RUN_KNOWN = 8, 6
-RUN_START = 3  # ... and begins where this many known ones follow in a row
+# strings of which at least RUN_KNOWN are the toolchain's (see toolchain_start; half known is
+# enough for a C library that nothing in the data comes from: musl left out of it) ...
+RUN_LENGTH, RUN_KNOWN = 16, 8
+RUN_START = 2  # ... and begins where this many known ones follow in a row
 # ... and leaves at most this many unknown strings after it: a C library that was not derived
 # from left at most 19 per file (corpus-static, each CPU held out); busybox, whose own strings
 # come after its C library's tables, has over 2,000.
@@ -384,7 +385,9 @@ def toolchain_start(strings: list[bytes], known: np.ndarray) -> int:
     sections sorted by alignment, which puts the C library's tables first) shows it by
     having many unknown strings after it: then nothing is cut (at most
     ``MAX_LEFTOVERS``, or as many as before the start, are taken as the C library's)."""
-    text = [i for i, s in enumerate(strings) if is_text(s)]
+    # text that says something: a bare word or identifier (alnum, alpha, January) is weak
+    # evidence either way (sbase's tr lists the character class names, which glibc also has)
+    text = [i for i, s in enumerate(strings) if is_text(s) and not _WORDLIKE_RE.fullmatch(s.decode("ascii", "replace"))]
     n = len(text)
     if n < RUN_KNOWN:
         return len(strings)
@@ -406,11 +409,8 @@ def toolchain_start(strings: list[bytes], known: np.ndarray) -> int:
     )
     if solid.size:
         cut += int(solid[0])
-    unknown = [
-        not k and not _WORDLIKE_RE.fullmatch(strings[i].decode("ascii", "replace"))
-        for i, k in zip(text, flags.tolist())
-    ]
-    before, after = sum(unknown[:cut]), sum(unknown[cut:])
+    unknown = ~flags
+    before, after = int(unknown[:cut].sum()), int(unknown[cut:].sum())
     return text[cut] if after <= max(before, MAX_LEFTOVERS) else len(strings)
 
 
