@@ -142,12 +142,16 @@ def shipped() -> RuleData:
     return RuleData.from_helpers(helpers, tc.shipped())
 
 
+# fold_name of recent names (a regular-expression match each): names recur from file to file.
+_fold = functools.lru_cache(maxsize=1 << 14)(fold_name)
+
+
 def normalise_names(names, data: RuleData) -> list[str]:
     out = set()
     for n in names:
         if not n:
             continue
-        f = fold_name(n)
+        f = _fold(n)
         if f and f not in data.helpers and not f.startswith(data.prefixes):
             out.add(f)
     return sorted(out)
@@ -285,9 +289,34 @@ _TRIPLET_RE = re.compile(
 _WORD_RE = re.compile(r"[a-z0-9]+")
 
 
+# _CPU_RE for lower-case ASCII text: the same matches, several times faster to scan with than
+# a case-insensitive pattern.
+_CPU_LOWER_RE = re.compile(_CPU_RE.pattern)
+
+
 def normalise_string(s: str) -> str:
-    """CPU names and target triplets replaced by ``<cpu>`` / ``<triplet>``."""
-    return _CPU_RE.sub("<cpu>", _TRIPLET_RE.sub("<triplet>", s))
+    """CPU names and target triplets replaced by ``<cpu>`` / ``<triplet>``.
+
+    ASCII text (all of a binary's strings) takes a faster route to the same result: a triplet
+    needs ``-linux``, so the triplet pattern runs only where that occurs; the CPU names are
+    found in the lower-cased text (ASCII lower-casing keeps every offset) and replaced in the
+    original.  Elsewhere the case-insensitive patterns run as they are (they also match a few
+    non-ASCII letters such as the Kelvin sign)."""
+    if not s.isascii():
+        return _CPU_RE.sub("<cpu>", _TRIPLET_RE.sub("<triplet>", s))
+    low = s.lower()
+    if "-linux" in low:
+        s = _TRIPLET_RE.sub("<triplet>", s)
+        low = s.lower()
+    parts: list[str] = []
+    last = 0
+    for m in _CPU_LOWER_RE.finditer(low):
+        parts += (s[last : m.start()], "<cpu>")
+        last = m.end()
+    if not parts:
+        return s
+    parts.append(s[last:])
+    return "".join(parts)
 
 
 def words(strings: list[str]) -> list[str]:
@@ -302,19 +331,31 @@ def words(strings: list[str]) -> list[str]:
 MAX_STRINGS_BYTES = 8 << 20  # string bytes kept at most (bounds the key arrays: 8 bytes per byte)
 
 
+def string_set(buf, facts: ElfFacts) -> set[bytes]:
+    """Printable runs (at least ``MIN_STRING``) in read-only data, unique, in no order."""
+    found: set[bytes] = set()
+    for off, size in _readonly_regions(buf, facts):
+        found.update(tc.strings_in(buf[off : off + size]))
+    return found
+
+
+def capped(found) -> list[bytes]:
+    """``found`` sorted, at most ``MAX_STRINGS_BYTES`` of them (the first in sorted order)."""
+    out = sorted(found)
+    if sum(map(len, out)) <= MAX_STRINGS_BYTES:
+        return out
+    total = 0
+    for i, s in enumerate(out):
+        total += len(s)
+        if total > MAX_STRINGS_BYTES:
+            return out[:i]
+    return out
+
+
 def raw_strings(buf, facts: ElfFacts) -> list[bytes]:
     """Printable runs (at least ``MIN_STRING``) in read-only data, unique, sorted; at most
     ``MAX_STRINGS_BYTES`` of them (the first in sorted order)."""
-    found: set[bytes] = set()
-    for off, size in _readonly_regions(buf, facts):
-        found.update(tc.strings_in(bytes(buf[off : off + size])))
-    out, total = [], 0
-    for s in sorted(found):
-        total += len(s)
-        if total > MAX_STRINGS_BYTES:
-            break
-        out.append(s)
-    return out
+    return capped(string_set(buf, facts))
 
 
 def _known(strings: list[bytes], toolchain: tc.ToolchainData, keyed=None) -> np.ndarray:
@@ -372,13 +413,14 @@ _INTERNAL_RE = re.compile(
 
 _TEXT_RE = re.compile(rb"[a-z]{3}")
 _WORDLIKE_RE = re.compile(r"[a-z0-9_]{1,12}|[A-Za-z_][A-Za-z0-9_]*")
-_ALNUM_RE = re.compile(rb"[A-Za-z0-9 ]")
+_ALNUM = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 "
 
 
 def is_text(s: bytes) -> bool:
     """Text rather than table bytes that happen to be printable (``v,;Zk``, ``S]CQ``): three
-    letters in a row, and at least half letters, digits or spaces."""
-    return _TEXT_RE.search(s) is not None and 2 * len(_ALNUM_RE.findall(s)) >= len(s)
+    lower-case letters in a row, and at least half letters, digits or spaces (counted as what
+    is left when they are deleted: no list of matches)."""
+    return _TEXT_RE.search(s) is not None and len(s) >= 2 * len(s.translate(None, _ALNUM))
 
 
 def normalise_all(text: list[str]) -> list[str]:
@@ -397,14 +439,30 @@ def string_tokens(strings: list[bytes]) -> list[str]:
     return sorted({t for t in normalise_all(text) if not _WORDLIKE_RE.fullmatch(t)})
 
 
-def symbol_string_tokens(strings: list[bytes]) -> list[str]:
+def symbol_string_tokens(strings) -> list[str]:
     """A dynamic file's strings as extra tokens of its imports/exports rule: text only, a
     consistent sample of at most ``MAX_SYMBOL_STRINGS`` (first in hash order), normalised,
-    marked so that a string never meets a symbol name."""
+    marked so that a string never meets a symbol name.  ``strings``: distinct, in any order
+    (those of :func:`raw_strings`, or the set they are drawn from when it is not capped)."""
     if len(strings) > MAX_SYMBOL_STRINGS:  # sample by CRC-32 first: the text test is the costly part
-        strings = sorted(strings, key=zlib.crc32)[: 4 * MAX_SYMBOL_STRINGS]
+        strings = crc_first(strings, 4 * MAX_SYMBOL_STRINGS)
+    else:
+        strings = sorted(strings)
     text = list(itertools.islice((s for s in strings if is_text(s)), MAX_SYMBOL_STRINGS))
     return ["\x00" + t for t in normalise_all([b.decode("ascii", "replace") for b in text])]
+
+
+def crc_first(strings, k: int) -> list[bytes]:
+    """The first ``k`` of the distinct ``strings`` in CRC-32 order, equal CRCs in byte order:
+    ``sorted(sorted(strings), key=zlib.crc32)[:k]`` without sorting them all (the ``k``
+    smallest CRCs are found with NumPy, only those are sorted)."""
+    strings = list(strings)
+    crcs = np.fromiter(map(zlib.crc32, strings), dtype=np.uint32, count=len(strings))
+    if len(strings) > k:
+        idx = np.flatnonzero(crcs <= np.partition(crcs, k - 1)[k - 1]).tolist()
+        strings = [strings[i] for i in idx]
+        crcs = crcs[idx]
+    return [s for _crc, s in sorted(zip(crcs.tolist(), strings))[:k]]
 
 
 # ----------------------------------------------------------------------------- digest
@@ -412,6 +470,27 @@ def symbol_string_tokens(strings: list[bytes]) -> list[str]:
 
 def _order_key(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "ignore")).digest()
+
+
+# The first bytes of each token's SHAKE-128 stream are kept with its order key, for the most
+# recent tokens: import names and common strings recur from file to file.  A longer expansion
+# (a set of fewer than BUDGET // CACHED_EXPAND tokens) is a prefix-extension of the same
+# stream, computed when needed.  Bounded: TOKEN_CACHE entries of about CACHED_EXPAND bytes.
+CACHED_EXPAND = 512
+TOKEN_CACHE = 1 << 13
+
+
+@functools.lru_cache(maxsize=TOKEN_CACHE)
+def _token_material(token: str) -> tuple[bytes, bytes, str]:
+    """``(order key, first CACHED_EXPAND bytes of the SHAKE-128 stream, token)``."""
+    raw = token.encode("utf-8", "ignore")
+    return hashlib.sha256(raw).digest(), hashlib.shake_128(raw).digest(CACHED_EXPAND), token
+
+
+def clear_caches() -> None:
+    """Forget the per-token and per-name caches (benchmarks measure a cold process)."""
+    _token_material.cache_clear()
+    _fold.cache_clear()
 
 
 def digest_tokens(tokens: list[str], expand: int | None = None) -> str | None:
@@ -424,10 +503,14 @@ def digest_tokens(tokens: list[str], expand: int | None = None) -> str | None:
     sets.  None for an empty set."""
     if not tokens:
         return None
-    ordered = sorted(set(tokens), key=_order_key)[:MAX_TOKENS]
+    # order keys are distinct (SHA-256 of distinct tokens): the tuples sort by them alone
+    ordered = sorted(map(_token_material, set(tokens)))[:MAX_TOKENS]
     if expand is None:
         expand = max(MIN_EXPAND, BUDGET // len(ordered))
-    data = b"".join(hashlib.shake_128(t.encode("utf-8", "ignore")).digest(expand) for t in ordered)
+    if expand <= CACHED_EXPAND:
+        data = b"".join([stream[:expand] for _key, stream, _t in ordered])
+    else:
+        data = b"".join(hashlib.shake_128(t.encode("utf-8", "ignore")).digest(expand) for _k, _s, t in ordered)
     import tlsh
 
     d = tlsh.forcehash(data).lower()
@@ -452,15 +535,23 @@ class Material:
         if table is not None:
             syms = read_symbols(buf, self.facts.header, table)
             self.raw_names = syms.exported + syms.imported if self.library else list(syms.imported)
+        self._found: set[bytes] | None = None
         self._strings: list[bytes] | None = None
         self._keyed = None
         self._symbol_strings: list[str] | None = None
         self._calls: list[str] | None = None
 
     @property
+    def found(self) -> set[bytes]:
+        """The strings before sorting and capping (see :func:`string_set`)."""
+        if self._found is None:
+            self._found = string_set(self.buf, self.facts)
+        return self._found
+
+    @property
     def strings(self) -> list[bytes]:
         if self._strings is None:
-            self._strings = raw_strings(self.buf, self.facts)
+            self._strings = capped(self.found)
         return self._strings
 
     @property
@@ -472,7 +563,10 @@ class Material:
     @property
     def symbol_strings(self) -> list[str]:
         if self._symbol_strings is None:
-            self._symbol_strings = symbol_string_tokens(self.strings)
+            # the sample needs no sorted list unless the cap applies
+            found = self.found
+            uncapped = self._strings is None and sum(map(len, found)) <= MAX_STRINGS_BYTES
+            self._symbol_strings = symbol_string_tokens(found if uncapped else self.strings)
         return self._symbol_strings
 
     def calls(self) -> list[str]:
@@ -492,7 +586,7 @@ class Material:
                 self._chunks = code_chunks(self.buf, self.facts)
         else:
             self._calls = []
-        self.buf = None
+        self.buf = self._found = None
         return self
 
     def chunks(self) -> list[str]:
