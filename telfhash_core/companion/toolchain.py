@@ -41,6 +41,7 @@ _MUL = np.uint64(0x100000001B3)  # multiplier of the polynomial string hash (mod
 _LEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1, _MIX2 = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)
 _BATCH = 1 << 18  # bytes of strings keyed at once (bounds the temporary arrays)
+_BUCKET_BITS = 16  # ToolchainData.contains: top bits of a key that pick its bucket
 _POW = np.cumprod(np.full(1 << 12, _MUL, dtype=np.uint64))
 _POW = np.concatenate((np.ones(1, dtype=np.uint64), _POW))
 
@@ -190,6 +191,7 @@ class ToolchainData:
         self.meta = meta
         self.libcs: list[str] = list(meta["libcs"])
         self.kinds: list[str] = list(meta["kinds"])
+        self._starts: np.ndarray | None = None  # see _bucket_starts
 
     @classmethod
     def load(cls, path: Path) -> ToolchainData:
@@ -220,12 +222,35 @@ class ToolchainData:
         return ToolchainData(self.keys[keep], mask[keep], self.kind_mask[keep], self.meta)
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
-        """Boolean mask: which of ``keys`` are toolchain strings."""
+        """Boolean mask: which of ``keys`` are toolchain strings.
+
+        The keys are uniform 64-bit hashes, so their top ``_BUCKET_BITS`` bits index a table of
+        where each run of equal top bits starts in the sorted keys (about one key per run, at
+        most a handful): a few vectorised comparisons per query instead of a binary search
+        through the whole array (several times faster; the same answer)."""
+        keys = np.asarray(keys, dtype=np.uint64)
+        out = np.zeros(keys.shape, dtype=bool)
         if keys.size == 0 or self.keys.size == 0:
-            return np.zeros(keys.shape, dtype=bool)
-        idx = np.searchsorted(self.keys, keys)
-        idx[idx >= self.keys.size] = 0
-        return self.keys[idx] == keys
+            return out
+        starts = self._bucket_starts()
+        bucket = (keys >> np.uint64(64 - _BUCKET_BITS)).astype(np.intp)
+        lo = starts[bucket]
+        count = starts[bucket + 1] - lo
+        live = np.flatnonzero(count)
+        j = 0
+        while live.size:
+            out[live] |= self.keys[lo[live] + j] == keys[live]
+            j += 1
+            live = live[count[live] > j]
+        return out
+
+    def _bucket_starts(self) -> np.ndarray:
+        """Index of the first key of each top-bits bucket, and the key count at the end."""
+        starts = self._starts
+        if starts is None:
+            edges = np.arange(1 << _BUCKET_BITS, dtype=np.uint64) << np.uint64(64 - _BUCKET_BITS)
+            starts = self._starts = np.append(np.searchsorted(self.keys, edges), self.keys.size)
+        return starts
 
     def evidence(self, s: bytes) -> dict | None:
         """Where the string ``s`` comes from: ``{"libcs": [...], "archives": [...]}``, or None."""

@@ -130,6 +130,8 @@ class RuleData:
     prefixes: tuple = ()
     toolchain: tc.ToolchainData | None = None
     meta: dict = field(default_factory=dict)
+    # raw name -> its folded name, or "" when it is dropped (see normalise_names)
+    kept: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_helpers(cls, helpers: dict, toolchain: tc.ToolchainData | None) -> RuleData:
@@ -142,18 +144,33 @@ def shipped() -> RuleData:
     return RuleData.from_helpers(helpers, tc.shipped())
 
 
-# fold_name of recent names (a regular-expression match each): names recur from file to file.
-_fold = functools.lru_cache(maxsize=1 << 14)(fold_name)
+MAX_KEPT = 1 << 16  # raw names remembered per RuleData (see normalise_names)
+
+
+def _keep(name: str, data: RuleData) -> str:
+    """The folded name, or "" when it is empty or one of ``data``'s helpers."""
+    f = fold_name(name) if name else ""
+    return f if f and f not in data.helpers and not f.startswith(data.prefixes) else ""
 
 
 def normalise_names(names, data: RuleData) -> list[str]:
-    out = set()
-    for n in names:
-        if not n:
-            continue
-        f = _fold(n)
-        if f and f not in data.helpers and not f.startswith(data.prefixes):
-            out.add(f)
+    """Folded, de-duplicated, helper-free, sorted names.  What becomes of each raw name is
+    remembered per ``data`` (names recur from file to file; a fold is a regular-expression
+    match), at most ``MAX_KEPT`` of them."""
+    names = list(names)
+    kept = data.kept
+    got: list = list(map(kept.get, names))  # None: not seen yet
+    if None in got:
+        if len(kept) > MAX_KEPT:
+            kept.clear()
+        for i, f in enumerate(got):
+            if f is None:
+                f = kept.get(names[i])
+                if f is None:
+                    f = kept[names[i]] = _keep(names[i], data)
+                got[i] = f
+    out = set(got)
+    out.discard("")
     return sorted(out)
 
 
@@ -292,27 +309,54 @@ _WORD_RE = re.compile(r"[a-z0-9]+")
 # _CPU_RE for lower-case ASCII text: the same matches, several times faster to scan with than
 # a case-insensitive pattern.
 _CPU_LOWER_RE = re.compile(_CPU_RE.pattern)
+# A CPU name starts where a run of letters and digits starts, and that run is one of these
+# (the part of a CPU name before any ``-``/``_``: ``x86`` of ``x86_64``).
+_CPU_FIRST = frozenset(re.split("[-_]", w.lower())[0] for w in _CPU_WORDS)
+_NOT_ALNUM = str.maketrans({chr(c): " " for c in range(128) if not chr(c).isdigit() and not chr(c).islower()})
+
+
+def _segments(low: str, needles) -> list[tuple[int, int]]:
+    """``(start, end)`` of each NUL-delimited segment of ``low`` holding one of ``needles``,
+    in order (neither pattern matches across a NUL, nor does a NUL count as a letter or
+    digit at a segment's edge: each segment can be substituted on its own)."""
+    spans = []
+    for w in needles:
+        pos = low.find(w)
+        while pos >= 0:
+            end = low.find("\x00", pos)
+            end = len(low) if end < 0 else end
+            spans.append((low.rfind("\x00", 0, pos) + 1, end))
+            pos = low.find(w, end)
+    return sorted(set(spans))
 
 
 def normalise_string(s: str) -> str:
     """CPU names and target triplets replaced by ``<cpu>`` / ``<triplet>``.
 
-    ASCII text (all of a binary's strings) takes a faster route to the same result: a triplet
-    needs ``-linux``, so the triplet pattern runs only where that occurs; the CPU names are
-    found in the lower-cased text (ASCII lower-casing keeps every offset) and replaced in the
-    original.  Elsewhere the case-insensitive patterns run as they are (they also match a few
-    non-ASCII letters such as the Kelvin sign)."""
+    ASCII text (all of a binary's strings; :func:`normalise_all` joins many with NULs) takes a
+    faster route to the same result: the patterns run only over the segments that can hold a
+    match -- a triplet holds ``-linux``, a CPU name starts with one of ``_CPU_FIRST`` as a
+    whole run of letters and digits -- and the CPU names are found in the lower-cased text
+    (ASCII lower-casing keeps every offset) by a case-sensitive pattern.  Other text goes
+    through the case-insensitive patterns as it is (they also match a few non-ASCII letters,
+    such as the Kelvin sign)."""
     if not s.isascii():
         return _CPU_RE.sub("<cpu>", _TRIPLET_RE.sub("<triplet>", s))
     low = s.lower()
-    if "-linux" in low:
-        s = _TRIPLET_RE.sub("<triplet>", s)
-        low = s.lower()
     parts: list[str] = []
     last = 0
-    for m in _CPU_LOWER_RE.finditer(low):
-        parts += (s[last : m.start()], "<cpu>")
-        last = m.end()
+    if "-linux" in low:
+        for a, b in _segments(low, ("-linux",)):
+            parts += (s[last:a], _TRIPLET_RE.sub("<triplet>", s[a:b]))
+            last = b
+        s = "".join(parts) + s[last:]
+        low = s.lower()
+        parts, last = [], 0
+    found = _CPU_FIRST.intersection(low.translate(_NOT_ALNUM).split())
+    for a, b in _segments(low, found) if found else ():
+        for m in _CPU_LOWER_RE.finditer(low, a, b):
+            parts += (s[last : m.start()], "<cpu>")
+            last = m.end()
     if not parts:
         return s
     parts.append(s[last:])
@@ -468,29 +512,44 @@ def crc_first(strings, k: int) -> list[bytes]:
 # ----------------------------------------------------------------------------- digest
 
 
+# Import names and common strings recur from file to file: the order key and the start of the
+# SHAKE-128 stream of recent tokens are kept (bounded: TOKEN_CACHE tokens of each, a stream at
+# most CACHED_EXPAND bytes; larger expansions, of sets under BUDGET // CACHED_EXPAND tokens,
+# are computed each time).  A stream is computed to a whole number of SHAKE-128 blocks (RATE
+# bytes: the bytes past what is needed cost nothing) and extended when a later set needs more.
+TOKEN_CACHE = 1 << 13
+CACHED_EXPAND = 4 * 168
+RATE = 168  # bytes of SHAKE-128 output per Keccak permutation
+_streams: dict[str, bytes] = {}
+
+
+@functools.lru_cache(maxsize=TOKEN_CACHE)
 def _order_key(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "ignore")).digest()
 
 
-# The first bytes of each token's SHAKE-128 stream are kept with its order key, for the most
-# recent tokens: import names and common strings recur from file to file.  A longer expansion
-# (a set of fewer than BUDGET // CACHED_EXPAND tokens) is a prefix-extension of the same
-# stream, computed when needed.  Bounded: TOKEN_CACHE entries of about CACHED_EXPAND bytes.
-CACHED_EXPAND = 512
-TOKEN_CACHE = 1 << 13
-
-
-@functools.lru_cache(maxsize=TOKEN_CACHE)
-def _token_material(token: str) -> tuple[bytes, bytes, str]:
-    """``(order key, first CACHED_EXPAND bytes of the SHAKE-128 stream, token)``."""
-    raw = token.encode("utf-8", "ignore")
-    return hashlib.sha256(raw).digest(), hashlib.shake_128(raw).digest(CACHED_EXPAND), token
+def _expansions(tokens: list[str], expand: int) -> list[bytes]:
+    """The first ``expand`` bytes of each token's SHAKE-128 stream."""
+    if expand > CACHED_EXPAND:
+        return [hashlib.shake_128(t.encode("utf-8", "ignore")).digest(expand) for t in tokens]
+    cache = _streams
+    if len(cache) > TOKEN_CACHE:
+        cache.clear()
+    need = -(-expand // RATE) * RATE
+    out = []
+    for t in tokens:
+        stream = cache.get(t)
+        if stream is None or len(stream) < expand:
+            stream = cache[t] = hashlib.shake_128(t.encode("utf-8", "ignore")).digest(need)
+        out.append(stream[:expand])
+    return out
 
 
 def clear_caches() -> None:
     """Forget the per-token and per-name caches (benchmarks measure a cold process)."""
-    _token_material.cache_clear()
-    _fold.cache_clear()
+    _order_key.cache_clear()
+    _streams.clear()
+    shipped().kept.clear()
 
 
 def digest_tokens(tokens: list[str], expand: int | None = None) -> str | None:
@@ -503,14 +562,10 @@ def digest_tokens(tokens: list[str], expand: int | None = None) -> str | None:
     sets.  None for an empty set."""
     if not tokens:
         return None
-    # order keys are distinct (SHA-256 of distinct tokens): the tuples sort by them alone
-    ordered = sorted(map(_token_material, set(tokens)))[:MAX_TOKENS]
+    ordered = sorted(set(tokens), key=_order_key)[:MAX_TOKENS]
     if expand is None:
         expand = max(MIN_EXPAND, BUDGET // len(ordered))
-    if expand <= CACHED_EXPAND:
-        data = b"".join([stream[:expand] for _key, stream, _t in ordered])
-    else:
-        data = b"".join(hashlib.shake_128(t.encode("utf-8", "ignore")).digest(expand) for _k, _s, t in ordered)
+    data = b"".join(_expansions(ordered, expand))
     import tlsh
 
     d = tlsh.forcehash(data).lower()
