@@ -69,7 +69,7 @@ def suffix_keys(strings: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarra
     ``p`` of the concatenated strings; string ``i`` is ``[starts[i], ends[i])``, so its own key
     is ``keys[starts[i]]``.  The key is a polynomial hash of the bytes (mod 2**64) with the
     length mixed in and a final avalanche: ``string_key`` of the suffix."""
-    lens = np.fromiter((len(x) for x in strings), dtype=np.int64, count=len(strings))
+    lens = np.fromiter(map(len, strings), dtype=np.int64, count=len(strings))
     ends = np.cumsum(lens)
     starts = ends - lens
     if not len(strings) or ends[-1] == 0:

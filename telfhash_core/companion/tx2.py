@@ -498,15 +498,16 @@ def symbol_string_tokens(strings) -> list[str]:
 
 def crc_first(strings, k: int) -> list[bytes]:
     """The first ``k`` of the distinct ``strings`` in CRC-32 order, equal CRCs in byte order:
-    ``sorted(sorted(strings), key=zlib.crc32)[:k]`` without sorting them all (the ``k``
-    smallest CRCs are found with NumPy, only those are sorted)."""
+    ``sorted(sorted(strings), key=zlib.crc32)[:k]``.  The CRCs are ranked with NumPy; only
+    when two of the first ``k`` (or the ``k``-th and the next) share a CRC, which byte order
+    would settle, are the strings sorted as written."""
     strings = list(strings)
     crcs = np.fromiter(map(zlib.crc32, strings), dtype=np.uint32, count=len(strings))
-    if len(strings) > k:
-        idx = np.flatnonzero(crcs <= np.partition(crcs, k - 1)[k - 1]).tolist()
-        strings = [strings[i] for i in idx]
-        crcs = crcs[idx]
-    return [s for _crc, s in sorted(zip(crcs.tolist(), strings))[:k]]
+    order = np.argsort(crcs, kind="stable")
+    ranked = crcs[order[: k + 1]]
+    if (ranked[1:] == ranked[:-1]).any():
+        return sorted(sorted(strings), key=zlib.crc32)[:k]
+    return [strings[i] for i in order[:k].tolist()]
 
 
 # ----------------------------------------------------------------------------- digest
