@@ -102,10 +102,11 @@ def symbol_table(facts: ElfFacts) -> SymbolTable | None:
     return t
 
 
-def read_symbols(buf, h: Header, table: SymbolTable) -> Symbols:
+def read_symbols(buf, h: Header, table: SymbolTable, exports: bool = True) -> Symbols:
     """Global or weak symbols of default or protected visibility.  Imports: undefined
     ``STT_FUNC``, ``STT_GNU_IFUNC`` *or* ``STT_NOTYPE`` (a plug-in's host functions are NOTYPE
-    on most CPUs but FUNC with a stub address on MIPS).  Exports: defined functions."""
+    on most CPUs but FUNC with a stub address on MIPS).  Exports: defined functions (not read,
+    left empty, with ``exports=False``)."""
     syms = symbol_array(buf, h, table)
     if syms is None:
         return Symbols([], [])
@@ -115,7 +116,8 @@ def read_symbols(buf, h: Header, table: SymbolTable) -> Symbols:
     func = (typ == STT_FUNC) | (typ == STT_GNU_IFUNC)
     undef = shndx == SHN_UNDEF
     imports = syms["name"][ok & undef & (func | (typ == STT_NOTYPE))]
-    return Symbols(names_at(buf, table, imports), names_at(buf, table, syms["name"][ok & func & ~undef]))
+    exported = names_at(buf, table, syms["name"][ok & func & ~undef]) if exports else []
+    return Symbols(names_at(buf, table, imports), exported)
 
 
 # ----------------------------------------------------------------------------- derived data
@@ -514,13 +516,14 @@ def crc_first(strings, k: int) -> list[bytes]:
 
 
 # Import names and common strings recur from file to file: the order key and the start of the
-# SHAKE-128 stream of recent tokens are kept (bounded: TOKEN_CACHE tokens of each, a stream at
-# most CACHED_EXPAND bytes; larger expansions, of sets under BUDGET // CACHED_EXPAND tokens,
-# are computed each time).  A stream is computed to a whole number of SHAKE-128 blocks (RATE
-# bytes: the bytes past what is needed cost nothing) and extended when a later set needs more.
-TOKEN_CACHE = 1 << 13
-CACHED_EXPAND = 4 * 168
+# SHAKE-128 stream of recent tokens are kept, TOKEN_CACHE tokens of each, a stream at most
+# CACHED_EXPAND bytes (about 12 MB at most, a few MB in practice; a larger expansion, of a set
+# under BUDGET // CACHED_EXPAND tokens, is computed each time).  A stream is computed to a whole
+# number of SHAKE-128 blocks (the bytes past what is needed cost nothing) and recomputed longer
+# when a later set needs more: a shorter expansion is a prefix of a longer one.
 RATE = 168  # bytes of SHAKE-128 output per Keccak permutation
+TOKEN_CACHE = 1 << 14
+CACHED_EXPAND = 4 * RATE
 _streams: dict[str, bytes] = {}
 
 
@@ -589,7 +592,7 @@ class Material:
         self.library = self.facts.is_library or self.facts.e_type == ET_REL
         self.raw_names: list[str] | None = None
         if table is not None:
-            syms = read_symbols(buf, self.facts.header, table)
+            syms = read_symbols(buf, self.facts.header, table, exports=self.library)
             self.raw_names = syms.exported + syms.imported if self.library else list(syms.imported)
         self._found: set[bytes] | None = None
         self._strings: list[bytes] | None = None
