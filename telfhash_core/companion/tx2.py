@@ -495,18 +495,22 @@ def symbol_string_tokens(strings) -> list[str]:
     else:
         strings = sorted(strings)
     text = list(itertools.islice((s for s in strings if is_text(s)), MAX_SYMBOL_STRINGS))
-    return ["\x00" + t for t in normalise_all([b.decode("ascii", "replace") for b in text])]
+    if not text:
+        return []
+    # normalise_all of the decoded strings, decoded in one piece (NUL is ASCII: same result)
+    return ["\x00" + t for t in normalise_string(b"\x00".join(text).decode("ascii", "replace")).split("\x00")]
 
 
 def crc_first(strings, k: int) -> list[bytes]:
     """The first ``k`` of the distinct ``strings`` in CRC-32 order, equal CRCs in byte order:
-    ``sorted(sorted(strings), key=zlib.crc32)[:k]``.  The CRCs are ranked with NumPy; only
-    when two of the first ``k`` (or the ``k``-th and the next) share a CRC, which byte order
-    would settle, are the strings sorted as written."""
+    ``sorted(sorted(strings), key=zlib.crc32)[:k]``.  The ``k + 1`` smallest CRCs are picked
+    and ranked with NumPy; only when two of them share a CRC, which byte order would settle,
+    are the strings sorted as written."""
     strings = list(strings)
     crcs = np.fromiter(map(zlib.crc32, strings), dtype=np.uint32, count=len(strings))
-    order = np.argsort(crcs, kind="stable")
-    ranked = crcs[order[: k + 1]]
+    first = np.argpartition(crcs, k)[: k + 1] if len(strings) > k + 1 else np.arange(len(strings))
+    order = first[np.argsort(crcs[first])]  # the k + 1 smallest CRCs, ranked
+    ranked = crcs[order]
     if (ranked[1:] == ranked[:-1]).any():
         return sorted(sorted(strings), key=zlib.crc32)[:k]
     return [strings[i] for i in order[:k].tolist()]
@@ -622,9 +626,13 @@ class Material:
     @property
     def symbol_strings(self) -> list[str]:
         if self._symbol_strings is None:
-            # the sample needs no sorted list unless the cap applies
+            # the sample needs no sorted list unless the cap applies; it cannot when the bytes
+            # scanned are fewer (distinct strings are distinct runs of those bytes)
             found = self.found
-            uncapped = self._strings is None and sum(map(len, found)) <= MAX_STRINGS_BYTES
+            scanned = sum(size for _off, size in _readonly_regions(self.buf, self.facts))
+            uncapped = self._strings is None and (
+                scanned <= MAX_STRINGS_BYTES or sum(map(len, found)) <= MAX_STRINGS_BYTES
+            )
             self._symbol_strings = symbol_string_tokens(found if uncapped else self.strings)
         return self._symbol_strings
 
