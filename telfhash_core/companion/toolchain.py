@@ -231,22 +231,23 @@ class ToolchainData:
 
         The keys are uniform 64-bit hashes, so their top ``_BUCKET_BITS`` bits index a table of
         where each run of equal top bits starts in the sorted keys (about one key per run, at
-        most a handful): a few vectorised comparisons per query instead of a binary search
-        through the whole array (several times faster; the same answer)."""
+        most a handful): each query is compared with the keys of its run, all queries at once,
+        instead of a binary search through the whole array (several times faster; the same
+        answer).  A comparison past a query's run meets keys of other top bits, never equal."""
         keys = np.asarray(keys, dtype=np.uint64)
-        out = np.zeros(keys.shape, dtype=bool)
         if keys.size == 0 or self.keys.size == 0:
-            return out
+            return np.zeros(keys.shape, dtype=bool)
         starts = self._bucket_starts()
         bucket = (keys >> np.uint64(64 - _BUCKET_BITS)).astype(np.intp)
-        lo = starts[bucket]
-        count = starts[bucket + 1] - lo
-        live = np.flatnonzero(count)
-        j = 0
-        while live.size:
-            out[live] |= self.keys[lo[live] + j] == keys[live]
-            j += 1
-            live = live[count[live] > j]
+        pos = starts[bucket]
+        longest = int((starts[bucket + 1] - pos).max())
+        top = self.keys.size - 1
+        np.minimum(pos, top, out=pos)
+        out = self.keys[pos] == keys
+        for _ in range(1, longest):
+            pos += 1
+            np.minimum(pos, top, out=pos)
+            out |= self.keys[pos] == keys
         return out
 
     def _bucket_starts(self) -> np.ndarray:
