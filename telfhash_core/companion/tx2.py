@@ -132,8 +132,9 @@ class RuleData:
     prefixes: tuple = ()
     toolchain: tc.ToolchainData | None = None
     meta: dict = field(default_factory=dict)
-    # raw name -> its folded name, or "" when it is dropped (see normalise_names)
-    kept: dict = field(default_factory=dict, compare=False, repr=False)
+    # raw name -> its folded name, or "" when it is dropped (see normalise_names); each RuleData
+    # has its own (not copied by dataclasses.replace): helpers and prefixes are set once
+    kept: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @classmethod
     def from_helpers(cls, helpers: dict, toolchain: tc.ToolchainData | None) -> RuleData:
