@@ -40,7 +40,9 @@ MAX_MEMBER = 64 << 20
 _MUL = np.uint64(0x100000001B3)  # multiplier of the polynomial string hash (mod 2**64)
 _LEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1, _MIX2 = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)
+_S33 = np.uint64(33)
 _BATCH = 1 << 18  # bytes of strings keyed at once (bounds the temporary arrays)
+_BUCKET_BITS = 16  # ToolchainData.contains: top bits of a key that pick its bucket
 _POW = np.cumprod(np.full(1 << 12, _MUL, dtype=np.uint64))
 _POW = np.concatenate((np.ones(1, dtype=np.uint64), _POW))
 
@@ -54,11 +56,13 @@ def _powers(n: int) -> np.ndarray:
 
 
 def _mix(h: np.ndarray) -> np.ndarray:
-    h = h ^ (h >> np.uint64(33))
-    h = h * _MIX1
-    h = h ^ (h >> np.uint64(33))
-    h = h * _MIX2
-    return h ^ (h >> np.uint64(33))
+    """The final avalanche, in place (``h`` is a fresh array of its caller's)."""
+    h ^= h >> _S33
+    h *= _MIX1
+    h ^= h >> _S33
+    h *= _MIX2
+    h ^= h >> _S33
+    return h
 
 
 def suffix_keys(strings: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -67,24 +71,26 @@ def suffix_keys(strings: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarra
     Returns ``(keys, starts, ends)``: ``keys[p]`` is the key of the suffix that starts at byte
     ``p`` of the concatenated strings; string ``i`` is ``[starts[i], ends[i])``, so its own key
     is ``keys[starts[i]]``.  The key is a polynomial hash of the bytes (mod 2**64) with the
-    length mixed in and a final avalanche: ``string_key`` of the suffix."""
-    lens = np.fromiter((len(x) for x in strings), dtype=np.int64, count=len(strings))
+    length mixed in and a final avalanche: ``string_key`` of the suffix.  (The arrays are
+    updated in place where they can be: a third fewer temporaries than the formula as written.)"""
+    lens = np.fromiter(map(len, strings), dtype=np.int64, count=len(strings))
     ends = np.cumsum(lens)
     starts = ends - lens
     if not len(strings) or ends[-1] == 0:
         return np.zeros(0, dtype=np.uint64), starts, ends
-    data = np.frombuffer(b"".join(strings), dtype=np.uint8).astype(np.uint64)
     seg_end = np.repeat(ends, lens)
-    pos = np.arange(data.size, dtype=np.int64)
-    rem = seg_end - pos  # the suffix's length
+    rem = seg_end - np.arange(int(ends[-1]), dtype=np.int64)  # the suffix's length
     pw = _powers(int(lens.max()) + 1)
     with np.errstate(over="ignore"):
-        c = np.cumsum(data * pw[rem - 1])
-        prev = np.empty_like(c)
-        prev[0] = 0
-        prev[1:] = c[:-1]
-        h = c[seg_end - 1] - prev  # sum over the suffix of byte * MUL**(bytes after it)
-        keys = _mix(h + rem.astype(np.uint64) * _LEN)
+        c = pw[rem - 1]
+        c *= np.frombuffer(b"".join(strings), dtype=np.uint8)  # byte * MUL**(bytes after it in its string)
+        np.cumsum(c, out=c)
+        h = c[seg_end - 1]
+        h[1:] -= c[:-1]  # the sum over the suffix: minus the sum before it
+        length = rem.astype(np.uint64)
+        length *= _LEN
+        h += length
+        keys = _mix(h)
     return keys, starts, ends
 
 
@@ -190,6 +196,7 @@ class ToolchainData:
         self.meta = meta
         self.libcs: list[str] = list(meta["libcs"])
         self.kinds: list[str] = list(meta["kinds"])
+        self._starts: np.ndarray | None = None  # see _bucket_starts
 
     @classmethod
     def load(cls, path: Path) -> ToolchainData:
@@ -220,12 +227,36 @@ class ToolchainData:
         return ToolchainData(self.keys[keep], mask[keep], self.kind_mask[keep], self.meta)
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
-        """Boolean mask: which of ``keys`` are toolchain strings."""
+        """Boolean mask: which of ``keys`` are toolchain strings.
+
+        The keys are uniform 64-bit hashes, so their top ``_BUCKET_BITS`` bits index a table of
+        where each run of equal top bits starts in the sorted keys (about one key per run, at
+        most a handful): each query is compared with the keys of its run, all queries at once,
+        instead of a binary search through the whole array (several times faster; the same
+        answer).  A comparison past a query's run meets keys of other top bits, never equal."""
+        keys = np.asarray(keys, dtype=np.uint64)
         if keys.size == 0 or self.keys.size == 0:
             return np.zeros(keys.shape, dtype=bool)
-        idx = np.searchsorted(self.keys, keys)
-        idx[idx >= self.keys.size] = 0
-        return self.keys[idx] == keys
+        starts = self._bucket_starts()
+        bucket = (keys >> np.uint64(64 - _BUCKET_BITS)).astype(np.intp)
+        pos = starts[bucket]
+        longest = int((starts[bucket + 1] - pos).max())
+        top = self.keys.size - 1
+        np.minimum(pos, top, out=pos)
+        out = self.keys[pos] == keys
+        for _ in range(1, longest):
+            pos += 1
+            np.minimum(pos, top, out=pos)
+            out |= self.keys[pos] == keys
+        return out
+
+    def _bucket_starts(self) -> np.ndarray:
+        """Index of the first key of each top-bits bucket, and the key count at the end."""
+        starts = self._starts
+        if starts is None:
+            edges = np.arange(1 << _BUCKET_BITS, dtype=np.uint64) << np.uint64(64 - _BUCKET_BITS)
+            starts = self._starts = np.append(np.searchsorted(self.keys, edges), self.keys.size)
+        return starts
 
     def evidence(self, s: bytes) -> dict | None:
         """Where the string ``s`` comes from: ``{"libcs": [...], "archives": [...]}``, or None."""

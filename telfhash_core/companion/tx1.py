@@ -122,14 +122,15 @@ def elf_facts(buf) -> ElfFacts:
     # sections
     shsize = 40 if h.bits == 32 else 64
     shfmt = e + ("IIIIIIIIII" if h.bits == 32 else "IIQQQQIIQQ")
-    raw = []
+    raw: list[tuple] = []
     if h.shoff and h.shentsize >= shsize:
+        # every header counted here lies wholly inside the buffer
         count = min(h.shnum, MAX_SECTIONS, max(0, (n - h.shoff) // h.shentsize))
-        for i in range(count):
-            hdr = _unpack(shfmt, buf, h.shoff + i * h.shentsize)
-            if hdr is None:
-                break
-            raw.append(hdr)
+        rec = struct.Struct(shfmt)
+        if h.shentsize == shsize:
+            raw = list(rec.iter_unpack(buf[h.shoff : h.shoff + count * shsize]))
+        else:
+            raw = [rec.unpack_from(buf, h.shoff + i * h.shentsize) for i in range(count)]
     names_off = raw[h.shstrndx][4] if h.shstrndx < len(raw) else None
     for hdr in raw:
         name = ""

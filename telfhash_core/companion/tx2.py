@@ -111,10 +111,11 @@ def symbol_table(facts: ElfFacts) -> SymbolTable | None:
     return t
 
 
-def read_symbols(buf, h: Header, table: SymbolTable) -> Symbols:
+def read_symbols(buf, h: Header, table: SymbolTable, exports: bool = True) -> Symbols:
     """Global or weak symbols of default or protected visibility.  Imports: undefined
     ``STT_FUNC``, ``STT_GNU_IFUNC`` *or* ``STT_NOTYPE`` (a plug-in's host functions are NOTYPE
-    on most CPUs but FUNC with a stub address on MIPS).  Exports: defined functions."""
+    on most CPUs but FUNC with a stub address on MIPS).  Exports: defined functions (not read,
+    left empty, with ``exports=False``)."""
     syms = symbol_array(buf, h, table)
     if syms is None:
         return Symbols([], [])
@@ -124,7 +125,8 @@ def read_symbols(buf, h: Header, table: SymbolTable) -> Symbols:
     func = (typ == STT_FUNC) | (typ == STT_GNU_IFUNC)
     undef = shndx == SHN_UNDEF
     imports = syms["name"][ok & undef & (func | (typ == STT_NOTYPE))]
-    return Symbols(names_at(buf, table, imports), names_at(buf, table, syms["name"][ok & func & ~undef]))
+    exported = names_at(buf, table, syms["name"][ok & func & ~undef]) if exports else []
+    return Symbols(names_at(buf, table, imports), exported)
 
 
 # ----------------------------------------------------------------------------- derived data
@@ -139,6 +141,9 @@ class RuleData:
     prefixes: tuple = ()
     toolchain: tc.ToolchainData | None = None
     meta: dict = field(default_factory=dict)
+    # raw name -> its folded name, or "" when it is dropped (see normalise_names); each RuleData
+    # has its own (not copied by dataclasses.replace): helpers and prefixes are set once
+    kept: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @classmethod
     def from_helpers(cls, helpers: dict, toolchain: tc.ToolchainData | None) -> RuleData:
@@ -151,14 +156,33 @@ def shipped() -> RuleData:
     return RuleData.from_helpers(helpers, tc.shipped())
 
 
+MAX_KEPT = 1 << 16  # raw names remembered per RuleData (see normalise_names)
+
+
+def _keep(name: str, data: RuleData) -> str:
+    """The folded name, or "" when it is empty or one of ``data``'s helpers."""
+    f = fold_name(name) if name else ""
+    return f if f and f not in data.helpers and not f.startswith(data.prefixes) else ""
+
+
 def normalise_names(names, data: RuleData) -> list[str]:
-    out = set()
-    for n in names:
-        if not n:
-            continue
-        f = fold_name(n)
-        if f and f not in data.helpers and not f.startswith(data.prefixes):
-            out.add(f)
+    """Folded, de-duplicated, helper-free, sorted names.  What becomes of each raw name is
+    remembered per ``data`` (names recur from file to file; a fold is a regular-expression
+    match), at most ``MAX_KEPT`` of them."""
+    names = list(names)
+    kept = data.kept
+    got: list = list(map(kept.get, names))  # None: not seen yet
+    if None in got:
+        if len(kept) > MAX_KEPT:
+            kept.clear()
+        for i, f in enumerate(got):
+            if f is None:
+                f = kept.get(names[i])
+                if f is None:
+                    f = kept[names[i]] = _keep(names[i], data)
+                got[i] = f
+    out = set(got)
+    out.discard("")
     return sorted(out)
 
 
@@ -294,9 +318,61 @@ _TRIPLET_RE = re.compile(
 _WORD_RE = re.compile(r"[a-z0-9]+")
 
 
+# _CPU_RE for lower-case ASCII text: the same matches, several times faster to scan with than
+# a case-insensitive pattern.
+_CPU_LOWER_RE = re.compile(_CPU_RE.pattern)
+# A CPU name starts where a run of letters and digits starts, and that run is one of these
+# (the part of a CPU name before any ``-``/``_``: ``x86`` of ``x86_64``).
+_CPU_FIRST = frozenset(re.split("[-_]", w.lower())[0] for w in _CPU_WORDS)
+_NOT_ALNUM = str.maketrans({chr(c): " " for c in range(128) if not chr(c).isdigit() and not chr(c).islower()})
+
+
+def _segments(low: str, needles) -> list[tuple[int, int]]:
+    """``(start, end)`` of each NUL-delimited segment of ``low`` holding one of ``needles``,
+    in order (neither pattern matches across a NUL, nor does a NUL count as a letter or
+    digit at a segment's edge: each segment can be substituted on its own)."""
+    spans = []
+    for w in needles:
+        pos = low.find(w)
+        while pos >= 0:
+            end = low.find("\x00", pos)
+            end = len(low) if end < 0 else end
+            spans.append((low.rfind("\x00", 0, pos) + 1, end))
+            pos = low.find(w, end)
+    return sorted(set(spans))
+
+
 def normalise_string(s: str) -> str:
-    """CPU names and target triplets replaced by ``<cpu>`` / ``<triplet>``."""
-    return _CPU_RE.sub("<cpu>", _TRIPLET_RE.sub("<triplet>", s))
+    """CPU names and target triplets replaced by ``<cpu>`` / ``<triplet>``.
+
+    ASCII text (all of a binary's strings; :func:`normalise_all` joins many with NULs) takes a
+    faster route to the same result: the patterns run only over the segments that can hold a
+    match -- a triplet holds ``-linux``, a CPU name starts with one of ``_CPU_FIRST`` as a
+    whole run of letters and digits -- and the CPU names are found in the lower-cased text
+    (ASCII lower-casing keeps every offset) by a case-sensitive pattern.  Other text goes
+    through the case-insensitive patterns as it is (they also match a few non-ASCII letters,
+    such as the Kelvin sign)."""
+    if not s.isascii():
+        return _CPU_RE.sub("<cpu>", _TRIPLET_RE.sub("<triplet>", s))
+    low = s.lower()
+    parts: list[str] = []
+    last = 0
+    if "-linux" in low:
+        for a, b in _segments(low, ("-linux",)):
+            parts += (s[last:a], _TRIPLET_RE.sub("<triplet>", s[a:b]))
+            last = b
+        s = "".join(parts) + s[last:]
+        low = s.lower()
+        parts, last = [], 0
+    found = _CPU_FIRST.intersection(low.translate(_NOT_ALNUM).split())
+    for a, b in _segments(low, found) if found else ():
+        for m in _CPU_LOWER_RE.finditer(low, a, b):
+            parts += (s[last : m.start()], "<cpu>")
+            last = m.end()
+    if not parts:
+        return s
+    parts.append(s[last:])
+    return "".join(parts)
 
 
 def words(strings: list[str]) -> list[str]:
@@ -311,20 +387,33 @@ def words(strings: list[str]) -> list[str]:
 MAX_STRINGS_BYTES = 8 << 20  # string bytes kept at most (bounds the key arrays: 8 bytes per byte)
 
 
-def raw_strings(buf, facts: ElfFacts) -> list[bytes]:
+def string_set(buf, facts: ElfFacts) -> dict[bytes, None]:
     """Printable runs (at least ``MIN_STRING``) in read-only data, unique, in the order they
-    first occur in the file (the order says which came from the program and which from its
-    C library: see :func:`toolchain_start`); at most ``MAX_STRINGS_BYTES`` of them."""
+    first occur in the file (the order says which came from the program and which from its C
+    library: see :func:`toolchain_start`)."""
     found: dict[bytes, None] = {}
     for off, size in _readonly_regions(buf, facts):
-        found.update(dict.fromkeys(tc.strings_in(bytes(buf[off : off + size]))))
-    out, total = [], 0
-    for s in found:
+        found.update(dict.fromkeys(tc.strings_in(buf[off : off + size])))
+    return found
+
+
+def capped(found) -> list[bytes]:
+    """``found`` as a list, at most ``MAX_STRINGS_BYTES`` of them (the first in file order)."""
+    out = list(found)
+    if sum(map(len, out)) <= MAX_STRINGS_BYTES:
+        return out
+    total = 0
+    for i, s in enumerate(out):
         total += len(s)
         if total > MAX_STRINGS_BYTES:
-            break
-        out.append(s)
+            return out[:i]
     return out
+
+
+def raw_strings(buf, facts: ElfFacts) -> list[bytes]:
+    """Printable runs (at least ``MIN_STRING``) in read-only data, unique, in file order; at
+    most ``MAX_STRINGS_BYTES`` of them (the first in file order)."""
+    return capped(string_set(buf, facts))
 
 
 def _known(strings: list[bytes], toolchain: tc.ToolchainData, keyed=None) -> np.ndarray:
@@ -429,13 +518,14 @@ _INTERNAL_RE = re.compile(
 
 _TEXT_RE = re.compile(rb"[a-z]{3}")
 _WORDLIKE_RE = re.compile(r"[a-z0-9_]{1,12}|[A-Za-z_][A-Za-z0-9_]*")
-_ALNUM_RE = re.compile(rb"[A-Za-z0-9 ]")
+_ALNUM = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 "
 
 
 def is_text(s: bytes) -> bool:
     """Text rather than table bytes that happen to be printable (``v,;Zk``, ``S]CQ``): three
-    letters in a row, and at least half letters, digits or spaces."""
-    return _TEXT_RE.search(s) is not None and 2 * len(_ALNUM_RE.findall(s)) >= len(s)
+    lower-case letters in a row, and at least half letters, digits or spaces (counted as what
+    is left when they are deleted: no list of matches)."""
+    return _TEXT_RE.search(s) is not None and len(s) >= 2 * len(s.translate(None, _ALNUM))
 
 
 def normalise_all(text: list[str]) -> list[str]:
@@ -457,21 +547,79 @@ def string_tokens(strings: list[bytes]) -> list[str]:
     return sorted(set(normalise_all(text)))
 
 
-def symbol_string_tokens(strings: list[bytes]) -> list[str]:
+def symbol_string_tokens(strings) -> list[str]:
     """A dynamic file's strings as extra tokens of its imports/exports rule: text only, a
     consistent sample of at most ``MAX_SYMBOL_STRINGS`` (first in hash order), normalised,
-    marked so that a string never meets a symbol name."""
+    marked so that a string never meets a symbol name.  ``strings``: distinct, in any order
+    (those of :func:`raw_strings`, or the set they are drawn from when it is not capped)."""
     if len(strings) > MAX_SYMBOL_STRINGS:  # sample by CRC-32 first: the text test is the costly part
-        strings = sorted(strings, key=zlib.crc32)[: 4 * MAX_SYMBOL_STRINGS]
+        strings = crc_first(strings, 4 * MAX_SYMBOL_STRINGS)
+    else:
+        strings = sorted(strings)
     text = list(itertools.islice((s for s in strings if is_text(s)), MAX_SYMBOL_STRINGS))
-    return ["\x00" + t for t in normalise_all([b.decode("ascii", "replace") for b in text])]
+    if not text:
+        return []
+    # normalise_all of the decoded strings, decoded in one piece (NUL is ASCII: same result)
+    return ["\x00" + t for t in normalise_string(b"\x00".join(text).decode("ascii", "replace")).split("\x00")]
+
+
+def crc_first(strings, k: int) -> list[bytes]:
+    """The first ``k`` of the distinct ``strings`` in CRC-32 order, equal CRCs in byte order:
+    ``sorted(sorted(strings), key=zlib.crc32)[:k]``.  The ``k + 1`` smallest CRCs are picked
+    and ranked with NumPy; only when two of them share a CRC, which byte order would settle,
+    are the strings sorted as written."""
+    strings = list(strings)
+    crcs = np.fromiter(map(zlib.crc32, strings), dtype=np.uint32, count=len(strings))
+    first = np.argpartition(crcs, k)[: k + 1] if len(strings) > k + 1 else np.arange(len(strings))
+    order = first[np.argsort(crcs[first])]  # the k + 1 smallest CRCs, ranked
+    ranked = crcs[order]
+    if (ranked[1:] == ranked[:-1]).any():
+        return sorted(sorted(strings), key=zlib.crc32)[:k]
+    return [strings[i] for i in order[:k].tolist()]
 
 
 # ----------------------------------------------------------------------------- digest
 
 
+# Import names and common strings recur from file to file: the order key and the start of the
+# SHAKE-128 stream of recent tokens are kept, TOKEN_CACHE tokens of each, a stream at most
+# CACHED_EXPAND bytes (about 12 MB at most, a few MB in practice; a larger expansion, of a set
+# under BUDGET // CACHED_EXPAND tokens, is computed each time).  A stream is computed to a whole
+# number of SHAKE-128 blocks (the bytes past what is needed cost nothing) and recomputed longer
+# when a later set needs more: a shorter expansion is a prefix of a longer one.
+RATE = 168  # bytes of SHAKE-128 output per Keccak permutation
+TOKEN_CACHE = 1 << 14
+CACHED_EXPAND = 4 * RATE
+_streams: dict[str, bytes] = {}
+
+
+@functools.lru_cache(maxsize=TOKEN_CACHE)
 def _order_key(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "ignore")).digest()
+
+
+def _expansions(tokens: list[str], expand: int) -> list[bytes]:
+    """The first ``expand`` bytes of each token's SHAKE-128 stream."""
+    if expand > CACHED_EXPAND:
+        return [hashlib.shake_128(t.encode("utf-8", "ignore")).digest(expand) for t in tokens]
+    cache = _streams
+    if len(cache) > TOKEN_CACHE:
+        cache.clear()
+    need = -(-expand // RATE) * RATE
+    out = []
+    for t in tokens:
+        stream = cache.get(t)
+        if stream is None or len(stream) < expand:
+            stream = cache[t] = hashlib.shake_128(t.encode("utf-8", "ignore")).digest(need)
+        out.append(stream[:expand])
+    return out
+
+
+def clear_caches() -> None:
+    """Forget the per-token and per-name caches (benchmarks measure a cold process)."""
+    _order_key.cache_clear()
+    _streams.clear()
+    shipped().kept.clear()
 
 
 def digest_tokens(tokens: list[str], expand: int | None = None) -> str | None:
@@ -487,7 +635,7 @@ def digest_tokens(tokens: list[str], expand: int | None = None) -> str | None:
     ordered = sorted(set(tokens), key=_order_key)[:MAX_TOKENS]
     if expand is None:
         expand = max(MIN_EXPAND, BUDGET // len(ordered))
-    data = b"".join(hashlib.shake_128(t.encode("utf-8", "ignore")).digest(expand) for t in ordered)
+    data = b"".join(_expansions(ordered, expand))
     import tlsh
 
     d = tlsh.forcehash(data).lower()
@@ -510,17 +658,25 @@ class Material:
         self.library = self.facts.is_library or self.facts.e_type == ET_REL
         self.raw_names: list[str] | None = None
         if table is not None:
-            syms = read_symbols(buf, self.facts.header, table)
+            syms = read_symbols(buf, self.facts.header, table, exports=self.library)
             self.raw_names = syms.exported + syms.imported if self.library else list(syms.imported)
+        self._found: dict[bytes, None] | None = None
         self._strings: list[bytes] | None = None
         self._keyed = None
         self._symbol_strings: list[str] | None = None
         self._calls: list[str] | None = None
 
     @property
+    def found(self) -> dict[bytes, None]:
+        """The strings before capping, in file order (see :func:`string_set`)."""
+        if self._found is None:
+            self._found = string_set(self.buf, self.facts)
+        return self._found
+
+    @property
     def strings(self) -> list[bytes]:
         if self._strings is None:
-            self._strings = raw_strings(self.buf, self.facts)
+            self._strings = capped(self.found)
         return self._strings
 
     @property
@@ -532,7 +688,14 @@ class Material:
     @property
     def symbol_strings(self) -> list[str]:
         if self._symbol_strings is None:
-            self._symbol_strings = symbol_string_tokens(self.strings)
+            # the sample needs no sorted list unless the cap applies; it cannot when the bytes
+            # scanned are fewer (distinct strings are distinct runs of those bytes)
+            found = self.found
+            scanned = sum(size for _off, size in _readonly_regions(self.buf, self.facts))
+            uncapped = self._strings is None and (
+                scanned <= MAX_STRINGS_BYTES or sum(map(len, found)) <= MAX_STRINGS_BYTES
+            )
+            self._symbol_strings = symbol_string_tokens(found if uncapped else self.strings)
         return self._symbol_strings
 
     def calls(self) -> list[str]:
@@ -552,7 +715,7 @@ class Material:
                 self._chunks = code_chunks(self.buf, self.facts)
         else:
             self._calls = []
-        self.buf = None
+        self.buf = self._found = None
         return self
 
     def chunks(self) -> list[str]:
