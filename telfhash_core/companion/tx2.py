@@ -474,22 +474,51 @@ def toolchain_start(strings: list[bytes], known: np.ndarray) -> int:
     sections sorted by alignment, which puts the C library's tables first) shows it by
     having many unknown strings after it: then nothing is cut (at most
     ``MAX_LEFTOVERS``, or as many as before the start, are taken as the C library's)."""
-    # text that says something: a bare word or identifier (alnum, alpha, January) is weak
-    # evidence either way (sbase's tr lists the character class names, which glibc also has)
-    text = [i for i, s in enumerate(strings) if is_text(s) and not _WORDLIKE_RE.fullmatch(s.decode("ascii", "replace"))]
-    n = len(text)
-    if n < RUN_KNOWN:
+    # The point is near the start of a static binary's ~1,000 strings: they are tested a
+    # growing prefix at a time.
+    idx: list[int] = []  # the strings that say something (_is_sentence), in file order
+    done, step = 0, 4 * RUN_LENGTH
+    while True:
+        hi = min(len(strings), done + step)
+        idx += [i for i in range(done, hi) if _is_sentence(strings[i])]
+        done, step = hi, 2 * step
+        complete = done == len(strings)
+        found = _run_start(known[idx], complete)
+        if found is not None or complete:
+            break
+    if found is None or found < 0:
         return len(strings)
-    flags = known[text]
+    before = int((~known[idx[:found]]).sum())
+    after = int((~known[idx[found:]]).sum())
+    after += sum(1 for i in np.flatnonzero(~known[done:]).tolist() if _is_sentence(strings[done + i]))
+    return idx[found] if after <= max(before, MAX_LEFTOVERS) else len(strings)
+
+
+def _is_sentence(s: bytes) -> bool:
+    """Text that says something: a bare word or identifier (``alnum``, ``January``) is weak
+    evidence either way (sbase's ``tr`` lists the character class names, which glibc has)."""
+    return is_text(s) and not _WORDLIKE_RE.fullmatch(s.decode("ascii", "replace"))
+
+
+def _run_start(flags: np.ndarray, complete: bool) -> int | None:
+    """Where in ``flags`` (known or not, of the strings that say something, in file order) the
+    C library's run starts; -1 for nowhere; None when the first ``len(flags)`` strings do not
+    decide it yet (``complete``: they are all there are)."""
+    n = flags.size
+    unknown = np.flatnonzero(~flags)
+    if complete and (n < RUN_KNOWN or not unknown.size):
+        return -1
+    if not unknown.size:
+        return None
     runs = np.concatenate(([0], np.cumsum(flags)))
     j = np.arange(n)
+    decided = n if complete else n - RUN_LENGTH + 1  # a window is known once all of it is read
     # the program's strings come first, and some of them may be the C library's too (sbase's cal
     # begins with the twelve month names): the run is looked for after its first unknown one
-    first = np.flatnonzero(~flags)
-    dense = flags & (runs[np.minimum(j + RUN_LENGTH, n)] - runs[j] >= RUN_KNOWN)
-    starts = np.flatnonzero(dense & (j > first[0])) if first.size else first
+    dense = flags & (runs[np.minimum(j + RUN_LENGTH, n)] - runs[j] >= RUN_KNOWN) & (j > unknown[0]) & (j < decided)
+    starts = np.flatnonzero(dense)
     if not starts.size:
-        return len(strings)
+        return -1 if complete else None
     cut = int(starts[0])
     # the run may begin with the program's last strings that the C library also has (sbase's
     # "usage" before its own "ferror %s:"): start where RUN_START known ones follow in a row
@@ -497,10 +526,8 @@ def toolchain_start(strings: list[bytes], known: np.ndarray) -> int:
         np.convolve(flags[cut:].astype(np.int64), np.ones(RUN_START, dtype=np.int64), "valid") == RUN_START
     )
     if solid.size:
-        cut += int(solid[0])
-    unknown = ~flags
-    before, after = int(unknown[:cut].sum()), int(unknown[cut:].sum())
-    return text[cut] if after <= max(before, MAX_LEFTOVERS) else len(strings)
+        return cut + int(solid[0])
+    return cut if complete else None
 
 
 # The shapes of C library internals that differ from CPU to CPU, so that a toolchain that was
