@@ -265,6 +265,7 @@ _KERNELS = (
     "_nb_group_stats",
     "_nb_group_stats_half",
     "_nb_one_to_many",
+    "_nb_project",
     "_nb_qterm",
     "_nb_scan",
     "_njit",
@@ -356,30 +357,49 @@ def _threads(threads: int | None) -> int:
     return max(1, int(threads))
 
 
+# Rows sampled to choose the projection's signs (its first principal axis).
+PROJECTION_SAMPLE = 20_000
+
+
+def _projection_mask(planes: np.ndarray) -> tuple[int, int]:
+    """Signs s (one per bucket) for the projection F = sum of s * bucket value, as two 64-bit
+    masks (bit set: +1).  Any signs keep |F(a) - F(b)| <= body(a, b); the first principal axis
+    of a sample spreads the rows widest, so the windows of the scan are narrowest."""
+    sample = planes[:: max(1, planes.shape[0] // PROJECTION_SAMPLE)]
+    raw = np.ascontiguousarray(sample.astype(">u8")).view(np.uint8).reshape(-1, 6, 8)
+    bits = np.unpackbits(raw, axis=2).reshape(-1, 3, 128)  # plane p: bucket value > p
+    values = bits.sum(axis=1, dtype=np.float64)
+    values -= values.mean(axis=0)
+    _, vectors = np.linalg.eigh(values.T @ values)
+    packed = np.packbits(vectors[:, -1] >= 0).view(">u8")
+    return int(packed[0]), int(packed[1])
+
+
 def _scan(K, enc: Encoded, threshold: int, mode: int, threads: int | None):
-    """Run the compiled scan; rows are sorted by header class (L, q1, q2) first."""
+    """Run the compiled scan; rows are sorted by header class (L, q1, q2), then by projection."""
     n = len(enc)
-    order = np.lexsort((enc.q2, enc.q1, enc.lvalue))
+    W = [np.ascontiguousarray(enc.planes[:, k]) for k in range(6)]
+    m0, m1 = _projection_mask(enc.planes)
+    F = K._nb_project(*W, np.uint64(m0), np.uint64(m1))
+    order = np.lexsort((F, enc.q2, enc.q1, enc.lvalue))
     L, Q1, Q2 = enc.lvalue[order], enc.q1[order], enc.q2[order]
     key = (L.astype(np.int64) << 8) | (Q1.astype(np.int64) << 4) | Q2.astype(np.int64)
     first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
     cstart = np.r_[first, n].astype(np.int64)
-    cls_of = (np.cumsum(np.r_[True, key[1:] != key[:-1]]) - 1).astype(np.int64)
     cL, cQ1, cQ2 = L[first], Q1[first], Q2[first]
     lstart = np.searchsorted(cL, np.arange(257), side="left").astype(np.int64)
     lmax = max_length_code_diff(threshold)
     indptr, cand, bound = K._nb_class_candidates(cL, cQ1, cQ2, lstart, int(threshold), int(max(lmax, 0)), lmax >= 128)
-    planes = enc.planes[order]
-    W = [np.ascontiguousarray(planes[:, k]) for k in range(6)]
+    W = [w[order] for w in W]
     C = np.ascontiguousarray(enc.checksum[order])
+    F = F[order]
     nt = min(_threads(threads), max(1, n // 256))
     parents = np.tile(np.arange(n, dtype=np.int64), (nt if mode == 1 else 1, 1))
 
     def work(t: int):
         # interleaved rows give each thread a similar share of every class
-        positions = np.arange(t, n, nt, dtype=np.int64)
         return K._nb_scan(
-            *W, C, cls_of, cstart, indptr, cand, bound, positions, int(threshold), mode, parents[t if mode == 1 else 0]
+            *W, C, F, cstart, indptr, cand, bound, t, nt, int(threshold), mode, parents[t if mode == 1 else 0]
         )
 
     if nt == 1:
@@ -521,64 +541,47 @@ def group_stats(
     maxd = np.full(n, -1, dtype=np.int64)
     sumd = np.full(n, -1, dtype=np.int64)
     K = _compiled_for(n, COMPILED_MIN_ROWS, compiled)
-    if K is not None and rows is None:
-        # each pair once, over rows gathered group by group; every thread keeps its own totals
-        nt = min(_threads(threads), max(1, n // 64))
+    if K is not None:
+        # rows gathered group by group; with ``rows`` None each pair once (every thread keeps its
+        # own totals), else each chosen row against its whole group
+        half = rows is None
+        nt = min(_threads(threads), max(1, positions.size // 64))
         planes = enc.planes[order]
-        W = [np.ascontiguousarray(planes[:, k]) for k in range(6)]
-        mxs = np.zeros((nt, n), dtype=np.int64)
-        sms = np.zeros((nt, n), dtype=np.int64)
         args = (
             np.ascontiguousarray(enc.lvalue[order]),
             np.ascontiguousarray(enc.q1[order]),
             np.ascontiguousarray(enc.q2[order]),
             np.ascontiguousarray(enc.checksum[order]),
-            *W,
+            *(np.ascontiguousarray(planes[:, k]) for k in range(6)),
             _LTERM_TABLE.astype(np.int64),
             _QTERM_TABLE.astype(np.int64),
             ptr,
             group_of,
             np.ascontiguousarray(w[order]),
         )
+        del planes
+        shape = (nt, n) if half else (n,)
+        mxs = np.zeros(shape, dtype=np.int64)
+        sms = np.zeros(shape, dtype=np.int64)
 
         def work(t: int):
-            K._nb_group_stats_half(*args, positions[t::nt].copy(), mxs[t], sms[t])
+            if half:
+                K._nb_group_stats_half(*args, positions[t::nt].copy(), mxs[t], sms[t])
+            else:
+                K._nb_group_stats(*args, positions[t::nt].copy(), mxs, sms)
 
         if nt == 1:
             work(0)
         else:
             with ThreadPoolExecutor(nt) as ex:
                 list(ex.map(work, range(nt)))
-        maxd[order] = mxs.max(axis=0)
-        sumd[order] = sms.sum(axis=0)
-    elif K is not None:
-        nt = min(_threads(threads), max(1, positions.size // 64))
-        mx = np.full(n, -1, dtype=np.int64)
-        sm = np.full(n, -1, dtype=np.int64)
-
-        def work(t: int):
-            K._nb_group_stats(
-                enc.lvalue,
-                enc.q1,
-                enc.q2,
-                enc.checksum,
-                enc.planes,
-                order,
-                ptr,
-                group_of,
-                w,
-                positions[t::nt].copy(),
-                mx,
-                sm,
-            )
-
-        if nt == 1:
-            work(0)
+        if half:
+            maxd[order] = mxs.max(axis=0)
+            sumd[order] = sms.sum(axis=0)
         else:
-            with ThreadPoolExecutor(nt) as ex:
-                list(ex.map(work, range(nt)))
-        maxd[order] = mx
-        sumd[order] = sm
+            chosen = order[positions]
+            maxd[chosen] = mxs[positions]
+            sumd[chosen] = sms[positions]
     else:
         for p in positions.tolist():
             a = int(order[p])
