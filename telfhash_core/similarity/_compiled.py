@@ -129,10 +129,11 @@ def _nb_class_candidates(cL, cQ1, cQ2, lstart, threshold, lmax, allpairs):
     is their bound plus at most 1 (checksums).  Returns CSR arrays (indptr, cand, bound).
     """
     indptr = np.zeros(cL.shape[0] + 1, dtype=np.int64)
-    empty = np.zeros(0, dtype=np.int64)
-    total = _nb_class_pass(cL, cQ1, cQ2, lstart, threshold, lmax, allpairs, False, indptr, empty, empty)
-    cand = np.empty(total, dtype=np.int64)
-    bound = np.empty(total, dtype=np.int64)
+    total = _nb_class_pass(
+        cL, cQ1, cQ2, lstart, threshold, lmax, allpairs, False, indptr, np.zeros(0, np.int32), np.zeros(0, np.int16)
+    )
+    cand = np.empty(total, dtype=np.int32)  # tens of millions of class pairs at T=50 on 10^6 digests
+    bound = np.empty(total, dtype=np.int16)
     _nb_class_pass(cL, cQ1, cQ2, lstart, threshold, lmax, allpairs, True, indptr, cand, bound)
     return indptr, cand, bound
 
@@ -185,8 +186,8 @@ def _nb_scan(W0, W1, W2, W3, W4, W5, C, F, cstart, indptr, cand, bound, thread, 
     for A in range(cstart.shape[0] - 1):
         first = cstart[A] + (thread - cstart[A]) % nthreads
         for e in range(indptr[A], indptr[A + 1]):
-            B = cand[e]
-            h = bound[e]
+            B = np.int64(cand[e])
+            h = np.int64(bound[e])
             budget = threshold - h
             lo = cstart[B]
             hi = lo

@@ -49,6 +49,7 @@ HAVE_NUMBA = importlib.util.find_spec("numba") is not None and not os.environ.ge
 __all__ = [
     "Encoded",
     "encode",
+    "encode_bodies",
     "one_to_many",
     "pairs_within",
     "components_within",
@@ -192,28 +193,51 @@ def encode(digests: Iterable[str]) -> Encoded:
         if b is None:
             raise ValueError(f"not a telfhash digest (item {k}): {d!r}")
         bodies.append(b)
+    return encode_bodies(bodies)
+
+
+# Digests packed this many at a time: the temporary arrays stay small (a few MB).
+ENCODE_CHUNK = 1 << 16
+
+
+def encode_bodies(bodies: Sequence[str]) -> Encoded:
+    """Like :func:`encode`, for digests known to be 70 hex characters each (no ``t1``), as
+    :func:`~telfhash_core.digest.hex_body` gives them; packed chunk by chunk into the result."""
     n = len(bodies)
-    if n == 0:
-        raw = np.zeros((0, DIGEST_HEX), dtype=np.uint8)
-    else:
-        raw = np.frombuffer("".join(bodies).encode("ascii"), dtype=np.uint8).reshape(n, DIGEST_HEX)
+    out = Encoded(
+        np.empty(n, dtype=f"S{DIGEST_HEX}"),
+        np.empty(n, dtype=np.uint8),
+        np.empty(n, dtype=np.uint8),
+        np.empty(n, dtype=np.uint8),
+        np.empty(n, dtype=np.uint8),
+        np.empty((n, 32), dtype=np.uint8),
+        np.empty((n, 6), dtype=np.uint64),
+    )
+    for lo in range(0, n, ENCODE_CHUNK):
+        hi = min(n, lo + ENCODE_CHUNK)
+        raw = np.frombuffer("".join(bodies[lo:hi]).encode("ascii"), dtype=np.uint8).reshape(hi - lo, DIGEST_HEX)
+        _encode_rows(raw, out, lo, hi)
+    return out
+
+
+def _encode_rows(raw: np.ndarray, out: Encoded, lo: int, hi: int) -> None:
+    """Rows ``lo:hi`` of ``out`` from their hex characters ``raw`` (an (m, 70) uint8 array)."""
+    m = hi - lo
     nib = _NIBBLE[raw]
-    byts = (nib[:, 0::2] << 4) | nib[:, 1::2]  # (n, 35) bytes as written in hex
+    byts = (nib[:, 0::2] << 4) | nib[:, 1::2]  # (m, 35) bytes as written in hex
     upper = np.where((raw >= ord("a")) & (raw <= ord("f")), raw - 32, raw).astype(np.uint8)
-    hexarr = np.ascontiguousarray(upper).view(f"S{DIGEST_HEX}").reshape(n)
-    checksum = np.ascontiguousarray(byts[:, 0])
+    out.hex[lo:hi] = np.ascontiguousarray(upper).view(f"S{DIGEST_HEX}").reshape(m)
+    out.checksum[lo:hi] = byts[:, 0]
     lbyte = byts[:, 1]
-    lvalue = np.ascontiguousarray(((lbyte & 0x0F) << 4) | (lbyte >> 4))  # stored nibble-swapped
-    qbyte = byts[:, 2]
-    q1 = np.ascontiguousarray(qbyte >> 4)
-    q2 = np.ascontiguousarray(qbyte & 0x0F)
-    body = np.ascontiguousarray(byts[:, 3:])
-    buckets = _BUCKET.astype(np.uint8)[body].reshape(n, 128)
-    planes = np.empty((n, 6), dtype=np.uint64)
+    out.lvalue[lo:hi] = ((lbyte & 0x0F) << 4) | (lbyte >> 4)  # stored nibble-swapped
+    out.q1[lo:hi] = byts[:, 2] >> 4
+    out.q2[lo:hi] = byts[:, 2] & 0x0F
+    body = byts[:, 3:]
+    out.body[lo:hi] = body
+    buckets = _BUCKET.astype(np.uint8)[body].reshape(m, 128)
     for p in range(3):
-        bits = np.packbits(buckets > p, axis=1)  # (n, 16)
-        planes[:, 2 * p : 2 * p + 2] = bits.view(">u8").astype(np.uint64)
-    return Encoded(hexarr, checksum, lvalue.astype(np.uint8), q1.astype(np.uint8), q2.astype(np.uint8), body, planes)
+        bits = np.packbits(buckets > p, axis=1)  # (m, 16)
+        out.planes[lo:hi, 2 * p : 2 * p + 2] = bits.view(">u8").astype(np.uint64)
 
 
 # ----------------------------------------------------------------------------- NumPy path
