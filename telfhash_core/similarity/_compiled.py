@@ -165,6 +165,14 @@ def _first_at_least(F, lo, hi, value):
     return lo
 
 
+@_njit(nogil=True, inline="always")
+def _least(buf, m):
+    low = buf[0]
+    for k in range(m):
+        low = min(low, buf[k])
+    return low
+
+
 @_jit
 def _nb_scan(W0, W1, W2, W3, W4, W5, C, F, cstart, indptr, cand, bound, thread, nthreads, threshold, mode, parent):
     """Visit the candidate pairs (a, b), a < b in class-sorted order, for the rows a with
@@ -205,8 +213,9 @@ def _nb_scan(W0, W1, W2, W3, W4, W5, C, F, cstart, indptr, cand, bound, thread, 
                 ca = C[a]
                 for s0 in range(start, hi, SCAN_BLOCK):
                     m = min(SCAN_BLOCK, hi - s0)
-                    for k in range(m):  # no branch: vectorised
-                        b = s0 + k
+                    base = np.uint64(s0)
+                    for k in range(np.uint64(m)):  # no branch: vectorised (unsigned: no negative-index check)
+                        b = base + k
                         x0 = a0 ^ W0[b]
                         x1 = a1 ^ W1[b]
                         x2 = a2 ^ W2[b]
@@ -223,6 +232,8 @@ def _nb_scan(W0, W1, W2, W3, W4, W5, C, F, cstart, indptr, cand, bound, thread, 
                             + 3 * (_popcount(x0 & x2 & x4) + _popcount(x1 & x3 & x5))
                             + (C[b] != ca)
                         )
+                    if _least(buf, m) > budget:  # usually no pair of the block is within
+                        continue
                     for k in range(m):
                         if buf[k] > budget:
                             continue
@@ -290,8 +301,9 @@ def _block_distances(row, L, Q1, Q2, C, W0, W1, W2, W3, W4, W5, LT, QT, start, m
     q2a = np.int64(Q2[row])
     ca = C[row]
     a0, a1, a2, a3, a4, a5 = W0[row], W1[row], W2[row], W3[row], W4[row], W5[row]
-    for k in range(m):
-        b = start + k
+    base = np.uint64(start)
+    for k in range(np.uint64(m)):  # unsigned: no negative-index check, which stops vectorisation
+        b = base + k
         x0 = a0 ^ W0[b]
         x1 = a1 ^ W1[b]
         x2 = a2 ^ W2[b]
