@@ -457,7 +457,7 @@ def test_png_plot_labels_each_group(tmp_path, monkeypatch):
 def test_cluster_json_is_what_json_dumps_writes(monkeypatch):
     """Each group is written from the columns; the text is json.dumps(to_dict(), indent=1) two
     levels deep, also for names to escape, groups without CPU names and inexact statistics."""
-    from telfhash_core.commands.cluster import _cluster_json
+    from telfhash_core.commands.cluster import _GroupText
     from telfhash_core.similarity import cluster as clustermod
 
     base = "t1" + "0123456789abcdef" * 4 + "012345"
@@ -470,7 +470,8 @@ def test_cluster_json_is_what_json_dumps_writes(monkeypatch):
         for name, digest, arch in rows:
             cols.add(name, digest[2:].upper(), arch)
         grouping = clustermod.group_columns(cols, 50)
-        texts = [_cluster_json(grouping, k) for k in range(len(grouping)) if grouping.sizes()[k] > 1]
+        writer = _GroupText(grouping)
+        texts = [writer.text(k) for k in range(len(grouping)) if grouping.sizes()[k] > 1]
         expect = [json.dumps(c.to_dict(), indent=1).replace("\n", "\n  ") for c in grouping.clusters() if c.size > 1]
         assert texts == expect and len(texts) == 2
         assert ('"exact": false' in texts[0]) == (limit == 1)

@@ -93,9 +93,10 @@ def run_cluster(args: argparse.Namespace) -> int:
         with _open_text(args.output) as out:
             out.write(f'{{\n "threshold": {json.dumps(args.threshold)},\n "key": {json.dumps(args.key)},\n')
             out.write(f' "items": {len(cols)},\n "clusters": [')
+            groups = _GroupText(grouping)
             first = True
             for k in range(ngroups):  # groups of two or more come first (largest first)
-                out.write(("\n  " if first else ",\n  ") + _cluster_json(grouping, k))
+                out.write(("\n  " if first else ",\n  ") + groups.text(k))
                 first = False
             out.write("],\n" if first else "\n ],\n")
             single = grouping.order[grouping.bounds[ngroups:-1]].tolist()
@@ -129,32 +130,63 @@ def run_cluster(args: argparse.Namespace) -> int:
 
 
 _quote = encode_basestring_ascii  # a string as json.dumps writes it (ensure_ascii)
+_SEP = ",\n    "  # between two list entries of a group, as json.dumps(indent=1) puts it two levels deep
 
 
-def _cluster_json(grouping: Grouping, k: int) -> str:
-    """Cluster ``k`` as ``json.dumps(cluster.to_dict(), indent=1)`` lays it out two levels deep,
-    written from the columns (no Cluster object, no dict)."""
-    c = grouping.cols
-    names, digests, digest_of, arches, arch_of = c.names, c.digests, c.digest_of, c.arches, c.arch_of
-    positions = grouping.order[grouping.bounds[k] : grouping.bounds[k + 1]].tolist()
-    best = int(grouping.best[k])
-    sep = ",\n    "
-    shown_names = sep.join([_quote(names[p]) for p in positions])
-    shown_digests = sep.join(['"t1' + digests[digest_of[p]].lower() + '"' for p in positions])
-    parts = [
-        f'{{\n   "size": {len(positions)},\n   "representative": {_quote(names[best])},\n'
-        f'   "representative_telfhash": "t1{digests[digest_of[best]].lower()}",\n'
-        f'   "max_distance": {int(grouping.maxdist[k])},\n'
-        f'   "members": [\n    {shown_names}\n   ],\n'
-        f'   "telfhashes": [\n    {shown_digests}\n   ]'
-    ]
-    if any(arch_of[p] for p in positions):  # index 0 is "no CPU" (None)
-        shown = [json.dumps(arches[arch_of[p]]) for p in positions]
-        parts.append(f',\n   "arches": [\n    {sep.join(shown)}\n   ]')
-    if grouping.inexact[k]:
-        parts.append(',\n   "exact": false')
-    parts.append("\n  }")
-    return "".join(parts)
+class _GroupText:
+    """The groups of two or more as ``json.dumps(cluster.to_dict(), indent=1)`` lays them out two
+    levels deep, written from the columns: names quoted once each, the members' ``"t1…"``
+    entries cut from fixed-width lines made for many members at a time (no Cluster object, no
+    dict per group).  Groups are asked for in order."""
+
+    CHUNK = 1 << 16  # members whose digest lines are made at once
+
+    def __init__(self, grouping: Grouping) -> None:
+        import numpy as np
+
+        g, c = grouping, grouping.cols
+        self.grouping = g
+        count = int((g.sizes() > 1).sum())  # groups of two or more come first
+        self.members = g.order[: g.bounds[count]]
+        self.names = list(map(_quote, map(c.names.__getitem__, self.members.tolist())))
+        self.digest_of = np.frombuffer(c.digest_of, dtype=np.int64) if len(c) else np.zeros(0, dtype=np.int64)
+        self.arch_of = (np.frombuffer(c.arch_of, dtype=np.int64) if len(c) else self.digest_of)[self.members]
+        self.arches = [json.dumps(a) for a in c.arches]
+        self.lines_at, self.lines = 0, ""
+
+    def _digests(self, lo: int, hi: int) -> str:
+        """The ``"t1…"`` entries of members ``lo:hi``, separated as in the document."""
+        import numpy as np
+
+        width, size = 80, len(self.members)  # '"t1' + 70 hex (lower case) + '"' + _SEP
+        if not (self.lines_at <= lo and hi <= self.lines_at + len(self.lines) // width):
+            end = max(hi, min(size, lo + self.CHUNK))
+            hexes = self.grouping.hex[self.digest_of[self.members[lo:end]]].tobytes().lower()
+            lines = np.empty((end - lo, width), dtype=np.uint8)
+            lines[:, :3] = np.frombuffer(b'"t1', dtype=np.uint8)
+            lines[:, 3:73] = np.frombuffer(hexes, dtype=np.uint8).reshape(-1, 70)
+            lines[:, 73:] = np.frombuffer(('"' + _SEP).encode(), dtype=np.uint8)
+            self.lines_at, self.lines = lo, str(lines.data, "ascii")
+        return self.lines[width * (lo - self.lines_at) : width * (hi - self.lines_at) - len(_SEP)]
+
+    def text(self, k: int) -> str:
+        g, c = self.grouping, self.grouping.cols
+        lo, hi = int(g.bounds[k]), int(g.bounds[k + 1])
+        best = int(g.best[k])
+        parts = [
+            f'{{\n   "size": {hi - lo},\n   "representative": {_quote(c.names[best])},\n'
+            f'   "representative_telfhash": "t1{c.digests[c.digest_of[best]].lower()}",\n'
+            f'   "max_distance": {int(g.maxdist[k])},\n'
+            f'   "members": [\n    {_SEP.join(self.names[lo:hi])}\n   ],\n'
+            f'   "telfhashes": [\n    {self._digests(lo, hi)}\n   ]'
+        ]
+        arch_of = self.arch_of[lo:hi]
+        if arch_of.any():  # index 0 is "no CPU" (None)
+            parts.append(f',\n   "arches": [\n    {_SEP.join([self.arches[a] for a in arch_of.tolist()])}\n   ]')
+        if g.inexact[k]:
+            parts.append(',\n   "exact": false')
+        parts.append("\n  }")
+        return "".join(parts)
 
 
 def _write_list(out: TextIO, name: str, values: list[str], *, last: bool) -> None:

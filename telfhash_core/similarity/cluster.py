@@ -267,6 +267,7 @@ class Grouping:
     maxdist: Any  # per cluster: its largest internal distance
     inexact: Any  # per cluster: True where the statistics come from a sample
     ungroupable: list[str]
+    hex: Any = None  # per distinct digest: its 70 hex characters, upper case (NumPy S70)
 
     def __len__(self) -> int:
         return len(self.bounds) - 1
@@ -354,7 +355,7 @@ def group_columns(cols: Columns, threshold: int = DEFAULT_THRESHOLD, *, threads:
     mx_lab = np.full(nlab, -1, dtype=np.int64)
     np.maximum.at(mx_lab, labels_u, np.where(maxd >= 0, maxd, -1))
     mx_lab = np.where(sizes_u > 1, np.maximum(mx_lab, 0), 0)
-    return Grouping(cols, order, bounds, best, mx_lab[out_labels], inexact_lab[out_labels], ungroupable)
+    return Grouping(cols, order, bounds, best, mx_lab[out_labels], inexact_lab[out_labels], ungroupable, enc.hex)
 
 
 # ----------------------------------------------------------------------------- reference shape
