@@ -318,9 +318,7 @@ def _block_distances(row, L, Q1, Q2, C, W0, W1, W2, W3, W4, W5, LT, QT, start, m
             + _popcount(x4)
             + _popcount(x5)
             + 3 * (_popcount(x0 & x2 & x4) + _popcount(x1 & x3 & x5))
-            + LT[(la - np.int64(L[b])) & 255]
-            + QT[(q1a - np.int64(Q1[b])) & 15]
-            + QT[(q2a - np.int64(Q2[b])) & 15]
+            + _header(la, np.int64(L[b]), q1a, np.int64(Q1[b]), q2a, np.int64(Q2[b]), 0, 0)
             + (C[b] != ca)
         )
 
