@@ -89,6 +89,11 @@ def _moddiff(x: np.ndarray, y, r: int) -> np.ndarray:
 _BUCKET = np.array([[(b >> s) & 3 for s in (6, 4, 2, 0)] for b in range(256)], dtype=np.int16)
 _BDIFF = np.abs(_BUCKET[:, None, :] - _BUCKET[None, :, :])
 _BYTE_DIFF = np.where(_BDIFF == 3, 6, _BDIFF).sum(axis=2).astype(np.int32)  # (256, 256)
+# per body byte (four buckets, the first in the high bits) and plane p: the four bits "bucket > p"
+_PLANE_NIBBLE = np.array(
+    [[sum(int(v > p) << (3 - k) for k, v in enumerate(_BUCKET[b])) for b in range(256)] for p in range(3)],
+    dtype=np.uint8,
+)
 _LTERM_TABLE = np.array([_lterm(min(d, 256 - d)) for d in range(256)], dtype=np.int32)
 _QTERM_TABLE = np.array([_qterm(min(d, 16 - d)) for d in range(16)], dtype=np.int32)
 
@@ -213,10 +218,19 @@ def encode_bodies(bodies: Sequence[str]) -> Encoded:
         np.empty((n, 32), dtype=np.uint8),
         np.empty((n, 6), dtype=np.uint64),
     )
-    for lo in range(0, n, ENCODE_CHUNK):
+
+    def pack(lo: int) -> None:
         hi = min(n, lo + ENCODE_CHUNK)
         raw = np.frombuffer("".join(bodies[lo:hi]).encode("ascii"), dtype=np.uint8).reshape(hi - lo, DIGEST_HEX)
         _encode_rows(raw, out, lo, hi)
+
+    starts = range(0, n, ENCODE_CHUNK)
+    if len(starts) < 2:
+        for lo in starts:
+            pack(lo)
+    else:  # NumPy lets go of the GIL in the array work: chunks on two threads
+        with ThreadPoolExecutor(min(2, _threads(None))) as ex:
+            list(ex.map(pack, starts))
     return out
 
 
@@ -234,9 +248,9 @@ def _encode_rows(raw: np.ndarray, out: Encoded, lo: int, hi: int) -> None:
     out.q2[lo:hi] = byts[:, 2] & 0x0F
     body = byts[:, 3:]
     out.body[lo:hi] = body
-    buckets = _BUCKET.astype(np.uint8)[body].reshape(m, 128)
-    for p in range(3):
-        bits = np.packbits(buckets > p, axis=1)  # (m, 16)
+    for p in range(3):  # plane p of two body bytes (eight buckets) is one byte
+        table = _PLANE_NIBBLE[p]
+        bits = (table[body[:, 0::2]] << 4) | table[body[:, 1::2]]  # (m, 16)
         out.planes[lo:hi, 2 * p : 2 * p + 2] = bits.view(">u8").astype(np.uint64)
 
 
