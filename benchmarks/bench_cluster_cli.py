@@ -61,11 +61,12 @@ def write_results(path: Path, n: int, seed: int) -> None:
             fh.write("\n".join(lines) + "\n")
 
 
-def run(cmd: list[str], env: dict) -> tuple[float, float, float, int, str]:
+def run(cmd: list[str], env: dict, cwd: Path) -> tuple[float, float, float, int, str]:
     """Wall seconds, CPU seconds, peak RSS (MB), exit status and stderr of one child process
-    (``os.wait4``: this child's own figures)."""
+    (``os.wait4``: this child's own figures).  ``cwd`` is a folder without a ``telfhash_core``:
+    ``python -m`` puts the working directory first on the path, before PYTHONPATH."""
     t = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
     err = p.stderr.read() if p.stderr else ""
     _, status, ru = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t
@@ -113,7 +114,7 @@ def main() -> int:
             "-t",
             str(args.threshold),
         ]
-        wall, cpu, rss, code, err = run(cmd, env)
+        wall, cpu, rss, code, err = run(cmd, env, folder)
         if code != 0:
             print(f"{name}: failed ({code}): {err[-800:]}")
             return 1

@@ -16,7 +16,15 @@ from __future__ import annotations
 
 import io
 import json
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
+
+_fast_loads: Callable[[bytes], Any] | None = None
+try:  # optional (extra "fast"): parses a JSON line several times faster than json.loads
+    import orjson
+
+    _fast_loads = orjson.loads
+except ImportError:  # pragma: no cover - the core install: the standard library reads every line
+    pass
 
 MAX_LINE = 16 << 20  # a line longer than this is not a result: stop reading there
 MAX_JSON_LIST = 1 << 30  # a JSON list file larger than this is refused
@@ -63,6 +71,31 @@ def _decode(raw: bytes | str) -> str:
     return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
 
 
+def _fast_object(raw: bytes | str) -> dict | None:
+    """The object on a line that starts with ``{``, read by orjson when it is installed; None when
+    the standard path must read the line: no orjson, not bytes, or anything orjson refuses (bad
+    UTF-8, lone surrogates, NaN, ...).  orjson reads an integer beyond 64 bits as a float where
+    json keeps the int, so an object holding a float goes to json as well.  Where orjson's object
+    is kept, ``json.loads`` gives the same one: the items do not depend on orjson."""
+    if _fast_loads is None or not isinstance(raw, bytes) or raw[:1] != b"{":
+        return None
+    try:
+        item = _fast_loads(raw)
+        if not isinstance(item, dict) or _holds_float(item):
+            return None
+    except (ValueError, TypeError, RecursionError):
+        return None
+    return item
+
+
+def _holds_float(obj: dict | list) -> bool:
+    for v in obj.values() if isinstance(obj, dict) else obj:
+        t = type(v)
+        if t is float or ((t is dict or t is list) and _holds_float(v)):
+            return True
+    return False
+
+
 def iter_items(fh: IO, *, text: bool = False, strings: bool = False) -> Iterator[Any]:
     """Items of a stream (binary or text) written by ``telfhash``: dicts, and a :class:`Problem`
     for each line or entry that cannot be read.
@@ -81,6 +114,11 @@ def iter_items(fh: IO, *, text: bool = False, strings: bool = False) -> Iterator
         if len(raw) > MAX_LINE:
             yield Problem(lineno, f"longer than {MAX_LINE:,} bytes, not a result; stopped reading")
             return
+        fast = _fast_object(raw)
+        if fast is not None:
+            first = False
+            yield fast
+            continue
         line = _decode(raw)
         stripped = line.strip()
         if not stripped or (text and stripped.startswith("#")):

@@ -25,6 +25,7 @@ from telfhash_core.digest import tlsh_digest
 # The reference tool's interpreter (telfhash 0.9.8 installed) comes from the environment only.
 REF_PYTHON = os.environ.get("TELFHASH_REFERENCE_PYTHON", "")
 TELFHASH = [sys.executable, "-m", "telfhash_core.cli"]  # this checkout's command, whatever is installed
+D1 = "t1" + "a5" * 35  # far from the fixtures and from each other digest used here
 
 
 def have_reference() -> bool:
@@ -453,6 +454,29 @@ def test_png_plot_labels_each_group(tmp_path, monkeypatch):
             assert f"group {k}: {c.representative.rsplit('/', 1)[-1]} ({c.size})" in texts
 
 
+def test_cluster_json_is_what_json_dumps_writes(monkeypatch):
+    """Each group is written from the columns; the text is json.dumps(to_dict(), indent=1) two
+    levels deep, also for names to escape, groups without CPU names and inexact statistics."""
+    from telfhash_core.commands.cluster import _GroupText
+    from telfhash_core.similarity import cluster as clustermod
+
+    base = "t1" + "0123456789abcdef" * 4 + "012345"
+    near = base[:-1] + "7"
+    rows = [('a "q" \\ \u00e9', base, "x64"), ("b", near, None), ("c\n\t", base, "ARM"), ("d", near, None)]
+    rows += [("e", near, None), ("f", base, None), ("\u2603", D1, None), ("g", D1, None)]
+    for limit in (clustermod.EXACT_STATS_LIMIT, 1):  # 1: every group's statistics sampled ("exact": false)
+        monkeypatch.setattr(clustermod, "EXACT_STATS_LIMIT", limit)
+        cols = clustermod.Columns()
+        for name, digest, arch in rows:
+            cols.add(name, digest[2:].upper(), arch)
+        grouping = clustermod.group_columns(cols, 50)
+        writer = _GroupText(grouping)
+        texts = [writer.text(k) for k in range(len(grouping)) if grouping.sizes()[k] > 1]
+        expect = [json.dumps(c.to_dict(), indent=1).replace("\n", "\n  ") for c in grouping.clusters() if c.size > 1]
+        assert texts == expect and len(texts) == 2
+        assert ('"exact": false' in texts[0]) == (limit == 1)
+
+
 @pytest.mark.parametrize("shape", ["jsonl", "json", "text", "singletons", "none"])
 def test_cluster_cli_streams_the_same_document_as_cluster(tmp_path, shape):
     """`telfhash cluster` reads and writes as it goes; its JSON equals the document built from
@@ -460,6 +484,9 @@ def test_cluster_cli_streams_the_same_document_as_cluster(tmp_path, shape):
     fixtures = json.loads((Path(__file__).parent / "fixtures" / "fixtures.json").read_text())["files"]
     items = [{"file": e["corpus_path"], "telfhash": e["reference"]["telfhash"], "arch": e["arch"]} for e in fixtures]
     items += [{"telfhash": items[0]["telfhash"]}, {"file": "x", "telfhash": "-"}, {"file": "y"}]
+    # names json.dumps must escape, one of them in a group of members without a CPU name
+    items += [{"file": 'a "quoted" \\ name, \u00e9\u2603', "telfhash": items[1]["telfhash"]}, {"file": "\u00fc"}]
+    items += [{"file": "plain/1", "telfhash": items[-2]["telfhash"].upper()}, {"file": "plain/2", "telfhash": D1}]
     if shape == "singletons":
         items = [it for it in items if it.get("file", "").endswith(("q_atm.so", "_dyn"))][:2]
     if shape == "none":

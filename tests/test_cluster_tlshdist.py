@@ -218,3 +218,15 @@ def test_forced_paths_agree_with_tlsh(mixed):
     assert np.array_equal(a, td.components_within(enc, 60, compiled=False))
     for got, exp in zip(td.group_stats(enc, a, compiled=True), td.group_stats(enc, a, compiled=False)):
         assert np.array_equal(got, exp)
+
+
+def test_encode_in_chunks_on_threads_is_encode_at_once(monkeypatch):
+    """Digests are packed in chunks (two threads when there are several): the same arrays as one
+    chunk, whose distances the tests above check against py-tlsh."""
+    digests = real_digests()[:200]
+    whole = td.encode(digests)
+    monkeypatch.setattr(td, "ENCODE_CHUNK", 7)
+    parts = td.encode(digests)
+    for f in ("hex", "checksum", "lvalue", "q1", "q2", "body", "planes"):
+        assert np.array_equal(getattr(whole, f), getattr(parts, f)), f
+    assert len(parts) == len(digests) > 7 * 2

@@ -76,3 +76,36 @@ def test_read_items_reports_with_the_source():
     errors: list[str] = []
     assert read_items('{"file": "a"}\n{bad\n', "in.jsonl", errors) == [{"file": "a"}]
     assert errors == ["in.jsonl:2: not valid JSON (Expecting property name enclosed in double quotes)"]
+
+
+def test_orjson_or_not_the_same_items(monkeypatch):
+    """Lines are read by orjson where it is installed; where it would read a line differently
+    from json (integers beyond 64 bits, NaN, lone surrogates, bad UTF-8, BOM) the standard path
+    reads it, so every item is json.loads of the line."""
+    lines = [
+        b'{"file": "a", "telfhash": "' + D.encode() + b'", "n": -12345678901234567890}',
+        b'{"file": "b", "n": 123456789012345678901234567890, "x": {"y": [1, 2.5]}}',
+        b'{"file": "c", "n": 18446744073709551615, "m": -9223372036854775809}',
+        b'{"file": "d", "v": NaN, "w": -Infinity}',
+        b'{"file": "e\\ud800", "a": 1, "a": 2}',
+        b'{"file": "f\xff"}',
+        b'\xef\xbb\xbf{"file": "g"}',
+        b'{"file": "h", "deep": ' + b"[" * 900 + b"]" * 900 + b"}",
+        b'{"file": "i", "f": 1.5e300, "z": -0.0}',
+        b'{"file": "j"}\x0c',
+    ]
+    data = b"\n".join(lines) + b"\n"
+    want = []
+    for raw in lines:
+        try:
+            want.append(json.loads(raw.decode("utf-8", "replace").strip()))
+        except ValueError:
+            want.append("problem")
+
+    def shown(got):
+        return ["problem" if isinstance(it, Problem) else it for it in got]
+
+    fast = shown(items(data))
+    monkeypatch.setattr(readers, "_fast_loads", None)
+    assert fast == shown(items(data))
+    assert repr(fast) == repr(want)  # repr: NaN != NaN, and -0.0 == 0.0

@@ -7,6 +7,7 @@ import contextlib
 import json
 import re
 import sys
+from json.encoder import encode_basestring_ascii
 from typing import TYPE_CHECKING, Any, Iterator, TextIO
 
 from ..hookspecs import hookimpl
@@ -15,7 +16,7 @@ from ..readers import Problem, iter_items
 from .args import add_threshold, non_negative_int
 
 if TYPE_CHECKING:
-    from ..similarity.cluster import Columns
+    from ..similarity.cluster import Columns, Grouping
 
 PROG = "telfhash cluster"
 MAX_SHOWN_ERRORS = 20
@@ -29,6 +30,7 @@ def _read(sources: list[str], key: str, errors: list[str]) -> Columns:
     from ..similarity.cluster import Columns, tagged_body, to_items
 
     cols = Columns()
+    add, digest_match = cols.add, _PLAIN_DIGEST.fullmatch
     for src in sources:
         try:
             fh = sys.stdin.buffer if src == "-" else open(src, "rb")
@@ -37,19 +39,20 @@ def _read(sources: list[str], key: str, errors: list[str]) -> Columns:
             continue
         try:
             for item in iter_items(fh, text=True, strings=True):
-                if isinstance(item, Problem):
-                    errors.append(item.at(src))
-                elif isinstance(item, dict):  # the usual row: what to_items does, without an Item per row
-                    value = item.get(key)
-                    if value is None and isinstance(item.get("extra"), dict):
+                if isinstance(item, dict):  # the usual row: what to_items does, without an Item per row
+                    get = item.get
+                    value = get(key)
+                    if value is None and isinstance(get("extra"), dict):
                         value = item["extra"].get(key)
-                    if isinstance(value, str) and _PLAIN_DIGEST.fullmatch(value):
+                    if isinstance(value, str) and digest_match(value):
                         digest: str | None = value[2:].upper()
                     else:
                         digest = tagged_body(value)
-                    arch = item.get("arch")
-                    name = item.get("file") or item.get("path") or item.get("sha256") or f"#{len(cols)}"
-                    cols.add(str(name), digest, arch if isinstance(arch, str) else None)
+                    arch = get("arch")
+                    name = get("file") or get("path") or get("sha256") or f"#{len(cols)}"
+                    add(str(name), digest, arch if isinstance(arch, str) else None)
+                elif isinstance(item, Problem):
+                    errors.append(item.at(src))
                 else:
                     it = to_items([item], key)[0]
                     cols.add(it.name, it.digest, it.arch)
@@ -80,25 +83,24 @@ def run_cluster(args: argparse.Namespace) -> int:
     ngroups, members = int((sizes > 1).sum()), int(sizes[sizes > 1].sum())
     nsingles = int((sizes == 1).sum())
     drawn: list[Any] = []
+    if args.plot:  # the groups drawn: largest first, up to --plot-max-nodes samples
+        nodes = 0
+        for k, size in enumerate(sizes.tolist()):
+            if (size > 1 or not ngroups) and (not drawn or nodes + size <= args.plot_max_nodes):
+                drawn.append(grouping.cluster(k))
+                nodes += size
     try:
         with _open_text(args.output) as out:
             out.write(f'{{\n "threshold": {json.dumps(args.threshold)},\n "key": {json.dumps(args.key)},\n')
             out.write(f' "items": {len(cols)},\n "clusters": [')
-            singles: list[str] = []
-            nodes = 0
+            groups = _GroupText(grouping)
             first = True
-            for c in grouping.clusters():
-                if args.plot and (c.size > 1 or not ngroups) and (not drawn or nodes + c.size <= args.plot_max_nodes):
-                    drawn.append(c)
-                    nodes += c.size
-                if c.size == 1:
-                    singles.append(c.members[0])
-                    continue
-                text = json.dumps(c.to_dict(), indent=1).replace("\n", "\n  ")
-                out.write(("\n  " if first else ",\n  ") + text)
+            for k in range(ngroups):  # groups of two or more come first (largest first)
+                out.write(("\n  " if first else ",\n  ") + groups.text(k))
                 first = False
             out.write("],\n" if first else "\n ],\n")
-            _write_list(out, "singletons", singles, last=False)
+            single = grouping.order[grouping.bounds[ngroups:-1]].tolist()
+            _write_list(out, "singletons", [cols.names[p] for p in single], last=False)
             _write_list(out, "ungroupable", grouping.ungroupable, last=True)
     except OSError as exc:
         print(f"{PROG}: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
@@ -127,6 +129,66 @@ def run_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+_quote = encode_basestring_ascii  # a string as json.dumps writes it (ensure_ascii)
+_SEP = ",\n    "  # between two list entries of a group, as json.dumps(indent=1) puts it two levels deep
+
+
+class _GroupText:
+    """The groups of two or more as ``json.dumps(cluster.to_dict(), indent=1)`` lays them out two
+    levels deep, written from the columns: names quoted once each, the members' ``"t1…"``
+    entries cut from fixed-width lines made for many members at a time (no Cluster object, no
+    dict per group).  Groups are asked for in order."""
+
+    CHUNK = 1 << 16  # members whose digest lines are made at once
+
+    def __init__(self, grouping: Grouping) -> None:
+        import numpy as np
+
+        g, c = grouping, grouping.cols
+        self.grouping = g
+        count = int((g.sizes() > 1).sum())  # groups of two or more come first
+        self.members = g.order[: g.bounds[count]]
+        self.names = list(map(_quote, map(c.names.__getitem__, self.members.tolist())))
+        self.digest_of = np.frombuffer(c.digest_of, dtype=np.int64) if len(c) else np.zeros(0, dtype=np.int64)
+        self.arch_of = (np.frombuffer(c.arch_of, dtype=np.int64) if len(c) else self.digest_of)[self.members]
+        self.arches = [json.dumps(a) for a in c.arches]
+        self.lines_at, self.lines = 0, ""
+
+    def _digests(self, lo: int, hi: int) -> str:
+        """The ``"t1…"`` entries of members ``lo:hi``, separated as in the document."""
+        import numpy as np
+
+        width, size = 80, len(self.members)  # '"t1' + 70 hex (lower case) + '"' + _SEP
+        if not (self.lines_at <= lo and hi <= self.lines_at + len(self.lines) // width):
+            end = max(hi, min(size, lo + self.CHUNK))
+            hexes = self.grouping.hex[self.digest_of[self.members[lo:end]]].tobytes().lower()
+            lines = np.empty((end - lo, width), dtype=np.uint8)
+            lines[:, :3] = np.frombuffer(b'"t1', dtype=np.uint8)
+            lines[:, 3:73] = np.frombuffer(hexes, dtype=np.uint8).reshape(-1, 70)
+            lines[:, 73:] = np.frombuffer(('"' + _SEP).encode(), dtype=np.uint8)
+            self.lines_at, self.lines = lo, str(lines.data, "ascii")
+        return self.lines[width * (lo - self.lines_at) : width * (hi - self.lines_at) - len(_SEP)]
+
+    def text(self, k: int) -> str:
+        g, c = self.grouping, self.grouping.cols
+        lo, hi = int(g.bounds[k]), int(g.bounds[k + 1])
+        best = int(g.best[k])
+        parts = [
+            f'{{\n   "size": {hi - lo},\n   "representative": {_quote(c.names[best])},\n'
+            f'   "representative_telfhash": "t1{c.digests[c.digest_of[best]].lower()}",\n'
+            f'   "max_distance": {int(g.maxdist[k])},\n'
+            f'   "members": [\n    {_SEP.join(self.names[lo:hi])}\n   ],\n'
+            f'   "telfhashes": [\n    {self._digests(lo, hi)}\n   ]'
+        ]
+        arch_of = self.arch_of[lo:hi]
+        if arch_of.any():  # index 0 is "no CPU" (None)
+            parts.append(f',\n   "arches": [\n    {_SEP.join([self.arches[a] for a in arch_of.tolist()])}\n   ]')
+        if g.inexact[k]:
+            parts.append(',\n   "exact": false')
+        parts.append("\n  }")
+        return "".join(parts)
+
+
 def _write_list(out: TextIO, name: str, values: list[str], *, last: bool) -> None:
     """`` "name": [...]`` as ``json.dumps(..., indent=1)`` lays it out one level deep."""
     end = "\n}\n" if last else ",\n"
@@ -134,7 +196,7 @@ def _write_list(out: TextIO, name: str, values: list[str], *, last: bool) -> Non
         out.write(f' "{name}": []{end}')
         return
     out.write(f' "{name}": [\n')
-    out.write(",\n".join("  " + json.dumps(v) for v in values))
+    out.write(",\n".join(["  " + _quote(v) for v in values]))
     out.write(f"\n ]{end}")
 
 

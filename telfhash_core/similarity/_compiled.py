@@ -129,17 +129,59 @@ def _nb_class_candidates(cL, cQ1, cQ2, lstart, threshold, lmax, allpairs):
     is their bound plus at most 1 (checksums).  Returns CSR arrays (indptr, cand, bound).
     """
     indptr = np.zeros(cL.shape[0] + 1, dtype=np.int64)
-    empty = np.zeros(0, dtype=np.int64)
-    total = _nb_class_pass(cL, cQ1, cQ2, lstart, threshold, lmax, allpairs, False, indptr, empty, empty)
-    cand = np.empty(total, dtype=np.int64)
-    bound = np.empty(total, dtype=np.int64)
+    total = _nb_class_pass(
+        cL, cQ1, cQ2, lstart, threshold, lmax, allpairs, False, indptr, np.zeros(0, np.int32), np.zeros(0, np.int16)
+    )
+    cand = np.empty(total, dtype=np.int32)  # tens of millions of class pairs at T=50 on 10^6 digests
+    bound = np.empty(total, dtype=np.int16)
     _nb_class_pass(cL, cQ1, cQ2, lstart, threshold, lmax, allpairs, True, indptr, cand, bound)
     return indptr, cand, bound
 
 
+# Candidate rows of one class are compared this many at a time: a branch-free loop the compiler
+# vectorises (vector popcounts where the CPU has them), then a short pass over the results.
+SCAN_BLOCK = 256
+
+
+@_njit(nogil=True, inline="always")
+def _first_at_least(F, lo, hi, value):
+    """The first position in ``lo:hi`` (``F`` ascending there) with ``F >= value``, else ``hi``;
+    searched outwards from ``lo`` (steps 1, 2, 4, ...), then halving: cheap for a short way."""
+    step = 1
+    while lo < hi and F[lo] < value:
+        probe = lo + step
+        if probe >= hi or F[probe] >= value:
+            hi = min(probe, hi)
+            lo += 1
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if F[mid] < value:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            return lo
+        lo = probe
+        step *= 2
+    return lo
+
+
+@_njit(nogil=True, inline="always")
+def _least(buf, m):
+    low = buf[0]
+    for k in range(m):
+        low = min(low, buf[k])
+    return low
+
+
 @_jit
-def _nb_scan(W0, W1, W2, W3, W4, W5, C, cls_of, cstart, indptr, cand, bound, positions, threshold, mode, parent):
-    """Visit the candidate pairs (a, b), a < b in class-sorted order, for rows ``positions``.
+def _nb_scan(W0, W1, W2, W3, W4, W5, C, F, cstart, indptr, cand, bound, thread, nthreads, threshold, mode, parent):
+    """Visit the candidate pairs (a, b), a < b in class-sorted order, for the rows a with
+    ``a % nthreads == thread``, class pair after class pair.
+
+    Inside a class rows are sorted by ``F``, a projection with |F(a) - F(b)| <= body(a, b);
+    a pair whose header leaves a budget for the body is only compared when |F(a) - F(b)| is
+    within it, so each row meets a window of each candidate class; the windows move forward
+    as the rows of a class go up.
 
     mode 0: return the pairs within the threshold; mode 1: union them into ``parent``.
     """
@@ -147,60 +189,71 @@ def _nb_scan(W0, W1, W2, W3, W4, W5, C, cls_of, cstart, indptr, cand, bound, pos
     oi = np.empty(cap, dtype=np.int64)
     oj = np.empty(cap, dtype=np.int64)
     od = np.empty(cap, dtype=np.int32)
+    buf = np.empty(SCAN_BLOCK, dtype=np.int64)
     cnt = 0
-    for pk in range(positions.shape[0]):
-        a = positions[pk]
-        A = cls_of[a]
-        a0, a1, a2, a3, a4, a5 = W0[a], W1[a], W2[a], W3[a], W4[a], W5[a]  # the row's planes, held
-        ca = C[a]
+    for A in range(cstart.shape[0] - 1):
+        first = cstart[A] + (thread - cstart[A]) % nthreads
         for e in range(indptr[A], indptr[A + 1]):
-            B = cand[e]
-            h = bound[e]
+            B = np.int64(cand[e])
+            h = np.int64(bound[e])
             budget = threshold - h
             lo = cstart[B]
-            if B == A:
-                lo = a + 1
-            hi = cstart[B + 1]
-            for b in range(lo, hi):
-                x2 = a2 ^ W2[b]
-                x3 = a3 ^ W3[b]
-                # the middle plane alone is a lower bound of the body term: most pairs stop here
-                s = _popcount(x2) + _popcount(x3)
-                if s > budget:
+            hi = lo
+            end = cstart[B + 1]
+            for a in range(first, cstart[A + 1], nthreads):
+                fa = F[a]
+                lo = _first_at_least(F, lo, end, fa - budget)
+                hi = _first_at_least(F, max(lo, hi), end, fa + budget + 1)
+                start = lo
+                if B == A and start <= a:
+                    start = a + 1
+                if start >= hi:
                     continue
-                x0 = a0 ^ W0[b]
-                x1 = a1 ^ W1[b]
-                x4 = a4 ^ W4[b]
-                x5 = a5 ^ W5[b]
-                s += (
-                    _popcount(x0)
-                    + _popcount(x1)
-                    + _popcount(x4)
-                    + _popcount(x5)
-                    + 3 * (_popcount(x0 & x2 & x4) + _popcount(x1 & x3 & x5))
-                )
-                if s > budget:
-                    continue
-                if C[b] != ca:
-                    s += 1
-                    if s > budget:
+                a0, a1, a2, a3, a4, a5 = W0[a], W1[a], W2[a], W3[a], W4[a], W5[a]  # the row's planes, held
+                ca = C[a]
+                for s0 in range(start, hi, SCAN_BLOCK):
+                    m = min(SCAN_BLOCK, hi - s0)
+                    base = np.uint64(s0)
+                    for k in range(np.uint64(m)):  # no branch: vectorised (unsigned: no negative-index check)
+                        b = base + k
+                        x0 = a0 ^ W0[b]
+                        x1 = a1 ^ W1[b]
+                        x2 = a2 ^ W2[b]
+                        x3 = a3 ^ W3[b]
+                        x4 = a4 ^ W4[b]
+                        x5 = a5 ^ W5[b]
+                        buf[k] = (
+                            _popcount(x0)
+                            + _popcount(x1)
+                            + _popcount(x2)
+                            + _popcount(x3)
+                            + _popcount(x4)
+                            + _popcount(x5)
+                            + 3 * (_popcount(x0 & x2 & x4) + _popcount(x1 & x3 & x5))
+                            + (C[b] != ca)
+                        )
+                    if _least(buf, m) > budget:  # usually no pair of the block is within
                         continue
-                if mode == 0:
-                    if cnt == cap:
-                        cap *= 2
-                        ni = np.empty(cap, dtype=np.int64)
-                        nj = np.empty(cap, dtype=np.int64)
-                        nd = np.empty(cap, dtype=np.int32)
-                        ni[:cnt] = oi[:cnt]
-                        nj[:cnt] = oj[:cnt]
-                        nd[:cnt] = od[:cnt]
-                        oi, oj, od = ni, nj, nd
-                    oi[cnt] = a
-                    oj[cnt] = b
-                    od[cnt] = h + s
-                    cnt += 1
-                else:
-                    _union(parent, a, b)
+                    for k in range(m):
+                        if buf[k] > budget:
+                            continue
+                        b = s0 + k
+                        if mode == 0:
+                            if cnt == cap:
+                                cap *= 2
+                                ni = np.empty(cap, dtype=np.int64)
+                                nj = np.empty(cap, dtype=np.int64)
+                                nd = np.empty(cap, dtype=np.int32)
+                                ni[:cnt] = oi[:cnt]
+                                nj[:cnt] = oj[:cnt]
+                                nd[:cnt] = od[:cnt]
+                                oi, oj, od = ni, nj, nd
+                            oi[cnt] = a
+                            oj[cnt] = b
+                            od[cnt] = h + buf[k]
+                            cnt += 1
+                        else:
+                            _union(parent, a, b)
     return oi[:cnt], oj[:cnt], od[:cnt]
 
 
@@ -240,31 +293,55 @@ def _merge_parents(parents):
     return base
 
 
+@_njit(nogil=True, inline="always")
+def _block_distances(row, L, Q1, Q2, C, W0, W1, W2, W3, W4, W5, LT, QT, start, m, buf):
+    """Distances from ``row`` to rows ``start:start + m`` into ``buf[:m]`` (branch-free: vectorised)."""
+    la = np.int64(L[row])
+    q1a = np.int64(Q1[row])
+    q2a = np.int64(Q2[row])
+    ca = C[row]
+    a0, a1, a2, a3, a4, a5 = W0[row], W1[row], W2[row], W3[row], W4[row], W5[row]
+    base = np.uint64(start)
+    for k in range(np.uint64(m)):  # unsigned: no negative-index check, which stops vectorisation
+        b = base + k
+        x0 = a0 ^ W0[b]
+        x1 = a1 ^ W1[b]
+        x2 = a2 ^ W2[b]
+        x3 = a3 ^ W3[b]
+        x4 = a4 ^ W4[b]
+        x5 = a5 ^ W5[b]
+        buf[k] = (
+            _popcount(x0)
+            + _popcount(x1)
+            + _popcount(x2)
+            + _popcount(x3)
+            + _popcount(x4)
+            + _popcount(x5)
+            + 3 * (_popcount(x0 & x2 & x4) + _popcount(x1 & x3 & x5))
+            + _header(la, np.int64(L[b]), q1a, np.int64(Q1[b]), q2a, np.int64(Q2[b]), 0, 0)
+            + (C[b] != ca)
+        )
+
+
 @_jit
-def _nb_group_stats(L, Q1, Q2, C, P, members, ptr, group_of, weights, positions, maxd, sumd):
-    """For each row ``members[p]`` (p in ``positions``): the largest distance to the other rows
-    of its group and the sum of distances weighted by ``weights``."""
+def _nb_group_stats(L, Q1, Q2, C, W0, W1, W2, W3, W4, W5, LT, QT, ptr, group_of, weights, positions, maxd, sumd):
+    """For each row a in ``positions`` (rows sorted by group: group g is rows ptr[g]:ptr[g+1]):
+    the largest distance to the rows of its group and the sum of those distances weighted by
+    ``weights`` (its distance to itself is 0 and changes neither)."""
+    buf = np.empty(SCAN_BLOCK, dtype=np.int64)
     for pk in range(positions.shape[0]):
-        p = positions[pk]
-        a = members[p]
-        g = group_of[p]
-        la = np.int64(L[a])
-        q1a = np.int64(Q1[a])
-        q2a = np.int64(Q2[a])
-        ca = np.int64(C[a])
+        a = positions[pk]
+        g = group_of[a]
         mx = 0
         sm = 0
-        for e in range(ptr[g], ptr[g + 1]):
-            b = members[e]
-            if b == a:
-                continue
-            d = _header(la, np.int64(L[b]), q1a, np.int64(Q1[b]), q2a, np.int64(Q2[b]), ca, np.int64(C[b]))
-            d += _body(P, a, P, b)
-            if d > mx:
-                mx = d
-            sm += d * weights[b]
-        maxd[p] = mx
-        sumd[p] = sm
+        for s0 in range(ptr[g], ptr[g + 1], SCAN_BLOCK):
+            m = min(SCAN_BLOCK, ptr[g + 1] - s0)
+            _block_distances(a, L, Q1, Q2, C, W0, W1, W2, W3, W4, W5, LT, QT, s0, m, buf)
+            for k in range(m):
+                mx = max(mx, buf[k])
+                sm += buf[k] * weights[s0 + k]
+        maxd[a] = mx
+        sumd[a] = sm
 
 
 @_jit
@@ -272,38 +349,38 @@ def _nb_group_stats_half(L, Q1, Q2, C, W0, W1, W2, W3, W4, W5, LT, QT, ptr, grou
     """Every pair inside each group once.  Rows are sorted by group (group g is rows
     ptr[g]:ptr[g+1]); row a (in ``positions``) meets the later rows of its group and both
     rows' largest and weighted total distance are updated."""
+    buf = np.empty(SCAN_BLOCK, dtype=np.int64)
     for pk in range(positions.shape[0]):
         a = positions[pk]
         g = group_of[a]
-        la = np.int64(L[a])
-        q1a = np.int64(Q1[a])
-        q2a = np.int64(Q2[a])
-        ca = C[a]
-        a0, a1, a2, a3, a4, a5 = W0[a], W1[a], W2[a], W3[a], W4[a], W5[a]  # the row's planes, held
         wa = weights[a]
         mx = maxd[a]
         sm = sumd[a]
-        for b in range(a + 1, ptr[g + 1]):
-            x0 = a0 ^ W0[b]
-            x1 = a1 ^ W1[b]
-            x2 = a2 ^ W2[b]
-            x3 = a3 ^ W3[b]
-            x4 = a4 ^ W4[b]
-            x5 = a5 ^ W5[b]
-            d = (
-                _popcount(x0)
-                + _popcount(x1)
-                + _popcount(x2)
-                + _popcount(x3)
-                + _popcount(x4)
-                + _popcount(x5)
-                + 3 * (_popcount(x0 & x2 & x4) + _popcount(x1 & x3 & x5))
-            )
-            d += LT[(la - np.int64(L[b])) & 255] + QT[(q1a - np.int64(Q1[b])) & 15]
-            d += QT[(q2a - np.int64(Q2[b])) & 15] + (1 if C[b] != ca else 0)
-            mx = max(mx, d)
-            sm += d * weights[b]
-            maxd[b] = max(maxd[b], d)
-            sumd[b] += d * wa
+        for s0 in range(a + 1, ptr[g + 1], SCAN_BLOCK):
+            m = min(SCAN_BLOCK, ptr[g + 1] - s0)
+            _block_distances(a, L, Q1, Q2, C, W0, W1, W2, W3, W4, W5, LT, QT, s0, m, buf)
+            for k in range(m):
+                d = buf[k]
+                b = s0 + k
+                mx = max(mx, d)
+                sm += d * weights[b]
+                maxd[b] = max(maxd[b], d)
+                sumd[b] += d * wa
         maxd[a] = mx
         sumd[a] = sm
+
+
+@_jit
+def _nb_project(W0, W1, W2, W3, W4, W5, m0, m1):
+    """Per row: the bucket values summed with sign +1 where the mask (m0, m1) has a bit, else -1."""
+    n = W0.shape[0]
+    out = np.empty(n, dtype=np.int64)
+    n0 = ~m0
+    n1 = ~m1
+    for r in range(n):
+        pos = _popcount(W0[r] & m0) + _popcount(W2[r] & m0) + _popcount(W4[r] & m0)
+        pos += _popcount(W1[r] & m1) + _popcount(W3[r] & m1) + _popcount(W5[r] & m1)
+        neg = _popcount(W0[r] & n0) + _popcount(W2[r] & n0) + _popcount(W4[r] & n0)
+        neg += _popcount(W1[r] & n1) + _popcount(W3[r] & n1) + _popcount(W5[r] & n1)
+        out[r] = pos - neg
+    return out

@@ -22,6 +22,7 @@ import html
 import math
 import os
 import sys
+from array import array
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence, TextIO
 
@@ -221,15 +222,16 @@ def cluster(
 class Columns:
     """Inputs to grouping held compactly: names, each distinct digest once, CPU names shared.
 
-    Filled one item at a time (``add``), so that a million results never exist as objects.
+    Filled one item at a time (``add``), so that a million results never exist as objects; the
+    per-item numbers are machine integers (``array``), not Python objects.
     """
 
     def __init__(self) -> None:
         self.names: list[str] = []
-        self.digest_of: list[int] = []  # per item: index into ``digests``, -1 for none
+        self.digest_of = array("q")  # per item: index into ``digests``, -1 for none
         self.digests: list[str] = []  # distinct 70-hex digests, first-seen order
         self._index: dict[str, int] = {}
-        self.arch_of: list[int] = []  # per item: index into ``arches``
+        self.arch_of = array("q")  # per item: index into ``arches``
         self.arches: list[str | None] = [None]
         self._arch_index: dict[str | None, int] = {None: 0}
 
@@ -237,13 +239,16 @@ class Columns:
         return len(self.names)
 
     def add(self, name: str, digest: str | None, arch: str | None = None) -> None:
+        """One item; ``digest``: its 70 hex characters, upper case, or None."""
         self.names.append(name)
         if digest is None:
             self.digest_of.append(-1)
         else:
-            self.digest_of.append(self._index.setdefault(digest, len(self._index)))
-            if len(self._index) > len(self.digests):
+            k = self._index.get(digest)
+            if k is None:
+                k = self._index[digest] = len(self.digests)
                 self.digests.append(digest)
+            self.digest_of.append(k)
         a = self._arch_index.get(arch)
         if a is None:
             a = self._arch_index[arch] = len(self.arches)
@@ -262,6 +267,7 @@ class Grouping:
     maxdist: Any  # per cluster: its largest internal distance
     inexact: Any  # per cluster: True where the statistics come from a sample
     ungroupable: list[str]
+    hex: Any = None  # per distinct digest: its 70 hex characters, upper case (NumPy S70)
 
     def __len__(self) -> int:
         return len(self.bounds) - 1
@@ -273,17 +279,21 @@ class Grouping:
 
     def clusters(self) -> Iterator[Cluster]:
         """Every cluster, largest first (then by first appearance), built one at a time."""
-        c = self.cols
         for k in range(len(self)):
-            positions = self.order[self.bounds[k] : self.bounds[k + 1]].tolist()
-            yield Cluster(
-                members=[c.names[p] for p in positions],
-                digests=[spell(c.digests[c.digest_of[p]]) for p in positions],
-                representative=c.names[int(self.best[k])],
-                max_distance=int(self.maxdist[k]),
-                arches=[c.arches[c.arch_of[p]] for p in positions],
-                exact=not bool(self.inexact[k]),
-            )
+            yield self.cluster(k)
+
+    def cluster(self, k: int) -> Cluster:
+        """Cluster ``k`` (0: the largest) as a :class:`Cluster`."""
+        c = self.cols
+        positions = self.order[self.bounds[k] : self.bounds[k + 1]].tolist()
+        return Cluster(
+            members=[c.names[p] for p in positions],
+            digests=[spell(c.digests[c.digest_of[p]]) for p in positions],
+            representative=c.names[int(self.best[k])],
+            max_distance=int(self.maxdist[k]),
+            arches=[c.arches[c.arch_of[p]] for p in positions],
+            exact=not bool(self.inexact[k]),
+        )
 
 
 def group_columns(cols: Columns, threshold: int = DEFAULT_THRESHOLD, *, threads: int | None = None) -> Grouping:
@@ -291,9 +301,9 @@ def group_columns(cols: Columns, threshold: int = DEFAULT_THRESHOLD, *, threads:
     largest internal distance (see :func:`cluster`), all as arrays."""
     import numpy as np
 
-    from .tlshdist import components_within, encode, group_stats
+    from .tlshdist import components_within, encode_bodies, group_stats
 
-    inv_all = np.asarray(cols.digest_of, dtype=np.int64)
+    inv_all = np.frombuffer(cols.digest_of, dtype=np.int64) if len(cols) else np.zeros(0, dtype=np.int64)
     ungroupable = [cols.names[p] for p in np.flatnonzero(inv_all < 0).tolist()]
     usable = np.flatnonzero(inv_all >= 0)
     if not usable.size:
@@ -301,7 +311,7 @@ def group_columns(cols: Columns, threshold: int = DEFAULT_THRESHOLD, *, threads:
         return Grouping(cols, e, np.zeros(1, dtype=np.int64), e, e, np.zeros(0, dtype=bool), ungroupable)
     inv = inv_all[usable]
     nuniq = len(cols.digests)
-    enc = encode(cols.digests)
+    enc = encode_bodies(cols.digests)
     labels_u = components_within(enc, threshold, threads=threads)
     counts = np.bincount(inv, minlength=nuniq).astype(np.int64)
 
@@ -345,7 +355,7 @@ def group_columns(cols: Columns, threshold: int = DEFAULT_THRESHOLD, *, threads:
     mx_lab = np.full(nlab, -1, dtype=np.int64)
     np.maximum.at(mx_lab, labels_u, np.where(maxd >= 0, maxd, -1))
     mx_lab = np.where(sizes_u > 1, np.maximum(mx_lab, 0), 0)
-    return Grouping(cols, order, bounds, best, mx_lab[out_labels], inexact_lab[out_labels], ungroupable)
+    return Grouping(cols, order, bounds, best, mx_lab[out_labels], inexact_lab[out_labels], ungroupable, enc.hex)
 
 
 # ----------------------------------------------------------------------------- reference shape

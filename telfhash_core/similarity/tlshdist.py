@@ -49,6 +49,7 @@ HAVE_NUMBA = importlib.util.find_spec("numba") is not None and not os.environ.ge
 __all__ = [
     "Encoded",
     "encode",
+    "encode_bodies",
     "one_to_many",
     "pairs_within",
     "components_within",
@@ -88,6 +89,11 @@ def _moddiff(x: np.ndarray, y, r: int) -> np.ndarray:
 _BUCKET = np.array([[(b >> s) & 3 for s in (6, 4, 2, 0)] for b in range(256)], dtype=np.int16)
 _BDIFF = np.abs(_BUCKET[:, None, :] - _BUCKET[None, :, :])
 _BYTE_DIFF = np.where(_BDIFF == 3, 6, _BDIFF).sum(axis=2).astype(np.int32)  # (256, 256)
+# per body byte (four buckets, the first in the high bits) and plane p: the four bits "bucket > p"
+_PLANE_NIBBLE = np.array(
+    [[sum(int(v > p) << (3 - k) for k, v in enumerate(_BUCKET[b])) for b in range(256)] for p in range(3)],
+    dtype=np.uint8,
+)
 _LTERM_TABLE = np.array([_lterm(min(d, 256 - d)) for d in range(256)], dtype=np.int32)
 _QTERM_TABLE = np.array([_qterm(min(d, 16 - d)) for d in range(16)], dtype=np.int32)
 
@@ -192,28 +198,60 @@ def encode(digests: Iterable[str]) -> Encoded:
         if b is None:
             raise ValueError(f"not a telfhash digest (item {k}): {d!r}")
         bodies.append(b)
+    return encode_bodies(bodies)
+
+
+# Digests packed this many at a time: the temporary arrays stay small (a few MB).
+ENCODE_CHUNK = 1 << 16
+
+
+def encode_bodies(bodies: Sequence[str]) -> Encoded:
+    """Like :func:`encode`, for digests known to be 70 hex characters each (no ``t1``), as
+    :func:`~telfhash_core.digest.hex_body` gives them; packed chunk by chunk into the result."""
     n = len(bodies)
-    if n == 0:
-        raw = np.zeros((0, DIGEST_HEX), dtype=np.uint8)
-    else:
-        raw = np.frombuffer("".join(bodies).encode("ascii"), dtype=np.uint8).reshape(n, DIGEST_HEX)
+    out = Encoded(
+        np.empty(n, dtype=f"S{DIGEST_HEX}"),
+        np.empty(n, dtype=np.uint8),
+        np.empty(n, dtype=np.uint8),
+        np.empty(n, dtype=np.uint8),
+        np.empty(n, dtype=np.uint8),
+        np.empty((n, 32), dtype=np.uint8),
+        np.empty((n, 6), dtype=np.uint64),
+    )
+
+    def pack(lo: int) -> None:
+        hi = min(n, lo + ENCODE_CHUNK)
+        raw = np.frombuffer("".join(bodies[lo:hi]).encode("ascii"), dtype=np.uint8).reshape(hi - lo, DIGEST_HEX)
+        _encode_rows(raw, out, lo, hi)
+
+    starts = range(0, n, ENCODE_CHUNK)
+    if len(starts) < 2:
+        for lo in starts:
+            pack(lo)
+    else:  # NumPy lets go of the GIL in the array work: chunks on two threads
+        with ThreadPoolExecutor(min(2, _threads(None))) as ex:
+            list(ex.map(pack, starts))
+    return out
+
+
+def _encode_rows(raw: np.ndarray, out: Encoded, lo: int, hi: int) -> None:
+    """Rows ``lo:hi`` of ``out`` from their hex characters ``raw`` (an (m, 70) uint8 array)."""
+    m = hi - lo
     nib = _NIBBLE[raw]
-    byts = (nib[:, 0::2] << 4) | nib[:, 1::2]  # (n, 35) bytes as written in hex
+    byts = (nib[:, 0::2] << 4) | nib[:, 1::2]  # (m, 35) bytes as written in hex
     upper = np.where((raw >= ord("a")) & (raw <= ord("f")), raw - 32, raw).astype(np.uint8)
-    hexarr = np.ascontiguousarray(upper).view(f"S{DIGEST_HEX}").reshape(n)
-    checksum = np.ascontiguousarray(byts[:, 0])
+    out.hex[lo:hi] = np.ascontiguousarray(upper).view(f"S{DIGEST_HEX}").reshape(m)
+    out.checksum[lo:hi] = byts[:, 0]
     lbyte = byts[:, 1]
-    lvalue = np.ascontiguousarray(((lbyte & 0x0F) << 4) | (lbyte >> 4))  # stored nibble-swapped
-    qbyte = byts[:, 2]
-    q1 = np.ascontiguousarray(qbyte >> 4)
-    q2 = np.ascontiguousarray(qbyte & 0x0F)
-    body = np.ascontiguousarray(byts[:, 3:])
-    buckets = _BUCKET.astype(np.uint8)[body].reshape(n, 128)
-    planes = np.empty((n, 6), dtype=np.uint64)
-    for p in range(3):
-        bits = np.packbits(buckets > p, axis=1)  # (n, 16)
-        planes[:, 2 * p : 2 * p + 2] = bits.view(">u8").astype(np.uint64)
-    return Encoded(hexarr, checksum, lvalue.astype(np.uint8), q1.astype(np.uint8), q2.astype(np.uint8), body, planes)
+    out.lvalue[lo:hi] = ((lbyte & 0x0F) << 4) | (lbyte >> 4)  # stored nibble-swapped
+    out.q1[lo:hi] = byts[:, 2] >> 4
+    out.q2[lo:hi] = byts[:, 2] & 0x0F
+    body = byts[:, 3:]
+    out.body[lo:hi] = body
+    for p in range(3):  # plane p of two body bytes (eight buckets) is one byte
+        table = _PLANE_NIBBLE[p]
+        bits = (table[body[:, 0::2]] << 4) | table[body[:, 1::2]]  # (m, 16)
+        out.planes[lo:hi, 2 * p : 2 * p + 2] = bits.view(">u8").astype(np.uint64)
 
 
 # ----------------------------------------------------------------------------- NumPy path
@@ -265,6 +303,7 @@ _KERNELS = (
     "_nb_group_stats",
     "_nb_group_stats_half",
     "_nb_one_to_many",
+    "_nb_project",
     "_nb_qterm",
     "_nb_scan",
     "_njit",
@@ -356,30 +395,49 @@ def _threads(threads: int | None) -> int:
     return max(1, int(threads))
 
 
+# Rows sampled to choose the projection's signs (its first principal axis).
+PROJECTION_SAMPLE = 20_000
+
+
+def _projection_mask(planes: np.ndarray) -> tuple[int, int]:
+    """Signs s (one per bucket) for the projection F = sum of s * bucket value, as two 64-bit
+    masks (bit set: +1).  Any signs keep |F(a) - F(b)| <= body(a, b); the first principal axis
+    of a sample spreads the rows widest, so the windows of the scan are narrowest."""
+    sample = planes[:: max(1, planes.shape[0] // PROJECTION_SAMPLE)]
+    raw = np.ascontiguousarray(sample.astype(">u8")).view(np.uint8).reshape(-1, 6, 8)
+    bits = np.unpackbits(raw, axis=2).reshape(-1, 3, 128)  # plane p: bucket value > p
+    values = bits.sum(axis=1, dtype=np.float64)
+    values -= values.mean(axis=0)
+    _, vectors = np.linalg.eigh(values.T @ values)
+    packed = np.packbits(vectors[:, -1] >= 0).view(">u8")
+    return int(packed[0]), int(packed[1])
+
+
 def _scan(K, enc: Encoded, threshold: int, mode: int, threads: int | None):
-    """Run the compiled scan; rows are sorted by header class (L, q1, q2) first."""
+    """Run the compiled scan; rows are sorted by header class (L, q1, q2), then by projection."""
     n = len(enc)
-    order = np.lexsort((enc.q2, enc.q1, enc.lvalue))
+    W = [np.ascontiguousarray(enc.planes[:, k]) for k in range(6)]
+    m0, m1 = _projection_mask(enc.planes)
+    F = K._nb_project(*W, np.uint64(m0), np.uint64(m1))
+    order = np.lexsort((F, enc.q2, enc.q1, enc.lvalue))
     L, Q1, Q2 = enc.lvalue[order], enc.q1[order], enc.q2[order]
     key = (L.astype(np.int64) << 8) | (Q1.astype(np.int64) << 4) | Q2.astype(np.int64)
     first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
     cstart = np.r_[first, n].astype(np.int64)
-    cls_of = (np.cumsum(np.r_[True, key[1:] != key[:-1]]) - 1).astype(np.int64)
     cL, cQ1, cQ2 = L[first], Q1[first], Q2[first]
     lstart = np.searchsorted(cL, np.arange(257), side="left").astype(np.int64)
     lmax = max_length_code_diff(threshold)
     indptr, cand, bound = K._nb_class_candidates(cL, cQ1, cQ2, lstart, int(threshold), int(max(lmax, 0)), lmax >= 128)
-    planes = enc.planes[order]
-    W = [np.ascontiguousarray(planes[:, k]) for k in range(6)]
+    W = [w[order] for w in W]
     C = np.ascontiguousarray(enc.checksum[order])
+    F = F[order]
     nt = min(_threads(threads), max(1, n // 256))
     parents = np.tile(np.arange(n, dtype=np.int64), (nt if mode == 1 else 1, 1))
 
     def work(t: int):
         # interleaved rows give each thread a similar share of every class
-        positions = np.arange(t, n, nt, dtype=np.int64)
         return K._nb_scan(
-            *W, C, cls_of, cstart, indptr, cand, bound, positions, int(threshold), mode, parents[t if mode == 1 else 0]
+            *W, C, F, cstart, indptr, cand, bound, t, nt, int(threshold), mode, parents[t if mode == 1 else 0]
         )
 
     if nt == 1:
@@ -521,64 +579,47 @@ def group_stats(
     maxd = np.full(n, -1, dtype=np.int64)
     sumd = np.full(n, -1, dtype=np.int64)
     K = _compiled_for(n, COMPILED_MIN_ROWS, compiled)
-    if K is not None and rows is None:
-        # each pair once, over rows gathered group by group; every thread keeps its own totals
-        nt = min(_threads(threads), max(1, n // 64))
+    if K is not None:
+        # rows gathered group by group; with ``rows`` None each pair once (every thread keeps its
+        # own totals), else each chosen row against its whole group
+        half = rows is None
+        nt = min(_threads(threads), max(1, positions.size // 64))
         planes = enc.planes[order]
-        W = [np.ascontiguousarray(planes[:, k]) for k in range(6)]
-        mxs = np.zeros((nt, n), dtype=np.int64)
-        sms = np.zeros((nt, n), dtype=np.int64)
         args = (
             np.ascontiguousarray(enc.lvalue[order]),
             np.ascontiguousarray(enc.q1[order]),
             np.ascontiguousarray(enc.q2[order]),
             np.ascontiguousarray(enc.checksum[order]),
-            *W,
+            *(np.ascontiguousarray(planes[:, k]) for k in range(6)),
             _LTERM_TABLE.astype(np.int64),
             _QTERM_TABLE.astype(np.int64),
             ptr,
             group_of,
             np.ascontiguousarray(w[order]),
         )
+        del planes
+        shape = (nt, n) if half else (n,)
+        mxs = np.zeros(shape, dtype=np.int64)
+        sms = np.zeros(shape, dtype=np.int64)
 
         def work(t: int):
-            K._nb_group_stats_half(*args, positions[t::nt].copy(), mxs[t], sms[t])
+            if half:
+                K._nb_group_stats_half(*args, positions[t::nt].copy(), mxs[t], sms[t])
+            else:
+                K._nb_group_stats(*args, positions[t::nt].copy(), mxs, sms)
 
         if nt == 1:
             work(0)
         else:
             with ThreadPoolExecutor(nt) as ex:
                 list(ex.map(work, range(nt)))
-        maxd[order] = mxs.max(axis=0)
-        sumd[order] = sms.sum(axis=0)
-    elif K is not None:
-        nt = min(_threads(threads), max(1, positions.size // 64))
-        mx = np.full(n, -1, dtype=np.int64)
-        sm = np.full(n, -1, dtype=np.int64)
-
-        def work(t: int):
-            K._nb_group_stats(
-                enc.lvalue,
-                enc.q1,
-                enc.q2,
-                enc.checksum,
-                enc.planes,
-                order,
-                ptr,
-                group_of,
-                w,
-                positions[t::nt].copy(),
-                mx,
-                sm,
-            )
-
-        if nt == 1:
-            work(0)
+        if half:
+            maxd[order] = mxs.max(axis=0)
+            sumd[order] = sms.sum(axis=0)
         else:
-            with ThreadPoolExecutor(nt) as ex:
-                list(ex.map(work, range(nt)))
-        maxd[order] = mx
-        sumd[order] = sm
+            chosen = order[positions]
+            maxd[chosen] = mxs[positions]
+            sumd[chosen] = sms[positions]
     else:
         for p in positions.tolist():
             a = int(order[p])
