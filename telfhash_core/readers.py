@@ -89,10 +89,12 @@ def _fast_object(raw: bytes | str) -> dict | None:
 
 
 def _holds_float(obj: dict | list) -> bool:
-    for v in obj.values() if isinstance(obj, dict) else obj:
-        t = type(v)
-        if t is float or ((t is dict or t is list) and _holds_float(v)):
-            return True
+    values = obj.values() if type(obj) is dict else obj
+    types = set(map(type, values))  # one pass in C: a result line holds strings and None
+    if float in types:
+        return True
+    if dict in types or list in types:
+        return any(_holds_float(v) for v in values if type(v) is dict or type(v) is list)
     return False
 
 

@@ -133,3 +133,14 @@ def test_no_import_circles():
         if v not in index:
             visit(v)
     assert not circles, f"import circles: {circles}"
+
+
+def test_the_tests_listed_as_needing_the_whole_corpus_exist():
+    """conftest's NEEDS_FULL_CORPUS names tests by file and function: a renamed test would
+    otherwise run (and fail) on a clone without the corpus."""
+    import conftest
+
+    tests = Path(__file__).resolve().parent
+    for entry in conftest.NEEDS_FULL_CORPUS:
+        file, name = entry.split("::")
+        assert f"def {name}(" in (tests / file).read_text(), entry

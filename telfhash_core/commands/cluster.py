@@ -30,7 +30,7 @@ def _read(sources: list[str], key: str, errors: list[str]) -> Columns:
     from ..similarity.cluster import Columns, tagged_body, to_items
 
     cols = Columns()
-    add, digest_match = cols.add, _PLAIN_DIGEST.fullmatch
+    add, digest_match = cols.adder(), _PLAIN_DIGEST.fullmatch
     for src in sources:
         try:
             fh = sys.stdin.buffer if src == "-" else open(src, "rb")
