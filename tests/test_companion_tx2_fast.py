@@ -167,7 +167,7 @@ def test_symbol_strings_under_the_string_cap(monkeypatch):
     assert tx2.Material(buf).symbol_strings == full
     monkeypatch.setattr(tx2, "MAX_STRINGS_BYTES", 20000)
     capped = tx2.raw_strings(buf, tx2.elf_facts(buf))
-    assert sum(map(len, capped)) <= 20000 < sum(map(len, tx2.string_set(buf, tx2.elf_facts(buf))))
+    assert sum(map(len, capped)) <= 20000 < sum(map(len, tx2.ordered_strings(buf, tx2.elf_facts(buf))))
     assert len(capped) > 256
     pool = sorted(capped, key=zlib.crc32)[:1024] if len(capped) > 256 else capped
     text = [s for s in pool if tx2.is_text(s)][:256]

@@ -18,6 +18,15 @@ ENTRIES = json.loads((FIX / "fixtures.json").read_text())["files"]
 PATHS = [str(FIX / e["fixture"]) for e in ENTRIES]
 
 
+def _run_probe(probe: str) -> subprocess.CompletedProcess:
+    """``probe`` in a fresh interpreter (hook tracing off: it loads logging); it must succeed."""
+    env = dict(os.environ)
+    env.pop("TELFHASH_TRACE_HOOKS", None)
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return p
+
+
 def test_one_file_imports_no_numpy_pyelftools_pool_or_pluggy():
     probe = (
         "import sys, io, contextlib\n"
@@ -30,10 +39,7 @@ def test_one_file_imports_no_numpy_pyelftools_pool_or_pluggy():
         "from telfhash_core.plugins import declared_entry_points, OWN_ADAPTERS\n"
         "print(any(not v.startswith(OWN_ADAPTERS) for _n, v in declared_entry_points()))\n"
     )
-    env = dict(os.environ)
-    env.pop("TELFHASH_TRACE_HOOKS", None)
-    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
-    assert p.returncode == 0, p.stderr
+    p = _run_probe(probe)
     loaded, third_party = p.stdout.split("\n")[:2]
     if third_party == "True":
         pytest.skip("a third-party telfhash plugin is installed here: hashing loads the plugin manager")
@@ -145,10 +151,7 @@ def test_static_x86_programs_import_no_numpy_capstone_package_or_pyelftools_pars
         "heavy = ['numpy', 'capstone', 'elftools.elf.elffile', 'elftools.construct', 'concurrent.futures']\n"
         "print([m for m in heavy if m in sys.modules])\n"
     )
-    env = dict(os.environ)
-    env.pop("TELFHASH_TRACE_HOOKS", None)
-    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
-    assert p.returncode == 0, p.stderr
+    p = _run_probe(probe)
     values, loaded = p.stdout.split("\n")[:2]
     expected = {e["fixture"]: e["reference"]["telfhash"] for e in ENTRIES}
     assert values == repr([expected["elf/" + Path(s).name] for s in static])

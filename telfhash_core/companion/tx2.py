@@ -387,7 +387,7 @@ def words(strings: list[str]) -> list[str]:
 MAX_STRINGS_BYTES = 8 << 20  # string bytes kept at most (bounds the key arrays: 8 bytes per byte)
 
 
-def string_set(buf, facts: ElfFacts) -> dict[bytes, None]:
+def ordered_strings(buf, facts: ElfFacts) -> dict[bytes, None]:
     """Printable runs (at least ``MIN_STRING``) in read-only data, unique, in the order they
     first occur in the file (the order says which came from the program and which from its C
     library: see :func:`toolchain_start`)."""
@@ -413,7 +413,7 @@ def capped(found) -> list[bytes]:
 def raw_strings(buf, facts: ElfFacts) -> list[bytes]:
     """Printable runs (at least ``MIN_STRING``) in read-only data, unique, in file order; at
     most ``MAX_STRINGS_BYTES`` of them (the first in file order)."""
-    return capped(string_set(buf, facts))
+    return capped(ordered_strings(buf, facts))
 
 
 def _known(strings: list[bytes], toolchain: tc.ToolchainData, keyed=None) -> np.ndarray:
@@ -564,11 +564,10 @@ def normalise_all(text: list[str]) -> list[str]:
 
 def string_tokens(strings: list[bytes]) -> list[str]:
     """Normalised whole strings, or (fewer than ``SMALL_STRINGS`` text strings) their words."""
-    text = [s.decode("ascii", "replace") for s in strings if is_text(s)]
     # a bare word or identifier says little and is often a CPU feature name (cmov, zarch, vis2,
     # arm64's falkor, thunderx2t99): it goes before the count that chooses words or strings,
     # so that a CPU whose C library has more of them does not switch unit
-    text = [t for t in text if not _WORDLIKE_RE.fullmatch(t)]
+    text = [s.decode("ascii", "replace") for s in strings if _is_sentence(s)]
     if len(text) < SMALL_STRINGS:
         return words(text)
     return sorted(set(normalise_all(text)))
@@ -695,9 +694,9 @@ class Material:
 
     @property
     def found(self) -> dict[bytes, None]:
-        """The strings before capping, in file order (see :func:`string_set`)."""
+        """The strings before capping, in file order (see :func:`ordered_strings`)."""
         if self._found is None:
-            self._found = string_set(self.buf, self.facts)
+            self._found = ordered_strings(self.buf, self.facts)
         return self._found
 
     @property
