@@ -77,6 +77,21 @@ def _body(P, i, Q, j):
     return s + 3 * (_popcount(x0 & x2 & x4) + _popcount(x1 & x3 & x5))
 
 
+@_njit(nogil=True, inline="always")
+def _planes(a0, a1, a2, a3, a4, a5, W0, W1, W2, W3, W4, W5, b):
+    """The body term between a row held as its six bit planes ``a0..a5`` and row ``b`` of the
+    planes ``W0..W5`` (what :func:`_body` computes on packed rows; branch-free, so that the
+    block loops calling it vectorise)."""
+    x0 = a0 ^ W0[b]
+    x1 = a1 ^ W1[b]
+    x2 = a2 ^ W2[b]
+    x3 = a3 ^ W3[b]
+    x4 = a4 ^ W4[b]
+    x5 = a5 ^ W5[b]
+    s = _popcount(x0) + _popcount(x1) + _popcount(x2) + _popcount(x3) + _popcount(x4) + _popcount(x5)
+    return s + 3 * (_popcount(x0 & x2 & x4) + _popcount(x1 & x3 & x5))
+
+
 @_jit
 def _nb_one_to_many(L, Q1, Q2, C, P, rows, ql, qq1, qq2, qc, QP):
     n = rows.shape[0]
@@ -216,22 +231,7 @@ def _nb_scan(W0, W1, W2, W3, W4, W5, C, F, cstart, indptr, cand, bound, thread, 
                     base = np.uint64(s0)
                     for k in range(np.uint64(m)):  # no branch: vectorised (unsigned: no negative-index check)
                         b = base + k
-                        x0 = a0 ^ W0[b]
-                        x1 = a1 ^ W1[b]
-                        x2 = a2 ^ W2[b]
-                        x3 = a3 ^ W3[b]
-                        x4 = a4 ^ W4[b]
-                        x5 = a5 ^ W5[b]
-                        buf[k] = (
-                            _popcount(x0)
-                            + _popcount(x1)
-                            + _popcount(x2)
-                            + _popcount(x3)
-                            + _popcount(x4)
-                            + _popcount(x5)
-                            + 3 * (_popcount(x0 & x2 & x4) + _popcount(x1 & x3 & x5))
-                            + (C[b] != ca)
-                        )
+                        buf[k] = _planes(a0, a1, a2, a3, a4, a5, W0, W1, W2, W3, W4, W5, b) + (C[b] != ca)
                     if _least(buf, m) > budget:  # usually no pair of the block is within
                         continue
                     for k in range(m):
@@ -304,20 +304,8 @@ def _block_distances(row, L, Q1, Q2, C, W0, W1, W2, W3, W4, W5, LT, QT, start, m
     base = np.uint64(start)
     for k in range(np.uint64(m)):  # unsigned: no negative-index check, which stops vectorisation
         b = base + k
-        x0 = a0 ^ W0[b]
-        x1 = a1 ^ W1[b]
-        x2 = a2 ^ W2[b]
-        x3 = a3 ^ W3[b]
-        x4 = a4 ^ W4[b]
-        x5 = a5 ^ W5[b]
         buf[k] = (
-            _popcount(x0)
-            + _popcount(x1)
-            + _popcount(x2)
-            + _popcount(x3)
-            + _popcount(x4)
-            + _popcount(x5)
-            + 3 * (_popcount(x0 & x2 & x4) + _popcount(x1 & x3 & x5))
+            _planes(a0, a1, a2, a3, a4, a5, W0, W1, W2, W3, W4, W5, b)
             + _header(la, np.int64(L[b]), q1a, np.int64(Q1[b]), q2a, np.int64(Q2[b]), 0, 0)
             + (C[b] != ca)
         )
